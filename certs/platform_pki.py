@@ -1,0 +1,159 @@
+"""The platform's own certificates: the root CA and the service certificates issued at first
+start (Kafka broker, platform admin client, HTTPS web server).
+
+Pure files-and-crypto, no Django: the launcher calls ``ensure_platform_pki`` before it starts
+Kafka and nginx.  The root CA key is stored encrypted with the key-encryption key; service
+keys are PKCS#8 (Kafka's PEM key store accepts nothing else), mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from certs import ca
+from certs.principals import BROKER, PLATFORM_ADMIN, platform_subject
+from config.env import Runtime
+
+ROOT_VALID_DAYS = 3650
+SERVICE_VALID_DAYS = 397
+# Service certificates are reissued at start when less than this remains.
+SERVICE_RENEW_BEFORE = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class PlatformPki:
+    """Paths of the platform's PEM files under ``<state>/pki``."""
+
+    directory: Path
+
+    @property
+    def root_cert(self) -> Path:
+        return self.directory / "root-ca.crt"
+
+    @property
+    def root_key(self) -> Path:
+        return self.directory / "root-ca.key"
+
+    @property
+    def trust_bundle(self) -> Path:
+        """CA certificates Kafka's truststore and nginx's client verification trust."""
+        return self.directory / "trust-bundle.pem"
+
+    def cert(self, service: str) -> Path:
+        return self.directory / f"{service}.crt"
+
+    def key(self, service: str) -> Path:
+        return self.directory / f"{service}.key"
+
+    def keystore(self, service: str) -> Path:
+        """Key and certificate chain in one PEM file (Kafka ``ssl.keystore.type=PEM``)."""
+        return self.directory / f"{service}.keystore.pem"
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def load_root(runtime: Runtime) -> ca.Issuer:
+    pki = PlatformPki(runtime.pki_dir)
+    return ca.Issuer(
+        certificate=ca.load_certificate(pki.root_cert.read_bytes()),
+        key=ca.load_private_key(pki.root_key.read_bytes(), runtime.key_encryption_key),
+    )
+
+
+def _ensure_root(runtime: Runtime, pki: PlatformPki) -> ca.Issuer:
+    if pki.root_cert.exists() and pki.root_key.exists():
+        return load_root(runtime)
+    key = ca.generate_key()
+    cert = ca.create_root_ca(subject=platform_subject("Sluice Root CA"), key=key, valid_days=ROOT_VALID_DAYS)
+    _write(pki.root_key, ca.private_key_pem(key, runtime.key_encryption_key), 0o600)
+    _write(pki.root_cert, ca.certificate_pem(cert))
+    return ca.Issuer(certificate=cert, key=key)
+
+
+def _san_of(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    }
+
+
+def _ensure_service(
+    pki: PlatformPki,
+    root: ca.Issuer,
+    *,
+    service: str,
+    common_name: str,
+    usage: ca.Usage,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+) -> None:
+    cert_path = pki.cert(service)
+    if cert_path.exists() and pki.key(service).exists():
+        current = ca.load_certificate(cert_path.read_bytes())
+        fresh = ca.remaining_lifetime(current) > SERVICE_RENEW_BEFORE
+        same_issuer = current.issuer == root.certificate.subject and (
+            current.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+            == root.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        )
+        if fresh and same_issuer and _san_of(current) == set(dns_names) | set(ip_addresses):
+            return
+    key = ca.generate_key()
+    cert = ca.issue_leaf(
+        issuer=root,
+        subject=platform_subject(common_name),
+        public_key=key.public_key(),
+        usage=usage,
+        valid_days=SERVICE_VALID_DAYS,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+    )
+    key_pem = ca.private_key_pem(key)
+    chain = ca.certificate_pem(cert) + ca.certificate_pem(root.certificate)
+    _write(pki.key(service), key_pem, 0o600)
+    _write(pki.cert(service), chain)
+    _write(pki.keystore(service), key_pem + chain, 0o600)
+
+
+def ensure_platform_pki(runtime: Runtime) -> PlatformPki:
+    """Create what is missing, renew what is close to expiry; idempotent."""
+    pki = PlatformPki(runtime.pki_dir)
+    pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = _ensure_root(runtime, pki)
+    loopback = ("127.0.0.1", "::1")
+    _ensure_service(
+        pki,
+        root,
+        service="broker",
+        common_name=BROKER,
+        # The broker is both: it serves clients and is a TLS client of its own controller.
+        usage=ca.Usage.SERVER_AND_CLIENT,
+        dns_names=tuple(dict.fromkeys(("localhost", runtime.kafka_advertised_host))),
+        ip_addresses=loopback,
+    )
+    _ensure_service(pki, root, service="admin", common_name=PLATFORM_ADMIN, usage=ca.Usage.CLIENT)
+    _ensure_service(
+        pki,
+        root,
+        service="web",
+        common_name="web",
+        usage=ca.Usage.SERVER,
+        dns_names=tuple(dict.fromkeys(("localhost", *runtime.public_hostnames))),
+        ip_addresses=loopback,
+    )
+    _write(pki.trust_bundle, ca.certificate_pem(root.certificate))
+    return pki

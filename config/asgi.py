@@ -1,0 +1,8 @@
+"""ASGI entry point (uvicorn on the Unix socket behind nginx)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+application = get_asgi_application()

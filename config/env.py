@@ -1,0 +1,236 @@
+"""The one place that reads the process environment.
+
+Everything Sluice needs to know about where it runs -- state directory, ports, secrets,
+heap sizes -- is resolved here into a frozen ``Runtime``.  Django settings, the Celery app,
+the launcher (``platform/sluicectl``) and the tests all build on the same object, so a port
+or a path is defined exactly once.  This module must not import Django.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEVELOPMENT = "development"
+PRODUCTION = "production"
+TEST = "test"
+ENVIRONMENTS = (DEVELOPMENT, PRODUCTION, TEST)
+
+# Default ports; SLUICE_PORT_OFFSET shifts all of them at once (the test stack uses +10000).
+DEFAULT_PORTS = {
+    "web": 8443,
+    "kafka": 9092,
+    "kafka_controller": 9093,
+    "kafka_internal": 9094,
+    "kafka_oauth": 9095,
+    "registry": 8081,
+    "registry_management": 8082,
+    "redis": 6379,
+}
+
+
+class ConfigurationError(Exception):
+    """The environment describes a Sluice that cannot run; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """TCP ports on loopback (web: the HTTPS listener nginx serves)."""
+
+    web: int
+    kafka: int
+    kafka_controller: int
+    kafka_internal: int
+    kafka_oauth: int
+    registry: int
+    registry_management: int
+    redis: int
+
+    def named(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in DEFAULT_PORTS}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how this Sluice instance runs, resolved once from the environment."""
+
+    environment: str
+    state_dir: Path
+    dist_dir: Path
+    ports: Ports
+    web_bind: str
+    public_hostnames: tuple[str, ...]
+    kafka_advertised_host: str
+    kafka_heap: str
+    registry_heap: str
+    kafka_java: str | None
+    registry_java: str | None
+    database_url: str | None
+    debug: bool
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.state_dir / "kafka" / "data"
+
+    @property
+    def registry_data_dir(self) -> Path:
+        return self.state_dir / "registry"
+
+    @property
+    def redis_data_dir(self) -> Path:
+        return self.state_dir / "redis"
+
+    @property
+    def web_socket(self) -> Path:
+        return self.run_dir / "web.sock"
+
+    @property
+    def static_root(self) -> Path:
+        return self.state_dir / "static"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.state_dir / "db.sqlite3"
+
+    # -- endpoints ---------------------------------------------------------------------
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.kafka_advertised_host}:{self.ports.kafka}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.registry}/apis/ccompat/v7"
+
+    @property
+    def web_url(self) -> str:
+        host = self.public_hostnames[0]
+        return f"https://{host}:{self.ports.web}"
+
+    def redis_url(self, db: int = 0) -> str:
+        return f"redis://:{self.redis_password}@127.0.0.1:{self.ports.redis}/{db}"
+
+    # -- secrets -----------------------------------------------------------------------
+    @property
+    def secret_key(self) -> str:
+        return self._secret("django-secret-key", "SLUICE_SECRET_KEY")
+
+    @property
+    def redis_password(self) -> str:
+        return self._secret("redis-password", "SLUICE_REDIS_PASSWORD")
+
+    @property
+    def key_encryption_key(self) -> bytes:
+        """Passphrase that encrypts CA private keys at rest (PKCS#8, BestAvailableEncryption)."""
+        return self._secret("kek", "SLUICE_KEK").encode()
+
+    def ensure_secrets(self) -> None:
+        """Resolve (and in development create) every secret now, before processes fork."""
+        _ = self.secret_key, self.redis_password, self.key_encryption_key
+
+    def _secret(self, name: str, variable: str) -> str:
+        if name in self._secrets:
+            return self._secrets[name]
+        value = read_or_create_secret(self, name, variable)
+        self._secrets[name] = value
+        return value
+
+
+def read_or_create_secret(runtime: Runtime, name: str, variable: str) -> str:
+    """A secret comes from the environment; in development/test it is generated once under
+    ``<state>/secrets`` (mode 0600).  Production refuses to invent one."""
+    value = runtime.environ.get(variable)
+    if value:
+        return value
+    path = runtime.secrets_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    if runtime.environment == PRODUCTION:
+        raise ConfigurationError(f"{variable} must be set when SLUICE_ENV=production")
+    runtime.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Written whole to a private temporary file, then linked into place: a concurrent
+    # process either wins the link or reads the complete winner, never a partial file.
+    tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(environ, name, default)
+    if not 1 <= value <= 65535:
+        raise ConfigurationError(f"{name}={value} is not a TCP port (1-65535)")
+    return value
+
+
+def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
+    """Build the Runtime from ``environ`` (default: ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    environment = env.get("SLUICE_ENV", DEVELOPMENT)
+    if environment not in ENVIRONMENTS:
+        raise ConfigurationError(f"SLUICE_ENV={environment!r}; use one of {', '.join(ENVIRONMENTS)}")
+    state_dir = Path(env.get("SLUICE_STATE_DIR", BASE_DIR / "var" / "data")).resolve()
+    dist_dir = Path(env.get("SLUICE_DIST_DIR", BASE_DIR / "var" / "dist")).resolve()
+    offset = _int(env, "SLUICE_PORT_OFFSET", 0)
+    ports = Ports(
+        **{name: _port(env, f"SLUICE_{name.upper()}_PORT", default + offset) for name, default in DEFAULT_PORTS.items()}
+    )
+    hostnames = tuple(h.strip() for h in env.get("SLUICE_HOSTNAMES", "localhost").split(",") if h.strip())
+    if not hostnames:
+        raise ConfigurationError("SLUICE_HOSTNAMES must name at least one host")
+    return Runtime(
+        environment=environment,
+        state_dir=state_dir,
+        dist_dir=dist_dir,
+        ports=ports,
+        web_bind=env.get("SLUICE_WEB_BIND", "127.0.0.1"),
+        public_hostnames=hostnames,
+        kafka_advertised_host=env.get("SLUICE_KAFKA_ADVERTISED_HOST", "localhost"),
+        kafka_heap=env.get("SLUICE_KAFKA_HEAP", "512m"),
+        registry_heap=env.get("SLUICE_REGISTRY_HEAP", "384m"),
+        kafka_java=env.get("SLUICE_KAFKA_JAVA") or None,
+        registry_java=env.get("SLUICE_REGISTRY_JAVA") or None,
+        database_url=env.get("DATABASE_URL") or None,
+        debug=env.get("SLUICE_DEBUG", "") == "1",
+        environ=dict(env),
+    )

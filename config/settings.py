@@ -1,0 +1,142 @@
+"""Django settings for Sluice.  Every value that depends on the environment comes from
+``config.env.load_runtime()``; nothing here reads ``os.environ``."""
+
+from __future__ import annotations
+
+from config.env import BASE_DIR, PRODUCTION, TEST, load_runtime
+
+SLUICE_RUNTIME = load_runtime()
+RUNTIME = SLUICE_RUNTIME
+
+SECRET_KEY = RUNTIME.secret_key
+DEBUG = RUNTIME.debug
+ALLOWED_HOSTS = [*RUNTIME.public_hostnames, "localhost", "127.0.0.1", "[::1]"]
+if RUNTIME.environment == TEST:
+    ALLOWED_HOSTS.append("testserver")
+CSRF_TRUSTED_ORIGINS = [f"https://{host}:{RUNTIME.ports.web}" for host in ALLOWED_HOSTS]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "tenants",
+    "devices",
+    "certs",
+    "ingest",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+
+def _database() -> dict[str, object]:
+    if RUNTIME.database_url:
+        import environ
+
+        return environ.Env.db_url_config(RUNTIME.database_url)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": RUNTIME.sqlite_path,
+        "OPTIONS": {
+            # WAL lets the web workers read while Celery writes; IMMEDIATE avoids the
+            # "database is locked" upgrade deadlock between concurrent writers.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        },
+    }
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = RUNTIME.static_root
+
+# Behind nginx, which terminates TLS on the only listener and always sets this header.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if RUNTIME.environment == PRODUCTION:
+    SECURE_HSTS_SECONDS = 31536000
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sluice API",
+    "DESCRIPTION": "Provisioning and ingest API of Sluice, the multi-tenant IoT-to-Kafka platform.",
+    "VERSION": "0.1.0",
+}
+
+# Celery: Redis on loopback with a password (config.env).  Tasks are acknowledged after
+# they ran, so a worker that dies mid-task leaves it for another.
+CELERY_BROKER_URL = RUNTIME.redis_url(0)
+CELERY_RESULT_BACKEND = RUNTIME.redis_url(0)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "beat-heartbeat": {"task": "sluice.heartbeat", "schedule": 10.0},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+}

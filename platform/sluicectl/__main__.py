@@ -1,0 +1,206 @@
+"""Command line: ``up``, ``test``, ``status``, ``down`` (see platform/bin/sluice)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from config.env import BASE_DIR
+from sluicectl.components import ALL, TEST_COMPONENTS
+from sluicectl.errors import LaunchError
+from sluicectl.launcher import (
+    ORDER,
+    Interrupted,
+    Launcher,
+    child_env,
+    install_signal_handlers,
+    make_context,
+    running_launcher,
+    say,
+    state_file,
+)
+
+# pytest's exit status when it collected no tests at all.
+PYTEST_NO_TESTS = 5
+
+
+def parse_components(raw: str | None, default: Sequence[str]) -> list[str]:
+    if not raw:
+        return list(default)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        raise LaunchError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    return names
+
+
+def run_platform(launcher: Launcher, on_ready: Callable[[], int] | None = None) -> int:
+    install_signal_handlers()
+    try:
+        launcher.start()
+        if on_ready is not None:
+            return on_ready()
+        launcher.watch()
+        return 0
+    except Interrupted as signame:
+        say(f"{signame} received, stopping")
+        return 0
+    except LaunchError as exc:
+        say(str(exc))
+        return 1
+    finally:
+        launcher.stop()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    ctx = make_context(child_env())
+    names = parse_components(args.components, ORDER)
+    launcher = Launcher(ctx, names)
+    began = time.monotonic()
+    rt = ctx.runtime
+
+    def ready() -> int:
+        if "web" in names:
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(BASE_DIR / "manage.py"),
+                    "sluice_first_admin",
+                    "--url",
+                    f"{rt.web_url}/admin/",
+                ],
+                env=ctx.env,
+                check=False,
+            )
+        say(f"ready in {time.monotonic() - began:.1f} s  (state: {rt.state_dir})")
+        lines = []
+        if "nginx" in names:
+            lines += [
+                f"  Admin UI        {rt.web_url}/admin/",
+                f"  REST API        {rt.web_url}/api/v1/",
+                f"  Health          {rt.web_url}/healthz",
+                f"  CA certificate  {ctx.pki.root_cert}  (trust it: curl --cacert ...)",
+            ]
+        if "kafka" in names:
+            lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
+        if "registry" in names:
+            lines.append(f"  Schema Registry {rt.registry_url}")
+        if "redis" in names:
+            lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
+        print("\n".join(lines), flush=True)
+        say("press Ctrl-C to stop everything; `platform/bin/sluice status` reports each part")
+        launcher.watch()
+        return 0
+
+    return run_platform(launcher, ready)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    extra = {
+        "SLUICE_ENV": "test",
+        "SLUICE_STATE_DIR": os.environ.get("SLUICE_TEST_STATE_DIR", str(BASE_DIR / "var" / "test")),
+        "SLUICE_PORT_OFFSET": os.environ.get("SLUICE_TEST_PORT_OFFSET", "10000"),
+    }
+    ctx = make_context(child_env(extra))
+    rt = ctx.runtime
+    # Tests start from a clean slate every run, and never share the user's state.
+    other = running_launcher(ctx)
+    if other is not None:
+        raise LaunchError(f"a test stack is already running from {rt.state_dir} (pid {other})")
+    shutil.rmtree(rt.state_dir, ignore_errors=True)
+
+    say("ruff check")
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", str(BASE_DIR)], check=False)
+    if lint.returncode != 0:
+        say("ruff found problems (above); fix them, then run the tests again")
+        return 1
+
+    names = parse_components(args.components, TEST_COMPONENTS)
+    launcher = Launcher(ctx, names)
+
+    def run_pytest() -> int:
+        say(f"services up ({', '.join(names)}); running pytest")
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", *args.pytest_args],
+            env=ctx.env,
+            cwd=BASE_DIR,
+            check=False,
+        )
+        if result.returncode == PYTEST_NO_TESTS:
+            say("pytest collected no tests; that is a failure, not a pass")
+            return 1
+        return result.returncode
+
+    return run_platform(launcher, run_pytest)
+
+
+def cmd_status(_args: argparse.Namespace) -> int:
+    ctx = make_context(child_env())
+    pid = running_launcher(ctx)
+    if pid is None:
+        say(f"not running (state: {ctx.runtime.state_dir})")
+        return 1
+    recorded = json.loads(state_file(ctx).read_text())["components"]
+    healthy = True
+    print(f"launcher pid {pid}, state {ctx.runtime.state_dir}")
+    for name in ORDER:
+        if name not in recorded:
+            continue
+        child = recorded[name]
+        try:
+            os.kill(child, 0)
+            reason = ALL[name].check(ctx)
+        except ProcessLookupError:
+            reason = "process is gone"
+        healthy &= reason is None
+        print(f"  {name:<9} pid {child:<8} {'ok' if reason is None else 'DOWN: ' + reason}")
+    return 0 if healthy else 1
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    ctx = make_context(child_env())
+    pid = running_launcher(ctx)
+    if pid is None:
+        say("not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if running_launcher(ctx) is None:
+            say("stopped")
+            return 0
+        time.sleep(0.5)
+    raise LaunchError(f"launcher (pid {pid}) did not stop within 120 s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluice", description="Run and test the Sluice platform.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="bring up the whole platform; Ctrl-C stops it")
+    up.add_argument("--components", help=f"comma-separated subset of {','.join(ORDER)}")
+    up.set_defaults(func=cmd_up)
+    test = sub.add_parser("test", help="run the test suite against its own services")
+    test.add_argument("--components", help="services to start (default: redis,kafka,registry)")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    test.set_defaults(func=cmd_test)
+    sub.add_parser("status", help="report each component").set_defaults(func=cmd_status)
+    sub.add_parser("down", help="stop a running platform").set_defaults(func=cmd_down)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LaunchError as exc:
+        say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""What each part of the platform is: how to prepare it, the command that runs it, the ports
+it owns, and how to tell that it is healthy.
+
+Checks return ``None`` when healthy, otherwise a short reason.  They use the same client
+builders as the application (``ingest.kafka``), so "healthy" means what Sluice itself needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import ssl
+import stat
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from certs.platform_pki import PlatformPki, ensure_platform_pki
+from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
+from config.env import BASE_DIR, Runtime
+from sluicectl import fetch
+from sluicectl.errors import LaunchError
+from sluicectl.supervisor import Process, run_once
+
+TEMPLATES = BASE_DIR / "platform"
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+@dataclass
+class Context:
+    """What every component needs: the resolved runtime and the environment for children."""
+
+    runtime: Runtime
+    env: dict[str, str]
+
+    @property
+    def pki(self) -> PlatformPki:
+        return PlatformPki(self.runtime.pki_dir)
+
+    def log(self, name: str) -> Path:
+        return self.runtime.logs_dir / f"{name}.log"
+
+
+def render(template: Path, target: Path, mode: int = 0o644, **values: Any) -> None:
+    """Fill ``{{name}}`` placeholders; a placeholder without a value is an error."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(1) not in values:
+            raise LaunchError(f"{template}: no value for {{{{{match.group(1)}}}}}")
+        return str(values[match.group(1)])
+
+    text = PLACEHOLDER.sub(value, template.read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def tcp_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(url: str, *, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Component:
+    """Base: subclasses set the class attributes and override what differs."""
+
+    name: str = ""
+    ports: tuple[str, ...] = ()
+    startup_timeout: float = 60.0
+    stop_timeout: float = 20.0
+
+    def prepare(self, ctx: Context) -> None:
+        """Work before start: configuration files, downloads, migrations."""
+
+    def process(self, ctx: Context) -> Process:
+        raise NotImplementedError
+
+    def check(self, ctx: Context) -> str | None:
+        raise NotImplementedError
+
+    def after_healthy(self, ctx: Context) -> None:
+        """One-off configuration that needs the running service."""
+
+
+class Redis(Component):
+    name = "redis"
+    ports = ("redis",)
+    startup_timeout = 15.0
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        rt.redis_data_dir.mkdir(parents=True, exist_ok=True)
+        render(
+            TEMPLATES / "redis" / "redis.conf.in",
+            rt.run_dir / "redis.conf",
+            mode=0o600,
+            port=rt.ports.redis,
+            password=rt.redis_password,
+            data_dir=rt.redis_data_dir,
+        )
+
+    def process(self, ctx: Context) -> Process:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        return Process(self.name, [binary, str(ctx.runtime.run_dir / "redis.conf")], ctx.log(self.name))
+
+    def check(self, ctx: Context) -> str | None:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(ctx.runtime.redis_url(), socket_timeout=1, socket_connect_timeout=1)
+            client.ping()
+        except redis.RedisError as exc:
+            return str(exc)
+        return None
+
+    def after_healthy(self, ctx: Context) -> None:
+        import redis
+
+        from config.health import BEAT_KEY
+
+        # Redis persists; a heartbeat left by the previous run must not vouch for this one.
+        redis.Redis.from_url(ctx.runtime.redis_url()).delete(BEAT_KEY)
+
+
+class Kafka(Component):
+    name = "kafka"
+    ports = ("kafka", "kafka_controller", "kafka_internal")
+    startup_timeout = 120.0
+    stop_timeout = 45.0
+
+    def _java(self, ctx: Context, libs: Path, *, heap: str | None) -> list[str]:
+        argv = [str(fetch.kafka_java(ctx.runtime.kafka_java))]
+        if heap:
+            argv += [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+        argv += [
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={ctx.runtime.logs_dir / 'kafka'}",
+            f"-Dlog4j2.configurationFile={TEMPLATES / 'kafka' / 'log4j2.yaml'}",
+            "-cp",
+            f"{libs}/*",
+        ]
+        return argv
+
+    @property
+    def _props(self) -> str:
+        return "server.properties"
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        libs = fetch.kafka_libs(rt)
+        pki = ensure_platform_pki(rt)
+        kafka_dir = rt.state_dir / "kafka"
+        props = kafka_dir / self._props
+        render(
+            TEMPLATES / "kafka" / "server.properties.in",
+            props,
+            controller_port=rt.ports.kafka_controller,
+            internal_port=rt.ports.kafka_internal,
+            client_port=rt.ports.kafka,
+            client_bind="127.0.0.1" if rt.web_bind == "127.0.0.1" else "0.0.0.0",  # noqa: S104
+            advertised_host=rt.kafka_advertised_host,
+            keystore=pki.keystore("broker"),
+            truststore=pki.trust_bundle,
+            principal_mapping_rules=KAFKA_PRINCIPAL_MAPPING_RULES,
+            super_users=";".join(SUPER_USERS),
+            log_dirs=rt.kafka_data_dir,
+        )
+        if not (rt.kafka_data_dir / "meta.properties").exists():
+            cluster_id_file = kafka_dir / "cluster-id"
+            if not cluster_id_file.exists():
+                # 16 random bytes, URL-safe base64 without padding, as StorageTool random-uuid.
+                raw = uuid.uuid4().bytes
+                cid = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+                cluster_id_file.write_text(("A" + cid[1:] if cid.startswith("-") else cid) + "\n")
+            run_once(
+                "kafka storage format",
+                [
+                    *self._java(ctx, libs, heap=None),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id_file.read_text().strip(),
+                    "-c",
+                    str(props),
+                ],
+                log_path=ctx.log("kafka"),
+                timeout=120,
+            )
+
+    def process(self, ctx: Context) -> Process:
+        rt = ctx.runtime
+        argv = [
+            *self._java(ctx, fetch.kafka_libs(rt), heap=rt.kafka_heap),
+            "kafka.Kafka",
+            str(rt.state_dir / "kafka" / self._props),
+        ]
+        return Process(self.name, argv, ctx.log(self.name))
+
+    def check(self, ctx: Context) -> str | None:
+        if not tcp_open(ctx.runtime.ports.kafka):
+            return "client listener not open yet"
+        from ingest.kafka import kafka_cluster_check
+
+        return kafka_cluster_check(ctx.runtime)
+
+
+class Registry(Component):
+    name = "registry"
+    ports = ("registry", "registry_management")
+    startup_timeout = 150.0
+
+    def prepare(self, ctx: Context) -> None:
+        fetch.apicurio_home(ctx.runtime)
+        fetch.registry_java(ctx.runtime.registry_java)
+        ctx.runtime.registry_data_dir.mkdir(parents=True, exist_ok=True)
+
+    def process(self, ctx: Context) -> Process:
+        rt = ctx.runtime
+        java = str(fetch.registry_java(rt.registry_java))
+        home = fetch.apicurio_home(rt)
+        data = rt.registry_data_dir
+        argv = [
+            java,
+            f"-Xmx{rt.registry_heap}",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            "-Dquarkus.http.host=127.0.0.1",
+            f"-Dquarkus.http.port={rt.ports.registry}",
+            "-Dquarkus.management.host=127.0.0.1",
+            f"-Dquarkus.management.port={rt.ports.registry_management}",
+            "-Dapicurio.storage.kind=sql",
+            "-Dapicurio.storage.sql.kind=h2",
+            # A file database under the state directory: schemas survive restarts.
+            f"-Dapicurio.datasource.url=jdbc:h2:file:{data / 'registry'};DB_CLOSE_ON_EXIT=FALSE",
+            "-Dapicurio.datasource.jdbc.initial-size=2",
+            "-Dapicurio.datasource.jdbc.min-size=2",
+            "-Dapicurio.datasource.jdbc.max-size=20",
+            f"-Dapicurio.storage.snapshot.location={data}",
+            f"-Dapicurio.import.work-dir={data}",
+            "-Dquarkus.http.access-log.enabled=false",
+            "-jar",
+            str(home / "quarkus-run.jar"),
+        ]
+        return Process(self.name, argv, ctx.log(self.name), cwd=data)
+
+    def check(self, ctx: Context) -> str | None:
+        try:
+            status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.ports.registry_management}/health/ready")
+            if status != 200:
+                return f"health/ready answered {status}"
+            status, _ = http_get(f"{ctx.runtime.registry_url}/subjects")
+        except OSError as exc:
+            return str(getattr(exc, "reason", exc))
+        return None if status == 200 else f"ccompat API answered {status}"
+
+    def after_healthy(self, ctx: Context) -> None:
+        # Apicurio's default compatibility is NONE; Confluent's (and Sluice's) is BACKWARD.
+        request = urllib.request.Request(  # noqa: S310
+            f"{ctx.runtime.registry_url}/config",
+            data=json.dumps({"compatibility": "BACKWARD"}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                if response.status != 200:
+                    raise LaunchError(f"registry refused global compatibility BACKWARD ({response.status})")
+        except urllib.error.URLError as exc:
+            raise LaunchError(f"registry: could not set global compatibility: {exc}") from None
+
+
+def _django(ctx: Context, *args: str) -> list[str]:
+    return [sys.executable, str(BASE_DIR / "manage.py"), *args]
+
+
+class Web(Component):
+    """The Django ASGI app (uvicorn) on a Unix socket that only nginx talks to."""
+
+    name = "web"
+    startup_timeout = 60.0
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        rt.run_dir.mkdir(parents=True, exist_ok=True)
+        # nginx workers (another user) must reach the socket in here.
+        os.chmod(rt.run_dir, 0o755)  # noqa: S103
+        run_once(
+            "migrate",
+            _django(ctx, "migrate", "--noinput"),
+            log_path=ctx.log("migrate"),
+            env=ctx.env,
+            timeout=300,
+        )
+        run_once(
+            "collectstatic",
+            _django(ctx, "collectstatic", "--noinput", "--clear"),
+            log_path=ctx.log("migrate"),
+            env=ctx.env,
+            timeout=120,
+        )
+        ctx.runtime.web_socket.unlink(missing_ok=True)
+
+    def process(self, ctx: Context) -> Process:
+        rt = ctx.runtime
+        workers = ctx.env.get("SLUICE_WEB_WORKERS", "2")
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "config.asgi:application",
+            "--uds",
+            str(rt.web_socket),
+            "--workers",
+            workers,
+            "--no-server-header",
+            "--log-level",
+            "warning",
+        ]
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+
+    def check(self, ctx: Context) -> str | None:
+        return None if ctx.runtime.web_socket.exists() else "socket not there yet"
+
+
+def _nginx_user_directive(ctx: Context) -> str:
+    """As root, nginx workers run as an unprivileged user, who must be able to reach the
+    socket and the static files; fall back to the launcher's user when a parent directory is
+    closed to others."""
+    if os.geteuid() != 0:
+        return ""
+    for path in [ctx.runtime.run_dir, *ctx.runtime.run_dir.parents]:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
+    return "user nobody nogroup;"
+
+
+class Nginx(Component):
+    """TLS in front of the web app: HTTPS with the platform certificate, client certificates
+    verified against the platform trust bundle and handed to the app as headers."""
+
+    name = "nginx"
+    ports = ("web",)
+    startup_timeout = 30.0
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        pki = ensure_platform_pki(rt)
+        prefix = rt.state_dir / "nginx"
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        rt.static_root.mkdir(parents=True, exist_ok=True)
+        rt.logs_dir.mkdir(parents=True, exist_ok=True)
+        render(
+            TEMPLATES / "nginx" / "nginx.conf.in",
+            prefix / "nginx.conf",
+            user_directive=_nginx_user_directive(ctx),
+            pid_file=rt.run_dir / "nginx.pid",
+            logs_dir=rt.logs_dir,
+            prefix=prefix,
+            mime_types="/etc/nginx/mime.types",
+            socket=rt.web_socket,
+            bind=rt.web_bind,
+            port=rt.ports.web,
+            server_names=" ".join(rt.public_hostnames),
+            certificate=pki.cert("web"),
+            certificate_key=pki.key("web"),
+            client_ca=pki.trust_bundle,
+            static_root=rt.static_root,
+        )
+
+    def process(self, ctx: Context) -> Process:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        prefix = ctx.runtime.state_dir / "nginx"
+        argv = [
+            binary,
+            "-p",
+            str(prefix),
+            "-c",
+            str(prefix / "nginx.conf"),
+            "-e",
+            str(ctx.log("nginx-error")),
+        ]
+        return Process(self.name, argv, ctx.log(self.name))
+
+    def check(self, ctx: Context) -> str | None:
+        context = ssl.create_default_context(cafile=str(ctx.pki.trust_bundle))
+        try:
+            status, body = http_get(f"https://127.0.0.1:{ctx.runtime.ports.web}/healthz", context=context)
+        except OSError as exc:
+            return str(getattr(exc, "reason", exc))
+        if status == 200:
+            return None
+        try:
+            report = json.loads(body)
+            bad = [
+                f"{k}: {v.get('detail', v.get('status'))}"
+                for k, v in report["components"].items()
+                if v["status"] != "ok"
+            ]
+            return "; ".join(bad) or f"/healthz answered {status}"
+        except (ValueError, KeyError, AttributeError):
+            return f"/healthz answered {status}"
+
+
+class CeleryWorker(Component):
+    name = "worker"
+    startup_timeout = 60.0
+    stop_timeout = 30.0
+
+    def process(self, ctx: Context) -> Process:
+        concurrency = ctx.env.get("SLUICE_WORKER_CONCURRENCY", "2")
+        argv = [
+            sys.executable, "-m", "celery", "-A", "config", "worker",
+            "--loglevel", "INFO", "--concurrency", concurrency,
+            "--hostname", f"worker@{socket.gethostname()}-{ctx.runtime.ports.web}",
+        ]  # fmt: skip
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+
+    def check(self, ctx: Context) -> str | None:
+        return None  # judged through /healthz (celery_worker), which pings over Redis
+
+
+class CeleryBeat(Component):
+    name = "beat"
+    startup_timeout = 60.0
+
+    def process(self, ctx: Context) -> Process:
+        schedule = ctx.runtime.state_dir / "celerybeat-schedule"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "config", "beat",
+            "--loglevel", "INFO", "--schedule", str(schedule),
+            "--pidfile", str(ctx.runtime.run_dir / "beat.pid"),
+        ]  # fmt: skip
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+
+    def check(self, ctx: Context) -> str | None:
+        return None  # judged through /healthz (celery_beat), which reads beat's heartbeat
+
+
+ALL: dict[str, Component] = {
+    c.name: c for c in (Redis(), Kafka(), Registry(), Web(), Nginx(), CeleryWorker(), CeleryBeat())
+}
+# What `sluice test` starts: the services the tests talk to.  Tests start their own web,
+# workers and launchers where they need them.
+TEST_COMPONENTS = ("redis", "kafka", "registry")

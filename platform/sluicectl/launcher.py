@@ -1,0 +1,207 @@
+"""Bring a set of components up in order, watch them, and take them all down again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.env import BASE_DIR, ConfigurationError, load_runtime
+from sluicectl.components import ALL, Component, Context
+from sluicectl.errors import LaunchError
+from sluicectl.supervisor import Process, last_error
+
+# Start order; stop is the reverse.  Only Redis is waited for before the next one starts:
+# Kafka and the registry are JVMs that take a while, and migrations run meanwhile.  The
+# nginx check reads /healthz, which covers the database, Kafka, the registry, the Celery
+# worker and beat, so "healthy" at the end means the whole platform answers.
+ORDER = ("redis", "kafka", "registry", "web", "nginx", "worker", "beat")
+WAIT_BEFORE_NEXT = {"redis"}
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    env["PYTHONPATH"] = f"{BASE_DIR}{os.pathsep}{BASE_DIR / 'platform'}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def make_context(env: dict[str, str]) -> Context:
+    try:
+        return Context(runtime=load_runtime(env), env=env)
+    except ConfigurationError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def say(message: str) -> None:
+    print(f"sluice: {message}", flush=True)
+
+
+def state_file(ctx: Context) -> Path:
+    return ctx.runtime.run_dir / "launcher.json"
+
+
+def running_launcher(ctx: Context) -> int | None:
+    """The pid of a live launcher for this state directory, if one is running."""
+    path = state_file(ctx)
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"sluicectl" in cmdline else None
+
+
+def check_ports_free(ctx: Context, components: Sequence[Component]) -> None:
+    for component in components:
+        for port_name in component.ports:
+            port = getattr(ctx.runtime.ports, port_name)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    variable = f"SLUICE_{port_name.upper()}_PORT"
+                    raise LaunchError(
+                        f"port {port} ({component.name}) is already in use; stop whatever holds it "
+                        f"(ss -ltnp 'sport = :{port}') or choose another with "
+                        f"{variable}= or SLUICE_PORT_OFFSET="
+                    ) from None
+
+
+@dataclass
+class Launcher:
+    ctx: Context
+    names: Sequence[str]
+    processes: dict[str, Process] = field(default_factory=dict)
+    _stopping: bool = False
+
+    @property
+    def components(self) -> list[Component]:
+        return [ALL[name] for name in ORDER if name in self.names]
+
+    def _write_state(self) -> None:
+        path = state_file(self.ctx)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "components": {n: p.pid for n, p in self.processes.items()},
+                    "state_dir": str(self.ctx.runtime.state_dir),
+                },
+                indent=2,
+            )
+        )
+
+    def _raise_if_died(self, component: Component) -> None:
+        process = self.processes[component.name]
+        code = process.exit_code()
+        if code is not None:
+            last = last_error(process.log_path)
+            raise LaunchError(
+                f"{component.name} exited with status {code} while starting: {last}  [log: {process.log_path}]"
+            )
+
+    def wait_healthy(self, component: Component) -> None:
+        deadline = time.monotonic() + component.startup_timeout
+        reason: str | None = "not checked yet"
+        while time.monotonic() < deadline:
+            self._raise_if_died(component)
+            reason = component.check(self.ctx)
+            if reason is None:
+                component.after_healthy(self.ctx)
+                return
+            time.sleep(0.5)
+        self._raise_if_died(component)
+        raise LaunchError(
+            f"{component.name} did not become healthy within {component.startup_timeout:.0f} s "
+            f"(last check: {reason}); see {self.ctx.log(component.name)}"
+        )
+
+    def _start(self, component: Component) -> None:
+        component.prepare(self.ctx)
+        process = component.process(self.ctx)
+        process.start()
+        self.processes[component.name] = process
+        self._write_state()
+
+    def start(self) -> None:
+        """Start everything in order and wait until each is healthy; on any failure stop
+        what was started and raise."""
+        rt = self.ctx.runtime
+        for directory in (rt.state_dir, rt.logs_dir, rt.run_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        other = running_launcher(self.ctx)
+        if other is not None and other != os.getpid():
+            raise LaunchError(
+                f"Sluice is already running from {rt.state_dir} (pid {other}); stop it with: platform/bin/sluice down"
+            )
+        check_ports_free(self.ctx, self.components)
+        self._write_state()
+        started: list[Component] = []
+        for component in self.components:
+            say(f"starting {component.name}")
+            self._start(component)
+            started.append(component)
+            if component.name in WAIT_BEFORE_NEXT:
+                self.wait_healthy(component)
+        for component in started:
+            if component.name not in WAIT_BEFORE_NEXT:
+                self.wait_healthy(component)
+
+    def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for name in reversed(ORDER):
+            process = self.processes.get(name)
+            if process is None:
+                continue
+            if process.running():
+                say(f"stopping {name}")
+            process.stop(timeout=ALL[name].stop_timeout)
+        with contextlib.suppress(OSError):
+            state_file(self.ctx).unlink()
+
+    def watch(self) -> None:
+        """Block until a signal or until a component dies (then raise)."""
+        while True:
+            for name, process in self.processes.items():
+                code = process.exit_code()
+                if code is not None:
+                    last = last_error(process.log_path)
+                    raise LaunchError(
+                        f"{name} exited unexpectedly with status {code}: {last}  [log: {process.log_path}]"
+                    )
+            time.sleep(1)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the launcher."""
+
+
+def install_signal_handlers() -> None:
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

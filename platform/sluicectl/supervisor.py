@@ -1,0 +1,147 @@
+"""Child processes: each in its own session (so a stop reaches its whole tree), output
+appended to ``<state>/logs/<name>.log``, and told to exit if the launcher dies."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+ERROR_WORDS = ("ERROR", "FATAL", "Exception", "Error:", "error:", "Error occurred", "Address already in use")
+
+
+def _die_with_parent() -> None:
+    """preexec hook: SIGTERM this child when the launcher goes away, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def last_error(path: Path) -> str:
+    """The most telling line of the latest run in a log: the first line that reads like an
+    error after the last start marker, else its last line."""
+    text = tail(path, 400)
+    run = text.rsplit("\n==== ", 1)[-1].splitlines()
+    for line in run:
+        if any(word in line for word in ERROR_WORDS):
+            return line.strip()[:400]
+    return run[-1].strip()[:400] if run else ""
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 65536))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Process:
+    """One supervised command."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            log.flush()
+            try:
+                self.popen = subprocess.Popen(
+                    list(self.argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(self.env) if self.env is not None else None,
+                    cwd=self.cwd,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except FileNotFoundError as exc:
+                from sluicectl.errors import LaunchError
+
+                raise LaunchError(f"{self.name}: cannot run {self.argv[0]!r} ({exc.strerror})") from None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def exit_code(self) -> int | None:
+        return self.popen.poll() if self.popen else None
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after ``timeout``."""
+        if self.popen is None:
+            return
+        pgid = self.popen.pid
+        if group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.popen.poll()
+            if not group_alive(pgid):
+                break
+            time.sleep(0.1)
+        if group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
+
+def run_once(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float,
+) -> None:
+    """Run a preparation step to completion; a failure becomes a LaunchError with its tail."""
+    from sluicectl.errors import LaunchError
+
+    proc = Process(name, argv, log_path, env=env, cwd=cwd)
+    proc.start()
+    assert proc.popen is not None
+    try:
+        code = proc.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.stop(timeout=5)
+        raise LaunchError(f"{name} did not finish within {timeout:.0f} s; see {log_path}") from None
+    if code != 0:
+        last = last_error(log_path)
+        raise LaunchError(f"{name} failed (exit {code}): {last}  [full log: {log_path}]")

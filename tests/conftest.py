@@ -1,0 +1,102 @@
+"""Shared fixtures.  Integration tests talk to the services ``platform/bin/sluice test``
+started for this run (its state directory and ports arrive through the environment)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from django.conf import settings
+
+from certs import ca
+from certs.platform_pki import ensure_platform_pki, load_root
+from certs.principals import device_subject
+from config.env import Runtime
+from ingest.kafka import admin_config
+
+
+@pytest.fixture(scope="session")
+def runtime() -> Runtime:
+    return settings.SLUICE_RUNTIME
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def services(runtime: Runtime) -> Runtime:
+    """The real Redis, Kafka and registry of this test run; fails (never skips) without them."""
+    missing = [
+        name
+        for name, port in (
+            ("redis", runtime.ports.redis),
+            ("kafka", runtime.ports.kafka),
+            ("registry", runtime.ports.registry),
+        )
+        if not _listening(port)
+    ]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not running on this run's ports; run the suite with: platform/bin/sluice test",
+            pytrace=False,
+        )
+    ensure_platform_pki(runtime)
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(services: Runtime) -> AdminClient:
+    return AdminClient(admin_config(services))
+
+
+@dataclass(frozen=True)
+class ClientCredential:
+    """A certificate and key from the platform CA, as a device or gateway would hold them."""
+
+    tenant: str
+    group: str
+    device: str
+    certificate_pem: str
+    key_pem: str
+
+
+def issue_device_credential(runtime: Runtime, *, tenant: str, group: str, device: str) -> ClientCredential:
+    root = load_root(runtime)
+    key = ca.generate_key()
+    cert = ca.issue_leaf(
+        issuer=root,
+        subject=device_subject(tenant=tenant, group=group, device=device),
+        public_key=key.public_key(),
+        usage=ca.Usage.CLIENT,
+        valid_days=1,
+    )
+    return ClientCredential(
+        tenant=tenant,
+        group=group,
+        device=device,
+        certificate_pem=ca.certificate_pem(cert).decode(),
+        key_pem=ca.private_key_pem(key).decode(),
+    )
+
+
+def unique_slug(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def kafka_topic(kafka_admin: AdminClient) -> Iterator[str]:
+    """A fresh topic under a fresh tenant prefix, deleted afterwards."""
+    tenant = unique_slug("t")
+    topic = f"iot.{tenant}.eu.temperature"
+    kafka_admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    yield topic
+    kafka_admin.delete_topics([topic])[topic].result(30)

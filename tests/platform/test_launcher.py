@@ -1,0 +1,200 @@
+"""The launcher as a user meets it: it starts, reports, refuses clearly, and stops its
+whole process tree."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from config.env import BASE_DIR
+from ingest.kafka import admin_config
+from sluicectl.components import Component, Context
+from sluicectl.errors import LaunchError
+from sluicectl.launcher import Launcher, child_env, make_context
+from sluicectl.supervisor import Process
+
+SLUICECTL = [sys.executable, "-m", "sluicectl"]
+
+
+def launcher_env(state: Path, offset: int, **extra: str) -> dict[str, str]:
+    return child_env({"SLUICE_ENV": "test", "SLUICE_STATE_DIR": str(state), "SLUICE_PORT_OFFSET": str(offset), **extra})
+
+
+def run_sluicectl(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SLUICECTL, *args], env=env, cwd=BASE_DIR, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            if line == "" and proc.poll() is not None:
+                break
+            seen += line
+            if marker in line:
+                return seen
+    pytest.fail(f"launcher never printed {marker!r}; it printed:\n{seen}")
+
+
+@pytest.fixture
+def running_platform(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    env = launcher_env(tmp_path, 22000, SLUICE_WORKER_CONCURRENCY="2")
+    proc = subprocess.Popen(
+        [*SLUICECTL, "up", "--components", "redis,worker,beat"],
+        env=env,
+        cwd=BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    read_until(proc, "ready in", timeout=90)
+    yield proc, env
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_ctrl_c_stops_the_whole_process_tree(running_platform: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
+    # given a running launcher with Redis and a prefork Celery worker (which has children)
+    proc, env = running_platform
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(" ".join(p.cmdline()) for p in tree)
+    assert "redis-server" in names
+    assert "celery" in names
+    assert len(tree) >= 4, names  # redis, worker + its pool processes, beat
+
+    # and status reports each component
+    status = run_sluicectl(["status"], env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "redis" in status.stdout
+    assert "ok" in status.stdout
+
+    # when a second launcher is started on the same state, then it refuses
+    second = run_sluicectl(["up", "--components", "redis"], env, timeout=60)
+    assert second.returncode == 1
+    assert "already running" in second.stdout
+    assert "Traceback" not in second.stdout + second.stderr
+
+    # when Ctrl-C reaches the launcher
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 0
+
+    # then every process it started is gone
+    survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert survivors == []
+    assert run_sluicectl(["status"], env).returncode == 1
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    env = launcher_env(tmp_path, 23000)
+    port = 6379 + 23000
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = run_sluicectl(["up", "--components", "redis"], env, timeout=60)
+    assert result.returncode == 1
+    assert f"port {port} (redis) is already in use" in result.stdout
+    assert "SLUICE_REDIS_PORT" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_missing_maven_is_named(tmp_path: Path) -> None:
+    # given a machine whose PATH has no mvn, and no jars fetched yet
+    env = launcher_env(tmp_path / "state", 23100, SLUICE_DIST_DIR=str(tmp_path / "dist"))
+    env["PATH"] = str(Path(sys.executable).parent)
+    result = run_sluicectl(["up", "--components", "kafka"], env, timeout=60)
+    assert result.returncode == 1
+    assert "Maven (mvn) is not installed; install it with: apt-get install maven" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_missing_configured_java_is_named(tmp_path: Path) -> None:
+    env = launcher_env(tmp_path, 23200, SLUICE_KAFKA_JAVA="/nonexistent/bin/java")
+    result = run_sluicectl(["up", "--components", "kafka"], env, timeout=120)
+    assert result.returncode == 1
+    assert "the configured Java /nonexistent/bin/java does not exist" in result.stdout
+
+
+def test_a_component_that_dies_at_start_is_reported_with_its_reason(tmp_path: Path) -> None:
+    # given a registry JVM that cannot start (a heap too small to boot)
+    env = launcher_env(tmp_path, 23300, SLUICE_REGISTRY_HEAP="1k")
+    started = time.monotonic()
+    result = run_sluicectl(["up", "--components", "registry"], env, timeout=120)
+    # then one line says which component, its exit status and the JVM's own reason
+    assert result.returncode == 1
+    assert "registry exited with status 1 while starting: Error occurred during initialization of VM" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+
+
+class NeverHealthy(Component):
+    name = "never"
+    startup_timeout = 1.5
+
+    def process(self, ctx: Context) -> Process:
+        return Process(self.name, ["sleep", "30"], ctx.log(self.name))
+
+    def check(self, ctx: Context) -> str | None:
+        return "still warming up"
+
+
+def test_a_component_that_never_becomes_healthy_times_out(tmp_path: Path) -> None:
+    ctx = make_context(launcher_env(tmp_path, 23400))
+    launcher = Launcher(ctx, [])
+    component = NeverHealthy()
+    process = component.process(ctx)
+    process.start()
+    launcher.processes[component.name] = process
+    try:
+        with pytest.raises(
+            LaunchError, match=r"never did not become healthy within 2 s \(last check: still warming up\)"
+        ):
+            launcher.wait_healthy(component)
+    finally:
+        process.stop(timeout=5)
+    assert not process.running()
+
+
+def test_kafka_storage_is_formatted_once_and_kept(tmp_path: Path) -> None:
+    # given Kafka started by the launcher on a fresh state directory, with a topic
+    ctx = make_context(launcher_env(tmp_path, 24000))
+    topic = "iot.keep.eu.raw"
+    first = Launcher(ctx, ["kafka"])
+    first.start()
+    try:
+        cluster_id = (tmp_path / "kafka" / "cluster-id").read_text()
+        AdminClient(admin_config(ctx.runtime)).create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+    finally:
+        first.stop()
+    meta = (ctx.runtime.kafka_data_dir / "meta.properties").read_text()
+
+    # when it is started again
+    second = Launcher(ctx, ["kafka"])
+    second.start()
+    try:
+        # then the storage was not formatted again and the topic is still there
+        assert (tmp_path / "kafka" / "cluster-id").read_text() == cluster_id
+        assert (ctx.runtime.kafka_data_dir / "meta.properties").read_text() == meta
+        topics = AdminClient(admin_config(ctx.runtime)).list_topics(timeout=10).topics
+        assert len(topics[topic].partitions) == 2
+    finally:
+        second.stop()
+    assert os.listdir(ctx.runtime.logs_dir)

@@ -1,0 +1,48 @@
+"""config.env: every bad setting is named in the error, and secrets are never invented in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.env import DEFAULT_PORTS, ConfigurationError, load_runtime
+
+
+def test_port_offset_moves_every_port(tmp_path: Path) -> None:
+    runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_PORT_OFFSET": "10000"})
+    assert runtime.ports.named() == {name: port + 10000 for name, port in DEFAULT_PORTS.items()}
+
+
+def test_a_specific_port_wins_over_the_offset(tmp_path: Path) -> None:
+    runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_PORT_OFFSET": "5", "SLUICE_KAFKA_PORT": "19092"})
+    assert runtime.ports.kafka == 19092
+    assert runtime.ports.redis == DEFAULT_PORTS["redis"] + 5
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SLUICE_KAFKA_PORT": "nine"}, "SLUICE_KAFKA_PORT='nine' is not a whole number"),
+        ({"SLUICE_WEB_PORT": "70000"}, "SLUICE_WEB_PORT=70000 is not a TCP port"),
+        ({"SLUICE_ENV": "staging"}, "SLUICE_ENV='staging'; use one of"),
+        ({"SLUICE_HOSTNAMES": " , "}, "SLUICE_HOSTNAMES must name at least one host"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path: Path, environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
+        load_runtime({"SLUICE_STATE_DIR": str(tmp_path), **environ})
+
+
+def test_development_generates_secrets_once_and_keeps_them_private(tmp_path: Path) -> None:
+    runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path)})
+    key = runtime.secret_key
+    assert load_runtime({"SLUICE_STATE_DIR": str(tmp_path)}).secret_key == key
+    assert (tmp_path / "secrets" / "django-secret-key").stat().st_mode & 0o077 == 0
+
+
+def test_production_refuses_to_invent_secrets(tmp_path: Path) -> None:
+    runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_ENV": "production"})
+    with pytest.raises(ConfigurationError, match="SLUICE_KEK must be set"):
+        _ = runtime.key_encryption_key
+    assert not (tmp_path / "secrets").exists()
