@@ -74,6 +74,9 @@ def check_ports_free(ctx: Context, components: Sequence[Component]) -> None:
         for port_name in component.ports:
             port = getattr(ctx.runtime.ports, port_name)
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As the services themselves do: connections in TIME_WAIT from a previous
+                # run must not count as "in use", only a live listener.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind(("127.0.0.1", port))
                 except OSError:
@@ -148,6 +151,10 @@ class Launcher:
         rt = self.ctx.runtime
         for directory in (rt.state_dir, rt.logs_dir, rt.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        try:
+            rt.ensure_secrets()
+        except ConfigurationError as exc:
+            raise LaunchError(str(exc)) from None
         other = running_launcher(self.ctx)
         if other is not None and other != os.getpid():
             raise LaunchError(
