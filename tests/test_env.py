@@ -46,3 +46,18 @@ def test_production_refuses_to_invent_secrets(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="SLUICE_KEK must be set"):
         _ = runtime.key_encryption_key
     assert not (tmp_path / "secrets").exists()
+
+
+def test_concurrent_first_reads_agree_on_one_secret(tmp_path: Path) -> None:
+    # given several processes that all start at once on an empty state directory
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        keys = list(pool.map(_secret_key_of, [str(tmp_path)] * 8))
+    # then every one of them sees the same secret, and no temporary file is left behind
+    assert len(set(keys)) == 1
+    assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["django-secret-key"]
+
+
+def _secret_key_of(state_dir: str) -> str:
+    return load_runtime({"SLUICE_STATE_DIR": state_dir}).secret_key

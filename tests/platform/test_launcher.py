@@ -74,7 +74,11 @@ def running_platform(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], di
 def test_ctrl_c_stops_the_whole_process_tree(running_platform: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
     # given a running launcher with Redis and a prefork Celery worker (which has children)
     proc, env = running_platform
+    deadline = time.monotonic() + 60
     tree = psutil.Process(proc.pid).children(recursive=True)
+    while len(tree) < 4 and time.monotonic() < deadline:  # the worker forks its pool after boot
+        time.sleep(0.5)
+        tree = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in tree)
     assert "redis-server" in names
     assert "celery" in names
@@ -181,7 +185,8 @@ def test_kafka_storage_is_formatted_once_and_kept(tmp_path: Path) -> None:
     first.start()
     try:
         cluster_id = (tmp_path / "kafka" / "cluster-id").read_text()
-        AdminClient(admin_config(ctx.runtime)).create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+        admin = AdminClient(admin_config(ctx.runtime))
+        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
     finally:
         first.stop()
     meta = (ctx.runtime.kafka_data_dir / "meta.properties").read_text()
