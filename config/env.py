@@ -72,6 +72,8 @@ class Runtime:
     registry_java: str | None
     database_url: str | None
     debug: bool
+    default_partitions: int
+    default_replication_factor: int
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     _secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -232,5 +234,8 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
         registry_java=env.get("SLUICE_REGISTRY_JAVA") or None,
         database_url=env.get("DATABASE_URL") or None,
         debug=env.get("SLUICE_DEBUG", "") == "1",
+        # The brief's 100+ partitions for ingestion topics; the test stack keeps it small.
+        default_partitions=_int(env, "SLUICE_DEFAULT_PARTITIONS", 3 if environment == TEST else 100),
+        default_replication_factor=_int(env, "SLUICE_DEFAULT_REPLICATION_FACTOR", 1),
         environ=dict(env),
     )

@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
     "drf_spectacular",
     "tenants",
     "devices",
@@ -31,6 +32,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -107,10 +109,24 @@ X_FRAME_OPTIONS = "DENY"
 if RUNTIME.environment == PRODUCTION:
     SECURE_HSTS_SECONDS = 31536000
 
+SLUICE_DEFAULT_PARTITIONS = RUNTIME.default_partitions
+SLUICE_DEFAULT_REPLICATION_FACTOR = RUNTIME.default_replication_factor
+# Bulk device import: rows per call, and the request body size that goes with it.
+SLUICE_BULK_IMPORT_MAX_ROWS = 10_000
+DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20
+
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sluice API",
@@ -131,6 +147,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "beat-heartbeat": {"task": "sluice.heartbeat", "schedule": 10.0},
+    "topics-reconcile": {"task": "devices.topics_reconcile", "schedule": 300.0},
 }
 
 LOGGING = {

@@ -1,0 +1,121 @@
+"""The domain's one exception hierarchy and its one mapping to HTTP.
+
+Every API error body has the same shape::
+
+    {"error": {"code": "invalid", "message": "...",
+               "fields": [{"pointer": "/rows/3/device_id", "code": "invalid_device_id", "message": "..."}]}}
+
+``code`` values are stable; messages are for people.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+class SluiceError(Exception):
+    """Base of every expected failure; ``code`` is stable, ``status`` is the HTTP status."""
+
+    code = "error"
+    status = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, message: str, *, fields: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+
+
+class InvalidInput(SluiceError):
+    code = "invalid"
+
+
+class NotFound(SluiceError):
+    code = "not_found"
+    status = status.HTTP_404_NOT_FOUND
+
+
+class Conflict(SluiceError):
+    code = "conflict"
+    status = status.HTTP_409_CONFLICT
+
+
+class PermissionDenied(SluiceError):
+    code = "permission_denied"
+    status = status.HTTP_403_FORBIDDEN
+
+
+class QuotaExceeded(SluiceError):
+    code = "quota_exceeded"
+    status = status.HTTP_409_CONFLICT
+
+
+class PayloadTooLarge(SluiceError):
+    code = "payload_too_large"
+    status = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+def field_errors(detail: Any, pointer: str = "") -> list[dict[str, str]]:
+    """Flatten DRF/Django error details into JSON-pointer field errors (RFC 6901)."""
+    if isinstance(detail, dict):
+        out: list[dict[str, str]] = []
+        for key, value in detail.items():
+            sub = pointer if key in ("non_field_errors", "__all__") else f"{pointer}/{_escape(str(key))}"
+            out += field_errors(value, sub)
+        return out
+    if isinstance(detail, list):
+        if all(isinstance(item, (str, exceptions.ErrorDetail)) for item in detail):
+            return [_one(item, pointer) for item in detail]
+        out = []
+        for index, item in enumerate(detail):
+            out += field_errors(item, f"{pointer}/{index}")
+        return out
+    return [_one(detail, pointer)]
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _one(item: Any, pointer: str) -> dict[str, str]:
+    return {"pointer": pointer or "/", "code": str(getattr(item, "code", "invalid")), "message": str(item)}
+
+
+def from_django(error: DjangoValidationError, pointer: str = "") -> InvalidInput:
+    if hasattr(error, "error_dict"):
+        detail = {k: [exceptions.ErrorDetail(m, code=e.code or "invalid") for e in v for m in e.messages]
+                  for k, v in error.error_dict.items()}  # fmt: skip
+    else:
+        detail = [exceptions.ErrorDetail(m, code=error.code or "invalid") for m in error.messages]
+    fields = field_errors(detail, pointer)
+    return InvalidInput(fields[0]["message"] if len(fields) == 1 else "Some fields are invalid.", fields=fields)
+
+
+def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DjangoValidationError):
+        exc = from_django(exc)
+    if isinstance(exc, SluiceError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, exceptions.ValidationError):
+        fields = field_errors(exc.detail)
+        message = fields[0]["message"] if len(fields) == 1 else "Some fields are invalid."
+        return Response(error_body("invalid", message, fields), status=exc.status_code)
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.APIException):
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        response.data = error_body(exc.get_codes() if isinstance(exc.get_codes(), str) else "error", detail)
+    return response

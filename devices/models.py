@@ -1,0 +1,188 @@
+"""Streams (Kafka topics), device groups (the unit of policy) and devices."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+from tenants.models import SLUG_REGEX, SLUG_RULE, Tenant, slug_validator
+
+HOUR_MS = 3_600_000
+DEVICE_ID_RULE = "1-128 characters: letters, digits, '.', '_', ':' and '-', starting with a letter or digit"
+device_id_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", message=f"Must be {DEVICE_ID_RULE}.", code="invalid_device_id"
+)
+
+
+def default_partitions() -> int:
+    return int(settings.SLUICE_DEFAULT_PARTITIONS)
+
+
+def default_replication_factor() -> int:
+    return int(settings.SLUICE_DEFAULT_REPLICATION_FACTOR)
+
+
+class Stream(models.Model):
+    """A Kafka topic of a tenant: ``iot.<tenant>.<region>.<type>`` for raw telemetry,
+    with ``.enriched`` appended for derived data."""
+
+    class RetentionClass(models.TextChoices):
+        RAW = "raw", "raw (6 h)"
+        ENRICHED = "enriched", "enriched (168 h)"
+        CUSTOM = "custom", "custom"
+
+    class Compression(models.TextChoices):
+        PRODUCER = "producer"
+        ZSTD = "zstd"
+        LZ4 = "lz4"
+        SNAPPY = "snappy"
+        GZIP = "gzip"
+        UNCOMPRESSED = "uncompressed"
+
+    class CleanupPolicy(models.TextChoices):
+        DELETE = "delete"
+        COMPACT = "compact"
+        COMPACT_DELETE = "compact,delete"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROVISIONED = "provisioned"
+        FAILED = "failed"
+
+    RETENTION_MS: ClassVar[dict[str, int]] = {"raw": 6 * HOUR_MS, "enriched": 168 * HOUR_MS}
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="streams")
+    region = models.CharField(max_length=40, validators=[slug_validator])
+    type = models.CharField(max_length=40, validators=[slug_validator])
+    retention_class = models.CharField(max_length=16, choices=RetentionClass.choices, default=RetentionClass.RAW)
+    custom_retention_hours = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(24 * 3650)]
+    )
+    partitions = models.PositiveIntegerField(
+        default=default_partitions, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
+    )
+    replication_factor = models.PositiveSmallIntegerField(
+        default=default_replication_factor, validators=[MinValueValidator(1), MaxValueValidator(7)]
+    )
+    compression = models.CharField(max_length=16, choices=Compression.choices, default=Compression.ZSTD)
+    cleanup_policy = models.CharField(max_length=16, choices=CleanupPolicy.choices, default=CleanupPolicy.DELETE)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    last_error = models.TextField(blank=True)
+    provisioned_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering: ClassVar = ["tenant", "region", "type", "retention_class"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["tenant", "region", "type", "retention_class"], name="one_stream_per_topic"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(retention_class="custom") | models.Q(custom_retention_hours__isnull=False),
+                name="custom_retention_has_hours",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.topic
+
+    @property
+    def topic(self) -> str:
+        base = f"iot.{self.tenant.slug}.{self.region}.{self.type}"
+        return f"{base}.enriched" if self.retention_class == self.RetentionClass.ENRICHED else base
+
+    @property
+    def retention_ms(self) -> int:
+        if self.retention_class == self.RetentionClass.CUSTOM:
+            return int(self.custom_retention_hours or 0) * HOUR_MS
+        return self.RETENTION_MS[self.retention_class]
+
+    def topic_config(self) -> dict[str, str]:
+        """The topic-level Kafka configs this stream owns."""
+        return {
+            "retention.ms": str(self.retention_ms),
+            "compression.type": self.compression,
+            "cleanup.policy": self.cleanup_policy,
+        }
+
+
+class DeviceGroup(models.Model):
+    """The unit of policy: which stream its devices write to, under which schema subject,
+    with which credentials and limits.  Its Kafka principal is ``<tenant>.<group>``."""
+
+    class CredentialPolicy(models.TextChoices):
+        MTLS = "mtls", "mTLS client certificate"
+        OAUTH2 = "oauth2", "OAuth2 bearer token"
+        BOTH = "both", "either"
+
+    class KeyType(models.TextChoices):
+        EC_P256 = "ec-p256", "ECDSA P-256"
+        EC_P384 = "ec-p384", "ECDSA P-384"
+        RSA_2048 = "rsa-2048", "RSA 2048"
+        RSA_3072 = "rsa-3072", "RSA 3072"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="groups")
+    slug = models.CharField(max_length=40, validators=[slug_validator])
+    name = models.CharField(max_length=200, blank=True)
+    region = models.CharField(max_length=40, validators=[slug_validator])
+    device_type = models.CharField(max_length=40, validators=[slug_validator])
+    stream = models.ForeignKey(Stream, on_delete=models.PROTECT, related_name="groups")
+    schema_subject = models.CharField(max_length=255)
+    credential_policy = models.CharField(max_length=8, choices=CredentialPolicy.choices, default=CredentialPolicy.MTLS)
+    cert_lifetime_days = models.PositiveIntegerField(
+        default=365, validators=[MinValueValidator(1), MaxValueValidator(3650)]
+    )
+    cert_key_type = models.CharField(max_length=16, choices=KeyType.choices, default=KeyType.EC_P256)
+    cert_renewal_window_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    rate_limit_per_second = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering: ClassVar = ["tenant", "slug"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["tenant", "slug"], name="group_slug_unique_per_tenant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.slug}"
+
+    @property
+    def kafka_principal(self) -> str:
+        from certs.principals import group_principal
+
+        return group_principal(tenant=self.tenant.slug, group=self.slug)
+
+
+class Device(models.Model):
+    """One device of a tenant, in exactly one group of the same tenant."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        DISABLED = "disabled"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="devices")
+    group = models.ForeignKey(DeviceGroup, on_delete=models.PROTECT, related_name="devices")
+    device_id = models.CharField(max_length=128, validators=[device_id_validator])
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    labels = models.JSONField(default=dict, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering: ClassVar = ["tenant", "device_id"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["tenant", "device_id"], name="device_id_unique_per_tenant")
+        ]
+        indexes: ClassVar = [models.Index(fields=["tenant", "group"])]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.device_id}"
+
+
+__all__ = ["SLUG_REGEX", "SLUG_RULE", "Device", "DeviceGroup", "Stream"]

@@ -1,0 +1,363 @@
+"""Writes on streams, device groups and devices, and the Kafka provisioning behind streams.
+
+Every write validates fully before touching the database, runs in one transaction with
+its audit row, and queues Kafka work with ``transaction.on_commit`` so the broker never
+sees what the database rolled back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django
+from devices import topics
+from devices.models import Device, DeviceGroup, Stream
+from tenants.audit import Actor, audit_record, snapshot
+from tenants.models import Tenant
+
+STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_policy", "custom_retention_hours")
+GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
+                 "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second")  # fmt: skip
+DEVICE_MUTABLE = ("group", "status", "labels")
+DLQ_PARTITIONS = 3
+DLQ_RETENTION_MS = 168 * 3_600_000
+
+
+def _clean(obj: Any, pointer: str = "") -> None:
+    try:
+        obj.full_clean()
+    except ValidationError as exc:
+        raise from_django(exc, pointer) from None
+
+
+def _refuse_duplicate(existing: Any, pointer: str, what: str) -> None:
+    """Per-tenant uniqueness, reported on the field that collides (not as a whole-object error)."""
+    if existing.exists():
+        raise InvalidInput(
+            f"{what} already exists in this tenant.",
+            fields=[{"pointer": pointer, "code": "unique", "message": f"{what} already exists in this tenant."}],
+        )
+
+
+def _apply(obj: Any, changes: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
+    fixed = sorted(set(changes) - set(allowed))
+    if fixed:
+        raise InvalidInput(
+            f"{', '.join(fixed)} of a {what} cannot be changed.",
+            fields=[{"pointer": f"/{f}", "code": "immutable", "message": "Cannot be changed."} for f in fixed],
+        )
+    for key, value in changes.items():
+        setattr(obj, key, value)
+
+
+# -- streams ---------------------------------------------------------------------------
+
+
+def stream_spec(stream: Stream) -> topics.TopicSpec:
+    return topics.TopicSpec(stream.topic, stream.partitions, stream.replication_factor, stream.topic_config())
+
+
+def dlq_spec(tenant: Tenant) -> topics.TopicSpec:
+    rf = settings.SLUICE_DEFAULT_REPLICATION_FACTOR
+    return topics.TopicSpec(tenant.dlq_topic, DLQ_PARTITIONS, rf, {"retention.ms": str(DLQ_RETENTION_MS)})
+
+
+def stream_create(*, actor: Actor, tenant: Tenant, **values: Any) -> Stream:
+    from devices.tasks import stream_provision_task
+
+    stream = Stream(tenant=tenant, **values)
+    _clean(stream)
+    with transaction.atomic():
+        stream.save()
+        audit_record(actor=actor, tenant=tenant, action="stream.create", obj=stream, after=snapshot(stream))
+        transaction.on_commit(lambda: stream_provision_task.delay(stream.pk))
+    return stream
+
+
+def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
+    from devices.tasks import stream_provision_task
+
+    before = snapshot(stream)
+    if "partitions" in changes and changes["partitions"] < stream.partitions:
+        raise InvalidInput(
+            "Kafka cannot remove partitions from a topic.",
+            fields=[{"pointer": "/partitions", "code": "partitions_decrease",
+                     "message": f"Must be at least the current {stream.partitions}."}],
+        )  # fmt: skip
+    if "replication_factor" in changes and changes["replication_factor"] != stream.replication_factor:
+        raise InvalidInput(
+            "Changing the replication factor of an existing topic needs a partition reassignment.",
+            fields=[{"pointer": "/replication_factor", "code": "immutable", "message": "Cannot be changed."}],
+        )
+    _apply(stream, changes, STREAM_MUTABLE, "stream")
+    _clean(stream)
+    with transaction.atomic():
+        stream.status = Stream.Status.PENDING
+        stream.save()
+        audit_record(actor=actor, tenant=stream.tenant, action="stream.update", obj=stream, before=before,
+                     after=snapshot(stream))  # fmt: skip
+        transaction.on_commit(lambda: stream_provision_task.delay(stream.pk))
+    return stream
+
+
+def stream_delete(*, actor: Actor, stream: Stream) -> None:
+    from devices.tasks import topics_delete_task
+
+    topic = stream.topic
+    before = snapshot(stream)
+    try:
+        with transaction.atomic():
+            audit_record(actor=actor, tenant=stream.tenant, action="stream.delete", obj=stream, before=before)
+            stream.delete()
+            transaction.on_commit(lambda: topics_delete_task.delay([topic]))
+    except ProtectedError:
+        names = ", ".join(sorted(g.slug for g in stream.groups.all()))
+        raise Conflict(f"Stream {topic} is the target of device group(s) {names}; change them first.") from None
+
+
+def stream_provision(*, stream: Stream) -> list[str]:
+    """Make the real topic match the stream; records the outcome on the stream."""
+    from ingest.kafka import admin_client
+
+    try:
+        changes = topics.ensure_topic(admin_client(settings.SLUICE_RUNTIME), stream_spec(stream))
+    except Exception as exc:
+        Stream.objects.filter(pk=stream.pk).update(status=Stream.Status.FAILED, last_error=str(exc)[:2000])
+        raise
+    Stream.objects.filter(pk=stream.pk).update(
+        status=Stream.Status.PROVISIONED, last_error="", provisioned_at=timezone.now()
+    )
+    if changes:
+        audit_record(actor=Actor.system("provision"), tenant=stream.tenant, action="stream.provision", obj=stream,
+                     after={"changes": changes})  # fmt: skip
+    return changes
+
+
+def tenant_dlq_provision(*, tenant: Tenant) -> list[str]:
+    from ingest.kafka import admin_client
+
+    return topics.ensure_topic(admin_client(settings.SLUICE_RUNTIME), dlq_spec(tenant))
+
+
+@dataclass
+class DriftReport:
+    drift: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+    unmanaged: list[str] = field(default_factory=list)
+
+
+def topics_reconcile(*, tenant: Tenant | None = None, fix: bool) -> DriftReport:
+    """Compare every stream's and DLQ's topic with the cluster; with ``fix``, repair it.
+    Topics under a tenant's prefix that no stream owns are reported, never deleted."""
+    from ingest.kafka import admin_client
+
+    admin = admin_client(settings.SLUICE_RUNTIME)
+    tenants = [tenant] if tenant is not None else list(Tenant.objects.all())
+    report = DriftReport()
+    existing = set(admin.list_topics(timeout=topics.TIMEOUT).topics)
+    for item in tenants:
+        specs = [stream_spec(s) for s in item.streams.select_related("tenant")] + [dlq_spec(item)]
+        for spec in specs:
+            found = topics.drift(spec, topics.describe(admin, spec.name))
+            report.drift += found
+            if fix and found:
+                report.fixed += topics.ensure_topic(admin, spec)
+        owned = {s.name for s in specs}
+        report.unmanaged += sorted(t for t in existing if t.startswith(item.topic_prefix) and t not in owned)
+    if fix and report.fixed:
+        audit_record(actor=Actor.system("reconcile"), tenant=tenant, action="topics.reconcile", object_type="topics",
+                     after={"drift": report.drift, "fixed": report.fixed})  # fmt: skip
+    return report
+
+
+# -- device groups ----------------------------------------------------------------------
+
+
+def _own_stream(tenant: Tenant, stream: Any) -> Stream:
+    """Resolve a stream reference inside ``tenant`` only; another tenant's stream is
+    reported exactly like a missing one."""
+    stream_id = stream.pk if isinstance(stream, Stream) else stream
+    found = Stream.objects.filter(tenant=tenant, pk=stream_id).first()
+    if found is None:
+        raise InvalidInput(
+            f"No stream {stream_id} in tenant '{tenant.slug}'.",
+            fields=[{"pointer": "/stream", "code": "does_not_exist", "message": "No such stream in this tenant."}],
+        )
+    return found
+
+
+def group_create(*, actor: Actor, tenant: Tenant, stream: Any, **values: Any) -> DeviceGroup:
+    group = DeviceGroup(tenant=tenant, stream=_own_stream(tenant, stream), **values)
+    slug = values.get("slug", "")
+    _refuse_duplicate(DeviceGroup.objects.filter(tenant=tenant, slug=slug), "/slug", f"Device group '{slug}'")
+    _clean(group)
+    with transaction.atomic():
+        group.save()
+        audit_record(actor=actor, tenant=tenant, action="group.create", obj=group, after=snapshot(group))
+    return group
+
+
+def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceGroup:
+    before = snapshot(group)
+    if "stream" in changes:
+        changes["stream"] = _own_stream(group.tenant, changes["stream"])
+    _apply(group, changes, GROUP_MUTABLE, "device group")
+    _clean(group)
+    with transaction.atomic():
+        group.save()
+        audit_record(actor=actor, tenant=group.tenant, action="group.update", obj=group, before=before,
+                     after=snapshot(group))  # fmt: skip
+    return group
+
+
+def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
+    count = group.devices.count()
+    if count:
+        raise Conflict(f"Device group '{group.slug}' still has {count} device(s); move or delete them first.")
+    with transaction.atomic():
+        audit_record(actor=actor, tenant=group.tenant, action="group.delete", obj=group, before=snapshot(group))
+        group.delete()
+
+
+# -- devices ----------------------------------------------------------------------------
+
+
+def _own_group(tenant: Tenant, group: Any, pointer: str = "/group") -> DeviceGroup:
+    """A group reference (id, slug or object) inside ``tenant`` only."""
+    if isinstance(group, DeviceGroup):
+        group = group.pk
+    lookup = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
+    found = DeviceGroup.objects.filter(tenant=tenant, **lookup).first()
+    if found is None:
+        raise InvalidInput(
+            f"No device group '{group}' in tenant '{tenant.slug}'.",
+            fields=[{"pointer": pointer, "code": "does_not_exist", "message": "No such device group in this tenant."}],
+        )
+    return found
+
+
+def _check_quota(tenant: Tenant, adding: int) -> None:
+    current = Device.objects.filter(tenant=tenant).count()
+    if current + adding > tenant.max_devices:
+        raise QuotaExceeded(
+            f"Tenant '{tenant.slug}' may have {tenant.max_devices} devices; it has {current} and this adds {adding}."
+        )
+
+
+def _check_labels(labels: Any, pointer: str) -> None:
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidInput(
+            "Labels must be an object of string keys to string values.",
+            fields=[{"pointer": pointer, "code": "invalid_labels", "message": "Must map strings to strings."}],
+        )
+
+
+def device_create(*, actor: Actor, tenant: Tenant, group: Any, device_id: str, labels: Any = None,
+                  status: str = Device.Status.ACTIVE) -> Device:  # fmt: skip
+    labels = {} if labels is None else labels
+    _check_labels(labels, "/labels")
+    device = Device(tenant=tenant, group=_own_group(tenant, group), device_id=device_id, labels=labels, status=status)
+    _refuse_duplicate(Device.objects.filter(tenant=tenant, device_id=device_id), "/device_id", f"Device '{device_id}'")
+    _clean(device)
+    _check_quota(tenant, 1)
+    with transaction.atomic():
+        device.save()
+        audit_record(actor=actor, tenant=tenant, action="device.create", obj=device, after=snapshot(device))
+    return device
+
+
+def device_update(*, actor: Actor, device: Device, **changes: Any) -> Device:
+    before = snapshot(device)
+    if "group" in changes:
+        changes["group"] = _own_group(device.tenant, changes["group"])
+    if "labels" in changes:
+        _check_labels(changes["labels"], "/labels")
+    _apply(device, changes, DEVICE_MUTABLE, "device")
+    _clean(device)
+    with transaction.atomic():
+        device.save()
+        audit_record(actor=actor, tenant=device.tenant, action="device.update", obj=device, before=before,
+                     after=snapshot(device))  # fmt: skip
+    return device
+
+
+def device_delete(*, actor: Actor, device: Device) -> None:
+    with transaction.atomic():
+        audit_record(actor=actor, tenant=device.tenant, action="device.delete", obj=device, before=snapshot(device))
+        device.delete()
+
+
+def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any]]) -> list[Device]:
+    """Import many devices at once, all or nothing: every row is checked first and every
+    problem is reported with its row's JSON pointer; only a clean batch is written."""
+    limit = settings.SLUICE_BULK_IMPORT_MAX_ROWS
+    if len(rows) > limit:
+        from config.errors import PayloadTooLarge
+
+        raise PayloadTooLarge(f"A bulk import takes at most {limit} devices; this one has {len(rows)}.")
+    if not rows:
+        raise InvalidInput("The import has no rows.")
+    groups = {g.slug: g for g in DeviceGroup.objects.filter(tenant=tenant)}
+    existing = set(Device.objects.filter(tenant=tenant, device_id__in=[str(r.get("device_id", "")) for r in rows])
+                   .values_list("device_id", flat=True))  # fmt: skip
+    errors: list[dict[str, str]] = []
+    seen: dict[str, int] = {}
+    devices: list[Device] = []
+    allowed = {"device_id", "group", "labels", "status"}
+    for index, row in enumerate(rows):
+        pointer = f"/rows/{index}"
+        if not isinstance(row, dict):
+            errors.append({"pointer": pointer, "code": "invalid", "message": "Each row must be an object."})
+            continue
+        for key in sorted(set(row) - allowed):
+            errors.append(
+                {"pointer": f"{pointer}/{key}", "code": "unknown_field", "message": f"Unknown field '{key}'."}
+            )
+        device_id = str(row.get("device_id") or "")
+        group = groups.get(str(row.get("group") or ""))
+        if group is None:
+            errors.append({"pointer": f"{pointer}/group", "code": "does_not_exist",
+                           "message": f"No device group '{row.get('group')}' in this tenant."})  # fmt: skip
+        if device_id in seen:
+            errors.append({"pointer": f"{pointer}/device_id", "code": "duplicate",
+                           "message": f"'{device_id}' is also in row {seen[device_id]}."})  # fmt: skip
+        elif device_id in existing:
+            errors.append({"pointer": f"{pointer}/device_id", "code": "unique",
+                           "message": f"Device '{device_id}' already exists."})  # fmt: skip
+        seen.setdefault(device_id, index)
+        labels = row.get("labels") or {}
+        try:
+            _check_labels(labels, f"{pointer}/labels")
+        except InvalidInput as exc:
+            errors += exc.fields
+            labels = {}
+        device = Device(tenant=tenant, group=group, device_id=device_id, labels=labels,
+                        status=row.get("status") or Device.Status.ACTIVE)  # fmt: skip
+        try:
+            device.full_clean(exclude=["group", "tenant"], validate_unique=False, validate_constraints=False)
+        except ValidationError as exc:
+            errors += from_django(exc, pointer).fields
+        devices.append(device)
+    if errors:
+        bad_rows = len({e["pointer"].split("/")[2] for e in errors})
+        raise InvalidInput(f"{bad_rows} row(s) are invalid; nothing was imported.", fields=errors)
+    _check_quota(tenant, len(devices))
+    with transaction.atomic():
+        created = Device.objects.bulk_create(devices, batch_size=1000)
+        audit_record(actor=actor, tenant=tenant, action="device.bulk_import", object_type="devices.device",
+                     object_repr=f"{len(created)} devices",
+                     after={"count": len(created), "device_ids": [d.device_id for d in created]})  # fmt: skip
+    return created
+
+
+def device_get(*, tenant: Tenant, device_id: str) -> Device:
+    device = Device.objects.filter(tenant=tenant, device_id=device_id).select_related("group").first()
+    if device is None:
+        raise NotFound(f"No device '{device_id}'.")
+    return device

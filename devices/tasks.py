@@ -1,0 +1,42 @@
+"""Celery tasks: load by id, call a service.  Kafka work retries with backoff, because the
+database already committed and the cluster must catch up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from confluent_kafka import KafkaException
+
+from devices import services, topics
+from devices.models import Stream
+from tenants.models import Tenant
+
+RETRY = {"autoretry_for": (KafkaException,), "retry_backoff": 2, "retry_backoff_max": 120, "max_retries": 10}
+
+
+@shared_task(name="devices.stream_provision", **RETRY)
+def stream_provision_task(stream_id: int) -> list[str]:
+    stream = Stream.objects.select_related("tenant").filter(pk=stream_id).first()
+    return [] if stream is None else services.stream_provision(stream=stream)
+
+
+@shared_task(name="devices.tenant_dlq_provision", **RETRY)
+def tenant_dlq_provision_task(tenant_id: int) -> list[str]:
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    return [] if tenant is None else services.tenant_dlq_provision(tenant=tenant)
+
+
+@shared_task(name="devices.topics_delete", **RETRY)
+def topics_delete_task(names: list[str]) -> list[str]:
+    from django.conf import settings
+
+    from ingest.kafka import admin_client
+
+    return topics.delete_topics(admin_client(settings.SLUICE_RUNTIME), names)
+
+
+@shared_task(name="devices.topics_reconcile", **RETRY)
+def topics_reconcile_task() -> dict[str, Any]:
+    report = services.topics_reconcile(fix=True)
+    return {"drift": report.drift, "fixed": report.fixed, "unmanaged": report.unmanaged}

@@ -1,0 +1,80 @@
+"""Who is acting, and the one function that writes the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+
+from config.request_id import current_request_id
+from tenants.models import AuditEvent, Tenant
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The user (or system job) on whose behalf a service acts."""
+
+    user: Any | None
+    label: str
+
+    @classmethod
+    def of(cls, user: Any) -> Actor:
+        return cls(user=user, label=user.get_username())
+
+    @classmethod
+    def system(cls, job: str) -> Actor:
+        return cls(user=None, label=f"system:{job}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, models.Model):
+        return value.pk
+    return value
+
+
+def snapshot(obj: models.Model) -> dict[str, Any]:
+    """The object's concrete fields as JSON-safe values (foreign keys as ids)."""
+    data: dict[str, Any] = {}
+    for field in obj._meta.concrete_fields:
+        data[field.attname] = _plain(getattr(obj, field.attname))
+    return data
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    tenant: Tenant | None,
+    action: str,
+    obj: models.Model | None = None,
+    object_type: str = "",
+    object_id: str = "",
+    object_repr: str = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event; call inside the service's transaction so it commits with the change."""
+    if obj is not None:
+        object_type = object_type or obj._meta.label_lower
+        object_id = object_id or str(obj.pk or "")
+        object_repr = object_repr or str(obj)[:300]
+    return AuditEvent.objects.create(
+        tenant=tenant if tenant is not None and tenant.pk else None,
+        tenant_slug=tenant.slug if tenant is not None else "",
+        actor=actor.user,
+        actor_label=actor.label,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        object_repr=object_repr,
+        before=before,
+        after=after,
+        request_id=current_request_id(),
+    )

@@ -1,0 +1,142 @@
+"""Tenants, who may act on them, API tokens for scripts, and the append-only audit log."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+# Tenant and group slugs end up in Kafka topic names (iot.<tenant>.<region>.<type>) and in
+# Kafka principals (<tenant>.<group>), so they are restricted to what is safe in both.
+SLUG_RULE = (
+    "2-40 characters: lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"
+)
+SLUG_REGEX = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
+slug_validator = RegexValidator(SLUG_REGEX, message=f"Must be {SLUG_RULE}.", code="invalid_slug")
+
+
+class Tenant(models.Model):
+    """A customer of the platform: owns device groups, devices, streams and Kafka topics
+    under the prefix ``iot.<slug>.``."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    class TopicPolicy(models.TextChoices):
+        DELETE = "delete", "delete the tenant's topics with the tenant"
+        KEEP = "keep", "keep the tenant's topics when the tenant is deleted"
+
+    slug = models.CharField(max_length=40, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    max_devices = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
+    max_records_per_second = models.PositiveIntegerField(default=10_000, validators=[MinValueValidator(1)])
+    max_bytes_per_second = models.PositiveIntegerField(default=10 * 2**20, validators=[MinValueValidator(1)])
+    topic_deletion_policy = models.CharField(max_length=8, choices=TopicPolicy.choices, default=TopicPolicy.DELETE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering: ClassVar = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"iot.{self.slug}."
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"iot.{self.slug}.dlq"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Membership(models.Model):
+    """A user's role in one tenant.  Platform operators are Django superusers and need none."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", "tenant admin"
+        VIEWER = "viewer", "tenant viewer"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints: ClassVar = [models.UniqueConstraint(fields=["user", "tenant"], name="one_role_per_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.tenant}"
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts, acting as its user.  Only the SHA-256 of the secret is
+    stored; the secret is shown once, at creation."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, unique=True)
+    secret_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionError("the audit log is append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionError("the audit log is append-only")
+
+
+class AuditEvent(models.Model):
+    """One provisioning, credential or ACL change: who, what, when, which tenant, and the
+    object before and after.  Append-only: the application never updates or deletes rows
+    (tenant deletion keeps them, with the tenant's slug)."""
+
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    tenant_slug = models.CharField(max_length=40, blank=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_label = models.CharField(max_length=200)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering: ClassVar = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.object_repr}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise PermissionError("the audit log is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionError("the audit log is append-only")

@@ -1,0 +1,148 @@
+"""Writes on tenants, memberships and API tokens.  Each is atomic, audited, and sends its
+Kafka side effects only after the transaction commits."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+
+from config.errors import Conflict, InvalidInput, from_django
+from tenants.audit import Actor, audit_record, snapshot
+from tenants.authentication import TOKEN_PREFIX
+from tenants.models import ApiToken, Membership, Tenant, hash_token
+
+TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy")
+
+
+def _clean(obj: Any, exclude: list[str] | None = None) -> None:
+    from django.core.exceptions import ValidationError
+
+    try:
+        obj.full_clean(exclude=exclude)
+    except ValidationError as exc:
+        raise from_django(exc) from None
+
+
+def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenant:
+    from devices.tasks import tenant_dlq_provision_task
+
+    tenant = Tenant(slug=slug, name=name, **quotas)
+    _clean(tenant)
+    with transaction.atomic():
+        tenant.save()
+        audit_record(actor=actor, tenant=tenant, action="tenant.create", obj=tenant, after=snapshot(tenant))
+        transaction.on_commit(lambda: tenant_dlq_provision_task.delay(tenant.pk))
+    return tenant
+
+
+def tenant_update(*, actor: Actor, tenant: Tenant, **changes: Any) -> Tenant:
+    unknown = set(changes) - set(TENANT_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a tenant.")
+    before = snapshot(tenant)
+    for key, value in changes.items():
+        setattr(tenant, key, value)
+    _clean(tenant)
+    with transaction.atomic():
+        tenant.save()
+        audit_record(actor=actor, tenant=tenant, action="tenant.update", obj=tenant, before=before,
+                     after=snapshot(tenant))  # fmt: skip
+    return tenant
+
+
+def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
+    """Suspend or resume.  Ingest reads the status on every request, so a suspension takes
+    effect at once."""
+    if status not in Tenant.Status.values:
+        raise InvalidInput(f"Unknown status '{status}'.")
+    before = snapshot(tenant)
+    with transaction.atomic():
+        Tenant.objects.filter(pk=tenant.pk).update(status=status)
+        tenant.refresh_from_db()
+        action = "tenant.suspend" if status == Tenant.Status.SUSPENDED else "tenant.resume"
+        audit_record(actor=actor, tenant=tenant, action=action, obj=tenant, before=before, after=snapshot(tenant))
+    return tenant
+
+
+def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
+    """Delete a tenant after the caller typed its slug.  Revokes its members' API tokens'
+    access by removing the memberships, and deletes or keeps its topics by the tenant's
+    policy.  Returns the topics scheduled for deletion."""
+    from devices.tasks import topics_delete_task
+
+    if confirm != tenant.slug:
+        raise InvalidInput(
+            f"To delete tenant '{tenant.slug}', confirm with its slug.",
+            fields=[{"pointer": "/confirm", "code": "confirmation_mismatch", "message": f"Type '{tenant.slug}'."}],
+        )
+    topics = [s.topic for s in tenant.streams.all()] + [tenant.dlq_topic]
+    to_delete = topics if tenant.topic_deletion_policy == Tenant.TopicPolicy.DELETE else []
+    before = snapshot(tenant)
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            tenant=tenant,
+            action="tenant.delete",
+            obj=tenant,
+            before=before,
+            after={"topics_deleted": to_delete, "topics_kept": [t for t in topics if t not in to_delete]},
+        )
+        tenant.devices.all().delete()
+        tenant.groups.all().delete()
+        tenant.delete()
+        if to_delete:
+            transaction.on_commit(lambda: topics_delete_task.delay(to_delete))
+    return to_delete
+
+
+def membership_set(*, actor: Actor, tenant: Tenant, username: str, role: str) -> Membership:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise InvalidInput(
+            f"No user '{username}'.",
+            fields=[{"pointer": "/username", "code": "unknown_user", "message": "No such user."}],
+        )
+    if role not in Membership.Role.values:
+        raise InvalidInput(
+            f"Unknown role '{role}'.",
+            fields=[{"pointer": "/role", "code": "invalid_choice", "message": f"Use one of {Membership.Role.values}."}],
+        )
+    with transaction.atomic():
+        membership, created = Membership.objects.update_or_create(user=user, tenant=tenant, defaults={"role": role})
+        audit_record(actor=actor, tenant=tenant, action="membership.set", obj=membership,
+                     after={"user": username, "role": role, "created": created})  # fmt: skip
+    return membership
+
+
+def user_create_tenant_admin(*, actor: Actor, tenant: Tenant, username: str, email: str = "") -> tuple[Any, str]:
+    """A new user who administers ``tenant``, with a generated password returned once."""
+    password = secrets.token_urlsafe(18)
+    user_model = get_user_model()
+    user = user_model(username=username, email=email, is_staff=True)
+    user.set_password(password)
+    _clean(user, exclude=["password"])
+    try:
+        with transaction.atomic():
+            user.save()
+            Membership.objects.create(user=user, tenant=tenant, role=Membership.Role.ADMIN)
+            audit_record(actor=actor, tenant=tenant, action="user.create", obj=user,
+                         after={"username": username, "role": "admin"})  # fmt: skip
+    except IntegrityError:
+        raise Conflict(f"A user '{username}' already exists.") from None
+    return user, password
+
+
+def api_token_create(*, actor: Actor, user: Any, name: str) -> tuple[ApiToken, str]:
+    """A token for ``user``; the secret is returned here and never again."""
+    if not name or len(name) > 100:
+        raise InvalidInput("A token needs a name of 1-100 characters.")
+    prefix = secrets.token_hex(4)
+    secret = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        token = ApiToken.objects.create(user=user, name=name, prefix=prefix, secret_hash=hash_token(secret))
+        audit_record(actor=actor, tenant=None, action="api_token.create", obj=token,
+                     after={"user": user.get_username(), "name": name, "prefix": prefix})  # fmt: skip
+    return token, secret
