@@ -7,16 +7,21 @@ import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
 
 from certs import ca
 from certs.platform_pki import ensure_platform_pki, load_root
 from certs.principals import device_subject
 from config.env import Runtime
+from devices.models import DeviceGroup, Stream
 from ingest.kafka import admin_config
+from tenants.models import Membership, Tenant
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +105,57 @@ def kafka_topic(kafka_admin: AdminClient) -> Iterator[str]:
     kafka_admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
     yield topic
     kafka_admin.delete_topics([topic])[topic].result(30)
+
+
+# -- control-plane fixtures -------------------------------------------------------------
+
+
+def make_tenant(slug: str) -> Tenant:
+    """A tenant with one stream and one group, written directly (no Kafka side effects)."""
+    tenant = Tenant.objects.create(slug=slug, name=f"{slug.title()} Inc.")
+    stream = Stream.objects.create(tenant=tenant, region="eu", type="temperature", partitions=3)
+    DeviceGroup.objects.create(tenant=tenant, slug="sensors", region="eu", device_type="temperature", stream=stream,
+                               schema_subject=f"{stream.topic}-value")  # fmt: skip
+    return tenant
+
+
+def make_user(username: str, *, tenant: Tenant | None = None, role: str = Membership.Role.ADMIN,
+              operator: bool = False) -> Any:  # fmt: skip
+    user = get_user_model().objects.create_user(username=username, password="not-used-in-tests-123")
+    if operator:
+        user.is_superuser = user.is_staff = True
+        user.save()
+    if tenant is not None:
+        Membership.objects.create(user=user, tenant=tenant, role=role)
+    return user
+
+
+def client_for(user: Any) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def tenant(db: None) -> Tenant:
+    return make_tenant("acme")
+
+
+@pytest.fixture
+def other_tenant(db: None) -> Tenant:
+    return make_tenant("globex")
+
+
+@pytest.fixture
+def operator_client(db: None) -> APIClient:
+    return client_for(make_user("operator", operator=True))
+
+
+@pytest.fixture
+def admin_client(tenant: Tenant) -> APIClient:
+    return client_for(make_user("acme-admin", tenant=tenant))
+
+
+@pytest.fixture
+def viewer_client(tenant: Tenant) -> APIClient:
+    return client_for(make_user("acme-viewer", tenant=tenant, role=Membership.Role.VIEWER))

@@ -1,0 +1,26 @@
+"""/api/v1/ URL map."""
+
+from django.urls import path
+
+from devices import apis as device_apis
+from tenants import apis
+
+T = "tenants/<slug:tenant>/"
+
+urlpatterns = [
+    path("tenants/", apis.TenantListApi.as_view(), name="tenant-list"),
+    path(T, apis.TenantDetailApi.as_view(), name="tenant-detail"),
+    path(f"{T}suspend", apis.TenantSuspendApi.as_view(), name="tenant-suspend"),
+    path(f"{T}resume", apis.TenantResumeApi.as_view(), name="tenant-resume"),
+    path(f"{T}members/", apis.MembershipListApi.as_view(), name="member-list"),
+    path(f"{T}audit/", apis.AuditListApi.as_view(), name="audit-list"),
+    path(f"{T}reconcile", apis.ReconcileApi.as_view(), name="tenant-reconcile"),
+    path(f"{T}streams/", device_apis.StreamListApi.as_view(), name="stream-list"),
+    path(f"{T}streams/<int:pk>/", device_apis.StreamDetailApi.as_view(), name="stream-detail"),
+    path(f"{T}groups/", device_apis.GroupListApi.as_view(), name="group-list"),
+    path(f"{T}groups/<slug:group>/", device_apis.GroupDetailApi.as_view(), name="group-detail"),
+    path(f"{T}devices/", device_apis.DeviceListApi.as_view(), name="device-list"),
+    path(f"{T}devices/bulk", device_apis.DeviceBulkImportApi.as_view(), name="device-bulk"),
+    path(f"{T}devices/<str:device_id>/", device_apis.DeviceDetailApi.as_view(), name="device-detail"),
+    path("tokens/", apis.TokenListApi.as_view(), name="token-list"),
+]

@@ -1,0 +1,186 @@
+"""Tenants, members, audit and tokens through the REST API."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from tenants.models import ApiToken, AuditEvent, Tenant
+from tests.conftest import client_for, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def test_operator_creates_a_tenant_and_it_is_audited(operator_client: APIClient) -> None:
+    # when an operator creates a tenant, with a request id of their own
+    response = operator_client.post(
+        "/api/v1/tenants/", {"slug": "initech", "name": "Initech"}, format="json", HTTP_X_REQUEST_ID="req-12345678"
+    )
+    # then it exists with its topic prefix, and the audit log says who, what and which request
+    assert response.status_code == 201, response.json()
+    assert response.json()["topic_prefix"] == "iot.initech."
+    assert response.json()["dlq_topic"] == "iot.initech.dlq"
+    assert response["X-Request-ID"] == "req-12345678"
+    event = AuditEvent.objects.get(action="tenant.create")
+    assert (event.tenant_slug, event.actor_label, event.request_id) == ("initech", "operator", "req-12345678")
+    assert event.after["name"] == "Initech"
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer", "code"),
+    [
+        ({"slug": "Bad Slug!", "name": "x"}, "/slug", "invalid_slug"),
+        ({"slug": "a", "name": "x"}, "/slug", "invalid_slug"),
+        ({"slug": "ends-with-", "name": "x"}, "/slug", "invalid_slug"),
+        ({"slug": "ok-slug", "name": ""}, "/name", "blank"),
+        ({"slug": "ok-slug", "name": "x", "colour": "red"}, "/colour", "unknown_field"),
+        ({"slug": "ok-slug", "name": "x", "max_devices": 0}, "/max_devices", "min_value"),
+        ({"name": "x"}, "/slug", "required"),
+    ],
+)
+def test_bad_tenant_input_is_a_field_error(operator_client: APIClient, body: dict, pointer: str, code: str) -> None:
+    response = operator_client.post("/api/v1/tenants/", body, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert {"pointer": pointer, "code": code} in [{"pointer": f["pointer"], "code": f["code"]} for f in error["fields"]]
+    assert not Tenant.objects.filter(slug=body.get("slug", "")).exists()
+
+
+def test_slug_rule_is_in_the_message(operator_client: APIClient) -> None:
+    response = operator_client.post("/api/v1/tenants/", {"slug": "Bad Slug!", "name": "x"}, format="json")
+    assert "lowercase letters, digits and hyphens" in response.json()["error"]["fields"][0]["message"]
+
+
+def test_duplicate_tenant_slug_is_refused(operator_client: APIClient, tenant: Tenant) -> None:
+    response = operator_client.post("/api/v1/tenants/", {"slug": tenant.slug, "name": "Again"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"][0]["pointer"] == "/slug"
+    assert Tenant.objects.filter(slug=tenant.slug).count() == 1
+
+
+def test_tenant_admin_cannot_create_tenants_or_change_quotas(admin_client: APIClient, tenant: Tenant) -> None:
+    assert admin_client.post("/api/v1/tenants/", {"slug": "mine", "name": "x"}, format="json").status_code == 403
+    assert admin_client.patch("/api/v1/tenants/acme/", {"max_devices": 10**9}, format="json").status_code == 403
+    renamed = admin_client.patch("/api/v1/tenants/acme/", {"name": "ACME Corp"}, format="json")
+    assert renamed.status_code == 200
+    assert renamed.json()["name"] == "ACME Corp"
+
+
+def test_viewer_reads_but_cannot_write(viewer_client: APIClient, tenant: Tenant) -> None:
+    assert viewer_client.get("/api/v1/tenants/acme/").status_code == 200
+    assert viewer_client.get("/api/v1/tenants/acme/devices/").status_code == 200
+    response = viewer_client.patch("/api/v1/tenants/acme/", {"name": "x"}, format="json")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+    created = viewer_client.post(
+        "/api/v1/tenants/acme/devices/", {"device_id": "d1", "group": "sensors"}, format="json"
+    )
+    assert created.status_code == 403
+
+
+def test_list_shows_only_the_users_tenants(admin_client: APIClient, tenant: Tenant, other_tenant: Tenant) -> None:
+    slugs = [t["slug"] for t in admin_client.get("/api/v1/tenants/").json()["results"]]
+    assert slugs == ["acme"]
+
+
+def test_operator_sees_all_tenants(operator_client: APIClient, tenant: Tenant, other_tenant: Tenant) -> None:
+    body = operator_client.get("/api/v1/tenants/").json()
+    assert [t["slug"] for t in body["results"]] == ["acme", "globex"]
+    assert body["count"] == 2
+
+
+def test_suspend_and_resume(operator_client: APIClient, tenant: Tenant) -> None:
+    assert operator_client.post("/api/v1/tenants/acme/suspend").json()["status"] == "suspended"
+    tenant.refresh_from_db()
+    assert not tenant.is_active
+    assert operator_client.post("/api/v1/tenants/acme/resume").json()["status"] == "active"
+    assert list(AuditEvent.objects.filter(tenant_slug="acme").values_list("action", flat=True)) == [
+        "tenant.resume",
+        "tenant.suspend",
+    ]
+
+
+def test_delete_needs_the_slug_as_confirmation(operator_client: APIClient, tenant: Tenant) -> None:
+    refused = operator_client.delete("/api/v1/tenants/acme/")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"][0]["code"] == "confirmation_mismatch"
+    assert Tenant.objects.filter(slug="acme").exists()
+    assert operator_client.delete("/api/v1/tenants/acme/?confirm=acme").status_code == 204
+    assert not Tenant.objects.filter(slug="acme").exists()
+    event = AuditEvent.objects.get(action="tenant.delete")
+    assert event.tenant_slug == "acme"
+    assert "iot.acme.dlq" in event.after["topics_deleted"]
+
+
+def test_audit_log_is_append_only(operator_client: APIClient, tenant: Tenant) -> None:
+    operator_client.patch("/api/v1/tenants/acme/", {"name": "New"}, format="json")
+    event = AuditEvent.objects.get(action="tenant.update")
+    assert (event.before["name"], event.after["name"]) == ("Acme Inc.", "New")
+    event.action = "forged"
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.all().delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.update(action="forged")
+
+
+def test_audit_is_listed_per_tenant(admin_client: APIClient, operator_client: APIClient, tenant: Tenant,
+                                    other_tenant: Tenant) -> None:  # fmt: skip
+    operator_client.patch("/api/v1/tenants/acme/", {"name": "A"}, format="json")
+    operator_client.patch("/api/v1/tenants/globex/", {"name": "G"}, format="json")
+    events = admin_client.get("/api/v1/tenants/acme/audit/").json()["results"]
+    assert [e["tenant"] for e in events] == ["acme"]
+    assert events[0]["action"] == "tenant.update"
+    filtered = admin_client.get("/api/v1/tenants/acme/audit/?action=nothing").json()
+    assert filtered["count"] == 0
+
+
+def test_members_are_managed_by_the_tenant_admin(admin_client: APIClient, tenant: Tenant) -> None:
+    make_user("newcomer")
+    added = admin_client.post(
+        "/api/v1/tenants/acme/members/", {"username": "newcomer", "role": "viewer"}, format="json"
+    )
+    assert added.status_code == 201
+    names = {m["username"]: m["role"] for m in admin_client.get("/api/v1/tenants/acme/members/").json()["results"]}
+    assert names == {"acme-admin": "admin", "newcomer": "viewer"}
+    unknown = admin_client.post("/api/v1/tenants/acme/members/", {"username": "ghost", "role": "viewer"}, format="json")
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["fields"][0]["pointer"] == "/username"
+
+
+def test_api_token_is_shown_once_stored_hashed_and_works(tenant: Tenant) -> None:
+    # given a tenant admin with a session
+    user = make_user("scripter", tenant=tenant)
+    session = client_for(user)
+    # when they create a token
+    created = session.post("/api/v1/tokens/", {"name": "ci"}, format="json").json()
+    secret = created["token"]
+    # then only its hash is stored, and the secret authenticates a script
+    token = ApiToken.objects.get(prefix=created["prefix"])
+    assert secret not in token.secret_hash
+    assert "token" not in session.get("/api/v1/tokens/").json()["results"][0]
+    script = APIClient()
+    script.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert script.get("/api/v1/tenants/acme/devices/").status_code == 200
+    # and a wrong or revoked token is refused
+    script.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}x")
+    assert script.get("/api/v1/tenants/acme/devices/").status_code == 401
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at="2020-01-01T00:00:00Z")
+    script.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert script.get("/api/v1/tenants/acme/devices/").status_code == 401
+
+
+def test_anonymous_is_refused(db: None) -> None:
+    response = APIClient().get("/api/v1/tenants/")
+    assert response.status_code in (401, 403)
+    assert "error" in response.json()
+
+
+def test_openapi_spec_and_docs_are_served(operator_client: APIClient) -> None:
+    spec = operator_client.get("/api/schema/?format=json")
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    assert "/api/v1/tenants/{tenant}/devices/bulk" in paths
+    assert operator_client.get("/api/docs/").status_code == 200
