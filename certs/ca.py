@@ -245,3 +245,96 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 
 def remaining_lifetime(certificate: x509.Certificate) -> dt.timedelta:
     return certificate.not_valid_after_utc - _now()
+
+
+# -- certificate signing requests -------------------------------------------------------
+
+ALLOWED_CURVES = {"secp256r1": KeyType.EC_P256, "secp384r1": KeyType.EC_P384}
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
+
+
+class CsrProblem(ValueError):
+    """A CSR Sluice will not sign; ``code`` is stable for API clients."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """A CSR from PEM or DER; anything else is ``malformed_csr``."""
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_csr(data)
+        return x509.load_der_x509_csr(data)
+    except ValueError:
+        raise CsrProblem("malformed_csr", "Not a PEM or DER certificate signing request (PKCS#10).") from None
+
+
+def key_type_of(public_key: object) -> KeyType:
+    """The KeyType of a public key Sluice accepts, else ``weak_key`` / ``unsupported_key``."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in ALLOWED_CURVES:
+            raise CsrProblem("unsupported_key", f"Curve {public_key.curve.name} is not supported; use P-256 or P-384.")
+        return ALLOWED_CURVES[public_key.curve.name]
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            raise CsrProblem("weak_key", f"RSA-{public_key.key_size} is too weak; use at least RSA-{MIN_RSA_BITS}.")
+        if public_key.key_size > MAX_RSA_BITS:
+            raise CsrProblem("unsupported_key", f"RSA-{public_key.key_size} is larger than {MAX_RSA_BITS} bits.")
+        return KeyType(f"rsa-{public_key.key_size}") if public_key.key_size in (2048, 3072, 4096) else KeyType.RSA_2048
+    raise CsrProblem("unsupported_key", f"{type(public_key).__name__} keys are not supported; use ECDSA or RSA.")
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> KeyType:
+    """Proof of possession (the CSR's self-signature) and an acceptable key.  The CSR's
+    subject and extensions are ignored: Sluice sets its own."""
+    if not csr.is_signature_valid:
+        raise CsrProblem("bad_csr_signature", "The CSR's signature does not verify with its own public key.")
+    return key_type_of(csr.public_key())
+
+
+# -- revocation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revoked:
+    serial: int
+    revoked_at: dt.datetime
+    reason: x509.ReasonFlags | None = None
+
+
+def build_crl(
+    *, issuer: Issuer, revoked: Sequence[Revoked], number: int, valid_for: dt.timedelta
+) -> x509.CertificateRevocationList:
+    """A CRL (RFC 5280 §5) with a CRL number and the issuer's AKI."""
+    now = _now()
+    ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.certificate.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(now + valid_for)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    )
+    for item in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(item.serial).revocation_date(item.revoked_at)
+        if item.reason is not None and item.reason is not x509.ReasonFlags.unspecified:
+            entry = entry.add_extension(x509.CRLReason(item.reason), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(issuer.key, _signature_hash(issuer.key))
+
+
+def pkcs12_bundle(*, name: str, key: PrivateKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate],
+                  passphrase: bytes) -> bytes:  # fmt: skip
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    return pkcs12.serialize_key_and_certificates(
+        name.encode(), key, certificate, list(chain), serialization.BestAvailableEncryption(passphrase)
+    )
+
+
+def fingerprint_sha256(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ ROOT_VALID_DAYS = 3650
 SERVICE_VALID_DAYS = 397
 # Service certificates are reissued at start when less than this remains.
 SERVICE_RENEW_BEFORE = dt.timedelta(days=30)
+ROOT_CRL_VALIDITY = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,23 @@ def load_root(runtime: Runtime) -> ca.Issuer:
         certificate=ca.load_certificate(pki.root_cert.read_bytes()),
         key=ca.load_private_key(pki.root_key.read_bytes(), runtime.key_encryption_key),
     )
+
+
+def ensure_root(runtime: Runtime) -> ca.Issuer:
+    """The platform root CA, created on first use (the launcher creates it at first start)."""
+    pki = PlatformPki(runtime.pki_dir)
+    pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _ensure_root(runtime, pki)
+
+
+def publish_root_crl(runtime: Runtime, root: ca.Issuer) -> None:
+    """The root's CRL (it revokes nothing yet), which tenant CA certificates point to."""
+    from cryptography.hazmat.primitives import serialization
+
+    crl = ca.build_crl(issuer=root, revoked=[], number=int(time.time()), valid_for=ROOT_CRL_VALIDITY)
+    runtime.crl_dir.mkdir(parents=True, exist_ok=True)
+    _write(runtime.crl_dir / "platform-root.crl", crl.public_bytes(serialization.Encoding.DER))
+    _write(runtime.crl_dir / "platform-root.pem", crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _ensure_root(runtime: Runtime, pki: PlatformPki) -> ca.Issuer:
@@ -156,4 +175,5 @@ def ensure_platform_pki(runtime: Runtime) -> PlatformPki:
         ip_addresses=loopback,
     )
     _write(pki.trust_bundle, ca.certificate_pem(root.certificate))
+    publish_root_crl(runtime, root)
     return pki

@@ -28,7 +28,8 @@ _SLUG = "[a-z0-9][a-z0-9-]*"
 KAFKA_PRINCIPAL_MAPPING_RULES = ",".join(
     [
         f"RULE:^CN=({_SLUG}),O={PLATFORM_ORGANIZATION}$/$1/",
-        f"RULE:^CN={_SLUG},OU=({_SLUG}),O=({_SLUG})$/$2.$1/",
+        # Device ids may hold letters, digits and . _ : - (never a comma), hence [^,]+.
+        f"RULE:^CN=[^,]+,OU=({_SLUG}),O=({_SLUG})$/$2.$1/",
         "DEFAULT",
     ]
 )

@@ -31,6 +31,7 @@ DEFAULT_PORTS = {
     "registry": 8081,
     "registry_management": 8082,
     "redis": 6379,
+    "crl": 8080,
 }
 
 
@@ -50,6 +51,7 @@ class Ports:
     registry: int
     registry_management: int
     redis: int
+    crl: int
 
     def named(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in DEFAULT_PORTS}
@@ -105,6 +107,15 @@ class Runtime:
     @property
     def redis_data_dir(self) -> Path:
         return self.state_dir / "redis"
+
+    @property
+    def crl_dir(self) -> Path:
+        """CRLs as files, served over plain HTTP by nginx (RFC 5280 §4.2.1.13: CRLs are
+        signed, and a TLS URL would make revocation checking depend on TLS itself)."""
+        return self.state_dir / "crl"
+
+    def crl_url(self, name: str) -> str:
+        return f"http://{self.public_hostnames[0]}:{self.ports.crl}/crl/{name}.crl"
 
     @property
     def web_socket(self) -> Path:

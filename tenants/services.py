@@ -31,9 +31,12 @@ def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenan
 
     tenant = Tenant(slug=slug, name=name, **quotas)
     _clean(tenant)
+    from certs.services import tenant_ca_create
+
     with transaction.atomic():
         tenant.save()
         audit_record(actor=actor, tenant=tenant, action="tenant.create", obj=tenant, after=snapshot(tenant))
+        tenant_ca_create(actor=actor, tenant=tenant)
         transaction.on_commit(lambda: tenant_dlq_provision_task.delay(tenant.pk))
     return tenant
 

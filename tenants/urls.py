@@ -2,6 +2,7 @@
 
 from django.urls import path
 
+from certs import apis as cert_apis
 from devices import apis as device_apis
 from tenants import apis
 
@@ -22,5 +23,9 @@ urlpatterns = [
     path(f"{T}devices/", device_apis.DeviceListApi.as_view(), name="device-list"),
     path(f"{T}devices/bulk", device_apis.DeviceBulkImportApi.as_view(), name="device-bulk"),
     path(f"{T}devices/<str:device_id>/", device_apis.DeviceDetailApi.as_view(), name="device-detail"),
+    path(f"{T}devices/<str:device_id>/certificates/", cert_apis.DeviceCertificatesApi.as_view(), name="device-certs"),
+    path(f"{T}certificates/<str:serial>/", cert_apis.CertificateDetailApi.as_view(), name="certificate-detail"),
+    path(f"{T}certificates/<str:serial>/revoke", cert_apis.CertificateRevokeApi.as_view(), name="certificate-revoke"),
+    path(f"{T}ca/", cert_apis.TenantCaApi.as_view(), name="tenant-ca"),
     path("tokens/", apis.TokenListApi.as_view(), name="token-list"),
 ]

@@ -360,7 +360,7 @@ class Nginx(Component):
     verified against the platform trust bundle and handed to the app as headers."""
 
     name = "nginx"
-    ports = ("web",)
+    ports = ("web", "crl")
     startup_timeout = 30.0
 
     def prepare(self, ctx: Context) -> None:
@@ -371,6 +371,8 @@ class Nginx(Component):
             (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         rt.static_root.mkdir(parents=True, exist_ok=True)
         rt.logs_dir.mkdir(parents=True, exist_ok=True)
+        rt.crl_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(rt.crl_dir, 0o755)  # noqa: S103 - public CRLs, read by nginx workers
         render(
             TEMPLATES / "nginx" / "nginx.conf.in",
             prefix / "nginx.conf",
@@ -387,6 +389,8 @@ class Nginx(Component):
             certificate_key=pki.key("web"),
             client_ca=pki.trust_bundle,
             static_root=rt.static_root,
+            crl_port=rt.ports.crl,
+            crl_dir=rt.crl_dir,
         )
 
     def process(self, ctx: Context) -> Process:
@@ -404,23 +408,33 @@ class Nginx(Component):
         return Process(self.name, argv, ctx.log(self.name))
 
     def check(self, ctx: Context) -> str | None:
-        context = ssl.create_default_context(cafile=str(ctx.pki.trust_bundle))
         try:
-            status, body = http_get(f"https://127.0.0.1:{ctx.runtime.ports.web}/healthz", context=context)
+            status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.ports.crl}/crl/platform-root.crl")
         except OSError as exc:
-            return str(getattr(exc, "reason", exc))
-        if status == 200:
-            return None
-        try:
-            report = json.loads(body)
-            bad = [
-                f"{k}: {v.get('detail', v.get('status'))}"
-                for k, v in report["components"].items()
-                if v["status"] != "ok"
-            ]
-            return "; ".join(bad) or f"/healthz answered {status}"
-        except (ValueError, KeyError, AttributeError):
-            return f"/healthz answered {status}"
+            return f"CRL listener: {getattr(exc, 'reason', exc)}"
+        if status != 200:
+            return f"CRL listener answered {status} for the root CRL"
+        return None if tcp_open(ctx.runtime.ports.web) else "HTTPS listener not open yet"
+
+
+def platform_health(ctx: Context) -> str | None:
+    """The application's own /healthz through nginx: database, Redis, Kafka, the registry,
+    the Celery worker and beat as the web app sees them.  None when all are ok."""
+    context = ssl.create_default_context(cafile=str(ctx.pki.trust_bundle))
+    try:
+        status, body = http_get(f"https://127.0.0.1:{ctx.runtime.ports.web}/healthz", context=context)
+    except OSError as exc:
+        return str(getattr(exc, "reason", exc))
+    if status == 200:
+        return None
+    try:
+        report = json.loads(body)
+        bad = [
+            f"{k}: {v.get('detail', v.get('status'))}" for k, v in report["components"].items() if v["status"] != "ok"
+        ]
+        return "; ".join(bad) or f"/healthz answered {status}"
+    except (ValueError, KeyError, AttributeError):
+        return f"/healthz answered {status}"
 
 
 class CeleryWorker(Component):
@@ -461,6 +475,6 @@ class CeleryBeat(Component):
 ALL: dict[str, Component] = {
     c.name: c for c in (Redis(), Kafka(), Registry(), Web(), Nginx(), CeleryWorker(), CeleryBeat())
 }
-# What `sluice test` starts: the services the tests talk to.  Tests start their own web,
-# workers and launchers where they need them.
-TEST_COMPONENTS = ("redis", "kafka", "registry")
+# What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
+# TLS).  Tests start their own web, workers and launchers where they need them.
+TEST_COMPONENTS = ("redis", "kafka", "registry", "nginx")

@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.env import BASE_DIR, ConfigurationError, load_runtime
-from sluicectl.components import ALL, Component, Context
+from sluicectl.components import ALL, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.supervisor import Process, last_error
 
 # Start order; stop is the reverse.  Only Redis is waited for before the next one starts:
-# Kafka and the registry are JVMs that take a while, and migrations run meanwhile.  The
-# nginx check reads /healthz, which covers the database, Kafka, the registry, the Celery
-# worker and beat, so "healthy" at the end means the whole platform answers.
+# Kafka and the registry are JVMs that take a while, and migrations run meanwhile.  With
+# web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
+# registry, the Celery worker and beat: "ready" means the whole platform answers.
 ORDER = ("redis", "kafka", "registry", "web", "nginx", "worker", "beat")
 WAIT_BEFORE_NEXT = {"redis"}
+PLATFORM_TIMEOUT = 90.0
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -172,6 +173,24 @@ class Launcher:
         for component in started:
             if component.name not in WAIT_BEFORE_NEXT:
                 self.wait_healthy(component)
+        if {"web", "nginx"} <= set(self.names):
+            self.wait_platform()
+
+    def wait_platform(self) -> None:
+        """Every part answers, as the web app sees it (its /healthz through nginx)."""
+        deadline = time.monotonic() + PLATFORM_TIMEOUT
+        reason: str | None = "not checked yet"
+        while time.monotonic() < deadline:
+            for component in self.components:
+                self._raise_if_died(component)
+            reason = platform_health(self.ctx)
+            if reason is None:
+                return
+            time.sleep(0.5)
+        raise LaunchError(
+            f"the platform did not become healthy within {PLATFORM_TIMEOUT:.0f} s ({reason}); "
+            f"see the logs in {self.ctx.runtime.logs_dir}"
+        )
 
     def stop(self) -> None:
         if self._stopping:

@@ -1,0 +1,84 @@
+"""Tenant issuing CAs and the certificates they issue."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.db import models
+
+from devices.models import Device
+from tenants.models import Tenant
+
+
+class CertificateAuthority(models.Model):
+    """A tenant's issuing CA (pathLen 0), signed by the platform root.  Its private key is
+    stored only encrypted with the key-encryption key (PKCS#8, BestAvailableEncryption)."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"  # issues new certificates
+        RETIRING = "retiring"  # still trusted, issues nothing (rotation overlap)
+        RETIRED = "retired"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="cas")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    subject = models.CharField(max_length=300)
+    serial = models.CharField(max_length=64, unique=True)
+    certificate_pem = models.TextField()
+    encrypted_key_pem = models.TextField()
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    crl_number = models.PositiveBigIntegerField(default=0)
+    crl_der = models.BinaryField(default=bytes)
+    crl_next_update = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering: ClassVar = ["tenant", "-not_after"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["tenant"], condition=models.Q(status="active"), name="one_active_ca_per_tenant"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.subject
+
+
+class Certificate(models.Model):
+    """A device's client certificate.  The private key is never stored: it stays on the
+    device (CSR) or is handed out once (server-generated)."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUPERSEDED = "superseded"  # renewed; valid until its overlap ends
+        REVOKED = "revoked"
+
+    class Origin(models.TextChoices):
+        CSR = "csr"
+        GENERATED = "generated"
+        RENEWAL = "renewal"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="certificates")
+    device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates")
+    device_ref = models.CharField(max_length=128)  # the device id, kept after the device is deleted
+    ca = models.ForeignKey(CertificateAuthority, on_delete=models.PROTECT, related_name="issued")
+    serial = models.CharField(max_length=64, unique=True)
+    fingerprint_sha256 = models.CharField(max_length=64, unique=True)
+    subject = models.CharField(max_length=300)
+    certificate_pem = models.TextField()
+    key_type = models.CharField(max_length=16)
+    origin = models.CharField(max_length=16, choices=Origin.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revocation_reason = models.CharField(max_length=32, blank=True)
+    superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering: ClassVar = ["tenant", "-created_at"]
+        indexes: ClassVar = [models.Index(fields=["tenant", "device_ref"]), models.Index(fields=["ca", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.subject} #{self.serial[:12]}"

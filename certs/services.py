@@ -1,0 +1,236 @@
+"""The PKI's writes: tenant issuing CAs, device certificate issuance (from a CSR or
+server-generated), revocation and CRL publication.  Private keys Sluice generates for
+devices are returned once and never stored; CA keys are stored only encrypted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from certs import ca
+from certs.models import Certificate, CertificateAuthority
+from certs.platform_pki import ensure_root
+from certs.principals import device_subject
+from config.errors import Conflict, InvalidInput, NotFound
+from devices.models import Device, DeviceGroup
+from tenants.audit import Actor, audit_record
+from tenants.models import Tenant
+
+TENANT_CA_VALID_DAYS = 5 * 365
+CRL_VALIDITY = dt.timedelta(days=1)
+MIN_PASSPHRASE = 8
+REASONS = {r.name: r for r in x509.ReasonFlags if r not in (x509.ReasonFlags.remove_from_crl,)}
+
+
+def _runtime() -> object:
+    return settings.SLUICE_RUNTIME
+
+
+def crl_name(authority: CertificateAuthority) -> str:
+    return f"{authority.tenant.slug}-{authority.serial[:16]}"
+
+
+def device_uri(*, tenant: str, group: str, device: str) -> str:
+    """The SAN that names the device (RFC 3986 URN form)."""
+    return f"urn:sluice:device:{tenant}:{group}:{device}"
+
+
+def _issuer(authority: CertificateAuthority) -> ca.Issuer:
+    rt = settings.SLUICE_RUNTIME
+    return ca.Issuer(
+        certificate=ca.load_certificate(authority.certificate_pem.encode()),
+        key=ca.load_private_key(authority.encrypted_key_pem.encode(), rt.key_encryption_key),
+    )
+
+
+def _write_crl_files(name: str, crl: x509.CertificateRevocationList) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    directory = settings.SLUICE_RUNTIME.crl_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix, data in ((".crl", crl.public_bytes(serialization.Encoding.DER)),
+                         (".pem", crl.public_bytes(serialization.Encoding.PEM))):  # fmt: skip
+        tmp = directory / f".{name}{suffix}.{os.getpid()}"
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / f"{name}{suffix}")
+
+
+def tenant_ca_create(*, actor: Actor, tenant: Tenant) -> CertificateAuthority:
+    """A new issuing CA for ``tenant``, signed by the platform root, with an empty CRL."""
+    rt = settings.SLUICE_RUNTIME
+    root = ensure_root(rt)
+    key = ca.generate_key()
+    cert = ca.create_issuing_ca(
+        issuer=root,
+        subject=ca.name(O=tenant.slug, CN=f"{tenant.slug} issuing CA"),
+        public_key=key.public_key(),
+        valid_days=TENANT_CA_VALID_DAYS,
+        crl_urls=[rt.crl_url("platform-root")],
+    )
+    with transaction.atomic():
+        authority = CertificateAuthority.objects.create(
+            tenant=tenant,
+            subject=cert.subject.rfc4514_string(),
+            serial=format(cert.serial_number, "x"),
+            certificate_pem=ca.certificate_pem(cert).decode(),
+            encrypted_key_pem=ca.private_key_pem(key, rt.key_encryption_key).decode(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
+        audit_record(actor=actor, tenant=tenant, action="ca.create", obj=authority,
+                     after={"subject": authority.subject, "serial": authority.serial,
+                            "not_after": authority.not_after.isoformat()})  # fmt: skip
+        crl_publish(authority=authority)
+    return authority
+
+
+def active_ca(tenant: Tenant) -> CertificateAuthority:
+    authority = CertificateAuthority.objects.filter(tenant=tenant, status=CertificateAuthority.Status.ACTIVE).first()
+    if authority is None:
+        raise Conflict(f"Tenant '{tenant.slug}' has no active issuing CA.")
+    return authority
+
+
+def crl_publish(*, authority: CertificateAuthority) -> x509.CertificateRevocationList:
+    """Regenerate the CA's CRL (next CRL number) and publish it as DER and PEM."""
+    with transaction.atomic():
+        locked = CertificateAuthority.objects.select_for_update().get(pk=authority.pk)
+        revoked = [
+            ca.Revoked(int(c.serial, 16), c.revoked_at or timezone.now(), REASONS.get(c.revocation_reason))
+            for c in Certificate.objects.filter(ca=locked, status=Certificate.Status.REVOKED)
+        ]
+        number = locked.crl_number + 1
+        crl = ca.build_crl(issuer=_issuer(locked), revoked=revoked, number=number, valid_for=CRL_VALIDITY)
+        from cryptography.hazmat.primitives import serialization
+
+        CertificateAuthority.objects.filter(pk=locked.pk).update(
+            crl_number=number, crl_der=crl.public_bytes(serialization.Encoding.DER), crl_next_update=crl.next_update_utc
+        )
+        name = crl_name(locked)
+        transaction.on_commit(lambda: _write_crl_files(name, crl))
+    return crl
+
+
+@dataclass(frozen=True)
+class Issued:
+    certificate: Certificate
+    chain_pem: str  # leaf, then the tenant CA (the root is the trust anchor clients already hold)
+    key_pem: str | None = None  # server-generated only, returned once
+    pkcs12: bytes | None = None
+
+
+def _usable_group(device: Device) -> DeviceGroup:
+    group = device.group
+    if group.credential_policy == DeviceGroup.CredentialPolicy.OAUTH2:
+        raise InvalidInput(
+            f"Device group '{group.slug}' uses OAuth2 tokens only; it issues no certificates.",
+            fields=[{"pointer": "/", "code": "credential_policy", "message": "The group's policy is OAuth2 only."}],
+        )
+    if device.status != Device.Status.ACTIVE:
+        raise InvalidInput(f"Device '{device.device_id}' is {device.status}; enable it first.")
+    return group
+
+
+def _issue(*, actor: Actor, device: Device, public_key: ca.PublicKey, key_type: ca.KeyType, origin: str) -> Issued:
+    group = _usable_group(device)
+    tenant = device.tenant
+    authority = active_ca(tenant)
+    issuer = _issuer(authority)
+    cert = ca.issue_leaf(
+        issuer=issuer,
+        subject=device_subject(tenant=tenant.slug, group=group.slug, device=device.device_id),
+        public_key=public_key,
+        usage=ca.Usage.CLIENT,
+        valid_days=group.cert_lifetime_days,
+        uris=[device_uri(tenant=tenant.slug, group=group.slug, device=device.device_id)],
+        crl_urls=[settings.SLUICE_RUNTIME.crl_url(crl_name(authority))],
+    )
+    with transaction.atomic():
+        record = Certificate.objects.create(
+            tenant=tenant,
+            device=device,
+            device_ref=device.device_id,
+            ca=authority,
+            serial=format(cert.serial_number, "x"),
+            fingerprint_sha256=ca.fingerprint_sha256(cert),
+            subject=cert.subject.rfc4514_string(),
+            certificate_pem=ca.certificate_pem(cert).decode(),
+            key_type=key_type.value,
+            origin=origin,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
+        audit_record(actor=actor, tenant=tenant, action="certificate.issue", obj=record,
+                     after={"device": device.device_id, "serial": record.serial, "origin": origin,
+                            "not_after": record.not_after.isoformat(), "key_type": key_type.value})  # fmt: skip
+    return Issued(certificate=record, chain_pem=record.certificate_pem + authority.certificate_pem)
+
+
+def certificate_issue_from_csr(*, actor: Actor, device: Device, csr_pem: bytes) -> Issued:
+    """Sign a device's CSR: the key never leaves the device.  The CSR must prove possession
+    of an acceptable key; its subject and extensions are ignored."""
+    try:
+        csr = ca.load_csr(csr_pem)
+        key_type = ca.check_csr(csr)
+    except ca.CsrProblem as problem:
+        raise InvalidInput(
+            str(problem), fields=[{"pointer": "/csr", "code": problem.code, "message": str(problem)}]
+        ) from None
+    public_key = csr.public_key()
+    assert isinstance(public_key, ca.PublicKey)
+    return _issue(actor=actor, device=device, public_key=public_key, key_type=key_type, origin=Certificate.Origin.CSR)
+
+
+def certificate_issue_generated(*, actor: Actor, device: Device, passphrase: str) -> Issued:
+    """Generate the key here (the group's key type) and return it once, as PEM and as a
+    PKCS#12 bundle encrypted with ``passphrase``."""
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise InvalidInput(
+            f"The PKCS#12 passphrase needs at least {MIN_PASSPHRASE} characters.",
+            fields=[
+                {"pointer": "/passphrase", "code": "too_short", "message": f"At least {MIN_PASSPHRASE} characters."}
+            ],
+        )
+    key_type = ca.KeyType(_usable_group(device).cert_key_type)
+    key = ca.generate_key(key_type)
+    issued = _issue(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
+                    origin=Certificate.Origin.GENERATED)  # fmt: skip
+    leaf = ca.load_certificate(issued.certificate.certificate_pem.encode())
+    chain = [ca.load_certificate(issued.certificate.ca.certificate_pem.encode())]
+    bundle = ca.pkcs12_bundle(name=device.device_id, key=key, certificate=leaf, chain=chain,
+                              passphrase=passphrase.encode())  # fmt: skip
+    return Issued(certificate=issued.certificate, chain_pem=issued.chain_pem, key_pem=ca.private_key_pem(key).decode(),
+                  pkcs12=bundle)  # fmt: skip
+
+
+def certificate_revoke(*, actor: Actor, certificate: Certificate, reason: str = "unspecified") -> Certificate:
+    if reason not in REASONS:
+        raise InvalidInput(
+            f"Unknown revocation reason '{reason}'.",
+            fields=[{"pointer": "/reason", "code": "invalid_choice", "message": f"Use one of {sorted(REASONS)}."}],
+        )
+    if certificate.status == Certificate.Status.REVOKED:
+        raise Conflict(f"Certificate {certificate.serial} is already revoked.")
+    with transaction.atomic():
+        Certificate.objects.filter(pk=certificate.pk).update(
+            status=Certificate.Status.REVOKED, revoked_at=timezone.now(), revocation_reason=reason
+        )
+        certificate.refresh_from_db()
+        audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
+                     after={"serial": certificate.serial, "reason": reason})  # fmt: skip
+        crl_publish(authority=certificate.ca)
+    return certificate
+
+
+def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
+    found = Certificate.objects.filter(tenant=tenant, serial=serial.lower()).select_related("ca", "tenant").first()
+    if found is None:
+        raise NotFound(f"No certificate {serial}.")
+    return found
