@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
 from certs import ca
+from certs.crl_files import ROOT_CRL_NAME, publish_root_crl
 from certs.principals import BROKER, PLATFORM_ADMIN, platform_subject
 from config.env import Runtime
 
@@ -24,7 +24,6 @@ ROOT_VALID_DAYS = 3650
 SERVICE_VALID_DAYS = 397
 # Service certificates are reissued at start when less than this remains.
 SERVICE_RENEW_BEFORE = dt.timedelta(days=30)
-ROOT_CRL_VALIDITY = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -81,16 +80,6 @@ def ensure_root(runtime: Runtime) -> ca.Issuer:
     return _ensure_root(runtime, pki)
 
 
-def publish_root_crl(runtime: Runtime, root: ca.Issuer) -> None:
-    """The root's CRL (it revokes nothing yet), which tenant CA certificates point to."""
-    from cryptography.hazmat.primitives import serialization
-
-    crl = ca.build_crl(issuer=root, revoked=[], number=int(time.time()), valid_for=ROOT_CRL_VALIDITY)
-    runtime.crl_dir.mkdir(parents=True, exist_ok=True)
-    _write(runtime.crl_dir / "platform-root.crl", crl.public_bytes(serialization.Encoding.DER))
-    _write(runtime.crl_dir / "platform-root.pem", crl.public_bytes(serialization.Encoding.PEM))
-
-
 def _ensure_root(runtime: Runtime, pki: PlatformPki) -> ca.Issuer:
     if pki.root_cert.exists() and pki.root_key.exists():
         return load_root(runtime)
@@ -111,6 +100,14 @@ def _san_of(cert: x509.Certificate) -> set[str]:
     }
 
 
+def _crl_urls_of(cert: x509.Certificate) -> list[str]:
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name.value) for point in points for name in (point.full_name or [])]
+
+
 def _ensure_service(
     pki: PlatformPki,
     root: ca.Issuer,
@@ -118,6 +115,7 @@ def _ensure_service(
     service: str,
     common_name: str,
     usage: ca.Usage,
+    crl_url: str,
     dns_names: tuple[str, ...] = (),
     ip_addresses: tuple[str, ...] = (),
 ) -> None:
@@ -129,7 +127,12 @@ def _ensure_service(
             current.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
             == root.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         )
-        if fresh and same_issuer and _san_of(current) == set(dns_names) | set(ip_addresses):
+        if (
+            fresh
+            and same_issuer
+            and _san_of(current) == set(dns_names) | set(ip_addresses)
+            and _crl_urls_of(current) == [crl_url]
+        ):
             return
     key = ca.generate_key()
     cert = ca.issue_leaf(
@@ -140,6 +143,7 @@ def _ensure_service(
         valid_days=SERVICE_VALID_DAYS,
         dns_names=dns_names,
         ip_addresses=ip_addresses,
+        crl_urls=[crl_url],
     )
     key_pem = ca.private_key_pem(key)
     chain = ca.certificate_pem(cert) + ca.certificate_pem(root.certificate)
@@ -154,22 +158,27 @@ def ensure_platform_pki(runtime: Runtime) -> PlatformPki:
     pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     root = _ensure_root(runtime, pki)
     loopback = ("127.0.0.1", "::1")
+    # Every certificate below the root names the root's CRL: with revocation checking on
+    # (the broker's JVM), a certificate without revocation information fails validation.
+    root_crl = runtime.crl_url(ROOT_CRL_NAME)
     _ensure_service(
         pki,
         root,
         service="broker",
         common_name=BROKER,
+        crl_url=root_crl,
         # The broker is both: it serves clients and is a TLS client of its own controller.
         usage=ca.Usage.SERVER_AND_CLIENT,
         dns_names=tuple(dict.fromkeys(("localhost", runtime.kafka_advertised_host))),
         ip_addresses=loopback,
     )
-    _ensure_service(pki, root, service="admin", common_name=PLATFORM_ADMIN, usage=ca.Usage.CLIENT)
+    _ensure_service(pki, root, service="admin", common_name=PLATFORM_ADMIN, usage=ca.Usage.CLIENT, crl_url=root_crl)
     _ensure_service(
         pki,
         root,
         service="web",
         common_name="web",
+        crl_url=root_crl,
         usage=ca.Usage.SERVER,
         dns_names=tuple(dict.fromkeys(("localhost", *runtime.public_hostnames))),
         ip_addresses=loopback,

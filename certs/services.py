@@ -5,7 +5,6 @@ devices are returned once and never stored; CA keys are stored only encrypted.""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -13,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from certs import ca
+from certs import ca, crl_files
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
 from certs.principals import device_subject
@@ -49,19 +48,6 @@ def _issuer(authority: CertificateAuthority) -> ca.Issuer:
     )
 
 
-def _write_crl_files(name: str, crl: x509.CertificateRevocationList) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    directory = settings.SLUICE_RUNTIME.crl_dir
-    directory.mkdir(parents=True, exist_ok=True)
-    for suffix, data in ((".crl", crl.public_bytes(serialization.Encoding.DER)),
-                         (".pem", crl.public_bytes(serialization.Encoding.PEM))):  # fmt: skip
-        tmp = directory / f".{name}{suffix}.{os.getpid()}"
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / f"{name}{suffix}")
-
-
 def tenant_ca_create(*, actor: Actor, tenant: Tenant) -> CertificateAuthority:
     """A new issuing CA for ``tenant``, signed by the platform root, with an empty CRL."""
     rt = settings.SLUICE_RUNTIME
@@ -72,7 +58,7 @@ def tenant_ca_create(*, actor: Actor, tenant: Tenant) -> CertificateAuthority:
         subject=ca.name(O=tenant.slug, CN=f"{tenant.slug} issuing CA"),
         public_key=key.public_key(),
         valid_days=TENANT_CA_VALID_DAYS,
-        crl_urls=[rt.crl_url("platform-root")],
+        crl_urls=[rt.crl_url(crl_files.ROOT_CRL_NAME)],
     )
     with transaction.atomic():
         authority = CertificateAuthority.objects.create(
@@ -114,7 +100,7 @@ def crl_publish(*, authority: CertificateAuthority) -> x509.CertificateRevocatio
             crl_number=number, crl_der=crl.public_bytes(serialization.Encoding.DER), crl_next_update=crl.next_update_utc
         )
         name = crl_name(locked)
-        transaction.on_commit(lambda: _write_crl_files(name, crl))
+        transaction.on_commit(lambda: crl_files.write_crl(settings.SLUICE_RUNTIME, name, crl))
     return crl
 
 
@@ -234,3 +220,16 @@ def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
     if found is None:
         raise NotFound(f"No certificate {serial}.")
     return found
+
+
+def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
+    """Revoke every issuing CA of ``tenant`` in the platform root's CRL (tenant deletion):
+    every certificate they issued stops validating at once, on Kafka and at nginx alike."""
+    now = timezone.now()
+    serials = list(CertificateAuthority.objects.filter(tenant=tenant).values_list("serial", flat=True))
+    entries = [ca.Revoked(int(s, 16), now, x509.ReasonFlags.cessation_of_operation) for s in serials]
+    audit_record(actor=actor, tenant=tenant, action="ca.revoke", object_type="certs.certificateauthority",
+                 object_repr=f"{len(serials)} issuing CA(s)", after={"serials": serials})  # fmt: skip
+    runtime = settings.SLUICE_RUNTIME
+    transaction.on_commit(lambda: crl_files.publish_root_crl(runtime, ensure_root(runtime), revoke=entries))
+    return serials

@@ -71,9 +71,11 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
 
 
 def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
-    """Delete a tenant after the caller typed its slug.  Revokes its members' API tokens'
-    access by removing the memberships, and deletes or keeps its topics by the tenant's
-    policy.  Returns the topics scheduled for deletion."""
+    """Delete a tenant after the caller typed its slug.  Revokes its issuing CAs (so every
+    device certificate stops working), removes its memberships (so its users' tokens lose
+    access), and deletes or keeps its topics by the tenant's policy.  Returns the topics
+    scheduled for deletion."""
+    from certs.services import tenant_cas_revoke
     from devices.tasks import topics_delete_task
 
     if confirm != tenant.slug:
@@ -93,6 +95,8 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
             before=before,
             after={"topics_deleted": to_delete, "topics_kept": [t for t in topics if t not in to_delete]},
         )
+        tenant_cas_revoke(actor=actor, tenant=tenant)
+        tenant.certificates.all().delete()
         tenant.devices.all().delete()
         tenant.groups.all().delete()
         tenant.delete()

@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from certs import ca
+from certs.crl_files import ROOT_CRL_NAME
 from certs.platform_pki import ensure_platform_pki, load_root
 from certs.principals import device_subject
 from config.env import Runtime
@@ -83,6 +84,8 @@ def issue_device_credential(runtime: Runtime, *, tenant: str, group: str, device
         public_key=key.public_key(),
         usage=ca.Usage.CLIENT,
         valid_days=1,
+        # The broker checks revocation of every certificate (JDK CRLDP), so it needs a CRL.
+        crl_urls=[runtime.crl_url(ROOT_CRL_NAME)],
     )
     return ClientCredential(
         tenant=tenant,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from certs.crl_files import bundle_path
 from certs.platform_pki import PlatformPki, ensure_platform_pki
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
 from config.env import BASE_DIR, Runtime
@@ -86,6 +87,8 @@ class Component:
 
     name: str = ""
     ports: tuple[str, ...] = ()
+    # Components that must run too (started first by ORDER).
+    requires: tuple[str, ...] = ()
     startup_timeout: float = 60.0
     stop_timeout: float = 20.0
 
@@ -144,6 +147,7 @@ class Redis(Component):
 
 class Kafka(Component):
     name = "kafka"
+    requires = ("nginx",)  # serves the CRLs every TLS handshake of the broker checks
     ports = ("kafka", "kafka_controller", "kafka_internal")
     startup_timeout = 120.0
     stop_timeout = 45.0
@@ -155,6 +159,13 @@ class Kafka(Component):
         argv += [
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
+            # Revocation: the JDK's PKIX validator (Kafka's default trust manager) checks
+            # every certificate of a TLS peer's chain against the CRL its distribution
+            # point names (fetched over HTTP from nginx, cached ~30 s by the JDK).
+            "-Dcom.sun.net.ssl.checkRevocation=true",
+            "-Dcom.sun.security.enableCRLDP=true",
+            "-Dcom.sun.security.crl.timeout=5",
+            "-Dcom.sun.security.crl.readtimeout=5",
             f"-Dkafka.logs.dir={ctx.runtime.logs_dir / 'kafka'}",
             f"-Dlog4j2.configurationFile={TEMPLATES / 'kafka' / 'log4j2.yaml'}",
             "-cp",
@@ -391,6 +402,7 @@ class Nginx(Component):
             static_root=rt.static_root,
             crl_port=rt.ports.crl,
             crl_dir=rt.crl_dir,
+            crl_bundle=bundle_path(rt),
         )
 
     def process(self, ctx: Context) -> Process:
@@ -477,4 +489,4 @@ ALL: dict[str, Component] = {
 }
 # What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
 # TLS).  Tests start their own web, workers and launchers where they need them.
-TEST_COMPONENTS = ("redis", "kafka", "registry", "nginx")
+TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry")

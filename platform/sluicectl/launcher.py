@@ -17,12 +17,14 @@ from sluicectl.components import ALL, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.supervisor import Process, last_error
 
-# Start order; stop is the reverse.  Only Redis is waited for before the next one starts:
-# Kafka and the registry are JVMs that take a while, and migrations run meanwhile.  With
+# Start order; stop is the reverse.  Only Redis and nginx are waited for before the next
+# one starts: Kafka and the registry are JVMs that take a while, and migrations run
+# meanwhile.  With
 # web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
-ORDER = ("redis", "kafka", "registry", "web", "nginx", "worker", "beat")
-WAIT_BEFORE_NEXT = {"redis"}
+ORDER = ("redis", "nginx", "kafka", "registry", "web", "worker", "beat")
+# nginx serves the CRLs the broker checks every TLS peer against, so it comes first.
+WAIT_BEFORE_NEXT = {"redis", "nginx"}
 PLATFORM_TIMEOUT = 90.0
 
 
@@ -98,7 +100,15 @@ class Launcher:
 
     @property
     def components(self) -> list[Component]:
-        return [ALL[name] for name in ORDER if name in self.names]
+        """The named components and what they require, in start order."""
+        wanted = set(self.names)
+        pending = list(wanted)
+        while pending:
+            for required in ALL[pending.pop()].requires:
+                if required not in wanted:
+                    wanted.add(required)
+                    pending.append(required)
+        return [ALL[name] for name in ORDER if name in wanted]
 
     def _write_state(self) -> None:
         path = state_file(self.ctx)
@@ -173,7 +183,7 @@ class Launcher:
         for component in started:
             if component.name not in WAIT_BEFORE_NEXT:
                 self.wait_healthy(component)
-        if {"web", "nginx"} <= set(self.names):
+        if {"web", "nginx"} <= {c.name for c in self.components}:
             self.wait_platform()
 
     def wait_platform(self) -> None:

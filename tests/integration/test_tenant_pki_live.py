@@ -4,8 +4,12 @@ over HTTP by nginx after a revocation."""
 
 from __future__ import annotations
 
+import ssl
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +17,14 @@ from confluent_kafka.admin import AdminClient
 from cryptography import x509
 
 from certs.models import CertificateAuthority
+from certs.platform_pki import PlatformPki
 from certs.services import certificate_issue_generated, certificate_revoke, crl_name
 from config.env import Runtime
 from devices.models import Device, DeviceGroup, Stream
 from ingest.kafka import client_config
 from tenants.audit import Actor
 from tenants.models import Tenant
-from tenants.services import tenant_create
+from tenants.services import tenant_create, tenant_delete
 from tests.conftest import unique_slug
 from tests.integration.test_kafka_mtls import grant_group, produce_one, revoke_all
 
@@ -74,3 +79,105 @@ def test_revocation_is_published_over_http(
     leaf = x509.load_pem_x509_certificate(issued.certificate.certificate_pem.encode())
     points = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert points[0].full_name[0].value == services.crl_url(crl_name(authority))
+
+
+def _metadata_error(config: dict[str, Any]) -> str | None:
+    """None when a fresh client with ``config`` gets cluster metadata, else the error."""
+    from confluent_kafka import KafkaException
+
+    try:
+        AdminClient({**config, "socket.timeout.ms": 3000}).list_topics(timeout=6)
+    except KafkaException as exc:
+        return str(exc)
+    return None
+
+
+def test_kafka_refuses_a_revoked_certificate(
+    services: Runtime, device: Device, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    # given two certificates of the same device, both working on the mTLS listener
+    keep = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
+    lose = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
+    keep_config = client_config(services, certificate_pem=keep.chain_pem, key_pem=keep.key_pem or "")
+    lose_config = client_config(services, certificate_pem=lose.chain_pem, key_pem=lose.key_pem or "")
+    assert _metadata_error(keep_config) is None
+    assert _metadata_error(lose_config) is None
+
+    # when one is revoked
+    with django_capture_on_commit_callbacks(execute=True):
+        certificate_revoke(actor=ACTOR, certificate=lose.certificate, reason="key_compromise")
+
+    # then, once the broker's JDK re-reads the CRL (it caches for ~30 s), new connections
+    # with it fail the handshake, while the other certificate keeps working
+    deadline = time.monotonic() + 75
+    error = None
+    while time.monotonic() < deadline and error is None:
+        error = _metadata_error(lose_config)
+        if error is None:
+            time.sleep(3)
+    assert error is not None, "the broker still accepts the revoked certificate"
+    assert _metadata_error(keep_config) is None
+
+
+def _https_get(services: Runtime, tmp_path: Path, chain_pem: str, key_pem: str) -> tuple[int, str]:
+    (tmp_path / "client.pem").write_text(chain_pem)
+    (tmp_path / "client.key").write_text(key_pem)
+    context = ssl.create_default_context(cafile=str(PlatformPki(services.pki_dir).trust_bundle))
+    context.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+    request = urllib.request.Request(f"https://127.0.0.1:{services.ports.web}/healthz")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _await_status(services: Runtime, tmp_path: Path, issued: Any, wanted: Callable[[int], bool]) -> tuple[int, str]:
+    """nginx applies a new CRL bundle after its SIGHUP reload; poll briefly for it."""
+    deadline = time.monotonic() + 20
+    while True:
+        status, body = _https_get(services, tmp_path, issued.chain_pem, issued.key_pem or "")
+        if wanted(status) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.3)
+
+
+def test_nginx_refuses_a_revoked_certificate(
+    services: Runtime, device: Device, tmp_path: Path, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    # given a device certificate that nginx accepts (the request goes on to the app), once
+    # nginx has re-read the CRL bundle that now holds the new tenant CA's CRL
+    issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
+    status, body = _await_status(services, tmp_path, issued, lambda code: code != 400)
+    assert status != 400, body
+    # when it is revoked, then nginx (after its SIGHUP re-read of the CRLs) refuses it
+    with django_capture_on_commit_callbacks(execute=True):
+        certificate_revoke(actor=ACTOR, certificate=issued.certificate, reason="superseded")
+    status, body = _await_status(services, tmp_path, issued, lambda code: code == 400)
+    assert status == 400
+    assert "SSL certificate error" in body
+
+
+def test_deleting_a_tenant_revokes_its_ca_for_kafka_and_nginx(
+    services: Runtime, device: Device, tmp_path: Path, django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: Any,
+) -> None:  # fmt: skip
+    # given a working certificate of a tenant
+    issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
+    config = client_config(services, certificate_pem=issued.chain_pem, key_pem=issued.key_pem or "")
+    assert _metadata_error(config) is None
+    assert _await_status(services, tmp_path, issued, lambda code: code != 400)[0] != 400
+    authority = CertificateAuthority.objects.get(tenant=device.tenant)
+    # when the tenant is deleted (its topics are another test's business)
+    monkeypatch.setattr("devices.tasks.topics_delete_task.delay", lambda *_: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_delete(actor=ACTOR, tenant=device.tenant, confirm=device.tenant.slug)
+    # then the root CRL lists its CA, and both nginx and the broker refuse the certificate
+    root_crl = x509.load_der_x509_crl((services.crl_dir / "platform-root.crl").read_bytes())
+    assert root_crl.get_revoked_certificate_by_serial_number(int(authority.serial, 16)) is not None
+    status, _ = _await_status(services, tmp_path, issued, lambda code: code == 400)
+    assert status == 400
+    deadline = time.monotonic() + 75
+    while time.monotonic() < deadline and _metadata_error(config) is None:
+        time.sleep(3)
+    assert _metadata_error(config) is not None

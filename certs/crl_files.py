@@ -1,0 +1,118 @@
+"""CRLs as files: what nginx serves at the CRL distribution points, what nginx itself checks
+client chains against, and the platform root's CRL.
+
+Pure files-and-crypto (no Django), shared by the launcher and the application:
+
+* ``<state>/crl/<name>.crl`` and ``.pem``: one CRL per CA, DER and PEM, served over HTTP.
+* ``<state>/crl-bundle.pem``: every CRL in one file for nginx's ``ssl_crl`` (nginx checks
+  the whole chain, so every CA in it needs a CRL there); nginx re-reads it on SIGHUP.
+* The root CRL is its own record of revoked issuing CAs: republishing merges the entries of
+  the current file, so a restart never forgets a revocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certs import ca
+from config.env import Runtime
+
+ROOT_CRL_NAME = "platform-root"
+ROOT_CRL_VALIDITY = dt.timedelta(days=30)
+
+
+def bundle_path(runtime: Runtime) -> Path:
+    return runtime.state_dir / "crl-bundle.pem"
+
+
+@contextlib.contextmanager
+def _locked(runtime: Runtime) -> Iterator[None]:
+    runtime.crl_dir.mkdir(parents=True, exist_ok=True)
+    with open(runtime.state_dir / ".crl.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _atomic_write(path: Path, data: bytes, *, newer_than_before: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    if newer_than_before and path.exists():
+        # The JDK's CRL fetcher (URICertStore) keeps its cached CRL whenever the served
+        # Last-Modified equals the previous one; HTTP dates have one-second granularity, so
+        # a CRL replaced within the same second would go unseen.  Make the mtime step.
+        previous = int(path.stat().st_mtime)
+        stamp = max(int(time.time()), previous + 1)
+        os.utime(tmp, (stamp, stamp))
+    os.replace(tmp, path)
+
+
+def write_crl(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
+    """Publish one CA's CRL, rebuild the bundle and tell nginx to re-read it."""
+    with _locked(runtime):
+        _write_unlocked(runtime, name, crl)
+
+
+def _write_unlocked(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
+    for suffix, data in ((".crl", crl.public_bytes(serialization.Encoding.DER)),
+                         (".pem", crl.public_bytes(serialization.Encoding.PEM))):  # fmt: skip
+        _atomic_write(runtime.crl_dir / f"{name}{suffix}", data, newer_than_before=True)
+    _write_bundle(runtime)
+    reload_nginx(runtime)
+
+
+def _write_bundle(runtime: Runtime) -> None:
+    parts = [p.read_bytes() for p in sorted(runtime.crl_dir.glob("*.pem"))]
+    _atomic_write(bundle_path(runtime), b"".join(parts))
+
+
+def reload_nginx(runtime: Runtime) -> None:
+    """SIGHUP nginx's master (if it runs) so new CRLs apply to new handshakes, no restart."""
+    try:
+        pid = int((runtime.run_dir / "nginx.pid").read_text().strip())
+        # A stale pid file may name an unrelated process by now: check before signalling.
+        if b"nginx: master" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        pass
+
+
+def root_crl_entries(runtime: Runtime) -> list[ca.Revoked]:
+    path = runtime.crl_dir / f"{ROOT_CRL_NAME}.crl"
+    if not path.exists():
+        return []
+    crl = x509.load_der_x509_crl(path.read_bytes())
+    entries = []
+    for item in crl:
+        try:
+            reason = item.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            reason = None
+        entries.append(ca.Revoked(item.serial_number, item.revocation_date_utc, reason))
+    return entries
+
+
+def publish_root_crl(
+    runtime: Runtime, root: ca.Issuer, revoke: Sequence[ca.Revoked] = ()
+) -> x509.CertificateRevocationList:
+    """Re-sign the root CRL with a fresh nextUpdate, keeping every earlier entry and adding
+    ``revoke``.  Called at every platform start, on CA revocation, and on a schedule."""
+    with _locked(runtime):
+        entries = {e.serial: e for e in root_crl_entries(runtime)}
+        for item in revoke:
+            entries.setdefault(item.serial, item)
+        # CRL numbers must increase (RFC 5280 §5.2.3); the clock does that across restarts.
+        crl = ca.build_crl(issuer=root, revoked=list(entries.values()), number=time.time_ns() // 1000,
+                           valid_for=ROOT_CRL_VALIDITY)  # fmt: skip
+        _write_unlocked(runtime, ROOT_CRL_NAME, crl)
+    return crl
