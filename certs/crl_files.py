@@ -76,15 +76,38 @@ def _write_bundle(runtime: Runtime) -> None:
     _atomic_write(bundle_path(runtime), b"".join(parts))
 
 
-def reload_nginx(runtime: Runtime) -> None:
-    """SIGHUP nginx's master (if it runs) so new CRLs apply to new handshakes, no restart."""
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def reload_nginx(runtime: Runtime, wait: float = 5.0) -> None:
+    """SIGHUP nginx's master (if it runs) so new CRLs apply to new handshakes, no restart,
+    and wait (bounded) until only workers with the new configuration remain."""
     try:
         pid = int((runtime.run_dir / "nginx.pid").read_text().strip())
         # A stale pid file may name an unrelated process by now: check before signalling.
-        if b"nginx: master" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGHUP)
+        if b"nginx: master" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        before = _children(pid)
+        os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError):
-        pass
+        return
+    # Done when workers with the new configuration run and the old ones have left: until
+    # an old worker has processed its shutdown it may still accept a new connection.
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        now = _children(pid)
+        if (now - before) and not (now & before):
+            return
+        time.sleep(0.02)
 
 
 def root_crl_entries(runtime: Runtime) -> list[ca.Revoked]:

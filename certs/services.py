@@ -40,7 +40,7 @@ def device_uri(*, tenant: str, group: str, device: str) -> str:
     return f"urn:sluice:device:{tenant}:{group}:{device}"
 
 
-def _issuer(authority: CertificateAuthority) -> ca.Issuer:
+def ca_issuer(authority: CertificateAuthority) -> ca.Issuer:
     rt = settings.SLUICE_RUNTIME
     return ca.Issuer(
         certificate=ca.load_certificate(authority.certificate_pem.encode()),
@@ -93,7 +93,7 @@ def crl_publish(*, authority: CertificateAuthority) -> x509.CertificateRevocatio
             for c in Certificate.objects.filter(ca=locked, status=Certificate.Status.REVOKED)
         ]
         number = locked.crl_number + 1
-        crl = ca.build_crl(issuer=_issuer(locked), revoked=revoked, number=number, valid_for=CRL_VALIDITY)
+        crl = ca.build_crl(issuer=ca_issuer(locked), revoked=revoked, number=number, valid_for=CRL_VALIDITY)
         from cryptography.hazmat.primitives import serialization
 
         CertificateAuthority.objects.filter(pk=locked.pk).update(
@@ -128,7 +128,7 @@ def _issue(*, actor: Actor, device: Device, public_key: ca.PublicKey, key_type: 
     group = _usable_group(device)
     tenant = device.tenant
     authority = active_ca(tenant)
-    issuer = _issuer(authority)
+    issuer = ca_issuer(authority)
     cert = ca.issue_leaf(
         issuer=issuer,
         subject=device_subject(tenant=tenant.slug, group=group.slug, device=device.device_id),
@@ -233,3 +233,47 @@ def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
     runtime = settings.SLUICE_RUNTIME
     transaction.on_commit(lambda: crl_files.publish_root_crl(runtime, ensure_root(runtime), revoke=entries))
     return serials
+
+
+RENEWAL_OVERLAP = dt.timedelta(hours=24)
+
+
+def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
+    """EST re-enrollment (RFC 7030 §4.2.2): a device proves itself with its current, valid
+    certificate and gets a new one for the key in its CSR.  The old one stays valid for
+    ``RENEWAL_OVERLAP`` and is then retired by the rotation task."""
+    from config.errors import PermissionDenied, Unauthenticated
+
+    now = timezone.now()
+    if presented.status == Certificate.Status.REVOKED:
+        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
+    if presented.not_after <= now:
+        raise Unauthenticated("This certificate has expired; enroll again.", code="certificate_expired")
+    if presented.status == Certificate.Status.SUPERSEDED:
+        raise Conflict(
+            "This certificate was already renewed; renew with the newest one.", code="certificate_superseded"
+        )
+    device = presented.device
+    if device is None:
+        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
+    if not device.tenant.is_active:
+        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
+    try:
+        csr = ca.load_csr(csr_pem)
+        key_type = ca.check_csr(csr)
+    except ca.CsrProblem as problem:
+        raise InvalidInput(str(problem), fields=[{"pointer": "/csr", "code": problem.code, "message": str(problem)}],
+                           code=problem.code) from None  # fmt: skip
+    public_key = csr.public_key()
+    assert isinstance(public_key, ca.PublicKey)
+    actor = Actor(user=None, label=f"device:{device.device_id}")
+    with transaction.atomic():
+        issued = _issue(actor=actor, device=device, public_key=public_key, key_type=key_type,
+                        origin=Certificate.Origin.RENEWAL)  # fmt: skip
+        Certificate.objects.filter(pk=presented.pk).update(
+            status=Certificate.Status.SUPERSEDED, superseded_by=issued.certificate, overlap_until=now + RENEWAL_OVERLAP
+        )
+        audit_record(actor=actor, tenant=device.tenant, action="certificate.renew", obj=issued.certificate,
+                     after={"old_serial": presented.serial, "new_serial": issued.certificate.serial,
+                            "old_valid_until": (now + RENEWAL_OVERLAP).isoformat()})  # fmt: skip
+    return issued

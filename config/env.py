@@ -160,9 +160,15 @@ class Runtime:
         """Passphrase that encrypts CA private keys at rest (PKCS#8, BestAvailableEncryption)."""
         return self._secret("kek", "SLUICE_KEK").encode()
 
+    @property
+    def proxy_secret(self) -> str:
+        """Shared by nginx and the app: marks requests (and their client-certificate
+        headers) as forwarded by nginx."""
+        return self._secret("proxy-secret", "SLUICE_PROXY_SECRET")
+
     def ensure_secrets(self) -> None:
         """Resolve (and in development create) every secret now, before processes fork."""
-        _ = self.secret_key, self.redis_password, self.key_encryption_key
+        _ = self.secret_key, self.redis_password, self.key_encryption_key, self.proxy_secret
 
     def _secret(self, name: str, variable: str) -> str:
         if name in self._secrets:

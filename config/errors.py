@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -25,10 +25,12 @@ class SluiceError(Exception):
     code = "error"
     status = status.HTTP_400_BAD_REQUEST
 
-    def __init__(self, message: str, *, fields: list[dict[str, str]] | None = None) -> None:
+    def __init__(self, message: str, *, fields: list[dict[str, str]] | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields or []
+        if code is not None:
+            self.code = code
 
 
 class InvalidInput(SluiceError):
@@ -53,6 +55,11 @@ class PermissionDenied(SluiceError):
 class QuotaExceeded(SluiceError):
     code = "quota_exceeded"
     status = status.HTTP_409_CONFLICT
+
+
+class Unauthenticated(SluiceError):
+    code = "unauthenticated"
+    status = status.HTTP_401_UNAUTHORIZED
 
 
 class PayloadTooLarge(SluiceError):
@@ -119,3 +126,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         response.data = error_body(exc.get_codes() if isinstance(exc.get_codes(), str) else "error", detail)
     return response
+
+
+def error_response(error: SluiceError) -> JsonResponse:
+    """The same error body for plain Django views (EST, ingest) as for the DRF API."""
+    return JsonResponse(error_body(error.code, error.message, error.fields), status=error.status)

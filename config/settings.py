@@ -78,6 +78,10 @@ def _database() -> dict[str, object]:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         },
+        # The test stack's web process (behind the real nginx) and pytest share one
+        # database file, so end-to-end tests see what the tests committed.  Only the test
+        # state directory ever holds it.
+        "TEST": {"NAME": RUNTIME.sqlite_path} if RUNTIME.environment == TEST else {},
     }
 
 
@@ -98,6 +102,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = RUNTIME.static_root
+
+# nginx proves it forwarded a request (and so that its client-certificate headers are its
+# own) with this secret; anyone else reaching the app's socket cannot set them.
+SLUICE_PROXY_SECRET = RUNTIME.proxy_secret
 
 # Behind nginx, which terminates TLS on the only listener and always sets this header.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

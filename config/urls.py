@@ -4,10 +4,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from certs import est
 from config.health import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path(".well-known/est/<slug:tenant>/cacerts", est.cacerts, name="est-cacerts"),
+    path(".well-known/est/<slug:tenant>/simplereenroll", est.simplereenroll, name="est-simplereenroll"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tenants.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -27,7 +27,7 @@ from typing import Any
 from certs.crl_files import bundle_path
 from certs.platform_pki import PlatformPki, ensure_platform_pki
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
-from config.env import BASE_DIR, Runtime
+from config.env import BASE_DIR, TEST, Runtime
 from sluicectl import fetch
 from sluicectl.errors import LaunchError
 from sluicectl.supervisor import Process, run_once
@@ -316,13 +316,16 @@ class Web(Component):
         rt.run_dir.mkdir(parents=True, exist_ok=True)
         # nginx workers (another user) must reach the socket in here.
         os.chmod(rt.run_dir, 0o755)  # noqa: S103
-        run_once(
-            "migrate",
-            _django(ctx, "migrate", "--noinput"),
-            log_path=ctx.log("migrate"),
-            env=ctx.env,
-            timeout=300,
-        )
+        if rt.environment != TEST:
+            # In the test stack pytest-django creates and migrates the shared database
+            # file itself (and would otherwise replace it under a live connection).
+            run_once(
+                "migrate",
+                _django(ctx, "migrate", "--noinput"),
+                log_path=ctx.log("migrate"),
+                env=ctx.env,
+                timeout=300,
+            )
         run_once(
             "collectstatic",
             _django(ctx, "collectstatic", "--noinput", "--clear"),
@@ -387,6 +390,7 @@ class Nginx(Component):
         render(
             TEMPLATES / "nginx" / "nginx.conf.in",
             prefix / "nginx.conf",
+            mode=0o600,  # holds the proxy secret; the master (root or the launcher's user) reads it
             user_directive=_nginx_user_directive(ctx),
             pid_file=rt.run_dir / "nginx.pid",
             logs_dir=rt.logs_dir,
@@ -403,6 +407,7 @@ class Nginx(Component):
             crl_port=rt.ports.crl,
             crl_dir=rt.crl_dir,
             crl_bundle=bundle_path(rt),
+            proxy_secret=rt.proxy_secret,
         )
 
     def process(self, ctx: Context) -> Process:
@@ -488,5 +493,6 @@ ALL: dict[str, Component] = {
     c.name: c for c in (Redis(), Kafka(), Registry(), Web(), Nginx(), CeleryWorker(), CeleryBeat())
 }
 # What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
-# TLS).  Tests start their own web, workers and launchers where they need them.
-TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry")
+# TLS, and the web app behind it on the test database).  Tests start their own Celery
+# workers and launchers where they need them.
+TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry", "web")

@@ -183,7 +183,7 @@ class Launcher:
         for component in started:
             if component.name not in WAIT_BEFORE_NEXT:
                 self.wait_healthy(component)
-        if {"web", "nginx"} <= {c.name for c in self.components}:
+        if {"web", "nginx", "worker", "beat"} <= {c.name for c in self.components}:
             self.wait_platform()
 
     def wait_platform(self) -> None:

@@ -28,7 +28,8 @@ from tenants.services import tenant_create, tenant_delete
 from tests.conftest import unique_slug
 from tests.integration.test_kafka_mtls import grant_group, produce_one, revoke_all
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+# Transactional: the web app behind nginx reads the same database and must see the rows.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 ACTOR = Actor.system("test")
 
 
@@ -119,12 +120,15 @@ def test_kafka_refuses_a_revoked_certificate(
     assert _metadata_error(keep_config) is None
 
 
-def _https_get(services: Runtime, tmp_path: Path, chain_pem: str, key_pem: str) -> tuple[int, str]:
+def _https_get(services: Runtime, tmp_path: Path, chain_pem: str, key_pem: str, tenant: str) -> tuple[int, str]:
+    """An empty re-enrollment through nginx: an endpoint that demands a client certificate.
+    A certificate nginx accepted gets as far as the CSR check (400 malformed_csr)."""
     (tmp_path / "client.pem").write_text(chain_pem)
     (tmp_path / "client.key").write_text(key_pem)
     context = ssl.create_default_context(cafile=str(PlatformPki(services.pki_dir).trust_bundle))
     context.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
-    request = urllib.request.Request(f"https://127.0.0.1:{services.ports.web}/healthz")
+    url = f"https://127.0.0.1:{services.ports.web}/.well-known/est/{tenant}/simplereenroll"
+    request = urllib.request.Request(url, data=b"", method="POST")
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
             return response.status, response.read().decode(errors="replace")
@@ -132,11 +136,17 @@ def _https_get(services: Runtime, tmp_path: Path, chain_pem: str, key_pem: str) 
         return exc.code, exc.read().decode(errors="replace")
 
 
-def _await_status(services: Runtime, tmp_path: Path, issued: Any, wanted: Callable[[int], bool]) -> tuple[int, str]:
-    """nginx applies a new CRL bundle after its SIGHUP reload; poll briefly for it."""
+ACCEPTED = 400  # the certificate passed; the (empty) CSR did not
+REFUSED = 403  # certificate_revoked
+
+
+def _await_status(
+    services: Runtime, tmp_path: Path, issued: Any, tenant: str, wanted: Callable[[int], bool]
+) -> tuple[int, str]:
+    """Poll briefly: a revocation reaches nginx with its reload."""
     deadline = time.monotonic() + 20
     while True:
-        status, body = _https_get(services, tmp_path, issued.chain_pem, issued.key_pem or "")
+        status, body = _https_get(services, tmp_path, issued.chain_pem, issued.key_pem or "", tenant)
         if wanted(status) or time.monotonic() > deadline:
             return status, body
         time.sleep(0.3)
@@ -145,17 +155,17 @@ def _await_status(services: Runtime, tmp_path: Path, issued: Any, wanted: Callab
 def test_nginx_refuses_a_revoked_certificate(
     services: Runtime, device: Device, tmp_path: Path, django_capture_on_commit_callbacks: Callable[..., Any]
 ) -> None:
-    # given a device certificate that nginx accepts (the request goes on to the app), once
-    # nginx has re-read the CRL bundle that now holds the new tenant CA's CRL
+    # given a device certificate that nginx accepts
     issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
-    status, body = _await_status(services, tmp_path, issued, lambda code: code != 400)
-    assert status != 400, body
-    # when it is revoked, then nginx (after its SIGHUP re-read of the CRLs) refuses it
+    tenant = device.tenant.slug
+    status, body = _await_status(services, tmp_path, issued, tenant, lambda code: code == ACCEPTED)
+    assert (status, '"malformed_csr"' in body) == (ACCEPTED, True), body
+    # when it is revoked, then nginx (after its SIGHUP re-read of the CRLs) refuses it, and
+    # the app says why
     with django_capture_on_commit_callbacks(execute=True):
         certificate_revoke(actor=ACTOR, certificate=issued.certificate, reason="superseded")
-    status, body = _await_status(services, tmp_path, issued, lambda code: code == 400)
-    assert status == 400
-    assert "SSL certificate error" in body
+    status, body = _await_status(services, tmp_path, issued, tenant, lambda code: code == REFUSED)
+    assert (status, '"certificate_revoked"' in body) == (REFUSED, True), body
 
 
 def test_deleting_a_tenant_revokes_its_ca_for_kafka_and_nginx(
@@ -166,7 +176,8 @@ def test_deleting_a_tenant_revokes_its_ca_for_kafka_and_nginx(
     issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
     config = client_config(services, certificate_pem=issued.chain_pem, key_pem=issued.key_pem or "")
     assert _metadata_error(config) is None
-    assert _await_status(services, tmp_path, issued, lambda code: code != 400)[0] != 400
+    tenant = device.tenant.slug
+    assert _await_status(services, tmp_path, issued, tenant, lambda code: code == ACCEPTED)[0] == ACCEPTED
     authority = CertificateAuthority.objects.get(tenant=device.tenant)
     # when the tenant is deleted (its topics are another test's business)
     monkeypatch.setattr("devices.tasks.topics_delete_task.delay", lambda *_: None)
@@ -175,8 +186,8 @@ def test_deleting_a_tenant_revokes_its_ca_for_kafka_and_nginx(
     # then the root CRL lists its CA, and both nginx and the broker refuse the certificate
     root_crl = x509.load_der_x509_crl((services.crl_dir / "platform-root.crl").read_bytes())
     assert root_crl.get_revoked_certificate_by_serial_number(int(authority.serial, 16)) is not None
-    status, _ = _await_status(services, tmp_path, issued, lambda code: code == 400)
-    assert status == 400
+    status, body = _await_status(services, tmp_path, issued, tenant, lambda code: code == REFUSED)
+    assert (status, '"certificate_revoked"' in body) == (REFUSED, True), body
     deadline = time.monotonic() + 75
     while time.monotonic() < deadline and _metadata_error(config) is None:
         time.sleep(3)

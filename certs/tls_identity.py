@@ -1,0 +1,65 @@
+"""Who is on the other end of the TLS connection, as nginx saw it.
+
+nginx terminates TLS, verifies any client certificate against the trust bundle and the
+CRLs, and forwards its verdict and the certificate as headers, together with a secret only
+it knows.  A request without the right secret is treated as carrying no certificate, so a
+local process talking to the app's socket directly cannot claim one."""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import unquote
+
+from cryptography import x509
+from django.conf import settings
+from django.http import HttpRequest
+
+from certs import ca
+from certs.models import Certificate
+from config.errors import PermissionDenied, Unauthenticated
+
+# nginx's $ssl_client_verify reasons (OpenSSL's X509_verify_cert_error_string) -> stable codes.
+VERIFY_REASONS = {
+    "certificate has expired": ("certificate_expired", Unauthenticated, "The client certificate has expired."),
+    "certificate revoked": ("certificate_revoked", PermissionDenied, "The client certificate is revoked."),
+    "certificate is not yet valid": (
+        "certificate_not_yet_valid",
+        Unauthenticated,
+        "The client certificate is not valid yet.",
+    ),
+}
+
+
+def _from_nginx(request: HttpRequest) -> bool:
+    offered = request.headers.get("X-Sluice-Proxy-Secret", "")
+    return bool(offered) and hmac.compare_digest(offered, settings.SLUICE_PROXY_SECRET)
+
+
+def client_certificate(request: HttpRequest) -> x509.Certificate:
+    """The verified client certificate, or a precise 401/403."""
+    verdict = request.headers.get("X-Sluice-Client-Verify", "NONE") if _from_nginx(request) else "NONE"
+    if verdict == "NONE":
+        raise Unauthenticated("This endpoint needs a client certificate.", code="client_certificate_required")
+    if verdict != "SUCCESS":
+        reason = verdict.removeprefix("FAILED:")
+        code, error, message = VERIFY_REASONS.get(
+            reason, ("certificate_invalid", Unauthenticated, f"The client certificate was not accepted: {reason}.")
+        )
+        raise error(message, code=code)
+    try:
+        return ca.load_certificate(unquote(request.headers.get("X-Sluice-Client-Cert", "")).encode())
+    except ValueError:
+        raise Unauthenticated("The client certificate could not be read.", code="certificate_invalid") from None
+
+
+def client_certificate_record(request: HttpRequest) -> Certificate:
+    """The Certificate row of the verified client certificate (by SHA-256 fingerprint)."""
+    presented = client_certificate(request)
+    record = (
+        Certificate.objects.select_related("device__group", "device__tenant", "tenant", "ca")
+        .filter(fingerprint_sha256=ca.fingerprint_sha256(presented))
+        .first()
+    )
+    if record is None:
+        raise PermissionDenied("This certificate was not issued by Sluice.", code="unknown_certificate")
+    return record
