@@ -25,6 +25,7 @@ class CertificateOutput(serializers.ModelSerializer):
         fields = (
             "serial", "device", "subject", "fingerprint_sha256", "key_type", "origin", "status", "not_before",
             "not_after", "revoked_at", "revocation_reason", "ca_serial", "certificate_pem", "created_at",
+            "renewal_due", "overlap_until",
         )  # fmt: skip
 
 

@@ -65,3 +65,33 @@ def simplereenroll(request: HttpRequest, tenant: str) -> HttpResponse:
     except SluiceError as error:
         return error_response(error)
     return _pkcs7_response([issued.certificate.certificate_pem])
+
+
+@csrf_exempt
+@require_POST
+def serverkeygen(request: HttpRequest, tenant: str) -> HttpResponse:
+    """Collect the successor (certificate and its server-generated key) that rotation issued
+    for the presented certificate: RFC 7030 §4.4.2 multipart/mixed, application/pkcs8 and
+    application/pkcs7-mime parts, base64.  The key is handed out once."""
+    try:
+        presented = client_certificate_record(request)
+        if presented.tenant.slug != tenant:
+            raise NotFound(f"No EST label '{tenant}'.")
+        successor, key_pem = services.certificate_collect_successor(presented=presented)
+    except SluiceError as error:
+        return error_response(error)
+    from cryptography.hazmat.primitives.serialization import Encoding as Enc
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    key_der = ca.load_private_key(key_pem.encode()).private_bytes(Enc.DER, PrivateFormat.PKCS8, NoEncryption())
+    certs_der = pkcs7.serialize_certificates([ca.load_certificate(successor.certificate_pem.encode())], Encoding.DER)
+    boundary = "sluice-est-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/pkcs8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        f"{base64.encodebytes(key_der).decode()}\r\n"
+        f"--{boundary}\r\nContent-Type: application/pkcs7-mime; smime-type=certs-only\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{base64.encodebytes(certs_der).decode()}\r\n--{boundary}--\r\n"
+    )
+    response = HttpResponse(body, content_type=f"multipart/mixed; boundary={boundary}")
+    response["Cache-Control"] = "no-store"
+    return response

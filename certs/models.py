@@ -76,6 +76,12 @@ class Certificate(models.Model):
     superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # After a renewal the old certificate stays valid until then; rotation revokes it after.
     overlap_until = models.DateTimeField(null=True, blank=True)
+    # Inside its group's renewal window; a CSR-based certificate waits for the device to
+    # re-enroll (EST simplereenroll).
+    renewal_due = models.BooleanField(default=False, db_index=True)
+    # A successor that rotation issued for a server-generated certificate keeps its new key
+    # here, encrypted with the KEK, until the device collects it once (EST serverkeygen).
+    pending_key_encrypted = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

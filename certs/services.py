@@ -27,10 +27,6 @@ MIN_PASSPHRASE = 8
 REASONS = {r.name: r for r in x509.ReasonFlags if r not in (x509.ReasonFlags.remove_from_crl,)}
 
 
-def _runtime() -> object:
-    return settings.SLUICE_RUNTIME
-
-
 def crl_name(authority: CertificateAuthority) -> str:
     return f"{authority.tenant.slug}-{authority.serial[:16]}"
 
@@ -61,6 +57,11 @@ def tenant_ca_create(*, actor: Actor, tenant: Tenant) -> CertificateAuthority:
         crl_urls=[rt.crl_url(crl_files.ROOT_CRL_NAME)],
     )
     with transaction.atomic():
+        # Rotation: the current CA keeps being trusted (and its CRL published) but stops
+        # issuing; the one-active-CA constraint holds at every instant.
+        CertificateAuthority.objects.filter(tenant=tenant, status=CertificateAuthority.Status.ACTIVE).update(
+            status=CertificateAuthority.Status.RETIRING
+        )
         authority = CertificateAuthority.objects.create(
             tenant=tenant,
             subject=cert.subject.rfc4514_string(),
@@ -124,7 +125,9 @@ def _usable_group(device: Device) -> DeviceGroup:
     return group
 
 
-def _issue(*, actor: Actor, device: Device, public_key: ca.PublicKey, key_type: ca.KeyType, origin: str) -> Issued:
+def issue_for_key(
+    *, actor: Actor, device: Device, public_key: ca.PublicKey, key_type: ca.KeyType, origin: str
+) -> Issued:
     group = _usable_group(device)
     tenant = device.tenant
     authority = active_ca(tenant)
@@ -171,7 +174,9 @@ def certificate_issue_from_csr(*, actor: Actor, device: Device, csr_pem: bytes) 
         ) from None
     public_key = csr.public_key()
     assert isinstance(public_key, ca.PublicKey)
-    return _issue(actor=actor, device=device, public_key=public_key, key_type=key_type, origin=Certificate.Origin.CSR)
+    return issue_for_key(
+        actor=actor, device=device, public_key=public_key, key_type=key_type, origin=Certificate.Origin.CSR
+    )
 
 
 def certificate_issue_generated(*, actor: Actor, device: Device, passphrase: str) -> Issued:
@@ -186,7 +191,7 @@ def certificate_issue_generated(*, actor: Actor, device: Device, passphrase: str
         )
     key_type = ca.KeyType(_usable_group(device).cert_key_type)
     key = ca.generate_key(key_type)
-    issued = _issue(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
+    issued = issue_for_key(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
                     origin=Certificate.Origin.GENERATED)  # fmt: skip
     leaf = ca.load_certificate(issued.certificate.certificate_pem.encode())
     chain = [ca.load_certificate(issued.certificate.ca.certificate_pem.encode())]
@@ -268,7 +273,7 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
     assert isinstance(public_key, ca.PublicKey)
     actor = Actor(user=None, label=f"device:{device.device_id}")
     with transaction.atomic():
-        issued = _issue(actor=actor, device=device, public_key=public_key, key_type=key_type,
+        issued = issue_for_key(actor=actor, device=device, public_key=public_key, key_type=key_type,
                         origin=Certificate.Origin.RENEWAL)  # fmt: skip
         Certificate.objects.filter(pk=presented.pk).update(
             status=Certificate.Status.SUPERSEDED, superseded_by=issued.certificate, overlap_until=now + RENEWAL_OVERLAP
@@ -277,3 +282,27 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
                      after={"old_serial": presented.serial, "new_serial": issued.certificate.serial,
                             "old_valid_until": (now + RENEWAL_OVERLAP).isoformat()})  # fmt: skip
     return issued
+
+
+def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificate, str]:
+    """Hand a device the successor rotation issued for it, with its key, exactly once
+    (EST serverkeygen).  The stored encrypted key is wiped in the same transaction."""
+    from config.errors import PermissionDenied
+
+    if presented.status == Certificate.Status.REVOKED:
+        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
+    with transaction.atomic():
+        successor = (
+            Certificate.objects.select_for_update()
+            .filter(pk=presented.superseded_by_id)
+            .exclude(pending_key_encrypted="")
+            .first()
+        )
+        if successor is None:
+            raise NotFound("No renewed certificate is waiting for this one.", code="no_pending_certificate")
+        rt = settings.SLUICE_RUNTIME
+        key = ca.load_private_key(successor.pending_key_encrypted.encode(), rt.key_encryption_key)
+        Certificate.objects.filter(pk=successor.pk).update(pending_key_encrypted="")
+        audit_record(actor=Actor(user=None, label=f"device:{presented.device_ref}"), tenant=presented.tenant,
+                     action="certificate.collect", obj=successor, after={"serial": successor.serial})  # fmt: skip
+    return successor, ca.private_key_pem(key).decode()

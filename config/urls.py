@@ -6,11 +6,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from certs import est
 from config.health import healthz
+from config.metrics import MetricsApi
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", MetricsApi.as_view(), name="metrics"),
     path(".well-known/est/<slug:tenant>/cacerts", est.cacerts, name="est-cacerts"),
     path(".well-known/est/<slug:tenant>/simplereenroll", est.simplereenroll, name="est-simplereenroll"),
+    path(".well-known/est/<slug:tenant>/serverkeygen", est.serverkeygen, name="est-serverkeygen"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tenants.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

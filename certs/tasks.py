@@ -1,0 +1,15 @@
+"""Celery tasks of the PKI: load, call, report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from celery import shared_task
+
+from certs.rotation import pki_rotate
+
+
+@shared_task(name="certs.pki_rotate")
+def pki_rotate_task() -> dict[str, Any]:
+    return asdict(pki_rotate())
