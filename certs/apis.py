@@ -112,3 +112,32 @@ class TenantCaApi(ScopedApi):
         if not authorities.exists():
             raise InvalidInput(f"Tenant '{tenant}' has no issuing CA.")
         return self.page(authorities.select_related("tenant"), CaOutput)
+
+
+class BulkItem(StrictSerializer):
+    device_id = serializers.CharField(max_length=128)
+    csr = serializers.CharField(required=False, max_length=32768)
+
+
+class BulkIssueInput(StrictSerializer):
+    items = BulkItem(many=True)
+
+
+class BulkIssueApi(ScopedApi):
+    """Certificates for many devices (e.g. right after a bulk device import)."""
+
+    @extend_schema(request=BulkIssueInput, responses={201: dict})
+    def post(self, request: Request, tenant: str) -> Response:
+        target = self.writable_tenant()
+        items = [dict(i) for i in self.parse(BulkIssueInput)["items"]]
+        issued = services.certificates_issue_bulk(actor=self.actor, tenant=target, items=items)
+        body = []
+        for one in issued:
+            entry = {"device_id": one.certificate.device_ref, "serial": one.certificate.serial,
+                     "chain_pem": one.chain_pem}  # fmt: skip
+            if one.key_pem is not None:
+                entry["private_key_pem"] = one.key_pem  # returned once; never stored
+            body.append(entry)
+        response = Response({"issued": body}, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response

@@ -33,6 +33,7 @@ class CertificateAuthority(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name_plural = "certificate authorities"
         ordering: ClassVar = ["tenant", "-not_after"]
         constraints: ClassVar = [
             models.UniqueConstraint(

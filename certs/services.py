@@ -306,3 +306,68 @@ def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificat
         audit_record(actor=Actor(user=None, label=f"device:{presented.device_ref}"), tenant=presented.tenant,
                      action="certificate.collect", obj=successor, after={"serial": successor.serial})  # fmt: skip
     return successor, ca.private_key_pem(key).decode()
+
+
+BULK_MAX = 1000
+
+
+def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[str, str]]) -> list[Issued]:
+    """Issue for many devices in one call, all or nothing: every item is checked first
+    (device exists in ``tenant``, may hold a certificate, CSR acceptable) and every problem is
+    reported with its item's JSON pointer; only a clean batch is issued.  An item is
+    ``{"device_id", "csr"}`` or ``{"device_id"}`` with ``generate`` (key returned once)."""
+    from config.errors import PayloadTooLarge
+
+    if len(items) > BULK_MAX:
+        raise PayloadTooLarge(f"A bulk issuance takes at most {BULK_MAX} devices; this one has {len(items)}.")
+    if not items:
+        raise InvalidInput("The request names no devices.")
+    named = [str(i.get("device_id", "")) for i in items]
+    found = Device.objects.filter(tenant=tenant, device_id__in=named).select_related("group", "tenant")
+    devices = {d.device_id: d for d in found}
+    errors: list[dict[str, str]] = []
+    plans: list[tuple[Device, ca.PublicKey | None, ca.KeyType]] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        pointer = f"/items/{index}"
+        device = devices.get(str(item.get("device_id", "")))
+        if device is None:
+            errors.append({"pointer": f"{pointer}/device_id", "code": "does_not_exist", "message": "No such device."})
+            continue
+        if device.device_id in seen:
+            errors.append({"pointer": f"{pointer}/device_id", "code": "duplicate", "message": "Named twice."})
+            continue
+        seen.add(device.device_id)
+        try:
+            _usable_group(device)
+        except InvalidInput as error:
+            errors.append({"pointer": f"{pointer}/device_id", "code": "not_eligible", "message": error.message})
+            continue
+        if item.get("csr"):
+            try:
+                csr = ca.load_csr(str(item["csr"]).encode())
+                key_type = ca.check_csr(csr)
+            except ca.CsrProblem as problem:
+                errors.append({"pointer": f"{pointer}/csr", "code": problem.code, "message": str(problem)})
+                continue
+            public_key = csr.public_key()
+            assert isinstance(public_key, ca.PublicKey)
+            plans.append((device, public_key, key_type))
+        else:
+            plans.append((device, None, ca.KeyType(device.group.cert_key_type)))
+    if errors:
+        bad = len({e["pointer"].split("/")[2] for e in errors})
+        raise InvalidInput(f"{bad} item(s) are invalid; nothing was issued.", fields=errors)
+    results: list[Issued] = []
+    with transaction.atomic():
+        for device, public_key, key_type in plans:
+            if public_key is not None:
+                results.append(issue_for_key(actor=actor, device=device, public_key=public_key, key_type=key_type,
+                                             origin=Certificate.Origin.CSR))  # fmt: skip
+            else:
+                key = ca.generate_key(key_type)
+                issued = issue_for_key(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
+                                       origin=Certificate.Origin.GENERATED)  # fmt: skip
+                results.append(Issued(certificate=issued.certificate, chain_pem=issued.chain_pem,
+                                      key_pem=ca.private_key_pem(key).decode()))  # fmt: skip
+    return results

@@ -24,6 +24,7 @@ urlpatterns = [
     path(f"{T}devices/bulk", device_apis.DeviceBulkImportApi.as_view(), name="device-bulk"),
     path(f"{T}devices/<str:device_id>/", device_apis.DeviceDetailApi.as_view(), name="device-detail"),
     path(f"{T}devices/<str:device_id>/certificates/", cert_apis.DeviceCertificatesApi.as_view(), name="device-certs"),
+    path(f"{T}certificates/bulk", cert_apis.BulkIssueApi.as_view(), name="certificate-bulk"),
     path(f"{T}certificates/<str:serial>/", cert_apis.CertificateDetailApi.as_view(), name="certificate-detail"),
     path(f"{T}certificates/<str:serial>/revoke", cert_apis.CertificateRevokeApi.as_view(), name="certificate-revoke"),
     path(f"{T}ca/", cert_apis.TenantCaApi.as_view(), name="tenant-ca"),

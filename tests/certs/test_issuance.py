@@ -216,3 +216,36 @@ def test_oauth_only_groups_and_disabled_devices_get_no_certificate(operator_clie
                                  {"csr": csr_for(ca.generate_key())}, format="json")  # fmt: skip
     assert oauth.status_code == 400
     assert oauth.json()["error"]["fields"][0]["code"] == "credential_policy"
+
+
+def test_bulk_issuance_for_imported_devices(operator_client: APIClient, acme: Tenant) -> None:
+    # given a bulk-imported fleet
+    rows = [{"device_id": f"fleet-{i:03d}", "group": "sensors"} for i in range(50)]
+    assert (
+        operator_client.post("/api/v1/tenants/acme/devices/bulk", {"devices": rows}, format="json").status_code == 201
+    )
+    # when certificates are issued for all of them, half from CSRs, half server-generated
+    items = [{"device_id": f"fleet-{i:03d}", **({"csr": csr_for(ca.generate_key())} if i % 2 else {})}
+             for i in range(50)]  # fmt: skip
+    response = operator_client.post("/api/v1/tenants/acme/certificates/bulk", {"items": items}, format="json")
+    # then every device has one, keys only for the generated ones
+    assert response.status_code == 201, response.json()
+    issued = response.json()["issued"]
+    assert len(issued) == 50
+    assert sum("private_key_pem" in i for i in issued) == 25
+    assert Certificate.objects.filter(tenant=acme, device_ref__startswith="fleet-").count() == 50
+
+
+def test_bulk_issuance_is_all_or_nothing(operator_client: APIClient, acme: Tenant) -> None:
+    items = [
+        {"device_id": "dev-1"},
+        {"device_id": "ghost"},
+        {"device_id": "dev-1"},
+        {"device_id": "dev-1", "csr": "junk"},
+    ]
+    response = operator_client.post("/api/v1/tenants/acme/certificates/bulk", {"items": items}, format="json")
+    assert response.status_code == 400
+    found = {(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]}
+    assert found == {("/items/1/device_id", "does_not_exist"), ("/items/2/device_id", "duplicate"),
+                     ("/items/3/device_id", "duplicate")}  # fmt: skip
+    assert not Certificate.objects.exists()

@@ -1,0 +1,114 @@
+"""The Sluice console for the PKI: tenant CAs, device certificates (revoke, see what is due),
+and issuing certificates for selected devices (the private key is shown once)."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from certs import services
+from certs.models import Certificate, CertificateAuthority
+from config.errors import SluiceError
+from devices.admin import DeviceAdmin
+from devices.models import Device
+from tenants.admin import status_badge
+from tenants.admin_scoping import TenantScopedAdmin
+
+TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
+
+
+@admin.register(CertificateAuthority)
+class CertificateAuthorityAdmin(TenantScopedAdmin):
+    read_only = True
+    list_display = ("subject", "tenant", "status_display", "not_after", "crl_number", "crl_next_update")
+    list_filter = ("status", TENANT_FILTER)
+    fields = ("tenant", "subject", "status", "serial", "not_before", "not_after", "crl_number", "crl_next_update",
+              "certificate_pem")  # fmt: skip
+    readonly_fields = fields
+    exclude = ("encrypted_key_pem", "crl_der")
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: CertificateAuthority) -> str:
+        return status_badge(obj.status)
+
+
+@admin.register(Certificate)
+class CertificateAdmin(TenantScopedAdmin):
+    list_display = (
+        "device_ref",
+        "tenant",
+        "status_display",
+        "renewal_due",
+        "origin",
+        "key_type",
+        "not_after",
+        "serial",
+    )
+    list_filter = ("status", "renewal_due", "origin", TENANT_FILTER)
+    search_fields = ("device_ref", "serial", "fingerprint_sha256", "tenant__slug")
+    list_select_related = ("tenant",)
+    fields = ("tenant", "device_ref", "subject", "status", "renewal_due", "origin", "key_type", "serial",
+              "fingerprint_sha256", "not_before", "not_after", "overlap_until", "revoked_at", "revocation_reason",
+              "certificate_pem")  # fmt: skip
+    readonly_fields = fields
+    exclude = ("pending_key_encrypted",)
+    actions = ("revoke",)
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # issued from the device list (action) or the API, never typed in
+
+    def has_delete_permission(self, request: HttpRequest, obj: Certificate | None = None) -> bool:
+        return False  # revoked, never deleted: the CRL must keep listing it
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: Certificate) -> str:
+        return status_badge(obj.status)
+
+    @admin.action(description="Revoke selected certificates (key compromise)", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> None:
+        done = []
+        for certificate in queryset.select_related("tenant", "ca"):
+            if not self.scope(request).can_admin(certificate.tenant):
+                continue
+            try:
+                services.certificate_revoke(actor=self.actor(request), certificate=certificate,
+                                            reason="key_compromise")  # fmt: skip
+                done.append(certificate.serial[:12])
+            except SluiceError as error:
+                self.message_user(request, f"{certificate.serial[:12]}: {error.message}", messages.ERROR)
+        if done:
+            self.message_user(request, f"Revoked {len(done)} certificate(s); the CRLs are republished.",
+                              messages.SUCCESS)  # fmt: skip
+
+
+@admin.action(description="Issue certificates (server-generated key, shown once)", permissions=["change"])
+def issue_certificates(
+    model_admin: DeviceAdmin, request: HttpRequest, queryset: QuerySet[Device]
+) -> HttpResponse | None:
+    scope = model_admin.scope(request)
+    devices = [d for d in queryset.select_related("tenant", "group") if scope.can_admin(d.tenant)]
+    by_tenant: dict[int, list[Device]] = {}
+    for device in devices:
+        by_tenant.setdefault(device.tenant_id, []).append(device)
+    issued = []
+    for tenant_devices in by_tenant.values():
+        try:
+            issued += services.certificates_issue_bulk(
+                actor=model_admin.actor(request), tenant=tenant_devices[0].tenant,
+                items=[{"device_id": d.device_id} for d in tenant_devices],
+            )  # fmt: skip
+        except SluiceError as error:
+            details = "; ".join(f["message"] for f in error.fields) or error.message
+            model_admin.message_user(request, f"{error.message} {details}", messages.ERROR)
+            return None
+    response = TemplateResponse(request, "admin/certs/issued.html", {
+        **model_admin.admin_site.each_context(request), "title": "Certificates issued", "issued": issued,
+    })  # fmt: skip
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+DeviceAdmin.actions = (*tuple(DeviceAdmin.actions or ()), issue_certificates)
