@@ -103,6 +103,15 @@ def from_django(error: DjangoValidationError, pointer: str = "") -> InvalidInput
     return InvalidInput(fields[0]["message"] if len(fields) == 1 else "Some fields are invalid.", fields=fields)
 
 
+def validate_model(obj: Any, *, exclude: list[str] | None = None) -> None:
+    """``full_clean`` with Django's ValidationError turned into InvalidInput: the one way
+    services validate a model before they write it."""
+    try:
+        obj.full_clean(exclude=exclude)
+    except DjangoValidationError as exc:
+        raise from_django(exc) from None
+
+
 def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "message": message}
     if fields:

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django
+from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
 from devices import topics
 from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor, audit_record, snapshot
@@ -27,13 +27,6 @@ GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "c
 DEVICE_MUTABLE = ("group", "status", "labels")
 DLQ_PARTITIONS = 3
 DLQ_RETENTION_MS = 168 * 3_600_000
-
-
-def _clean(obj: Any, pointer: str = "") -> None:
-    try:
-        obj.full_clean()
-    except ValidationError as exc:
-        raise from_django(exc, pointer) from None
 
 
 def _refuse_duplicate(existing: Any, pointer: str, what: str) -> None:
@@ -72,7 +65,7 @@ def stream_create(*, actor: Actor, tenant: Tenant, **values: Any) -> Stream:
     from devices.tasks import stream_provision_task
 
     stream = Stream(tenant=tenant, **values)
-    _clean(stream)
+    validate_model(stream)
     with transaction.atomic():
         stream.save()
         audit_record(actor=actor, tenant=tenant, action="stream.create", obj=stream, after=snapshot(stream))
@@ -96,7 +89,7 @@ def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
             fields=[{"pointer": "/replication_factor", "code": "immutable", "message": "Cannot be changed."}],
         )
     _apply(stream, changes, STREAM_MUTABLE, "stream")
-    _clean(stream)
+    validate_model(stream)
     with transaction.atomic():
         stream.status = Stream.Status.PENDING
         stream.save()
@@ -196,7 +189,7 @@ def group_create(*, actor: Actor, tenant: Tenant, stream: Any, **values: Any) ->
     group = DeviceGroup(tenant=tenant, stream=_own_stream(tenant, stream), **values)
     slug = values.get("slug", "")
     _refuse_duplicate(DeviceGroup.objects.filter(tenant=tenant, slug=slug), "/slug", f"Device group '{slug}'")
-    _clean(group)
+    validate_model(group)
     with transaction.atomic():
         group.save()
         audit_record(actor=actor, tenant=tenant, action="group.create", obj=group, after=snapshot(group))
@@ -208,7 +201,7 @@ def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceG
     if "stream" in changes:
         changes["stream"] = _own_stream(group.tenant, changes["stream"])
     _apply(group, changes, GROUP_MUTABLE, "device group")
-    _clean(group)
+    validate_model(group)
     with transaction.atomic():
         group.save()
         audit_record(actor=actor, tenant=group.tenant, action="group.update", obj=group, before=before,
@@ -264,7 +257,7 @@ def device_create(*, actor: Actor, tenant: Tenant, group: Any, device_id: str, l
     _check_labels(labels, "/labels")
     device = Device(tenant=tenant, group=_own_group(tenant, group), device_id=device_id, labels=labels, status=status)
     _refuse_duplicate(Device.objects.filter(tenant=tenant, device_id=device_id), "/device_id", f"Device '{device_id}'")
-    _clean(device)
+    validate_model(device)
     _check_quota(tenant, 1)
     with transaction.atomic():
         device.save()
@@ -279,7 +272,7 @@ def device_update(*, actor: Actor, device: Device, **changes: Any) -> Device:
     if "labels" in changes:
         _check_labels(changes["labels"], "/labels")
     _apply(device, changes, DEVICE_MUTABLE, "device")
-    _clean(device)
+    validate_model(device)
     with transaction.atomic():
         device.save()
         audit_record(actor=actor, tenant=device.tenant, action="device.update", obj=device, before=before,

@@ -9,7 +9,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
-from config.errors import Conflict, InvalidInput, from_django
+from config.errors import Conflict, InvalidInput, validate_model
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.authentication import TOKEN_PREFIX
 from tenants.models import ApiToken, Membership, Tenant, hash_token
@@ -17,20 +17,11 @@ from tenants.models import ApiToken, Membership, Tenant, hash_token
 TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy")
 
 
-def _clean(obj: Any, exclude: list[str] | None = None) -> None:
-    from django.core.exceptions import ValidationError
-
-    try:
-        obj.full_clean(exclude=exclude)
-    except ValidationError as exc:
-        raise from_django(exc) from None
-
-
 def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenant:
     from devices.tasks import tenant_dlq_provision_task
 
     tenant = Tenant(slug=slug, name=name, **quotas)
-    _clean(tenant)
+    validate_model(tenant)
     from certs.services import tenant_ca_create
 
     with transaction.atomic():
@@ -48,7 +39,7 @@ def tenant_update(*, actor: Actor, tenant: Tenant, **changes: Any) -> Tenant:
     before = snapshot(tenant)
     for key, value in changes.items():
         setattr(tenant, key, value)
-    _clean(tenant)
+    validate_model(tenant)
     with transaction.atomic():
         tenant.save()
         audit_record(actor=actor, tenant=tenant, action="tenant.update", obj=tenant, before=before,
@@ -130,7 +121,7 @@ def user_create_tenant_admin(*, actor: Actor, tenant: Tenant, username: str, ema
     user_model = get_user_model()
     user = user_model(username=username, email=email, is_staff=True)
     user.set_password(password)
-    _clean(user, exclude=["password"])
+    validate_model(user, exclude=["password"])
     try:
         with transaction.atomic():
             user.save()

@@ -3,8 +3,11 @@ started for this run (its state directory and ports arrive through the environme
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +22,7 @@ from certs import ca
 from certs.crl_files import ROOT_CRL_NAME
 from certs.platform_pki import ensure_platform_pki, load_root
 from certs.principals import device_subject
-from config.env import Runtime
+from config.env import BASE_DIR, Runtime
 from devices.models import DeviceGroup, Stream
 from ingest.kafka import admin_config
 from tenants.models import Membership, Tenant
@@ -162,3 +165,17 @@ def admin_client(tenant: Tenant) -> APIClient:
 @pytest.fixture
 def viewer_client(tenant: Tenant) -> APIClient:
     return client_for(make_user("acme-viewer", tenant=tenant, role=Membership.Role.VIEWER))
+
+
+@pytest.fixture
+def celery_worker(services: Runtime) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process on the run's Redis and database."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "WARNING",
+         "--hostname", f"test-{os.getpid()}-{secrets.token_hex(3)}@localhost"],
+        cwd=BASE_DIR,
+        env=os.environ.copy(),
+    )  # fmt: skip
+    yield worker
+    worker.terminate()
+    worker.wait(timeout=30)

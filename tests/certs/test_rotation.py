@@ -8,9 +8,6 @@ import base64
 import datetime as dt
 import email
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,7 @@ from certs import ca
 from certs.models import Certificate, CertificateAuthority
 from certs.rotation import LOCK_NAME, pki_rotate
 from certs.services import certificate_issue_from_csr, certificate_issue_generated
-from config.env import BASE_DIR, Runtime, load_runtime
+from config.env import Runtime, load_runtime
 from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor
 from tenants.models import AuditEvent
@@ -180,20 +177,8 @@ def test_a_second_rotation_waits_for_the_lock(own_pki: Runtime) -> None:
     assert pki_rotate().skipped == ""
 
 
-@pytest.fixture
-def celery_worker_process(services: Runtime) -> Iterator[subprocess.Popen[bytes]]:
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "WARNING",
-         "--hostname", f"rotation-{os.getpid()}@localhost"],
-        cwd=BASE_DIR, env=os.environ.copy(),
-    )  # fmt: skip
-    yield worker
-    worker.terminate()
-    worker.wait(timeout=30)
-
-
 @pytest.mark.django_db(transaction=True)
-def test_rotation_runs_through_a_real_worker(services: Runtime, celery_worker_process: Any, monkeypatch: Any) -> None:
+def test_rotation_runs_through_a_real_worker(services: Runtime, celery_worker: Any, monkeypatch: Any) -> None:
     # given a committed certificate already inside its window (1-day lifetime, 30-day window)
     monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
     device = make_device(lifetime=1, window=30)

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 
 from config.celery import app, ping
-from config.env import BASE_DIR, Runtime
+from config.env import Runtime
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def celery_worker(services: Runtime) -> Iterator[subprocess.Popen[bytes]]:
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "WARNING",
-         "--hostname", f"test-{os.getpid()}@localhost"],
-        cwd=BASE_DIR,
-        env=os.environ.copy(),
-    )  # fmt: skip
-    yield worker
-    worker.terminate()
-    worker.wait(timeout=30)
 
 
 def test_task_runs_through_redis_on_a_worker(celery_worker: subprocess.Popen[bytes]) -> None:

@@ -203,3 +203,16 @@ def test_kafka_storage_is_formatted_once_and_kept(tmp_path: Path) -> None:
     finally:
         second.stop()
     assert os.listdir(ctx.runtime.logs_dir)
+
+
+def test_production_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
+    # given a production environment that sets no key-encryption key (nor other secrets)
+    env = launcher_env(tmp_path, 23500, SLUICE_ENV="production")
+    for name in ("SLUICE_KEK", "SLUICE_SECRET_KEY", "SLUICE_REDIS_PASSWORD", "SLUICE_PROXY_SECRET"):
+        env.pop(name, None)
+    # when the platform is started, then it refuses in one line and invents nothing
+    result = run_sluicectl(["up", "--components", "redis"], env, timeout=60)
+    assert result.returncode == 1
+    assert "must be set when SLUICE_ENV=production" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "secrets").exists()
