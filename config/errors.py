@@ -62,6 +62,13 @@ class Unauthenticated(SluiceError):
     status = status.HTTP_401_UNAUTHORIZED
 
 
+class RegistryUnavailable(SluiceError):
+    """The schema registry could not be reached or failed; nothing is wrong with the request."""
+
+    code = "registry_unavailable"
+    status = status.HTTP_503_SERVICE_UNAVAILABLE
+
+
 class PayloadTooLarge(SluiceError):
     code = "payload_too_large"
     status = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE

@@ -18,6 +18,7 @@ from django.utils import timezone
 from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
 from devices import topics
 from devices.models import Device, DeviceGroup, Stream
+from ingest import registry
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.models import Tenant
 
@@ -167,6 +168,28 @@ def topics_reconcile(*, tenant: Tenant | None = None, fix: bool) -> DriftReport:
         audit_record(actor=Actor.system("reconcile"), tenant=tenant, action="topics.reconcile", object_type="topics",
                      after={"drift": report.drift, "fixed": report.fixed})  # fmt: skip
     return report
+
+
+def stream_with_schema_create(
+    *, actor: Actor, tenant: Tenant, schema_type: str, schema: str, **stream_values: Any
+) -> tuple[Stream, str, int]:
+    """Create a stream and register its value schema under ``<topic>-value``.  The registry
+    is asked inside the stream's transaction, so its refusal (e.g. an incompatible version
+    under an existing subject) rolls the stream and its audit row back and its Kafka
+    provisioning, queued on commit, is never sent.  The schema text is checked before the
+    transaction opens, so a typo never holds the database's write lock; an unreachable
+    registry holds it for the client's retries (a few seconds).  Should the commit fail
+    after the registry accepted, the subject keeps a version no stream uses, and trying
+    again registers the same schema, which the registry answers with the same id."""
+    registry.schema_check(schema_str=schema, schema_type=schema_type)
+    with transaction.atomic():
+        stream = stream_create(actor=actor, tenant=tenant, **stream_values)
+        subject = registry.value_subject(stream.topic)
+        schema_id = registry.schema_register(subject=subject, schema_str=schema, schema_type=schema_type)
+        audit_record(actor=actor, tenant=tenant, action="schema.register", object_type="schema",
+                     object_id=str(schema_id), object_repr=subject,
+                     after={"subject": subject, "schema_id": schema_id, "schema_type": schema_type})  # fmt: skip
+    return stream, subject, schema_id
 
 
 # -- device groups ----------------------------------------------------------------------

@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('certs', '0003_certificate_pending_key_encrypted_and_more'),
+        ("certs", "0003_certificate_pending_key_encrypted_and_more"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='certificateauthority',
-            options={'ordering': ['tenant', '-not_after'], 'verbose_name_plural': 'certificate authorities'},
+            name="certificateauthority",
+            options={"ordering": ["tenant", "-not_after"], "verbose_name_plural": "certificate authorities"},
         ),
     ]

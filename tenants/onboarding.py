@@ -1,0 +1,207 @@
+"""Guided onboarding of a new tenant by a platform operator, in six pages: tenant, its first
+admin, a stream with its schema, a device group, a device, and a summary.
+
+Views are thin: parse a form, call one service, redirect.  What the flow has made so far is
+carried in the URL (tenant slug, stream id, group slug, device id), never in the session, so
+any step can be reloaded or bookmarked.  Only operators may use it: anyone else signed in
+gets a 404, like every other tenant-scoped page (``tenants.scoping``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods
+
+from config.errors import NotFound, SluiceError
+from devices.models import Device, DeviceGroup, Stream
+from devices.services import device_create, group_create, stream_with_schema_create
+from ingest import registry
+from tenants.audit import Actor
+from tenants.models import Membership, Tenant
+from tenants.onboarding_forms import (
+    DeviceForm,
+    GroupForm,
+    StreamForm,
+    TenantAdminForm,
+    TenantForm,
+    add_service_error,
+)
+from tenants.scoping import scope_for
+from tenants.services import tenant_create, user_create_tenant_admin
+
+T = TypeVar("T")
+View = Callable[..., HttpResponse]
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int
+    key: str
+    title: str
+
+
+STEPS = (
+    Step(1, "tenant", "Tenant"),
+    Step(2, "admin", "Administrator"),
+    Step(3, "stream", "Stream & schema"),
+    Step(4, "group", "Device group"),
+    Step(5, "device", "First device"),
+    Step(6, "summary", "Summary"),
+)
+
+
+# -- service ----------------------------------------------------------------------------
+
+
+# -- plumbing ---------------------------------------------------------------------------
+
+
+def operator_only(view: View) -> View:
+    """Signed-out visitors go to the login page; signed-in non-operators get a 404."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+        if not scope_for(request.user).is_operator:
+            raise Http404("No such page.")
+        return view(request, *args, **kwargs)
+
+    return guarded
+
+
+def _tenant(request: HttpRequest, slug: str) -> Tenant:
+    try:
+        return scope_for(request.user).tenant(slug)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.of(request.user)
+
+
+def _bound(form_class: type[forms.Form], request: HttpRequest, **kwargs: Any) -> Any:
+    return form_class(request.POST if request.method == "POST" else None, **kwargs)
+
+
+def _submit(request: HttpRequest, form: forms.Form, service: Callable[[dict[str, Any]], T]) -> T | None:
+    """Call ``service`` with the form's data on a valid POST; its domain errors end up on
+    the form (field by field where they name one) and the result is None."""
+    if request.method != "POST" or not form.is_valid():
+        return None
+    try:
+        return service(form.cleaned_data)
+    except SluiceError as error:
+        add_service_error(form, error)
+        return None
+
+
+def _page(request: HttpRequest, template: str, number: int, **context: Any) -> HttpResponse:
+    return render(
+        request, f"onboarding/{template}", {"steps": STEPS, "step": STEPS[number - 1], "total": len(STEPS), **context}
+    )
+
+
+# -- steps ------------------------------------------------------------------------------
+
+
+@operator_only
+@require_http_methods(["GET", "POST"])
+def tenant_step(request: HttpRequest) -> HttpResponse:
+    form = _bound(TenantForm, request)
+    tenant = _submit(request, form, lambda data: tenant_create(actor=_actor(request), **data))
+    if tenant is not None:
+        messages.success(request, f"Tenant {tenant.slug} created, with its own certificate authority.")
+        return redirect("onboarding:admin", tenant=tenant.slug)
+    return _page(request, "tenant.html", 1, form=form)
+
+
+@never_cache  # the success response carries the new user's password
+@operator_only
+@require_http_methods(["GET", "POST"])
+def admin_step(request: HttpRequest, tenant: str) -> HttpResponse:
+    target = _tenant(request, tenant)
+    form = _bound(TenantAdminForm, request)
+    created = _submit(
+        request, form, lambda data: user_create_tenant_admin(actor=_actor(request), tenant=target, **data)
+    )
+    if created is not None:
+        user, password = created
+        # Shown in this response only: never in a URL, the session or a message.
+        return _page(request, "admin_created.html", 2, tenant=target, admin=user, password=password)
+    return _page(request, "admin.html", 2, tenant=target, form=form)
+
+
+@operator_only
+@require_http_methods(["GET", "POST"])
+def stream_step(request: HttpRequest, tenant: str) -> HttpResponse:
+    target = _tenant(request, tenant)
+    form = _bound(StreamForm, request)
+    created = _submit(
+        request, form, lambda data: stream_with_schema_create(actor=_actor(request), tenant=target, **data)
+    )
+    if created is not None:
+        stream, subject, schema_id = created
+        messages.success(request, f"Stream {stream.topic} created; schema {schema_id} registered under {subject}.")
+        return redirect("onboarding:group", tenant=target.slug, stream=stream.pk)
+    return _page(request, "stream.html", 3, tenant=target, form=form)
+
+
+@operator_only
+@require_http_methods(["GET", "POST"])
+def group_step(request: HttpRequest, tenant: str, stream: int) -> HttpResponse:
+    target = _tenant(request, tenant)
+    streams = Stream.objects.filter(tenant=target).select_related("tenant")
+    chosen = streams.filter(pk=stream).first()
+    if chosen is None:
+        raise Http404("No such stream.")
+    initial = {"region": chosen.region, "device_type": chosen.type, "stream": chosen,
+               "schema_subject": registry.value_subject(chosen.topic)}  # fmt: skip
+    form = _bound(GroupForm, request, streams=streams, initial=initial)
+    group = _submit(request, form, lambda data: group_create(actor=_actor(request), tenant=target, **data))
+    if group is not None:
+        messages.success(request, f"Device group {group.slug} created; its Kafka principal is {group.kafka_principal}.")
+        return redirect("onboarding:device", tenant=target.slug, group=group.slug)
+    return _page(request, "group.html", 4, tenant=target, stream=chosen, form=form)
+
+
+@operator_only
+@require_http_methods(["GET", "POST"])
+def device_step(request: HttpRequest, tenant: str, group: str) -> HttpResponse:
+    target = _tenant(request, tenant)
+    chosen = DeviceGroup.objects.filter(tenant=target, slug=group).select_related("stream__tenant").first()
+    if chosen is None:
+        raise Http404("No such device group.")
+    form = _bound(DeviceForm, request)
+    device = _submit(
+        request, form, lambda data: device_create(actor=_actor(request), tenant=target, group=chosen, **data)
+    )
+    if device is not None:
+        messages.success(request, f"Device {device.device_id} created in group {chosen.slug}.")
+        return redirect("onboarding:summary", tenant=target.slug, device=device.device_id)
+    return _page(request, "device.html", 5, tenant=target, group=chosen, form=form)
+
+
+@operator_only
+@require_http_methods(["GET"])
+def summary(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
+    target = _tenant(request, tenant)
+    found = Device.objects.filter(tenant=target, device_id=device).select_related("group__stream__tenant").first()
+    if found is None:
+        raise Http404("No such device.")
+    admins = (Membership.objects.filter(tenant=target, role=Membership.Role.ADMIN).select_related("user")
+              .order_by("created_at"))  # fmt: skip
+    return _page(request, "summary.html", 6, tenant=target, device=found, group=found.group,
+                 stream=found.group.stream, admins=[m.user.get_username() for m in admins])  # fmt: skip

@@ -1,0 +1,16 @@
+"""/onboarding/: the operator's guided tenant onboarding (``tenants.onboarding``)."""
+
+from django.urls import path
+
+from tenants import onboarding
+
+app_name = "onboarding"
+
+urlpatterns = [
+    path("", onboarding.tenant_step, name="tenant"),
+    path("<slug:tenant>/admin/", onboarding.admin_step, name="admin"),
+    path("<slug:tenant>/stream/", onboarding.stream_step, name="stream"),
+    path("<slug:tenant>/streams/<int:stream>/group/", onboarding.group_step, name="group"),
+    path("<slug:tenant>/groups/<slug:group>/device/", onboarding.device_step, name="device"),
+    path("<slug:tenant>/devices/<str:device>/", onboarding.summary, name="summary"),
+]
