@@ -9,6 +9,7 @@ gets a 404, like every other tenant-scoped page (``tenants.scoping``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -23,6 +24,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from certs.services import certificate_issue_generated
 from config.errors import NotFound, SluiceError
 from devices.models import Device, DeviceGroup, Stream
 from devices.services import device_create, group_create, stream_with_schema_create
@@ -30,6 +32,7 @@ from ingest import registry
 from tenants.audit import Actor
 from tenants.models import Membership, Tenant
 from tenants.onboarding_forms import (
+    CredentialsForm,
     DeviceForm,
     GroupForm,
     StreamForm,
@@ -198,10 +201,35 @@ def device_step(request: HttpRequest, tenant: str, group: str) -> HttpResponse:
 @require_http_methods(["GET"])
 def summary(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
     target = _tenant(request, tenant)
+    return _summary_page(request, target, _device(target, device), CredentialsForm())
+
+
+def _device(target: Tenant, device: str) -> Device:
     found = Device.objects.filter(tenant=target, device_id=device).select_related("group__stream__tenant").first()
     if found is None:
         raise Http404("No such device.")
+    return found
+
+
+def _summary_page(request: HttpRequest, target: Tenant, found: Device, credentials_form: Any) -> HttpResponse:
     admins = (Membership.objects.filter(tenant=target, role=Membership.Role.ADMIN).select_related("user")
               .order_by("created_at"))  # fmt: skip
     return _page(request, "summary.html", 6, tenant=target, device=found, group=found.group,
-                 stream=found.group.stream, admins=[m.user.get_username() for m in admins])  # fmt: skip
+                 stream=found.group.stream, admins=[m.user.get_username() for m in admins],
+                 credentials_form=credentials_form)  # fmt: skip
+
+
+@never_cache  # the success response carries the device's private key
+@operator_only
+@require_http_methods(["POST"])
+def credentials(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
+    """Issue the device's first certificate (server-generated key, shown in this response only)."""
+    target = _tenant(request, tenant)
+    found = _device(target, device)
+    form = _bound(CredentialsForm, request)
+    issued = _submit(request, form, lambda data: certificate_issue_generated(
+        actor=_actor(request), device=found, passphrase=data["passphrase"]))  # fmt: skip
+    if issued is None:
+        return _summary_page(request, target, found, form)
+    return _page(request, "credentials.html", 6, tenant=target, device=found, issued=issued,
+                 pkcs12_base64=base64.b64encode(issued.pkcs12 or b"").decode(), host=request.get_host())  # fmt: skip

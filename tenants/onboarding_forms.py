@@ -144,3 +144,12 @@ class DeviceForm(forms.Form):
                 raise forms.ValidationError(f"Line {number}: the key '{key.strip()}' appears twice.")
             labels[key.strip()] = value.strip()
         return labels
+
+
+class CredentialsForm(forms.Form):
+    passphrase = forms.CharField(
+        min_length=8,
+        max_length=256,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Protects the PKCS#12 bundle; at least 8 characters.",
+    )

@@ -13,4 +13,5 @@ urlpatterns = [
     path("<slug:tenant>/streams/<int:stream>/group/", onboarding.group_step, name="group"),
     path("<slug:tenant>/groups/<slug:group>/device/", onboarding.device_step, name="device"),
     path("<slug:tenant>/devices/<str:device>/", onboarding.summary, name="summary"),
+    path("<slug:tenant>/devices/<str:device>/credentials/", onboarding.credentials, name="credentials"),
 ]

@@ -201,12 +201,29 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
     expect(page.locator("#summary-subject")).to_have_text("iot.initech.eu.temperature-value")
     expect(page.locator("#summary-principal")).to_have_text("User:initech.sensors")
     expect(page.locator("#summary-device")).to_contain_text("thermo-1")
-    expect(page.locator("#next")).to_contain_text("Credential issuance arrives with the certificates work")
-    curl = page.locator("pre#curl-shape")
-    expect(curl).to_be_visible()
-    expect(curl).to_contain_text("curl --cacert root-ca.crt --cert <device>.crt --key <device>.key")
-    expect(curl).to_contain_text("https://<host>/ingest/v1/records")
+    expect(page.locator("#next")).to_contain_text("Issue thermo-1 a client certificate")
     shot("summary")
+
+    # when they issue the device's credentials, first with a passphrase too short
+    page.fill("#id_passphrase", "short")
+    page.click("#issue-certificate")
+    expect(page.locator(".field-passphrase .errors")).to_contain_text("at least 8 characters")
+    page.fill("#id_passphrase", "a long passphrase")
+    page.click("#issue-certificate")
+
+    # then the chain and the key are shown once, with a runnable renewal and the POST's shape
+    expect(page.locator("#chain-pem")).to_contain_text("BEGIN CERTIFICATE")
+    expect(page.locator("#key-pem")).to_contain_text("BEGIN PRIVATE KEY")
+    expect(page.locator("pre#curl-renew")).to_contain_text("/.well-known/est/initech/simplereenroll")
+    curl = page.locator("pre#curl-shape")
+    expect(curl).to_contain_text("curl --cacert root-ca.crt --cert thermo-1.crt --key thermo-1.key")
+    expect(curl).to_contain_text("/ingest/v1/records")
+    shot("credentials")
+    from certs.models import Certificate
+
+    issued = Certificate.objects.get(device_ref="thermo-1")
+    assert issued.status == "active"
+    assert "PRIVATE KEY" not in issued.certificate_pem
 
     # and the database holds each object, created by the operator and audited
     tenant = Tenant.objects.get(slug="initech")
