@@ -57,10 +57,33 @@ def _atomic_write(path: Path, data: bytes, *, newer_than_before: bool = False) -
     os.replace(tmp, path)
 
 
-def write_crl(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
-    """Publish one CA's CRL, rebuild the bundle and tell nginx to re-read it."""
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return -1
+
+
+def _published_number(runtime: Runtime, name: str) -> int:
+    path = runtime.crl_dir / f"{name}.crl"
+    try:
+        return crl_number(x509.load_der_x509_crl(path.read_bytes()))
+    except (OSError, ValueError):
+        return -1
+
+
+def write_crl(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> bool:
+    """Publish one CA's CRL, rebuild the bundle and tell nginx to re-read it.
+
+    CRLs are built under the CA's row lock but written after the transaction commits, so
+    two publications can reach this point out of order.  The CRL number only grows
+    (RFC 5280 §5.2.3), so an older CRL never replaces a newer one: returns False and
+    writes nothing when the published file is already as new."""
     with _locked(runtime):
+        if crl_number(crl) <= _published_number(runtime, name):
+            return False
         _write_unlocked(runtime, name, crl)
+        return True
 
 
 def _write_unlocked(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:

@@ -57,7 +57,12 @@ class Certificate(models.Model):
     class Origin(models.TextChoices):
         CSR = "csr"
         GENERATED = "generated"
-        RENEWAL = "renewal"
+        RENEWAL = "renewal"  # a successor the rotation task issued with a server-generated key
+        EST_RENEWAL = "est_renewal"  # the device renewed over EST with its own key
+
+    # Certificates whose private key only the device holds: rotation can mark them due but
+    # never renew them itself (it would have to generate and hand over a new key).
+    DEVICE_KEY_ORIGINS = (Origin.CSR, Origin.EST_RENEWAL)
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="certificates")
     device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates")

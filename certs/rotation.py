@@ -28,12 +28,13 @@ from django.utils import timezone
 from certs import ca, crl_files, services
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
-from config.errors import SluiceError
+from config.errors import Conflict, SluiceError
 from devices.models import DeviceGroup
 from tenants.audit import Actor, audit_record
 
 LOCK_NAME = "sluice:lock:pki-rotate"
-LOCK_TIMEOUT = 600
+# Generous: a run issues and publishes per CA; an expiring lock would let a second beat in.
+LOCK_TIMEOUT = 1800
 CA_ROTATE_BEFORE = dt.timedelta(days=365)
 CRL_REFRESH_BEFORE = dt.timedelta(hours=12)
 ROOT_CRL_REFRESH_BEFORE = dt.timedelta(days=7)
@@ -75,31 +76,32 @@ def pki_rotate() -> RotationReport:
 
 def _retire_superseded(now: dt.datetime, report: RotationReport) -> None:
     ended = Certificate.objects.filter(status=Certificate.Status.SUPERSEDED, overlap_until__lte=now)
-    for certificate in ended.select_related("ca", "tenant"):
-        services.certificate_revoke(actor=ACTOR, certificate=certificate, reason="superseded")
-        report.retired.append(certificate.serial)
+    report.retired += services.certificates_retire(actor=ACTOR, certificates=list(ended.select_related("ca", "tenant")))
 
 
 def _mark_due_and_renew(now: dt.datetime, report: RotationReport) -> None:
     # One query per device group: its renewal window decides which certificates are due.
     for group in DeviceGroup.objects.all():
         window_end = now + dt.timedelta(days=group.cert_renewal_window_days)
-        due = Certificate.objects.filter(
-            status=Certificate.Status.ACTIVE, renewal_due=False, device__group=group, not_after__lte=window_end
+        in_window = Certificate.objects.filter(
+            status=Certificate.Status.ACTIVE, device__group=group, not_after__lte=window_end
         ).select_related("device__group", "device__tenant", "tenant")
-        for certificate in due:
+        for certificate in in_window.filter(renewal_due=False):
             with transaction.atomic():
                 Certificate.objects.filter(pk=certificate.pk).update(renewal_due=True)
                 audit_record(
                     actor=ACTOR, tenant=certificate.tenant, action="certificate.renewal_due", obj=certificate,
                     after={"serial": certificate.serial, "not_after": certificate.not_after.isoformat()},
                 )  # fmt: skip
-                report.due.append(certificate.serial)
-                if certificate.origin != Certificate.Origin.CSR:
-                    try:
-                        report.successors.append(_issue_successor(certificate, now).serial)
-                    except SluiceError as error:  # e.g. the device was disabled meanwhile
-                        report.errors.append(f"{certificate.serial}: {error.message}")
+            report.due.append(certificate.serial)
+        # Server-managed certificates get a successor; one that fails (a disabled device, a
+        # suspended tenant) stays ACTIVE and due, so the next run tries again.
+        for certificate in in_window.exclude(origin__in=Certificate.DEVICE_KEY_ORIGINS):
+            try:
+                with transaction.atomic():
+                    report.successors.append(_issue_successor(certificate, now).serial)
+            except SluiceError as error:
+                report.errors.append(f"{certificate.serial}: {error.message}")
 
 
 def _issue_successor(certificate: Certificate, now: dt.datetime) -> Certificate:
@@ -113,9 +115,11 @@ def _issue_successor(certificate: Certificate, now: dt.datetime) -> Certificate:
     encrypted = ca.private_key_pem(key, settings.SLUICE_RUNTIME.key_encryption_key).decode()
     Certificate.objects.filter(pk=issued.certificate.pk).update(pending_key_encrypted=encrypted)
     overlap_until = max(certificate.not_after, now + services.RENEWAL_OVERLAP)
-    Certificate.objects.filter(pk=certificate.pk).update(
+    changed = Certificate.objects.filter(pk=certificate.pk, status=Certificate.Status.ACTIVE).update(
         status=Certificate.Status.SUPERSEDED, superseded_by=issued.certificate, overlap_until=overlap_until
     )
+    if not changed:  # renewed or revoked since it was read: roll this successor back
+        raise Conflict(f"Certificate {certificate.serial} changed during rotation.")
     return issued.certificate
 
 

@@ -207,17 +207,42 @@ def certificate_revoke(*, actor: Actor, certificate: Certificate, reason: str = 
             f"Unknown revocation reason '{reason}'.",
             fields=[{"pointer": "/reason", "code": "invalid_choice", "message": f"Use one of {sorted(REASONS)}."}],
         )
-    if certificate.status == Certificate.Status.REVOKED:
-        raise Conflict(f"Certificate {certificate.serial} is already revoked.")
     with transaction.atomic():
-        Certificate.objects.filter(pk=certificate.pk).update(
-            status=Certificate.Status.REVOKED, revoked_at=timezone.now(), revocation_reason=reason
+        # Conditional update: of two concurrent revocations exactly one wins.
+        changed = (
+            Certificate.objects.filter(pk=certificate.pk)
+            .exclude(status=Certificate.Status.REVOKED)
+            .update(status=Certificate.Status.REVOKED, revoked_at=timezone.now(), revocation_reason=reason)
         )
+        if not changed:
+            raise Conflict(f"Certificate {certificate.serial} is already revoked.", code="already_revoked")
         certificate.refresh_from_db()
         audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
                      after={"serial": certificate.serial, "reason": reason})  # fmt: skip
         crl_publish(authority=certificate.ca)
     return certificate
+
+
+def certificates_retire(*, actor: Actor, certificates: list[Certificate]) -> list[str]:
+    """Revoke superseded certificates whose overlap ended, with one CRL per CA (not one CRL
+    and one nginx reload per certificate).  Rows changed meanwhile are left alone."""
+    retired: list[str] = []
+    by_ca: dict[int, list[Certificate]] = {}
+    for certificate in certificates:
+        by_ca.setdefault(certificate.ca_id, []).append(certificate)
+    for batch in by_ca.values():
+        with transaction.atomic():
+            now = timezone.now()
+            for certificate in batch:
+                changed = Certificate.objects.filter(pk=certificate.pk, status=Certificate.Status.SUPERSEDED).update(
+                    status=Certificate.Status.REVOKED, revoked_at=now, revocation_reason="superseded"
+                )
+                if changed:
+                    audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
+                                 after={"serial": certificate.serial, "reason": "superseded"})  # fmt: skip
+                    retired.append(certificate.serial)
+            crl_publish(authority=batch[0].ca)
+    return retired
 
 
 def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
@@ -274,10 +299,17 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
     actor = Actor(user=None, label=f"device:{device.device_id}")
     with transaction.atomic():
         issued = issue_for_key(actor=actor, device=device, public_key=public_key, key_type=key_type,
-                        origin=Certificate.Origin.RENEWAL)  # fmt: skip
-        Certificate.objects.filter(pk=presented.pk).update(
+                               origin=Certificate.Origin.EST_RENEWAL)  # fmt: skip
+        # Conditional on the row still being ACTIVE: of two concurrent renewals with the same
+        # certificate one wins, the other rolls back its issuance and gets a 409.
+        changed = Certificate.objects.filter(pk=presented.pk, status=Certificate.Status.ACTIVE).update(
             status=Certificate.Status.SUPERSEDED, superseded_by=issued.certificate, overlap_until=now + RENEWAL_OVERLAP
         )
+        if not changed:
+            raise Conflict(
+                "This certificate was renewed or revoked meanwhile; renew with the newest one.",
+                code="certificate_superseded",
+            )
         audit_record(actor=actor, tenant=device.tenant, action="certificate.renew", obj=issued.certificate,
                      after={"old_serial": presented.serial, "new_serial": issued.certificate.serial,
                             "old_valid_until": (now + RENEWAL_OVERLAP).isoformat()})  # fmt: skip
@@ -291,10 +323,17 @@ def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificat
 
     if presented.status == Certificate.Status.REVOKED:
         raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
+    device = presented.device
+    if device is None:
+        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
+    if not device.tenant.is_active:
+        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
+    if device.status != Device.Status.ACTIVE:
+        raise PermissionDenied(f"Device '{device.device_id}' is {device.status}.", code="device_disabled")
     with transaction.atomic():
         successor = (
             Certificate.objects.select_for_update()
-            .filter(pk=presented.superseded_by_id)
+            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)
             .exclude(pending_key_encrypted="")
             .first()
         )

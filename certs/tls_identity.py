@@ -62,4 +62,8 @@ def client_certificate_record(request: HttpRequest) -> Certificate:
     )
     if record is None:
         raise PermissionDenied("This certificate was not issued by Sluice.", code="unknown_certificate")
+    # nginx refuses a revoked certificate once its CRL is loaded; the row is the authority in
+    # the moments between a revocation's commit and nginx's reload.
+    if record.status == Certificate.Status.REVOKED:
+        raise PermissionDenied("The client certificate is revoked.", code="certificate_revoked")
     return record

@@ -20,14 +20,16 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from django.conf import settings as django_settings
 from django.test import Client
 
-from certs import ca
+from certs import ca, crl_files
 from certs.models import Certificate, CertificateAuthority
+from certs.platform_pki import ensure_root
 from certs.rotation import LOCK_NAME, pki_rotate
-from certs.services import certificate_issue_from_csr, certificate_issue_generated
+from certs.services import certificate_issue_from_csr, certificate_issue_generated, certificate_renew
 from config.env import Runtime, load_runtime
+from config.errors import Conflict
 from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor
-from tenants.models import AuditEvent
+from tenants.models import AuditEvent, Tenant
 from tenants.services import tenant_create
 from tests.conftest import unique_slug
 
@@ -192,3 +194,117 @@ def test_rotation_runs_through_a_real_worker(services: Runtime, celery_worker: A
     issued.refresh_from_db()
     assert issued.status == "superseded"
     assert issued.superseded_by is not None
+
+
+def test_est_renewed_certificates_are_only_marked_due(own_pki: Runtime) -> None:
+    # given a certificate the device renewed over EST with its own key
+    device = make_device()
+    first = certificate_issue_from_csr(actor=ACTOR, device=device, csr_pem=csr_pem(ca.generate_key())).certificate
+    renewed = certificate_renew(presented=first, csr_pem=csr_pem(ca.generate_key())).certificate
+    assert renewed.origin == "est_renewal"
+    # when it enters its renewal window
+    with time_machine.travel(dt.datetime.now(dt.UTC) + 340 * DAY):
+        report = pki_rotate()
+    # then it is due, but the server generated no key for it: only the device holds its key
+    assert renewed.serial in report.due
+    assert report.successors == []
+    renewed.refresh_from_db()
+    assert (renewed.status, renewed.renewal_due) == ("active", True)
+
+
+def test_a_successor_that_could_not_be_issued_is_tried_again(own_pki: Runtime) -> None:
+    # given a server-managed certificate whose device is disabled when its window opens
+    device = make_device()
+    generated = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase").certificate
+    Device.objects.filter(pk=device.pk).update(status="disabled")
+    later = dt.datetime.now(dt.UTC) + 340 * DAY
+    with time_machine.travel(later):
+        failed = pki_rotate()
+    # then the failure is reported and the certificate stays active and due
+    assert (failed.successors, len(failed.errors)) == ([], 1)
+    generated.refresh_from_db()
+    assert (generated.status, generated.renewal_due) == ("active", True)
+    # when the device is enabled again, the next pass issues the successor
+    Device.objects.filter(pk=device.pk).update(status="active")
+    with time_machine.travel(later + DAY):
+        retried = pki_rotate()
+    assert len(retried.successors) == 1
+    generated.refresh_from_db()
+    assert generated.status == "superseded"
+
+
+def test_retirement_publishes_one_crl_per_ca(own_pki: Runtime) -> None:
+    # given three superseded certificates of one CA whose overlap has ended
+    device = make_device()
+    olds = [certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase").certificate
+            for _ in range(3)]  # fmt: skip
+    Certificate.objects.filter(pk__in=[o.pk for o in olds]).update(
+        status="superseded", overlap_until=dt.datetime.now(dt.UTC) + DAY
+    )
+    authority = CertificateAuthority.objects.get(tenant=device.tenant)
+    # when rotation retires them
+    with time_machine.travel(dt.datetime.now(dt.UTC) + 2 * DAY):
+        report = pki_rotate()
+    # then all three are revoked with a single new CRL that lists them all
+    assert sorted(report.retired) == sorted(o.serial for o in olds)
+    before = authority.crl_number
+    authority.refresh_from_db()
+    assert authority.crl_number == before + 1
+    crl = x509.load_der_x509_crl(bytes(authority.crl_der))
+    assert {format(r.serial_number, "x") for r in crl} == {o.serial for o in olds}
+
+
+def test_concurrent_renewals_with_one_certificate_issue_one_successor(own_pki: Runtime) -> None:
+    # given two requests that both read the same still-active certificate
+    device = make_device()
+    first = certificate_issue_from_csr(actor=ACTOR, device=device, csr_pem=csr_pem(ca.generate_key())).certificate
+    stale = Certificate.objects.get(pk=first.pk)
+    certificate_renew(presented=first, csr_pem=csr_pem(ca.generate_key()))
+    # when the second one renews with its stale copy, then it is refused and nothing is added
+    with pytest.raises(Conflict) as refused:
+        certificate_renew(presented=stale, csr_pem=csr_pem(ca.generate_key()))
+    assert refused.value.code == "certificate_superseded"
+    assert Certificate.objects.filter(device=device, origin="est_renewal").count() == 1
+
+
+@pytest.mark.parametrize("change", ["suspend_tenant", "disable_device"])
+def test_a_successor_is_not_handed_to_a_suspended_tenant_or_disabled_device(own_pki: Runtime, change: str) -> None:
+    # given a successor waiting for its device
+    device = make_device(lifetime=1, window=30)
+    generated = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase").certificate
+    assert len(pki_rotate().successors) == 1
+    generated.refresh_from_db()
+    # when the tenant is suspended or the device disabled
+    if change == "suspend_tenant":
+        Tenant.objects.filter(pk=device.tenant_id).update(status="suspended")
+    else:
+        Device.objects.filter(pk=device.pk).update(status="disabled")
+    # then the key is not handed out, and it stays waiting
+    response = collect(generated)
+    expected = "tenant_suspended" if change == "suspend_tenant" else "device_disabled"
+    assert (response.status_code, response.json()["error"]["code"]) == (403, expected)
+    assert Certificate.objects.get(pk=generated.superseded_by_id).pending_key_encrypted != ""
+
+
+def test_an_older_crl_never_replaces_a_newer_file(own_pki: Runtime) -> None:
+    # given a CA whose CRL number 5 is published
+    issuer = ensure_root(own_pki)
+    newer = ca.build_crl(issuer=issuer, revoked=[], number=5, valid_for=DAY)
+    older = ca.build_crl(issuer=issuer, revoked=[], number=4, valid_for=DAY)
+    assert crl_files.write_crl(own_pki, "some-ca", newer)
+    # when a CRL built earlier arrives late (its transaction committed after the newer one)
+    written = crl_files.write_crl(own_pki, "some-ca", older)
+    # then it is dropped and the file keeps number 5
+    assert written is False
+    published = x509.load_der_x509_crl((own_pki.crl_dir / "some-ca.crl").read_bytes())
+    assert crl_files.crl_number(published) == 5
+
+
+def test_a_revoked_row_is_refused_even_before_nginx_reloads(own_pki: Runtime) -> None:
+    # given a certificate revoked in the database, still presented with nginx's SUCCESS verdict
+    device = make_device()
+    issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase").certificate
+    Certificate.objects.filter(pk=issued.pk).update(status="revoked")
+    # when it asks for anything, then the identity layer refuses it
+    response = collect(issued)
+    assert (response.status_code, response.json()["error"]["code"]) == (403, "certificate_revoked")

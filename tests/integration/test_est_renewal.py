@@ -102,7 +102,7 @@ def test_device_renews_with_its_current_certificate(services: Runtime, device: D
     assert renewed.subject == device_subject(tenant=device.tenant.slug, group="sensors", device="meter-7")
     old = Certificate.objects.get(serial=current.certificate.serial)
     new = Certificate.objects.get(serial=format(renewed.serial_number, "x"))
-    assert (old.status, new.status, new.origin) == ("superseded", "active", "renewal")
+    assert (old.status, new.status, new.origin) == ("superseded", "active", "est_renewal")
     assert old.superseded_by == new
     assert old.overlap_until is not None
     # and during the overlap both work on Kafka
@@ -184,7 +184,7 @@ def test_renewal_refusals_have_stable_codes(
             break
         time.sleep(0.3)
     assert (status, b'"certificate_revoked"' in answer) == (403, True), answer
-    assert Certificate.objects.filter(tenant=device.tenant, origin="renewal").count() == 0
+    assert Certificate.objects.filter(tenant=device.tenant, origin="est_renewal").count() == 0
 
 
 def test_headers_without_the_proxy_secret_count_for_nothing(device: Device) -> None:
