@@ -148,7 +148,11 @@ def cmd_status(_args: argparse.Namespace) -> int:
     if pid is None:
         say(f"not running (state: {ctx.runtime.state_dir})")
         return 1
-    recorded = json.loads(state_file(ctx).read_text())["components"]
+    try:
+        recorded = json.loads(state_file(ctx).read_text())["components"]
+    except (OSError, ValueError, KeyError):
+        say(f"launcher pid {pid} is starting or stopping (no readable state yet); ask again in a moment")
+        return 1
     healthy = True
     print(f"launcher pid {pid}, state {ctx.runtime.state_dir}")
     for name in ORDER:
@@ -171,7 +175,13 @@ def cmd_down(_args: argparse.Namespace) -> int:
     if pid is None:
         say("not running")
         return 0
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        say("stopped")
+        return 0
+    except PermissionError:
+        raise LaunchError(f"the launcher (pid {pid}) belongs to another user; stop it as that user") from None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if running_launcher(ctx) is None:
@@ -202,6 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A file, directory, port or process the command needed (permissions, a full disk,
+        # a vanished state file): one line naming it, never a stack trace.
+        target = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        say(f"{args.command} failed: {exc.strerror or exc}{target}; check that path and the permissions of var/")
+        return 1
+    except Exception as exc:  # the last resort: one line, the trace only on request
+        if os.environ.get("SLUICE_DEBUG"):
+            raise
+        say(f"{args.command} failed unexpectedly: {type(exc).__name__}: {exc} (SLUICE_DEBUG=1 shows the trace)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -120,6 +120,36 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_an_unusable_state_directory_is_one_clear_line(tmp_path: Path) -> None:
+    # given a state directory that cannot be created (a file is in the way)
+    (tmp_path / "file").write_text("not a directory")
+    env = launcher_env(tmp_path / "file" / "state", 23050)
+    # when the platform is started, then one line names the path and nothing hangs
+    result = run_sluicectl(["up", "--components", "redis"], env, timeout=60)
+    assert result.returncode == 1
+    assert "up failed: Not a directory" in result.stdout, result.stdout + result.stderr
+    assert str(tmp_path / "file") in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    import sluicectl.__main__ as cli
+
+    def broken(_args: object) -> int:
+        raise RuntimeError("redis answered garbage")
+
+    monkeypatch.setattr(cli, "cmd_status", broken)
+    monkeypatch.delenv("SLUICE_DEBUG", raising=False)
+    assert cli.main(["status"]) == 1
+    assert capsys.readouterr().out == (
+        "sluice: status failed unexpectedly: RuntimeError: redis answered garbage (SLUICE_DEBUG=1 shows the trace)\n"
+    )
+    monkeypatch.setenv("SLUICE_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["status"])
+
+
 def test_missing_maven_is_named(tmp_path: Path) -> None:
     # given a machine whose PATH has no mvn, and no jars fetched yet
     env = launcher_env(tmp_path / "state", 23100, SLUICE_DIST_DIR=str(tmp_path / "dist"))
