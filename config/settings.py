@@ -156,6 +156,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "beat-heartbeat": {"task": "sluice.heartbeat", "schedule": 10.0},
     "topics-reconcile": {"task": "devices.topics_reconcile", "schedule": 300.0},
+    "acls-reconcile": {"task": "devices.acls_reconcile", "schedule": 300.0},
     "pki-rotate": {"task": "certs.pki_rotate", "schedule": 900.0},
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
@@ -30,13 +30,15 @@ DLQ_PARTITIONS = 3
 DLQ_RETENTION_MS = 168 * 3_600_000
 
 
+def _duplicate(pointer: str, what: str) -> InvalidInput:
+    message = f"{what} already exists in this tenant."
+    return InvalidInput(message, fields=[{"pointer": pointer, "code": "unique", "message": message}])
+
+
 def _refuse_duplicate(existing: Any, pointer: str, what: str) -> None:
     """Per-tenant uniqueness, reported on the field that collides (not as a whole-object error)."""
     if existing.exists():
-        raise InvalidInput(
-            f"{what} already exists in this tenant.",
-            fields=[{"pointer": pointer, "code": "unique", "message": f"{what} already exists in this tenant."}],
-        )
+        raise _duplicate(pointer, what)
 
 
 def _apply(obj: Any, changes: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
@@ -195,6 +197,14 @@ def stream_with_schema_create(
 # -- device groups ----------------------------------------------------------------------
 
 
+def _queue_acls_sync(tenant: Tenant) -> None:
+    """A group's Kafka ACLs (ingest.acls) follow its stream; sent after commit, by slug."""
+    from devices.tasks import tenant_acls_sync_task
+
+    slug = tenant.slug
+    transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
+
+
 def _own_stream(tenant: Tenant, stream: Any) -> Stream:
     """Resolve a stream reference inside ``tenant`` only; another tenant's stream is
     reported exactly like a missing one."""
@@ -216,6 +226,7 @@ def group_create(*, actor: Actor, tenant: Tenant, stream: Any, **values: Any) ->
     with transaction.atomic():
         group.save()
         audit_record(actor=actor, tenant=tenant, action="group.create", obj=group, after=snapshot(group))
+        _queue_acls_sync(tenant)
     return group
 
 
@@ -229,6 +240,8 @@ def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceG
         group.save()
         audit_record(actor=actor, tenant=group.tenant, action="group.update", obj=group, before=before,
                      after=snapshot(group))  # fmt: skip
+        if group.stream_id != before["stream_id"]:
+            _queue_acls_sync(group.tenant)
     return group
 
 
@@ -239,6 +252,7 @@ def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
     with transaction.atomic():
         audit_record(actor=actor, tenant=group.tenant, action="group.delete", obj=group, before=snapshot(group))
         group.delete()
+        _queue_acls_sync(group.tenant)
 
 
 # -- devices ----------------------------------------------------------------------------
@@ -259,6 +273,9 @@ def _own_group(tenant: Tenant, group: Any, pointer: str = "/group") -> DeviceGro
 
 
 def _check_quota(tenant: Tenant, adding: int) -> None:
+    """Call inside the writing transaction: the tenant row lock (PostgreSQL) or the
+    IMMEDIATE transaction (SQLite) makes concurrent imports count one after the other."""
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
     current = Device.objects.filter(tenant=tenant).count()
     if current + adding > tenant.max_devices:
         raise QuotaExceeded(
@@ -281,10 +298,13 @@ def device_create(*, actor: Actor, tenant: Tenant, group: Any, device_id: str, l
     device = Device(tenant=tenant, group=_own_group(tenant, group), device_id=device_id, labels=labels, status=status)
     _refuse_duplicate(Device.objects.filter(tenant=tenant, device_id=device_id), "/device_id", f"Device '{device_id}'")
     validate_model(device)
-    _check_quota(tenant, 1)
-    with transaction.atomic():
-        device.save()
-        audit_record(actor=actor, tenant=tenant, action="device.create", obj=device, after=snapshot(device))
+    try:
+        with transaction.atomic():
+            _check_quota(tenant, 1)
+            device.save()
+            audit_record(actor=actor, tenant=tenant, action="device.create", obj=device, after=snapshot(device))
+    except IntegrityError:  # created by a concurrent request between the check and the insert
+        raise _duplicate("/device_id", f"Device '{device_id}'") from None
     return device
 
 
@@ -363,12 +383,16 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
     if errors:
         bad_rows = len({e["pointer"].split("/")[2] for e in errors})
         raise InvalidInput(f"{bad_rows} row(s) are invalid; nothing was imported.", fields=errors)
-    _check_quota(tenant, len(devices))
-    with transaction.atomic():
-        created = Device.objects.bulk_create(devices, batch_size=1000)
-        audit_record(actor=actor, tenant=tenant, action="device.bulk_import", object_type="devices.device",
-                     object_repr=f"{len(created)} devices",
-                     after={"count": len(created), "device_ids": [d.device_id for d in created]})  # fmt: skip
+    try:
+        with transaction.atomic():
+            _check_quota(tenant, len(devices))
+            created = Device.objects.bulk_create(devices, batch_size=1000)
+            audit_record(actor=actor, tenant=tenant, action="device.bulk_import", object_type="devices.device",
+                         object_repr=f"{len(created)} devices",
+                         after={"count": len(created), "device_ids": [d.device_id for d in created]})  # fmt: skip
+    except IntegrityError:
+        raise Conflict("Some of these devices were created meanwhile by another request; nothing was imported. "
+                       "Retry to see which.", code="unique") from None  # fmt: skip
     return created
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import shared_task
 from confluent_kafka import KafkaException
+from redis.exceptions import RedisError
 
 from devices import services, topics
 from devices.models import Stream
@@ -33,10 +34,35 @@ def topics_delete_task(names: list[str]) -> list[str]:
 
     from ingest.kafka import admin_client
 
-    return topics.delete_topics(admin_client(settings.SLUICE_RUNTIME), names)
+    # The deletion was queued when a stream (or tenant) went; by the time a retry runs, a
+    # new stream may own the same topic name again.  Never delete a topic a stream owns.
+    owned = {stream.topic for stream in Stream.objects.select_related("tenant")}
+    owned |= {tenant.dlq_topic for tenant in Tenant.objects.all()}
+    return topics.delete_topics(admin_client(settings.SLUICE_RUNTIME), [n for n in names if n not in owned])
 
 
 @shared_task(name="devices.topics_reconcile", **RETRY)
 def topics_reconcile_task() -> dict[str, Any]:
     report = services.topics_reconcile(fix=True)
     return {"drift": report.drift, "fixed": report.fixed, "unmanaged": report.unmanaged}
+
+
+# ACL writers also retry when the Redis lock that serialises them is busy or unreachable.
+ACL_RETRY = {**RETRY, "autoretry_for": (KafkaException, RedisError)}
+
+
+@shared_task(name="devices.tenant_acls_sync", **ACL_RETRY)
+def tenant_acls_sync_task(tenant_slug: str) -> dict[str, list[str]]:
+    """By slug, not id: after tenant deletion the row is gone but its ACLs must still go."""
+    from ingest.acl_sync import tenant_acls_sync
+
+    report = tenant_acls_sync(tenant_slug=tenant_slug)
+    return {"created": report.created, "deleted": report.deleted}
+
+
+@shared_task(name="devices.acls_reconcile", **ACL_RETRY)
+def acls_reconcile_task() -> dict[str, list[str]]:
+    from ingest.acl_sync import acls_reconcile
+
+    report = acls_reconcile(fix=True)
+    return {"missing": report.missing, "stale": report.stale, "created": report.created, "deleted": report.deleted}

@@ -86,7 +86,7 @@ def drift(spec: TopicSpec, state: TopicState) -> list[str]:
     return found
 
 
-def ensure_topic(admin: AdminClient, spec: TopicSpec) -> list[str]:
+def ensure_topic(admin: AdminClient, spec: TopicSpec, *, attempts: int = 3) -> list[str]:
     """Create or alter the topic to match ``spec``; returns what was changed."""
     state = describe(admin, spec.name)
     if not state.exists:
@@ -95,9 +95,13 @@ def ensure_topic(admin: AdminClient, spec: TopicSpec) -> list[str]:
         try:
             admin.create_topics([new], operation_timeout=TIMEOUT)[spec.name].result(TIMEOUT)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            # Created meanwhile by someone else (a retry, a reconcile): align it instead.  A
+            # topic that exists for create but not for describe (deletion in progress) is
+            # retried a bounded number of times, then left to the task's own retries.
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS or attempts <= 1:
                 raise
-            return ensure_topic(admin, spec)
+            time.sleep(0.5)
+            return ensure_topic(admin, spec, attempts=attempts - 1)
         _await_metadata(admin, [spec.name], present=True)
         return [f"created {spec.name} ({spec.partitions} partitions)"]
     changes: list[str] = []

@@ -49,7 +49,10 @@ def tenant_update(*, actor: Actor, tenant: Tenant, **changes: Any) -> Tenant:
 
 def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
     """Suspend or resume.  Ingest reads the status on every request, so a suspension takes
-    effect at once."""
+    effect at once; on Kafka it takes effect when the ACL sync queued here removes the
+    tenant's grants (a suspended tenant has none, see ingest.acls)."""
+    from devices.tasks import tenant_acls_sync_task
+
     if status not in Tenant.Status.values:
         raise InvalidInput(f"Unknown status '{status}'.")
     before = snapshot(tenant)
@@ -58,6 +61,8 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
         tenant.refresh_from_db()
         action = "tenant.suspend" if status == Tenant.Status.SUSPENDED else "tenant.resume"
         audit_record(actor=actor, tenant=tenant, action=action, obj=tenant, before=before, after=snapshot(tenant))
+        slug = tenant.slug
+        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
     return tenant
 
 
@@ -67,7 +72,7 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
     access), and deletes or keeps its topics by the tenant's policy.  Returns the topics
     scheduled for deletion."""
     from certs.services import tenant_cas_revoke
-    from devices.tasks import topics_delete_task
+    from devices.tasks import tenant_acls_sync_task, topics_delete_task
 
     if confirm != tenant.slug:
         raise InvalidInput(
@@ -93,15 +98,29 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
         tenant.delete()
         if to_delete:
             transaction.on_commit(lambda: topics_delete_task.delay(to_delete))
+        # By slug: the row is gone when the task runs, so it removes every ACL of the tenant.
+        slug = tenant.slug
+        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
     return to_delete
 
 
 def membership_set(*, actor: Actor, tenant: Tenant, username: str, role: str) -> Membership:
+    """Give a user a role in ``tenant``.  Operators may add any account; a tenant admin adds
+    accounts that belong to no tenant yet and changes the roles of its own members.  A user of
+    another tenant (or an operator) is answered exactly like an unknown name, so no tenant
+    learns which accounts exist elsewhere."""
     user = get_user_model().objects.filter(username=username).first()
+    is_operator = bool(getattr(actor.user, "is_superuser", False))
+    if user is not None and not is_operator:
+        own = Membership.objects.filter(user=user, tenant=tenant).exists()
+        unaffiliated = not user.is_superuser and not Membership.objects.filter(user=user).exists()
+        if not (own or unaffiliated):
+            user = None
     if user is None:
+        where = "" if is_operator else f" in tenant '{tenant.slug}' (an operator adds other accounts)"
         raise InvalidInput(
-            f"No user '{username}'.",
-            fields=[{"pointer": "/username", "code": "unknown_user", "message": "No such user."}],
+            f"No user '{username}'{where}.",
+            fields=[{"pointer": "/username", "code": "unknown_user", "message": f"No such user{where}."}],
         )
     if role not in Membership.Role.values:
         raise InvalidInput(

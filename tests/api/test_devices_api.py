@@ -138,6 +138,41 @@ def test_duplicate_device_id_in_tenant(admin_client: APIClient, tenant: Tenant) 
     assert Device.objects.count() == 1
 
 
+def test_a_duplicate_that_slips_past_the_check_is_still_a_field_error(
+    admin_client: APIClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a device created by a concurrent request after this one's duplicate check
+    admin_client.post(f"{BASE}/devices/", {"device_id": "d1", "group": "sensors"}, format="json")
+    monkeypatch.setattr("devices.services._refuse_duplicate", lambda *_: None)
+    monkeypatch.setattr(Device, "validate_unique", lambda *_, **__: None)
+    monkeypatch.setattr(Device, "validate_constraints", lambda *_, **__: None)
+    # when the insert hits the database's unique constraint
+    again = admin_client.post(f"{BASE}/devices/", {"device_id": "d1", "group": "sensors"}, format="json")
+    # then the caller gets the same field error, not a 500, and nothing was added
+    assert again.status_code == 400
+    assert (again.json()["error"]["fields"][0]["pointer"], again.json()["error"]["fields"][0]["code"]) == (
+        "/device_id", "unique"
+    )  # fmt: skip
+    assert Device.objects.count() == 1
+
+
+def test_any_other_write_race_is_a_409_not_a_500(
+    admin_client: APIClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a group created by a concurrent request after this one's checks ran
+    stream = Stream.objects.get(tenant=tenant)
+    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk, "schema_subject": "cams-v"}
+    assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 201
+    monkeypatch.setattr("devices.services._refuse_duplicate", lambda *_: None)
+    monkeypatch.setattr(DeviceGroup, "validate_unique", lambda *_, **__: None)
+    monkeypatch.setattr(DeviceGroup, "validate_constraints", lambda *_, **__: None)
+    # when its insert hits the unique constraint
+    again = admin_client.post(f"{BASE}/groups/", body, format="json")
+    # then a 409 with a stable code tells the caller to retry, and nothing was added
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "concurrent_change")
+    assert DeviceGroup.objects.filter(tenant=tenant, slug="cams").count() == 1
+
+
 def test_device_quota(operator_client: APIClient, admin_client: APIClient, tenant: Tenant) -> None:
     operator_client.patch(f"{BASE}/", {"max_devices": 1}, format="json")
     assert (

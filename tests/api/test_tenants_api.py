@@ -184,3 +184,29 @@ def test_openapi_spec_and_docs_are_served(operator_client: APIClient) -> None:
     paths = spec.json()["paths"]
     assert "/api/v1/tenants/{tenant}/devices/bulk" in paths
     assert operator_client.get("/api/docs/").status_code == 200
+
+
+def test_members_roles_and_no_probing_for_foreign_accounts(
+    admin_client: APIClient, operator_client: APIClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    # given a viewer of acme and a user who belongs only to globex
+    make_user("acme-viewer-2", tenant=tenant, role="viewer")
+    make_user("globex-user", tenant=other_tenant)
+    members = "/api/v1/tenants/acme/members/"
+    # when acme's admin promotes its own viewer, then it works
+    promoted = admin_client.post(members, {"username": "acme-viewer-2", "role": "admin"}, format="json")
+    assert (promoted.status_code, promoted.json()["role"]) == (201, "admin")
+    # when acme's admin names globex's user or an account that does not exist
+    foreign = admin_client.post(members, {"username": "globex-user", "role": "viewer"}, format="json")
+    missing = admin_client.post(members, {"username": "nobody-at-all", "role": "viewer"}, format="json")
+    # then both get the same answer (existence elsewhere is not revealed) and nothing changes
+    assert foreign.status_code == missing.status_code == 400
+    answer = foreign.content.decode().replace("globex-user", "?")
+    assert answer == missing.content.decode().replace("nobody-at-all", "?")
+    assert foreign.json()["error"]["fields"][0]["code"] == "unknown_user"
+    assert not other_tenant.memberships.exclude(user__username="globex-user").exists()
+    assert not tenant.memberships.filter(user__username="globex-user").exists()
+    # when an operator adds that account, then it becomes a member
+    added = operator_client.post(members, {"username": "globex-user", "role": "viewer"}, format="json")
+    assert added.status_code == 201
+    assert admin_client.get(members).json()["count"] == 3  # acme-admin, acme-viewer-2, globex-user

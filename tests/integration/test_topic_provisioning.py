@@ -128,3 +128,19 @@ def test_tenant_deletion_follows_its_topic_policy(
         tenant_delete(actor=ACTOR, tenant=tenant, confirm=tenant.slug)
     assert topic_state(kafka_admin, topic).exists is survives
     assert topic_state(kafka_admin, f"iot.{tenant.slug}.dlq").exists is survives
+
+
+def test_a_late_deletion_never_removes_a_topic_a_stream_owns_again(
+    fresh_tenant: Tenant, kafka_admin: AdminClient, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    # given a stream whose topic name was queued for deletion before it was created again
+    with django_capture_on_commit_callbacks(execute=True):
+        stream = device_services.stream_create(actor=ACTOR, tenant=fresh_tenant, region="eu", type="humidity")
+    from devices.tasks import topics_delete_task
+
+    # when the stale deletion finally runs (a retry), with the tenant's DLQ named too
+    deleted = topics_delete_task(names=[stream.topic, fresh_tenant.dlq_topic, f"iot.{fresh_tenant.slug}.gone"])
+    # then the owned topics are untouched
+    assert deleted == []
+    assert topic_state(kafka_admin, stream.topic).exists
+    assert topic_state(kafka_admin, fresh_tenant.dlq_topic).exists

@@ -1,0 +1,367 @@
+"""Generated Kafka ACLs on the real broker (StandardAuthorizer, mTLS principals): a device
+group's certificate produces idempotently to its own topic and nowhere else; another
+tenant's credential can neither produce to, consume from nor describe any of a tenant's
+topics; suspension, resumption, group changes and tenant deletion reach the cluster; and
+reconcile repairs drift without touching ACLs Sluice does not own."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any, TypeVar
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
+from django.core.management import call_command
+
+from config.celery import app
+from config.env import Runtime
+from devices import services as device_services
+from devices.models import DeviceGroup, Stream
+from ingest.acl_sync import ALL_ACLS, acls_reconcile, exact_filter, existing_acls
+from ingest.acls import describe_binding, managed_tenant_slugs
+from ingest.kafka import client_config
+from tenants.audit import Actor
+from tenants.models import AuditEvent, Tenant
+from tenants.services import tenant_create, tenant_delete, tenant_set_status
+from tests.conftest import issue_device_credential, unique_slug
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+ACTOR = Actor.system("test")
+DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
+# With no ACL left at all, an idempotent producer is already refused its producer id
+# (InitProducerId needs WRITE on some topic, KIP-679), which librdkafka reports this way.
+DENIED_WITHOUT_ANY_GRANT = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+T = TypeVar("T")
+
+
+@contextmanager
+def eager_tasks() -> Iterator[None]:
+    """Run Celery tasks in-process, so on-commit hooks reach the real Kafka right away."""
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = False
+        app.conf.task_eager_propagates = False
+
+
+@dataclass
+class Provisioned:
+    tenant: Tenant
+    streams: dict[str, Stream]
+    groups: dict[str, DeviceGroup]
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({s.topic for s in self.streams.values()} | {self.tenant.dlq_topic})
+
+
+def provision(capture: Callable[..., Any], prefix: str, groups: dict[str, str]) -> Provisioned:
+    """A tenant made through the services, with one stream per device type named in
+    ``groups`` (group slug -> device type); topics and ACLs provisioned on commit."""
+    with eager_tasks(), capture(execute=True):
+        tenant = tenant_create(actor=ACTOR, slug=unique_slug(prefix), name="ACL test")
+        streams = {
+            kind: device_services.stream_create(actor=ACTOR, tenant=tenant, region="eu", type=kind, partitions=1)
+            for kind in sorted(set(groups.values()))
+        }
+    with eager_tasks(), capture(execute=True):
+        made = {
+            slug: device_services.group_create(actor=ACTOR, tenant=tenant, stream=streams[kind], slug=slug, region="eu",
+                                               device_type=kind, schema_subject=f"{streams[kind].topic}-value")
+            for slug, kind in groups.items()
+        }  # fmt: skip
+    return Provisioned(tenant=tenant, streams=streams, groups=made)
+
+
+def credential(runtime: Runtime, tenant: Tenant, group: str) -> dict[str, Any]:
+    cred = issue_device_credential(runtime, tenant=tenant.slug, group=group, device=f"dev-{uuid.uuid4().hex[:6]}")
+    return client_config(runtime, certificate_pem=cred.certificate_pem, key_pem=cred.key_pem)
+
+
+def idempotent_producer(config: dict[str, Any]) -> Producer:
+    # enable.idempotence implies acks=all; both are spelled out because that is the promise.
+    return Producer({**config, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 15000})
+
+
+def send(producer: Producer, topic: str) -> KafkaError | None:
+    """Produce one record and return its delivery error (None when acknowledged)."""
+    outcome: list[KafkaError | None] = []
+    producer.produce(topic, value=uuid.uuid4().bytes, on_delivery=lambda err, _msg: outcome.append(err))
+    producer.flush(20)
+    assert outcome, "the producer never reported the delivery outcome"
+    return outcome[0]
+
+
+def produce_one(config: dict[str, Any], topic: str) -> KafkaError | None:
+    return send(idempotent_producer(config), topic)
+
+
+@contextmanager
+def consumer_group_granted(admin: AdminClient, principal: str, group_prefix: str) -> Iterator[None]:
+    """Sluice grants devices no consumer group, which alone stops any read.  To show the
+    topic ACLs refuse reads by themselves, a probe gets one for the duration."""
+    grant = AclBinding(ResourceType.GROUP, group_prefix, ResourcePatternType.PREFIXED, principal, "*",
+                       AclOperation.READ, AclPermissionType.ALLOW)  # fmt: skip
+    for future in admin.create_acls([grant]).values():
+        future.result(30)
+    try:
+        yield
+    finally:
+        for future in admin.delete_acls([exact_filter(grant)]).values():
+            future.result(30)
+
+
+def consume_outcome(config: dict[str, Any], topic: str, group_id: str) -> tuple[set[int], int]:
+    """Try to read ``topic`` from the beginning; returns the error codes seen and the
+    number of records received."""
+    consumer = Consumer({**config, "group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    errors: set[int] = set()
+    received = 0
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and DENIED not in errors:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                errors.add(message.error().code())
+                # a refused group never gets further; a few more polls show whether the topic is refused too
+                deadline = min(deadline, time.monotonic() + 3)
+            else:
+                received += 1
+        return errors, received
+    finally:
+        consumer.close()
+
+
+def describe_error(config: dict[str, Any], topic: str) -> KafkaError | None:
+    metadata = AdminClient(config).list_topics(topic=topic, timeout=15)
+    return metadata.topics[topic].error
+
+
+def code(error: KafkaError | None) -> int | None:
+    return None if error is None else error.code()
+
+
+def eventually(check: Callable[[], T], accept: Callable[[T], bool], timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if accept(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def acls_of(admin: AdminClient, principal: str) -> list[str]:
+    only = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, principal, None, AclOperation.ANY, AclPermissionType.ANY
+    )
+    found = admin.describe_acls(only).result(30)
+    return sorted(describe_binding(b) for b in found)
+
+
+def namespace_acls(admin: AdminClient, slug: str) -> list[str]:
+    return sorted(describe_binding(b) for b in existing_acls(admin) if slug in managed_tenant_slugs(b))
+
+
+@pytest.fixture
+def capture(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callable[..., Any]:
+    return django_capture_on_commit_callbacks
+
+
+def test_group_credential_produces_idempotently_to_its_own_topic_only(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
+) -> None:
+    # given tenant A with sensors and meters sharing the temperature stream, and cameras on video
+    a = provision(capture, "a", {"sensors": "temperature", "meters": "temperature", "cameras": "video"})
+    temperature, video = a.streams["temperature"].topic, a.streams["video"].topic
+
+    # then the sensors principal holds exactly WRITE and DESCRIBE on its literal topic (nothing on the cluster)
+    assert acls_of(kafka_admin, a.groups["sensors"].kafka_principal) == [
+        f"ALLOW User:{a.tenant.slug}.sensors DESCRIBE TOPIC:LITERAL:{temperature} host=*",
+        f"ALLOW User:{a.tenant.slug}.sensors WRITE TOPIC:LITERAL:{temperature} host=*",
+    ]
+    # and that is enough for an idempotent, acks=all producer (KIP-679: no IDEMPOTENT_WRITE needed)
+    sensors = credential(services, a.tenant, "sensors")
+    assert produce_one(sensors, temperature) is None
+    # a group sharing the stream may write it too; another group's topic and the DLQ are refused
+    assert produce_one(credential(services, a.tenant, "meters"), temperature) is None
+    assert code(produce_one(sensors, video)) == DENIED
+    assert code(produce_one(credential(services, a.tenant, "cameras"), temperature)) == DENIED
+    assert code(produce_one(sensors, a.tenant.dlq_topic)) == DENIED
+    # and devices cannot read their group's topic back
+    with consumer_group_granted(kafka_admin, a.groups["sensors"].kafka_principal, f"{a.tenant.slug}.sensors."):
+        errors, received = consume_outcome(sensors, temperature, f"{a.tenant.slug}.sensors.probe")
+    assert (DENIED in errors, received) == (True, 0)
+    # every ACL change is in the audit log with its tenant
+    assert AuditEvent.objects.filter(action="acl.create", tenant=a.tenant).count() == 6
+
+
+def test_another_tenants_credential_gets_nothing_of_a_tenants_topics(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
+) -> None:
+    # given tenants A and B, each with device groups that can write their own topics
+    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
+    b = provision(capture, "b", {"sensors": "temperature"})
+    intruder = credential(services, b.tenant, "sensors")
+    assert produce_one(intruder, b.streams["temperature"].topic) is None
+    # and A's topics hold data worth stealing
+    assert produce_one(credential(services, a.tenant, "sensors"), a.streams["temperature"].topic) is None
+
+    # when B's group credential tries every topic of A (its streams and its DLQ)
+    for topic in a.topics:
+        # then produce, consume and describe are all refused for want of a topic ACL
+        assert code(produce_one(intruder, topic)) == DENIED, topic
+        errors, received = consume_outcome(intruder, topic, f"{b.tenant.slug}.sensors.probe")
+        assert received == 0, topic
+        assert errors, topic
+        assert errors <= {DENIED, KafkaError.GROUP_AUTHORIZATION_FAILED}, (topic, errors)
+        # (even with a consumer group of its own, the topic itself is refused)
+        with consumer_group_granted(kafka_admin, b.groups["sensors"].kafka_principal, f"{b.tenant.slug}.sensors."):
+            errors, received = consume_outcome(intruder, topic, f"{b.tenant.slug}.sensors.probe")
+        assert (DENIED in errors, received) == (True, 0), (topic, errors)
+        assert code(describe_error(intruder, topic)) == DENIED, topic
+    # and listing the cluster's topics shows B none of A's
+    visible = AdminClient(intruder).list_topics(timeout=15).topics
+    assert not [t for t in visible if t.startswith(a.tenant.topic_prefix)]
+
+
+def test_group_changes_move_and_remove_its_acls(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
+) -> None:
+    # given a group on the temperature stream
+    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
+    sensors = credential(services, a.tenant, "sensors")
+    temperature, video = a.streams["temperature"].topic, a.streams["video"].topic
+
+    # when it is moved to the video stream
+    with eager_tasks(), capture(execute=True):
+        device_services.group_update(actor=ACTOR, group=a.groups["sensors"], stream=a.streams["video"].pk)
+    # then it writes video and no longer temperature
+    assert produce_one(sensors, video) is None
+    assert code(produce_one(sensors, temperature)) == DENIED
+
+    # when it is deleted, then its principal has no ACL left
+    with eager_tasks(), capture(execute=True):
+        device_services.group_delete(actor=ACTOR, group=a.groups["sensors"])
+    assert acls_of(kafka_admin, a.groups["sensors"].kafka_principal) == []
+    assert code(produce_one(sensors, video)) in DENIED_WITHOUT_ANY_GRANT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_suspension_through_a_real_worker_stops_direct_produce_at_once(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any], celery_worker: subprocess.Popen[bytes]
+) -> None:
+    # given a device producing to its group's topic over a long-lived idempotent connection
+    a = provision(capture, "a", {"sensors": "temperature"})
+    topic = a.streams["temperature"].topic
+    config = credential(services, a.tenant, "sensors")
+    producer = idempotent_producer(config)
+    assert send(producer, topic) is None
+
+    # when the tenant is suspended (the ACL sync goes through Redis to the worker)
+    tenant_set_status(actor=ACTOR, tenant=a.tenant, status=Tenant.Status.SUSPENDED)
+
+    # then the same producer's next record is refused, and the tenant holds no ACL
+    assert code(eventually(lambda: send(producer, topic), lambda e: e is not None)) == DENIED
+    assert namespace_acls(kafka_admin, a.tenant.slug) == []
+    assert code(produce_one(config, topic)) in DENIED_WITHOUT_ANY_GRANT
+
+    # when it is resumed, then the device produces again
+    tenant_set_status(actor=ACTOR, tenant=a.tenant, status=Tenant.Status.ACTIVE)
+    assert eventually(lambda: produce_one(config, topic), lambda e: e is None) is None
+    assert celery_worker.poll() is None
+    actions = set(AuditEvent.objects.filter(tenant=a.tenant).values_list("action", flat=True))
+    assert {"tenant.suspend", "tenant.resume", "acl.create", "acl.delete"} <= actions
+
+
+def test_tenant_deletion_removes_every_acl_of_the_tenant(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
+) -> None:
+    # given a tenant whose groups hold ACLs
+    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
+    slug = a.tenant.slug
+    assert len(namespace_acls(kafka_admin, slug)) == 4
+
+    # when it is deleted
+    with eager_tasks(), capture(execute=True):
+        tenant_delete(actor=ACTOR, tenant=a.tenant, confirm=slug)
+
+    # then no ACL names its principals or its topics, and each removal is audited under its slug
+    for group in ("sensors", "cameras"):
+        assert acls_of(kafka_admin, f"User:{slug}.{group}") == []
+    assert namespace_acls(kafka_admin, slug) == []
+    assert AuditEvent.objects.filter(action="acl.delete", tenant_slug=slug).count() == 4
+
+
+def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
+) -> None:
+    # given a tenant in sync with the cluster
+    a = provision(capture, "a", {"sensors": "temperature"})
+    slug, topic = a.tenant.slug, a.streams["temperature"].topic
+    principal = a.groups["sensors"].kafka_principal
+
+    def acl(principal: str, name: str, operation: AclOperation = AclOperation.WRITE) -> AclBinding:
+        return AclBinding(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, principal, "*", operation,
+                          AclPermissionType.ALLOW)  # fmt: skip
+
+    # when someone deletes one of its ACLs by hand and adds a stray one in its namespace, a tenant
+    # that no longer exists left one behind, and an unrelated principal has its own
+    removed = acl(principal, topic)
+    stray = acl(f"User:{slug}.ghost", topic)
+    gone = unique_slug("gone")
+    orphan = acl(f"User:{gone}.sensors", f"iot.{gone}.eu.temperature")
+    unrelated = acl("User:someone-else", f"someone-else.{uuid.uuid4().hex[:8]}", AclOperation.READ)
+    for future in kafka_admin.delete_acls([exact_filter(removed)]).values():
+        future.result(30)
+    for future in kafka_admin.create_acls([stray, orphan, unrelated]).values():
+        future.result(30)
+    try:
+        # then a report-only reconcile names exactly that drift and changes nothing
+        report = acls_reconcile(fix=False)
+        assert describe_binding(removed) in report.missing
+        assert {describe_binding(stray), describe_binding(orphan)} <= set(report.stale)
+        assert describe_binding(unrelated) not in report.stale + report.missing
+        assert (report.created, report.deleted) == ([], [])
+        assert removed not in set(existing_acls(kafka_admin))
+        out = StringIO()
+        call_command("sluice_acls", stdout=out)
+        assert f"missing  {describe_binding(removed)}" in out.getvalue()
+
+        # when it fixes, then the hand-deleted ACL is back, the stray and the orphan are gone,
+        # the unrelated ACL is untouched, and the device can produce
+        fixed = acls_reconcile(fix=True)
+        assert describe_binding(removed) in fixed.created
+        found = set(kafka_admin.describe_acls(ALL_ACLS).result(30))
+        assert removed in found
+        assert stray not in found
+        assert orphan not in found
+        assert unrelated in found
+        assert produce_one(credential(services, a.tenant, "sensors"), topic) is None
+        assert AuditEvent.objects.filter(action="acl.delete", object_repr=describe_binding(stray), tenant=a.tenant)
+        assert not acls_reconcile(fix=False).drift
+        out = StringIO()
+        call_command("sluice_acls", "--fix", stdout=out)
+        assert "no drift" in out.getvalue()
+    finally:
+        for future in kafka_admin.delete_acls([exact_filter(unrelated)]).values():
+            future.result(30)
