@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -24,13 +25,25 @@ class SluiceError(Exception):
 
     code = "error"
     status = status.HTTP_400_BAD_REQUEST
+    # Seconds a client should wait before trying again (sent as Retry-After, RFC 9110
+    # §10.2.3); set on errors that say "not now" rather than "not like this".
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, fields: list[dict[str, str]] | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: list[dict[str, str]] | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields or []
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidInput(SluiceError):
@@ -67,11 +80,38 @@ class RegistryUnavailable(SluiceError):
 
     code = "registry_unavailable"
     status = status.HTTP_503_SERVICE_UNAVAILABLE
+    retry_after = 5
 
 
 class PayloadTooLarge(SluiceError):
     code = "payload_too_large"
     status = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(SluiceError):
+    code = "unsupported_media_type"
+    status = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+
+class SchemaValidationFailed(SluiceError):
+    """Well-formed input that the registered schema refuses; ``fields`` names each failure."""
+
+    code = "schema_validation_failed"
+    status = status.HTTP_422_UNPROCESSABLE_ENTITY
+
+
+class RateLimited(SluiceError):
+    code = "rate_limited"
+    status = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after = 1
+
+
+class ServiceUnavailable(SluiceError):
+    """A dependency (Kafka, the rate limiter's Redis) failed; the request itself may be fine."""
+
+    code = "service_unavailable"
+    status = status.HTTP_503_SERVICE_UNAVAILABLE
+    retry_after = 5
 
 
 def field_errors(detail: Any, pointer: str = "") -> list[dict[str, str]]:
@@ -129,8 +169,14 @@ def error_body(code: str, message: str, fields: list[dict[str, str]] | None = No
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         exc = from_django(exc)
+    if isinstance(exc, IntegrityError):
+        # A uniqueness or reference race the service's own checks could not see (two
+        # requests at once).  The transaction rolled back: a 409 says "retry", not a 500.
+        exc = Conflict("This change collided with a concurrent one and was not applied; retry it.",
+                       code="concurrent_change")  # fmt: skip
     if isinstance(exc, SluiceError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     if isinstance(exc, exceptions.ValidationError):
@@ -146,4 +192,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 def error_response(error: SluiceError) -> JsonResponse:
     """The same error body for plain Django views (EST, ingest) as for the DRF API."""
-    return JsonResponse(error_body(error.code, error.message, error.fields), status=error.status)
+    response = JsonResponse(error_body(error.code, error.message, error.fields), status=error.status)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response

@@ -39,4 +39,22 @@ class MetricsApi(ScopedApi):
         streams = Stream.objects.values("tenant__slug", "status").annotate(n=Count("id")).order_by("tenant__slug")
         lines += [f'sluice_streams{{tenant="{_escape(r["tenant__slug"])}",status="{r["status"]}"}} {r["n"]}'
                   for r in streams]  # fmt: skip
+        lines += _ingest_lines()
         return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+
+
+def _ingest_lines() -> list[str]:
+    from ingest.metrics import ACCEPTED, counters
+
+    outcomes = counters()
+    lines = [
+        "# HELP sluice_ingest_records_accepted_total Records Kafka acknowledged through HTTPS ingest.",
+        "# TYPE sluice_ingest_records_accepted_total counter",
+        f"sluice_ingest_records_accepted_total {outcomes.pop(ACCEPTED, 0)}",
+        "# HELP sluice_ingest_requests_refused_total Ingest requests refused, by error code.",
+        "# TYPE sluice_ingest_requests_refused_total counter",
+    ]
+    lines += [
+        f'sluice_ingest_requests_refused_total{{code="{_escape(code)}"}} {n}' for code, n in sorted(outcomes.items())
+    ]
+    return lines

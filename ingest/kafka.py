@@ -4,15 +4,24 @@ Every client of the platform itself authenticates on the mTLS listener with the 
 admin certificate (``User:sluice-admin``, a super user).  Tenant credentials are built by
 ``client_config`` from PEM strings.  librdkafka verifies the broker's certificate and host
 name by default (``ssl.endpoint.identification.algorithm=https``).
+
+Ingest produces through one idempotent producer per process (``ingest_producer``), created
+at first use so a forked worker never inherits another process's librdkafka threads.  A
+background thread serves its delivery callbacks, so each request waits for the reports of
+its own records only (``IngestProducer.produce_and_wait``), never for a global flush.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from certs.platform_pki import PlatformPki
@@ -21,6 +30,12 @@ from config.env import Runtime
 _quiet = logging.getLogger("sluice.kafka.librdkafka")
 _admin_lock = threading.Lock()
 _admin: dict[str, AdminClient] = {}
+
+# librdkafka gives up on a record after this long (message.timeout.ms, alias
+# delivery.timeout.ms) and reports it failed; a request waits a little longer than that, so
+# every record it produced has its final report by the time it answers.
+DELIVERY_TIMEOUT_MS = 10_000
+DELIVERY_WAIT_SECONDS = DELIVERY_TIMEOUT_MS / 1000 + 5
 
 
 def admin_config(runtime: Runtime) -> dict[str, Any]:
@@ -69,3 +84,166 @@ def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
     if not metadata.brokers:
         return "no brokers in metadata"
     return None
+
+
+def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
+    """The ingest producer: the platform admin principal, idempotent, every in-sync replica.
+
+    ``enable.idempotence`` makes librdkafka's own retries exactly-once per partition and
+    implies ``acks=all`` and ``max.in.flight.requests.per.connection<=5``; both are spelled
+    out so a reader (and a changed default) cannot get them wrong.  ``acks=all`` is what
+    makes a 2xx from ingest mean "written to every in-sync replica" (the broker's
+    ``min.insync.replicas`` decides how many that must be)."""
+    return {
+        **admin_config(runtime),
+        "enable.idempotence": True,
+        "acks": "all",
+        "max.in.flight.requests.per.connection": 5,
+        # Small: requests wait for their records, so batching must not add visible latency.
+        "linger.ms": 5,
+        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+    }
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What Kafka said about each record of one request, in order (None: no report yet)."""
+
+    delivered: list[Delivered | None]
+    errors: list[KafkaError | None]
+    queued: int  # how many of the records reached the producer's queue at all
+
+    @property
+    def complete(self) -> bool:
+        return all(d is not None for d in self.delivered)
+
+
+class _Waiter:
+    """Collects the delivery reports of one request's records; callbacks run on the poll thread."""
+
+    def __init__(self, count: int) -> None:
+        self.delivered: list[Delivered | None] = [None] * count
+        self.errors: list[KafkaError | None] = [None] * count
+        self.pending = 0
+        self._done = threading.Condition()
+
+    def expect(self) -> None:
+        with self._done:
+            self.pending += 1
+
+    def callback(self, index: int) -> Any:
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            with self._done:
+                if error is None:
+                    self.delivered[index] = Delivered(partition=message.partition(), offset=message.offset())
+                else:
+                    self.errors[index] = error
+                self.pending -= 1
+                self._done.notify_all()
+
+        return on_delivery
+
+    def wait(self, deadline: float) -> None:
+        with self._done:
+            while self.pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._done.wait(left)
+
+
+class IngestProducer:
+    """One librdkafka producer and the thread that serves its delivery callbacks."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._producer = Producer(config)
+        self._stopped = threading.Event()
+        self.broken = False
+        self._thread = threading.Thread(target=self._serve_callbacks, name="sluice-ingest-producer", daemon=True)
+        self._thread.start()
+
+    def _serve_callbacks(self) -> None:
+        while not self._stopped.is_set():
+            self._producer.poll(0.1)
+
+    def produce_and_wait(
+        self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
+    ) -> DeliveryOutcome:
+        """Produce ``records`` to ``topic`` and wait (at most ``timeout`` s) for Kafka's
+        report on each.  Never raises for Kafka's sake: the outcome says what happened."""
+        waiter = _Waiter(len(records))
+        deadline = time.monotonic() + timeout
+        queued = 0
+        for index, record in enumerate(records):
+            try:
+                self._produce_one(topic, record, waiter, index, deadline)
+            except (BufferError, KafkaException) as exc:
+                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(records), topic, exc)
+                self._note_fatal(exc)
+                break
+            queued += 1
+        waiter.wait(deadline)
+        for error in waiter.errors:
+            if error is not None and error.fatal():
+                # A fatal idempotence error leaves this producer unusable; the next request
+                # builds a new one (a new producer id), see ingest_producer.
+                self.broken = True
+        return DeliveryOutcome(delivered=waiter.delivered, errors=waiter.errors, queued=queued)
+
+    def _produce_one(self, topic: str, record: OutgoingRecord, waiter: _Waiter, index: int, deadline: float) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=record.key, value=record.value, headers=record.headers,
+                                       on_delivery=waiter.callback(index))  # fmt: skip
+            except BufferError:
+                # The local queue is full: the poll thread drains it; wait a moment, within
+                # this request's deadline, rather than refusing at once.
+                if time.monotonic() + 0.05 >= deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            # Counted after produce() returned: the report can only come later, and if the
+            # poll thread is faster, the count dips below zero for a moment and ends right.
+            waiter.expect()
+            return
+
+    def _note_fatal(self, exc: Exception) -> None:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is not None and error.fatal():
+            self.broken = True
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.flush(timeout)
+        self._stopped.set()
+
+
+_producer_lock = threading.Lock()
+_producers: dict[tuple[int, str], IngestProducer] = {}
+
+
+def ingest_producer(runtime: Runtime) -> IngestProducer:
+    """The process-wide ingest producer, created at first use (after any fork: keyed by pid)."""
+    key = (os.getpid(), str(runtime.state_dir))
+    with _producer_lock:
+        producer = _producers.get(key)
+        if producer is not None and producer.broken:
+            # Let the broken one deliver what it still can, off this request's path.
+            threading.Thread(target=producer.close, daemon=True).start()
+            producer = None
+        if producer is None:
+            producer = IngestProducer(ingest_producer_config(runtime))
+            _producers[key] = producer
+        return producer

@@ -7,11 +7,19 @@ refusals are mapped into the domain's exception hierarchy (``config.errors``): 4
 subject's compatibility rule refuses the new version) becomes ``Conflict``, 422 (the registry
 cannot parse it) ``InvalidInput``, and an unreachable or failing registry
 ``RegistryUnavailable``.
+
+Ingest reads the latest schema of a subject through ``latest_schema``, which keeps each
+answer (already compiled into a validator) for ``LATEST_SCHEMA_TTL`` seconds per process, so
+the registry sees a handful of requests per subject per minute however hot the stream is.
+A new schema version therefore applies to ingest within that time.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
@@ -27,6 +35,9 @@ from jsonschema.validators import validator_for
 from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
+
+# How long ingest trusts its copy of a subject's latest schema (seconds).
+LATEST_SCHEMA_TTL = 30.0
 
 AVRO = "AVRO"
 JSON = "JSON"
@@ -128,3 +139,79 @@ def _registry_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     if exc.http_status_code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
         return RegistryUnavailable(_sentence(f"The schema registry failed: {reason}"))
     return _invalid(f"The registry refused this schema for subject '{subject}': {reason}")
+
+
+@dataclass(frozen=True)
+class LatestSchema:
+    """The latest version of a subject, parsed once: ``parsed`` is the fastavro schema (AVRO)
+    or the JSON Schema document (JSON), ``validator`` the compiled JSON Schema validator."""
+
+    subject: str
+    schema_id: int
+    version: int
+    schema_type: str
+    schema_str: str
+    parsed: Any
+    validator: Any = None
+
+
+_latest_lock = threading.Lock()
+_latest: dict[tuple[str, str], tuple[float, LatestSchema]] = {}
+
+
+def latest_schema(subject: str) -> LatestSchema:
+    """The latest schema registered under ``subject`` (cached ``LATEST_SCHEMA_TTL`` s).
+
+    Raises ``Conflict`` (code ``schema_not_found``) when the subject has no schema: the
+    request is not at fault, the group's configuration is.  Raises ``RegistryUnavailable``
+    when the registry cannot answer.  Only answers are cached, never failures, so a schema
+    registered after a refusal is used at the next request."""
+    key = (settings.SLUICE_RUNTIME.registry_url, subject)
+    now = time.monotonic()
+    with _latest_lock:
+        cached = _latest.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    try:
+        registered = registry_client().get_latest_version(subject)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            raise Conflict(
+                f"No schema is registered under subject '{subject}', so no record can be validated; "
+                "register one (the stream's schema) and try again.",
+                code="schema_not_found",
+            ) from None
+        if exc.http_status_code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
+            raise RegistryUnavailable(_sentence(f"The schema registry failed: {exc.error_message}")) from None
+        raise RegistryUnavailable(
+            _sentence(f"The schema registry refused to read subject '{subject}': {exc.error_message}")
+        ) from None
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+    latest = _compile(subject, registered.schema_id, registered.version, registered.schema)
+    with _latest_lock:
+        _latest[key] = (now + LATEST_SCHEMA_TTL, latest)
+    return latest
+
+
+def latest_schema_forget() -> None:
+    """Drop every cached schema (tests, and operators after a registry restore)."""
+    with _latest_lock:
+        _latest.clear()
+
+
+def _compile(subject: str, schema_id: int | None, version: int | None, schema: Schema) -> LatestSchema:
+    schema_type = schema.schema_type or AVRO  # the Confluent API omits the type for Avro
+    if schema_type not in SCHEMA_TYPES or schema_id is None:
+        raise Conflict(
+            f"The schema under subject '{subject}' is of type {schema_type}; ingest validates AVRO and JSON only.",
+            code="schema_not_supported",
+        )
+    document = json.loads(schema.schema_str)
+    if schema_type == AVRO:
+        # References to other subjects are not resolved: Sluice registers self-contained schemas.
+        return LatestSchema(subject, int(schema_id), int(version or 0), AVRO, schema.schema_str,
+                            fastavro.parse_schema(document))  # fmt: skip
+    cls = validator_for(document)
+    return LatestSchema(subject, int(schema_id), int(version or 0), JSON, schema.schema_str, document,
+                        cls(document, format_checker=cls.FORMAT_CHECKER))  # fmt: skip

@@ -193,7 +193,7 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
     shot("device")
     page.click("main button[type=submit]")
 
-    # then the summary lists what was created and shows the shape of the first POST
+    # then the summary lists what was created
     expect(page.locator("#progress")).to_have_text("Step 6 of 6 · initech")
     expect(page.locator("#summary-tenant")).to_contain_text("Initech (initech)")
     expect(page.locator("#summary-admin")).to_have_text("initech-admin")
@@ -211,13 +211,16 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
     page.fill("#id_passphrase", "a long passphrase")
     page.click("#issue-certificate")
 
-    # then the chain and the key are shown once, with a runnable renewal and the POST's shape
+    # then the chain and the key are shown once, with a runnable renewal and a runnable first POST
     expect(page.locator("#chain-pem")).to_contain_text("BEGIN CERTIFICATE")
     expect(page.locator("#key-pem")).to_contain_text("BEGIN PRIVATE KEY")
     expect(page.locator("pre#curl-renew")).to_contain_text("/.well-known/est/initech/simplereenroll")
-    curl = page.locator("pre#curl-shape")
+    curl = page.locator("pre#curl-ingest")
     expect(curl).to_contain_text("curl --cacert root-ca.crt --cert thermo-1.crt --key thermo-1.key")
+    expect(curl).to_contain_text("--data-binary @reading.json")
     expect(curl).to_contain_text("/ingest/v1/records")
+    expect(page.locator("#next")).to_contain_text("iot.initech.eu.temperature-value")
+    expect(page.locator("#next")).not_to_contain_text("Shape only")
     shot("credentials")
     from certs.models import Certificate
 

@@ -1,0 +1,127 @@
+"""Ingest rate limits: fixed one-second windows counted in Redis, shared by every web worker.
+
+Three limits apply to a request, checked in this order:
+
+* the device group's ``rate_limit_per_second``: **requests** per second per device (a batch
+  is one request, so a device can still send up to ``MAX_RECORDS`` records at once);
+* the tenant's ``max_records_per_second`` and ``max_bytes_per_second`` (request body bytes),
+  across all of its devices.
+
+A refused request is not counted against the tenant (its increments are taken back), so one
+noisy device cannot use up its tenant's budget with traffic that was never produced.
+
+Redis down means fail closed: 503 ``rate_limiter_unavailable``.  Accepting unmetered traffic
+would let one tenant starve the others exactly when the platform is already degraded, and
+devices are expected to retry after a 503.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+from config.errors import RateLimited, ServiceUnavailable
+
+KEY_PREFIX = "sluice:ingest"
+# Windows live a little longer than their second so a slow clock edge never resets one early.
+WINDOW_TTL_SECONDS = 3
+
+_client_lock = threading.Lock()
+_clients: dict[str, redis.Redis] = {}
+
+
+def redis_client() -> redis.Redis:
+    """One connection pool per process; short timeouts so a stuck Redis costs a request
+    half a second, not a worker."""
+    url = settings.SLUICE_RUNTIME.redis_url()
+    with _client_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            _clients[url] = client
+        return client
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The limits that apply to one request and what it costs."""
+
+    tenant_id: int
+    device_pk: int
+    device_requests_per_second: int
+    tenant_records_per_second: int
+    tenant_bytes_per_second: int
+    records: int
+    body_bytes: int
+
+
+def _unavailable(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The rate limiter (Redis) is not reachable ({type(exc).__name__}); nothing was produced. Try again shortly.",
+        code="rate_limiter_unavailable",
+    )
+
+
+def _retry_after(now: float) -> int:
+    """Seconds until the next window starts (at least 1: Retry-After is whole seconds)."""
+    return max(1, math.ceil(math.floor(now) + 1 - now))
+
+
+def rate_limit_take(budget: Budget, *, now: float | None = None) -> None:
+    """Count this request in the current window, or raise ``RateLimited`` without counting it
+    against the tenant.  Raises ``ServiceUnavailable`` when Redis cannot answer."""
+    now = time.time() if now is None else now
+    window = int(now)
+    device_key = f"{KEY_PREFIX}:rl:{window}:device:{budget.device_pk}"
+    records_key = f"{KEY_PREFIX}:rl:{window}:tenant:{budget.tenant_id}:records"
+    bytes_key = f"{KEY_PREFIX}:rl:{window}:tenant:{budget.tenant_id}:bytes"
+    client = redis_client()
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(device_key)
+        pipe.expire(device_key, WINDOW_TTL_SECONDS)
+        device_count = int(pipe.execute()[0])
+        if device_count > budget.device_requests_per_second:
+            raise RateLimited(
+                f"This device may send {budget.device_requests_per_second} request(s) per second (its group's "
+                "limit); nothing was produced.",
+                retry_after=_retry_after(now),
+            )
+        pipe = client.pipeline(transaction=True)
+        pipe.incrby(records_key, budget.records)
+        pipe.expire(records_key, WINDOW_TTL_SECONDS)
+        pipe.incrby(bytes_key, budget.body_bytes)
+        pipe.expire(bytes_key, WINDOW_TTL_SECONDS)
+        records, _, sent_bytes, _ = pipe.execute()
+        over = []
+        if int(records) > budget.tenant_records_per_second:
+            over.append(f"{budget.tenant_records_per_second} records per second")
+        if int(sent_bytes) > budget.tenant_bytes_per_second:
+            over.append(f"{budget.tenant_bytes_per_second} bytes per second")
+        if over:
+            undo = client.pipeline(transaction=True)
+            undo.decrby(records_key, budget.records)
+            undo.decrby(bytes_key, budget.body_bytes)
+            undo.execute()
+            raise RateLimited(
+                f"The tenant's ingest limit of {' and '.join(over)} is reached; nothing was produced.",
+                retry_after=_retry_after(now),
+            )
+    except redis.RedisError as exc:
+        raise _unavailable(exc) from None
+
+
+def device_seen_due(device_pk: int, *, every_seconds: int = 60) -> bool:
+    """True at most once per ``every_seconds`` per device (across workers): whether this
+    request should write the device's ``last_seen_at``.  Ingest must not write the database
+    on every request."""
+    try:
+        return bool(redis_client().set(f"{KEY_PREFIX}:seen:{device_pk}", b"1", nx=True, ex=every_seconds))
+    except redis.RedisError:
+        # Only bookkeeping: the records are already in Kafka, so never fail the request for it.
+        return False

@@ -1,0 +1,158 @@
+"""ingest.records: body shapes, schema validation with JSON pointers, and the Confluent wire
+format.  Pure: no network, no database."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from typing import Any
+
+import fastavro
+import pytest
+from confluent_kafka.schema_registry import Schema
+
+from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, SluiceError, UnsupportedMediaType
+from ingest import records
+from ingest.registry import LatestSchema, _compile
+
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "Reading",
+    "namespace": "io.sluice.test",
+    "fields": [
+        {"name": "celsius", "type": "double"},
+        {"name": "site", "type": ["null", "string"], "default": None},
+        {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []},
+        {"name": "unit", "type": {"type": "enum", "name": "Unit", "symbols": ["C", "F"]}, "default": "C"},
+    ],
+}
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"celsius": {"type": "number"}, "a/b": {"type": "string"}},
+    "required": ["celsius"],
+}
+
+
+def compiled(schema_type: str, schema: Any, schema_id: int = 42) -> LatestSchema:
+    return _compile("iot.acme.eu.temperature-value", schema_id, 3, Schema(json.dumps(schema), schema_type))
+
+
+def refusal(body: bytes) -> SluiceError:
+    with pytest.raises(SluiceError) as refused:
+        records.parse_body(body)
+    return refused.value
+
+
+# -- body shapes -------------------------------------------------------------------------
+
+
+def test_one_object_is_one_record_and_records_is_a_batch() -> None:
+    single = records.parse_body(b'{"celsius": 1}')
+    batch = records.parse_body(b'{"records": [{"celsius": 1}, {"celsius": 2}]}')
+    assert (single.records, single.batch, single.pointer(0)) == ([{"celsius": 1}], False, "")
+    assert (len(batch.records), batch.batch, batch.pointer(1)) == (2, True, "/records/1")
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "code", "pointer"),
+    [
+        (b"", InvalidInput, "empty_body", None),
+        (b"  \n", InvalidInput, "empty_body", None),
+        (b'{"celsius": ', InvalidInput, "malformed_json", "/"),
+        (b'{"celsius": NaN}', InvalidInput, "malformed_json", "/"),
+        (b"\xff\xfe", InvalidInput, "malformed_json", None),
+        (b"[1, 2]", InvalidInput, "invalid_shape", "/"),
+        (b'"text"', InvalidInput, "invalid_shape", "/"),
+        (b'{"records": {}}', InvalidInput, "invalid_shape", "/records"),
+        (b'{"records": [{}, []]}', InvalidInput, "invalid_shape", "/records/1"),
+        (b'{"records": [{}], "topic": "iot.other.eu.x"}', InvalidInput, "invalid_shape", "/topic"),
+        (b'{"records": []}', InvalidInput, "empty_batch", "/records"),
+        (json.dumps({"records": [{}] * 501}).encode(), PayloadTooLarge, "too_many_records", None),
+        (b" " * (2**20 + 1), PayloadTooLarge, "payload_too_large", None),
+    ],
+)
+def test_bad_bodies_are_refused_with_a_stable_code(
+    body: bytes, error: type[SluiceError], code: str, pointer: str | None
+) -> None:
+    refused = refusal(body)
+    assert (type(refused), refused.code) == (error, code)
+    if pointer is not None:
+        assert refused.fields[0]["pointer"] == pointer
+
+
+def test_malformed_json_says_where() -> None:
+    refused = refusal(b'{\n  "celsius": 1,\n  "site" "x"\n}')
+    assert "line 3, column 10" in refused.message
+
+
+def test_the_batch_limit_is_inclusive() -> None:
+    assert len(records.parse_body(json.dumps({"records": [{}] * 500}).encode()).records) == 500
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_json_content_types_are_accepted(content_type: str) -> None:
+    records.check_content_type(content_type)
+
+
+@pytest.mark.parametrize("content_type", ["", "text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=iso-8859-1"])  # fmt: skip
+def test_other_content_types_are_415(content_type: str) -> None:
+    with pytest.raises(UnsupportedMediaType) as refused:
+        records.check_content_type(content_type)
+    assert refused.value.status == 415
+
+
+# -- validation --------------------------------------------------------------------------
+
+
+def failures(body: dict[str, Any], schema: LatestSchema) -> list[tuple[str, str]]:
+    with pytest.raises(SchemaValidationFailed) as refused:
+        records.validate(records.parse_body(json.dumps(body).encode()), schema)
+    assert refused.value.status == 422
+    return [(field["pointer"], field["code"]) for field in refused.value.fields]
+
+
+def test_json_schema_failures_point_at_each_field_of_each_record() -> None:
+    schema = compiled("JSON", JSON_SCHEMA)
+    batch = {"records": [{"celsius": 1}, {"celsius": "warm"}, {"a/b": 3}]}
+    assert failures(batch, schema) == [
+        ("/records/1/celsius", "type"),
+        ("/records/2/a~1b", "type"),
+        ("/records/2/celsius", "required"),
+    ]
+    assert failures({"celsius": None}, schema) == [("/celsius", "type")]
+
+
+def test_avro_failures_point_at_each_field_and_refuse_unknown_fields() -> None:
+    schema = compiled("AVRO", AVRO_SCHEMA)
+    bad = {"site": 5, "tags": ["ok", 7], "unit": "K", "extra": True}
+    assert failures({"records": [{"celsius": 1.5}, bad]}, schema) == [
+        ("/records/1/celsius", "required"),
+        ("/records/1/site", "type"),
+        ("/records/1/tags/1", "type"),
+        ("/records/1/unit", "enum"),
+        ("/records/1/extra", "unknown_field"),
+    ]
+
+
+def test_valid_records_pass() -> None:
+    records.validate(records.parse_body(b'{"celsius": 21}'), compiled("AVRO", AVRO_SCHEMA))
+    records.validate(records.parse_body(b'{"records": [{"celsius": 21.5, "a/b": "x"}]}'), compiled("JSON", JSON_SCHEMA))
+
+
+# -- wire format -------------------------------------------------------------------------
+
+
+def test_avro_records_are_magic_byte_schema_id_and_avro_binary() -> None:
+    schema = compiled("AVRO", AVRO_SCHEMA, schema_id=70000)
+    value = records.wire_value({"celsius": 21.5, "site": "berlin"}, schema)
+    assert value[:5] == b"\x00" + struct.pack(">I", 70000)
+    decoded = fastavro.schemaless_reader(io.BytesIO(value[5:]), fastavro.parse_schema(AVRO_SCHEMA), None)
+    assert decoded == {"celsius": 21.5, "site": "berlin", "tags": [], "unit": "C"}
+
+
+def test_json_records_are_magic_byte_schema_id_and_utf8_json() -> None:
+    value = records.wire_value({"celsius": 21.5, "a/b": "Zürich"}, compiled("JSON", JSON_SCHEMA, schema_id=7))
+    assert value[:5] == b"\x00\x00\x00\x00\x07"
+    assert json.loads(value[5:].decode("utf-8")) == {"celsius": 21.5, "a/b": "Zürich"}
