@@ -204,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     test.set_defaults(func=cmd_test)
     sub.add_parser("status", help="report each component").set_defaults(func=cmd_status)
     sub.add_parser("down", help="stop a running platform").set_defaults(func=cmd_down)
-    args = parser.parse_args(argv)
+    # Options sluice does not know go to pytest (argparse's REMAINDER alone drops a leading
+    # "-k expr" or "-x"), in their order, before any positional pytest arguments.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "test":
+        args.pytest_args = [*unknown, *args.pytest_args]
     try:
         return int(args.func(args))
     except LaunchError as exc:

@@ -246,3 +246,15 @@ def test_production_refuses_to_start_without_its_secrets(tmp_path: Path) -> None
     assert "must be set when SLUICE_ENV=production" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "secrets").exists()
+
+
+def test_pytest_options_pass_through_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sluicectl.__main__ as cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli, "cmd_test", lambda args: seen.append(args.pytest_args) or 0)
+    cli.main(["test", "-k", "kafka", "-x"])
+    cli.main(["test", "--no-lint", "tests/api", "-q"])
+    assert seen == [["-k", "kafka", "-x"], ["tests/api", "-q"]]
+    with pytest.raises(SystemExit):
+        cli.main(["status", "-x"])
