@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from typing import Any
 
 import fastavro
 import fastavro.validation
+import referencing.exceptions
 
-from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, UnsupportedMediaType
+from config.errors import Conflict, InvalidInput, PayloadTooLarge, SchemaValidationFailed, UnsupportedMediaType
 from ingest.registry import AVRO, LatestSchema
 
 MAX_BODY_BYTES = 2**20  # 1 MiB per request
@@ -77,6 +79,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # A literal like 1e400 overflows to inf, which no JSON consumer can read back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range for a 64-bit float")
+    return value
+
+
 def parse_body(body: bytes) -> Parsed:
     """The records in ``body``, or ``InvalidInput`` / ``PayloadTooLarge`` saying where it is wrong."""
     check_size(len(body))
@@ -88,7 +98,10 @@ def parse_body(body: bytes) -> Parsed:
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"The body is not UTF-8 (byte {exc.start}).", code="malformed_json") from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        message = "The body nests arrays or objects too deeply."
+        raise InvalidInput(message, code="malformed_json", fields=[_field("", "too_deep", message)]) from None
     except json.JSONDecodeError as exc:
         message = f"The body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
         raise InvalidInput(message, code="malformed_json", fields=[_field("", "malformed_json", message)]) from None
@@ -142,10 +155,20 @@ def validate(parsed: Parsed, schema: LatestSchema) -> None:
     failing = 0
     for index, record in enumerate(parsed.records):
         base = parsed.pointer(index)
-        if schema.schema_type == AVRO:
-            found = avro_errors(record, schema.parsed, base, schema.parsed.get("__named_schemas", {}))
-        else:
-            found = json_schema_errors(record, schema.validator, base)
+        try:
+            if schema.schema_type == AVRO:
+                named = schema.parsed.get("__named_schemas", {}) if isinstance(schema.parsed, dict) else {}
+                found = avro_errors(record, schema.parsed, base, named)
+            else:
+                found = json_schema_errors(record, schema.validator, base)
+        except RecursionError:
+            found = [_field(base, "too_deep", "The record nests too deeply to validate.")]
+        except referencing.exceptions.Unresolvable as exc:
+            raise Conflict(
+                f"Schema '{schema.subject}' version {schema.version} refers to '{exc.ref}', which Sluice cannot "
+                "resolve (only references inside the schema are supported); register a self-contained schema.",
+                code="schema_not_supported",
+            ) from None
         failing += bool(found)
         errors += found
     if not errors:
@@ -242,14 +265,255 @@ def avro_errors(datum: Any, schema: Any, pointer: str, named: dict[str, Any]) ->
         return []
     if kind in ("int", "long") and isinstance(datum, bool):
         return [_field(pointer, "type", f"Expected {kind}, got a boolean.")]
+    if kind == "float" and isinstance(datum, int | float) and not isinstance(datum, bool) and abs(datum) > FLOAT32_MAX:
+        # The Avro writer would store this as infinity without a word.
+        return [_field(pointer, "range", f"{_short(datum)} does not fit an Avro float (32 bits); use double.")]
     if not fastavro.validation.validate(datum, schema, raise_errors=False):
         return [_field(pointer, "type", f"Expected {_type_name(schema)}, got {_json_type(datum)} {_short(datum)}.")]
     return []
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- samples -----------------------------------------------------------------------------
+
+# Fixed, realistic values keep samples deterministic (pages, tests): 2024-01-01T00:00:00Z.
+SAMPLE_EPOCH_SECONDS = 1_704_067_200
+SAMPLE_STRING = "example"
+_SAMPLE_FORMATS = {
+    "date-time": "2024-01-01T00:00:00Z",
+    "date": "2024-01-01",
+    "time": "00:00:00Z",
+    "email": "device@example.com",
+    "idn-email": "device@example.com",
+    "hostname": "device.example.com",
+    "idn-hostname": "device.example.com",
+    "ipv4": "192.0.2.1",  # RFC 5737 documentation range
+    "ipv6": "2001:db8::1",  # RFC 3849 documentation prefix
+    "uri": "https://example.com/",
+    "iri": "https://example.com/",
+    "uri-reference": "https://example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "duration": "PT1S",
+}
+# Avro logical types over int/long whose zero would be a confusing sample (1970).
+_AVRO_LOGICAL_SAMPLES = {
+    "date": SAMPLE_EPOCH_SECONDS // 86_400,
+    "timestamp-millis": SAMPLE_EPOCH_SECONDS * 1_000,
+    "timestamp-micros": SAMPLE_EPOCH_SECONDS * 1_000_000,
+    "local-timestamp-millis": SAMPLE_EPOCH_SECONDS * 1_000,
+    "local-timestamp-micros": SAMPLE_EPOCH_SECONDS * 1_000_000,
+    "uuid": _SAMPLE_FORMATS["uuid"],
+}
+_AVRO_PRIMITIVE_SAMPLES: dict[str, Any] = {"null": None, "boolean": True, "int": 0, "long": 0, "float": 0.0,
+                                           "double": 0.0, "string": SAMPLE_STRING}  # fmt: skip
+_JSON_TYPE_ORDER = ("object", "string", "number", "integer", "boolean", "array", "null")
+_MAX_SAMPLE_DEPTH = 32
+
+
+class NoSample(ValueError):
+    """No record of this schema can be written as JSON by a simple rule (Avro ``bytes`` or
+    ``fixed``, a JSON Schema whose root is not an object, a recursion without an exit)."""
+
+
+def sample_record(*, schema_str: str, schema_type: str) -> dict[str, Any]:
+    """A small record that fits the schema, for an operator to copy as a device's first POST.
+
+    JSON Schema: the required properties only, each with a value honouring ``const``,
+    ``enum``, the numeric bounds, ``minLength``/``maxLength`` and the common ``format``s.
+    Avro: every field, so what consumers decode is exactly the sample (a field left out
+    would be read as its default), unions by their first branch that is not null.  Best
+    effort for exotic keywords (``pattern``, ``uniqueItems``, ``not``...): callers that show
+    the sample check it with ``validate`` first.  Raises ``NoSample`` when no simple rule
+    gives a record."""
+    document = json.loads(schema_str)
+    if schema_type == AVRO:
+        parsed = fastavro.parse_schema(document)
+        sample = _avro_sample(parsed, parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}, ())
+    else:
+        sample = _json_sample(document, document, 0)
+    if not isinstance(sample, dict):
+        raise NoSample(f"Records of this schema are {_json_type(sample)}, not JSON objects; ingest takes objects.")
+    return sample
+
+
+def _avro_sample(schema: Any, named: dict[str, Any], expanding: tuple[str, ...]) -> Any:
+    if isinstance(schema, str) and schema in named:
+        schema = named[schema]
+    if isinstance(schema, list):
+        # First branch that is not null (the interesting value), else null.
+        for branch in [b for b in schema if b != "null"] + [b for b in schema if b == "null"]:
+            try:
+                return _avro_sample(branch, named, expanding)
+            except NoSample:
+                continue
+        raise NoSample("No branch of the union can be written as JSON.")
+    kind = schema.get("type") if isinstance(schema, dict) else schema
+    if isinstance(schema, dict) and schema.get("logicalType") in _AVRO_LOGICAL_SAMPLES:
+        return _AVRO_LOGICAL_SAMPLES[schema["logicalType"]]
+    if kind in _AVRO_PRIMITIVE_SAMPLES:
+        return _AVRO_PRIMITIVE_SAMPLES[kind]
+    if kind == "record":
+        name = schema["name"]
+        if name in expanding:
+            # A record that contains itself ends only where a union offers null.
+            raise NoSample(f"Record {name} contains itself.")
+        return {field["name"]: _avro_sample(field["type"], named, (*expanding, name)) for field in schema["fields"]}
+    if kind == "enum":
+        return schema["symbols"][0]
+    if kind == "array":
+        return [_avro_sample(schema["items"], named, expanding)]
+    if kind == "map":
+        return {"key": _avro_sample(schema["values"], named, expanding)}
+    # bytes, fixed (and decimal over them): JSON has no bytes, and ingest reads JSON.
+    raise NoSample(f"Avro {_type_name(schema)} cannot be written in a JSON record.")
+
+
+def _json_sample(schema: Any, root: Any, depth: int) -> Any:
+    if depth > _MAX_SAMPLE_DEPTH:
+        raise NoSample("The schema nests deeper than a sample can follow.")
+    if schema is True or schema == {}:
+        return None if depth else {}
+    if not isinstance(schema, dict):
+        raise NoSample("The schema allows no value.")
+    schema = _json_merge_all_of(_json_resolve(schema, root), root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for keyword in ("oneOf", "anyOf"):
+        if schema.get(keyword):
+            base = {key: value for key, value in schema.items() if key not in ("oneOf", "anyOf")}
+            branches = sorted(
+                schema[keyword], key=lambda branch: isinstance(branch, dict) and branch.get("type") == "null"
+            )
+            for branch in branches:
+                try:
+                    return _json_sample({**base, **branch} if isinstance(branch, dict) else branch, root, depth + 1)
+                except NoSample:
+                    continue
+            raise NoSample(f"No branch of {keyword} gives a sample.")
+    kind = _json_kind(schema, top=depth == 0)
+    if kind == "object":
+        properties, others = schema.get("properties", {}), schema.get("additionalProperties", True)
+        return {
+            name: _json_sample(properties.get(name, others), root, depth + 1) for name in schema.get("required", [])
+        }
+    if kind == "array":
+        count = max(schema.get("minItems", 1), 1)
+        if "maxItems" in schema:
+            count = min(count, schema["maxItems"])
+        return [_json_sample(schema.get("items", True), root, depth + 1) for _ in range(count)]
+    if kind == "string":
+        return _json_string(schema)
+    if kind in ("number", "integer"):
+        return _json_number(schema, integer=kind == "integer")
+    if kind == "boolean":
+        return True
+    return None
+
+
+def _json_resolve(schema: dict[str, Any], root: Any) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/definitions/...``, ``#/$defs/...``); others give up."""
+    seen = 0
+    while isinstance(schema.get("$ref"), str):
+        reference = schema["$ref"]
+        if not reference.startswith("#") or seen > _MAX_SAMPLE_DEPTH:
+            raise NoSample(f"Cannot follow $ref {reference}.")
+        target = root
+        for token in filter(None, reference[1:].split("/")):
+            token = token.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or token not in target:
+                raise NoSample(f"Cannot follow $ref {reference}.")
+            target = target[token]
+        if not isinstance(target, dict):
+            raise NoSample(f"Cannot follow $ref {reference}.")
+        # Keywords next to $ref apply too (draft 2019-09 on); the target's lose to them.
+        schema = {**target, **{key: value for key, value in schema.items() if key != "$ref"}}
+        seen += 1
+    return schema
+
+
+def _json_merge_all_of(schema: dict[str, Any], root: Any) -> dict[str, Any]:
+    """Fold ``allOf`` into one schema: properties and required lists unite, the rest of
+    each part is laid over the schema (enough for the usual "base + extension" use)."""
+    parts = schema.get("allOf")
+    if not parts:
+        return schema
+    merged = {key: value for key, value in schema.items() if key != "allOf"}
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        part = _json_merge_all_of(_json_resolve(part, root), root)
+        properties = {**merged.get("properties", {}), **part.get("properties", {})}
+        required = list(dict.fromkeys([*merged.get("required", []), *part.get("required", [])]))
+        merged = {**part, **merged, "properties": properties, "required": required}
+    return merged
+
+
+def _json_kind(schema: dict[str, Any], *, top: bool) -> str | None:
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        return declared
+    if isinstance(declared, list) and declared:
+        # The first type that is not null, in an order that prefers what ingest takes at the top.
+        return min(declared, key=lambda kind: (kind == "null", _JSON_TYPE_ORDER.index(kind)
+                                               if kind in _JSON_TYPE_ORDER else len(_JSON_TYPE_ORDER)))  # fmt: skip
+    # No type: infer it from the keywords that only apply to one.
+    if top or {"properties", "required", "additionalProperties"} & schema.keys():
+        return "object"
+    if {"items", "minItems", "maxItems"} & schema.keys():
+        return "array"
+    if {"minLength", "maxLength", "format", "pattern"} & schema.keys():
+        return "string"
+    if {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"} & schema.keys():
+        return "number"
+    return None
+
+
+def _json_string(schema: dict[str, Any]) -> str:
+    text = _SAMPLE_FORMATS.get(schema.get("format", ""), SAMPLE_STRING)
+    minimum, maximum = schema.get("minLength", 0), schema.get("maxLength")
+    if len(text) < minimum:
+        text += "x" * (minimum - len(text))
+    if maximum is not None and len(text) > maximum:
+        text = text[: max(maximum, minimum)]
+    return text
+
+
+def _json_number(schema: dict[str, Any], *, integer: bool) -> int | float:
+    """Zero, or the nearest value the bounds allow, rounded up to ``multipleOf``.  Draft 4
+    spells an open bound as ``"exclusiveMinimum": true`` next to ``minimum``; draft 6 on,
+    as a number of its own."""
+    low, high = schema.get("minimum"), schema.get("maximum")
+    low_open, high_open = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if isinstance(low_open, bool):
+        low, low_open = (None, low) if low_open else (low, None)
+    if isinstance(high_open, bool):
+        high, high_open = (None, high) if high_open else (high, None)
+    value: float = 0
+    if low is not None and value < low:
+        value = low
+    if low_open is not None and value <= low_open:
+        value = low_open + 1
+    if high is not None and value > high:
+        value = high
+    if high_open is not None and value >= high_open:
+        value = high_open - 1
+    lowest = low if low is not None else low_open
+    highest = high if high is not None else high_open
+    if lowest is not None and highest is not None and not lowest <= value <= highest:
+        value = (lowest + highest) / 2  # a range narrower than 1
+    step = schema.get("multipleOf")
+    if step:
+        value = math.ceil(value / step) * step
+    return math.ceil(value) if integer else float(value)
 
 
 # -- encoding ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from config.errors import NotFound, SluiceError
 from devices.models import Device, DeviceGroup, Stream
 from devices.services import device_create, group_create, stream_with_schema_create
 from ingest import registry
+from ingest.selectors import record_sample_for
 from tenants.audit import Actor
 from tenants.models import Membership, Tenant
 from tenants.onboarding_forms import (
@@ -231,5 +232,9 @@ def credentials(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
         actor=_actor(request), device=found, passphrase=data["passphrase"]))  # fmt: skip
     if issued is None:
         return _summary_page(request, target, found, form)
+    # The first POST is shown with a record to send: from the group's schema, as ingest
+    # would validate it now (or a note saying why there is none).
+    sample = record_sample_for(subject=found.group.schema_subject)
     return _page(request, "credentials.html", 6, tenant=target, device=found, issued=issued,
-                 pkcs12_base64=base64.b64encode(issued.pkcs12 or b"").decode(), host=request.get_host())  # fmt: skip
+                 pkcs12_base64=base64.b64encode(issued.pkcs12 or b"").decode(), host=request.get_host(),
+                 sample=sample)  # fmt: skip

@@ -156,3 +156,37 @@ def test_json_records_are_magic_byte_schema_id_and_utf8_json() -> None:
     value = records.wire_value({"celsius": 21.5, "a/b": "Zürich"}, compiled("JSON", JSON_SCHEMA, schema_id=7))
     assert value[:5] == b"\x00\x00\x00\x00\x07"
     assert json.loads(value[5:].decode("utf-8")) == {"celsius": 21.5, "a/b": "Zürich"}
+
+
+# -- hostile or odd input (each a clear 4xx, never a 500) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"celsius": 1e400}', b'{"celsius": -1e999}'],
+    ids=["nested-100k-deep", "overflow", "negative-overflow"],
+)
+def test_unreadable_numbers_and_absurd_nesting_are_malformed_json(body: bytes) -> None:
+    error = refusal(body)
+    assert (type(error), error.code) == (InvalidInput, "malformed_json")
+
+
+def test_a_value_too_big_for_an_avro_float_is_refused_not_written_as_infinity() -> None:
+    schema = compiled("AVRO", {"type": "record", "name": "R", "fields": [{"name": "v", "type": "float"}]})
+    with pytest.raises(SchemaValidationFailed) as refused:
+        records.validate(records.parse_body(b'{"v": 1e300}'), schema)
+    assert [(f["pointer"], f["code"]) for f in refused.value.fields] == [("/v", "range")]
+    records.validate(records.parse_body(b'{"v": 1.5}'), schema)
+
+
+def test_a_top_level_avro_union_or_primitive_refuses_objects_cleanly() -> None:
+    for avro in (["null", "string"], "string"):
+        with pytest.raises(SchemaValidationFailed):
+            records.validate(records.parse_body(b'{"v": 1}'), compiled("AVRO", avro))
+
+
+def test_a_json_schema_with_an_unresolvable_reference_is_a_409_not_a_500() -> None:
+    schema = compiled("JSON", {"type": "object", "properties": {"v": {"$ref": "https://example.invalid/v.json"}}})
+    with pytest.raises(SluiceError) as refused:
+        records.validate(records.parse_body(b'{"v": 1}'), schema)
+    assert (refused.value.status, refused.value.code) == (409, "schema_not_supported")

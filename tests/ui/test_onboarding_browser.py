@@ -18,14 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry import RegisteredSchema, Schema
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from django.contrib.auth import get_user_model
 from django.test import Client
 from playwright.sync_api import Page, expect
 
+from certs.models import Certificate
 from devices.models import Device, DeviceGroup, Stream
+from ingest.registry import latest_schema_forget
+from tenants.audit import Actor
 from tenants.models import SLUG_RULE, AuditEvent, Membership, Tenant
+from tenants.services import tenant_create
 from tests.conftest import make_tenant
 from tests.ui.conftest import PASSWORD, make_staff_user
 
@@ -62,7 +67,8 @@ def no_kafka_provisioning(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 class RecordingRegistry:
-    """Answers ``register_schema`` like the registry does for a first version."""
+    """Answers ``register_schema`` like the registry does for a first version, and
+    ``get_latest_version`` with what was registered (the credentials page reads it)."""
 
     def __init__(self) -> None:
         self.registered: list[tuple[str, str, Any]] = []
@@ -70,6 +76,14 @@ class RecordingRegistry:
     def register_schema(self, subject: str, schema: Schema) -> int:
         self.registered.append((subject, schema.schema_type, json.loads(schema.schema_str)))
         return 41
+
+    def get_latest_version(self, subject: str) -> RegisteredSchema:
+        found = [(i, kind, schema) for i, (name, kind, schema) in enumerate(self.registered, 1) if name == subject]
+        if not found:
+            raise SchemaRegistryError(404, 40401, f"Subject '{subject}' not found.")
+        version, kind, schema = found[-1]
+        return RegisteredSchema(subject=subject, version=version, schema_id=41, guid=None,
+                                schema=Schema(json.dumps(schema), kind))  # fmt: skip
 
 
 @pytest.fixture
@@ -80,6 +94,8 @@ def schema_registry(monkeypatch: pytest.MonkeyPatch) -> RecordingRegistry:
     registry is tested in tests/ingest/test_registry.py."""
     recording = RecordingRegistry()
     monkeypatch.setattr("ingest.registry.registry_client", lambda: recording)
+    # The latest-schema cache is per process and keyed by subject, which tests here reuse.
+    latest_schema_forget()
     return recording
 
 
@@ -211,10 +227,16 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
     page.fill("#id_passphrase", "a long passphrase")
     page.click("#issue-certificate")
 
-    # then the chain and the key are shown once, with a runnable renewal and a runnable first POST
+    # then the chain and the key are shown once, with a runnable renewal and a runnable first POST:
+    # a sample record of the registered schema written to reading.json, then the curl that sends it
     expect(page.locator("#chain-pem")).to_contain_text("BEGIN CERTIFICATE")
     expect(page.locator("#key-pem")).to_contain_text("BEGIN PRIVATE KEY")
     expect(page.locator("pre#curl-renew")).to_contain_text("/.well-known/est/initech/simplereenroll")
+    sample = {"device_id": "example", "celsius": 0.0}
+    expect(page.locator("pre#reading-json")).to_have_text(
+        f"cat > reading.json <<'EOF'\n{json.dumps(sample, indent=2)}\nEOF"
+    )
+    expect(page.locator("#reading-json-unavailable")).to_have_count(0)
     curl = page.locator("pre#curl-ingest")
     expect(curl).to_contain_text("curl --cacert root-ca.crt --cert thermo-1.crt --key thermo-1.key")
     expect(curl).to_contain_text("--data-binary @reading.json")
@@ -222,8 +244,6 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
     expect(page.locator("#next")).to_contain_text("iot.initech.eu.temperature-value")
     expect(page.locator("#next")).not_to_contain_text("Shape only")
     shot("credentials")
-    from certs.models import Certificate
-
     issued = Certificate.objects.get(device_ref="thermo-1")
     assert issued.status == "active"
     assert "PRIVATE KEY" not in issued.certificate_pem
@@ -310,3 +330,37 @@ def test_a_taken_username_is_shown_on_the_username_field(client: Client, db: Non
     assert response.status_code == 200
     assert response.context["form"].errors["username"] == ["A user with that username already exists."]
     assert "password" not in response.context
+
+
+class UnreachableRegistry:
+    """Fails every read like a registry that is down (connection refused)."""
+
+    def get_latest_version(self, subject: str) -> RegisteredSchema:
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+
+def test_the_credentials_page_says_so_when_the_registry_is_unreachable(
+    client: Client, db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an operator at the end of the flow for a device, and a registry that is down
+    tenant = tenant_create(actor=Actor.system("test"), slug="acme", name="Acme")
+    stream = Stream.objects.create(tenant=tenant, region="eu", type="temperature", partitions=1)
+    group = DeviceGroup.objects.create(tenant=tenant, slug="sensors", region="eu", device_type="temperature",
+                                       stream=stream, schema_subject=f"{stream.topic}-value")  # fmt: skip
+    Device.objects.create(tenant=tenant, group=group, device_id="thermo-1")
+    client.force_login(make_staff_user("operator", operator=True))
+    monkeypatch.setattr("ingest.registry.registry_client", UnreachableRegistry)
+    latest_schema_forget()
+
+    # when they issue the device's credentials
+    response = client.post("/onboarding/acme/devices/thermo-1/credentials/", {"passphrase": "a long passphrase"})
+
+    # then the key is still shown (its only showing), with a note instead of a sample record
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "BEGIN PRIVATE KEY" in page
+    assert 'id="reading-json"' not in page
+    assert 'id="reading-json-unavailable"' in page
+    assert "The schema registry is not reachable" in page
+    assert 'id="curl-ingest"' in page
+    assert Certificate.objects.get(device_ref="thermo-1").status == "active"

@@ -1,0 +1,159 @@
+"""The onboarding flow's last page promises a first telemetry POST that works as shown.  This
+drives the flow as an operator (Django's test client, the real registry and Kafka, Celery
+tasks eager), then runs the page's own shell text -- the heredoc that writes reading.json and
+the curl -- with bash against the real nginx TLS listener, and reads the record back."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from django.test import Client
+
+from certs.platform_pki import PlatformPki
+from config.env import Runtime
+from devices.models import Stream
+from ingest import records
+from ingest.registry import AVRO, JSON, latest_schema, value_subject
+from tenants.onboarding_forms import AVRO_EXAMPLE
+from tests.conftest import make_user, unique_slug
+from tests.integration.test_ingest import consume
+from tests.integration.test_topic_provisioning import eager_tasks  # noqa: F401 - fixture
+
+# The web process behind nginx reads the same database: rows must be committed to be seen.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+READING_JSON_SCHEMA = json.dumps(
+    {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {
+            "ts": {"type": "string", "format": "date-time"},
+            "celsius": {"type": "number", "minimum": -40, "maximum": 125},
+            "unit": {"enum": ["C", "F"]},
+            "site": {"type": "string"},
+        },
+        "required": ["ts", "celsius", "unit"],
+    },
+    indent=2,
+)
+PASSPHRASE = "a long passphrase"
+# curl reads options from $CURL_HOME/.curlrc: the test learns the HTTP status without a
+# single character of the displayed command changing.
+CURLRC = 'silent\nshow-error\nwrite-out = "\\nHTTP %{http_code}\\n"\n'
+
+
+def _pre(page: str, element_id: str) -> str:
+    """The text of ``<pre id=element_id>`` as a browser shows it (and a copy gives it)."""
+    found = re.search(rf'<pre[^>]*\bid="{element_id}"[^>]*>(.*?)</pre>', page, re.DOTALL)
+    assert found is not None, f"no pre#{element_id} on the page"
+    return html.unescape(found.group(1))
+
+
+def _to_test_nginx(command: str, web_url: str) -> str:
+    """``command`` with its URL's origin replaced by this test stack's nginx, if it differs
+    (the test client's host is ``testserver``); nothing else in the text changes."""
+    origins = set(re.findall(r"https://[^/\s]+", command))
+    assert len(origins) == 1, f"expected one URL in the command, found {origins}"
+    (origin,) = origins
+    return command if origin == web_url else command.replace(f"{origin}/", f"{web_url}/")
+
+
+def _onboard(client: Client, *, schema_type: str, schema: str) -> tuple[str, str, str]:
+    """Walk every step of /onboarding/ as the operator; the tenant slug, the stream's topic
+    and the device id."""
+    slug = unique_slug("t")
+    response = client.post("/onboarding/", {
+        "slug": slug, "name": "First post test", "max_devices": "10", "max_records_per_second": "100",
+        "max_bytes_per_second": "1048576", "topic_deletion_policy": "delete",
+    })  # fmt: skip
+    assert (response.status_code, response.get("Location")) == (302, f"/onboarding/{slug}/admin/"), response.content
+    response = client.post(f"/onboarding/{slug}/admin/", {"username": f"{slug}-admin", "email": ""})
+    assert response.status_code == 200
+    assert 'id="admin-password"' in response.content.decode()
+
+    response = client.post(f"/onboarding/{slug}/stream/", {
+        "region": "eu", "type": "temperature", "retention_class": "raw", "custom_retention_hours": "",
+        "partitions": "1", "schema_type": schema_type, "schema": schema,
+    })  # fmt: skip
+    assert response.status_code == 302, response.content
+    stream = Stream.objects.get(tenant__slug=slug)
+    assert response["Location"] == f"/onboarding/{slug}/streams/{stream.pk}/group/"
+    stream.refresh_from_db()
+    assert stream.status == Stream.Status.PROVISIONED
+
+    response = client.post(response["Location"], {
+        "slug": "sensors", "name": "Sensors", "region": "eu", "device_type": "temperature", "stream": stream.pk,
+        "schema_subject": value_subject(stream.topic), "credential_policy": "mtls",
+    })  # fmt: skip
+    assert (response.status_code, response.get("Location")) == (302, f"/onboarding/{slug}/groups/sensors/device/")
+    device_id = unique_slug("thermo")
+    response = client.post(response["Location"], {"device_id": device_id, "labels": ""})
+    assert (response.status_code, response.get("Location")) == (302, f"/onboarding/{slug}/devices/{device_id}/")
+    assert client.get(response["Location"]).status_code == 200
+    return slug, stream.topic, device_id
+
+
+@pytest.mark.parametrize(("schema_type", "schema"), [(AVRO, AVRO_EXAMPLE), (JSON, READING_JSON_SCHEMA)],
+                         ids=["avro-form-default", "json-schema"])  # fmt: skip
+@pytest.mark.usefixtures("eager_tasks")
+def test_the_first_post_the_credentials_page_shows_works_as_shown(
+    services: Runtime, tmp_path: Path, schema_type: str, schema: str
+) -> None:
+    # given an operator who onboarded a tenant up to its first device, against the real
+    # registry and Kafka
+    client = Client()
+    client.force_login(make_user(unique_slug("operator"), operator=True))
+    slug, topic, device_id = _onboard(client, schema_type=schema_type, schema=schema)
+
+    # when they issue the device's credentials (generated key, PKCS#12 passphrase)
+    response = client.post(f"/onboarding/{slug}/devices/{device_id}/credentials/", {"passphrase": PASSPHRASE})
+
+    # then the page shows a sample record for the schema, ready to copy
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="reading-json-unavailable"' not in page
+    reading = _pre(page, "reading-json")
+    heredoc = re.fullmatch(r"cat > reading\.json <<'EOF'\n(.*)\nEOF", reading, re.DOTALL)
+    assert heredoc is not None, reading
+    sample = json.loads(heredoc.group(1))
+    curl = _pre(page, "curl-ingest")
+
+    # when the device's files are saved under the names the page uses, and the page's shell
+    # text is run as displayed (only the host pointed at this test stack's nginx)
+    (tmp_path / f"{device_id}.crt").write_text(_pre(page, "chain-pem"))
+    (tmp_path / f"{device_id}.key").write_text(_pre(page, "key-pem"))
+    (tmp_path / "root-ca.crt").write_bytes(PlatformPki(services.pki_dir).root_cert.read_bytes())
+    (tmp_path / ".curlrc").write_text(CURLRC)
+    script = f"{reading}\n{_to_test_nginx(curl, services.web_url)}\n"
+    assert urlsplit(services.web_url).netloc in script
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CURL_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    # then nginx and ingest accepted the record, and Kafka acknowledged it
+    assert result.returncode == 0, result.stderr
+    body, _, status_line = result.stdout.rstrip("\n").rpartition("\n")
+    assert status_line == "HTTP 200", result.stdout
+    answer: dict[str, Any] = json.loads(body)
+    assert (answer["accepted"], answer["topic"]) == (1, topic), answer
+    assert json.loads((tmp_path / "reading.json").read_text()) == sample
+
+    # and the topic holds exactly the sample, keyed by the device, in the wire format of the
+    # subject's latest schema
+    (message,) = consume(topic, services, expected=1)
+    assert message.key() == device_id.encode()
+    assert message.value() == records.wire_value(sample, latest_schema(value_subject(topic)))
