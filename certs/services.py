@@ -245,6 +245,35 @@ def certificates_retire(*, actor: Actor, certificates: list[Certificate]) -> lis
     return retired
 
 
+def device_certificates_revoke(*, actor: Actor, device: Device, reason: str) -> list[str]:
+    """Revoke every still-usable certificate of ``device`` (active, or superseded and in its
+    overlap), one CRL per CA.  Kafka authorizes per device group, so revocation is the only
+    way to stop one device there: used when a device is disabled, moved to another group
+    (its certificate names the old group) or deleted.  Call inside the caller's transaction."""
+    usable = list(
+        Certificate.objects.filter(
+            device=device, status__in=[Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED]
+        ).select_related("ca", "tenant")
+    )
+    revoked: list[str] = []
+    now = timezone.now()
+    for authority_id in sorted({c.ca_id for c in usable}):
+        batch = [c for c in usable if c.ca_id == authority_id]
+        for certificate in batch:
+            changed = (
+                Certificate.objects.filter(pk=certificate.pk)
+                .exclude(status=Certificate.Status.REVOKED)
+                .update(status=Certificate.Status.REVOKED, revoked_at=now, revocation_reason=reason)
+            )
+            if changed:
+                after = {"serial": certificate.serial, "reason": reason, "device": device.device_id}
+                audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
+                             after=after)  # fmt: skip
+                revoked.append(certificate.serial)
+        crl_publish(authority=batch[0].ca)
+    return revoked
+
+
 def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
     found = Certificate.objects.filter(tenant=tenant, serial=serial.lower()).select_related("ca", "tenant").first()
     if found is None:

@@ -120,7 +120,9 @@ class GroupInput(StrictSerializer):
     region = serializers.CharField(max_length=40)
     device_type = serializers.CharField(max_length=40)
     stream = serializers.IntegerField()
-    schema_subject = serializers.CharField(max_length=255)
+    schema_subject = serializers.CharField(
+        max_length=255, required=False, help_text="Registry subject in this tenant; default: '<stream topic>-value'."
+    )
     credential_policy = serializers.ChoiceField(DeviceGroup.CredentialPolicy.choices, required=False)
     cert_lifetime_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
     cert_key_type = serializers.ChoiceField(DeviceGroup.KeyType.choices, required=False)

@@ -25,6 +25,10 @@ def default_replication_factor() -> int:
     return int(settings.SLUICE_DEFAULT_REPLICATION_FACTOR)
 
 
+def min_insync_replicas(replication_factor: int) -> int:
+    return min(2, replication_factor)
+
+
 class Stream(models.Model):
     """A Kafka topic of a tenant: ``iot.<tenant>.<region>.<type>`` for raw telemetry,
     with ``.enriched`` appended for derived data."""
@@ -107,6 +111,10 @@ class Stream(models.Model):
             "retention.ms": str(self.retention_ms),
             "compression.type": self.compression,
             "cleanup.policy": self.cleanup_policy,
+            # acks=all waits for the in-sync replicas only: with the broker default of 1 a
+            # record acknowledged by a lone leader is lost if that leader dies.  Two of three
+            # replicas keeps "a 2xx is never lost" true on a real cluster.
+            "min.insync.replicas": str(min_insync_replicas(self.replication_factor)),
         }
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
 from devices import topics
-from devices.models import Device, DeviceGroup, Stream
+from devices.models import Device, DeviceGroup, Stream, min_insync_replicas
 from ingest import registry
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.models import Tenant
@@ -61,7 +61,8 @@ def stream_spec(stream: Stream) -> topics.TopicSpec:
 
 def dlq_spec(tenant: Tenant) -> topics.TopicSpec:
     rf = settings.SLUICE_DEFAULT_REPLICATION_FACTOR
-    return topics.TopicSpec(tenant.dlq_topic, DLQ_PARTITIONS, rf, {"retention.ms": str(DLQ_RETENTION_MS)})
+    config = {"retention.ms": str(DLQ_RETENTION_MS), "min.insync.replicas": str(min_insync_replicas(rf))}
+    return topics.TopicSpec(tenant.dlq_topic, DLQ_PARTITIONS, rf, config)
 
 
 def stream_create(*, actor: Actor, tenant: Tenant, **values: Any) -> Stream:
@@ -218,10 +219,24 @@ def _own_stream(tenant: Tenant, stream: Any) -> Stream:
     return found
 
 
+def _check_subject(tenant: Tenant, subject: str) -> None:
+    """A group validates against a subject in its own tenant's namespace only: another
+    tenant's subject would disclose that tenant's schema (field names in every 422) and
+    frame this tenant's records with a foreign schema id."""
+    if subject and not subject.startswith(tenant.topic_prefix):
+        message = f"The schema subject must belong to this tenant (start with '{tenant.topic_prefix}')."
+        raise InvalidInput(message, fields=[{"pointer": "/schema_subject", "code": "foreign_subject",
+                                             "message": message}])  # fmt: skip
+
+
 def group_create(*, actor: Actor, tenant: Tenant, stream: Any, **values: Any) -> DeviceGroup:
-    group = DeviceGroup(tenant=tenant, stream=_own_stream(tenant, stream), **values)
+    target = _own_stream(tenant, stream)
+    # By default a group validates against its stream topic's value subject (TopicNameStrategy).
+    values["schema_subject"] = values.get("schema_subject") or registry.value_subject(target.topic)
+    group = DeviceGroup(tenant=tenant, stream=target, **values)
     slug = values.get("slug", "")
     _refuse_duplicate(DeviceGroup.objects.filter(tenant=tenant, slug=slug), "/slug", f"Device group '{slug}'")
+    _check_subject(tenant, group.schema_subject)
     validate_model(group)
     with transaction.atomic():
         group.save()
@@ -235,6 +250,7 @@ def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceG
     if "stream" in changes:
         changes["stream"] = _own_stream(group.tenant, changes["stream"])
     _apply(group, changes, GROUP_MUTABLE, "device group")
+    _check_subject(group.tenant, group.schema_subject)
     validate_model(group)
     with transaction.atomic():
         group.save()
@@ -320,12 +336,25 @@ def device_update(*, actor: Actor, device: Device, **changes: Any) -> Device:
         device.save()
         audit_record(actor=actor, tenant=device.tenant, action="device.update", obj=device, before=before,
                      after=snapshot(device))  # fmt: skip
+        # Kafka authorizes a device group, not a device: a disabled device or one that left
+        # its group (its certificate names the old group) is stopped there by revocation.
+        if device.status != Device.Status.ACTIVE and before["status"] == Device.Status.ACTIVE:
+            _revoke_credentials(actor, device, "certificate_hold")
+        elif device.group_id != before["group_id"]:
+            _revoke_credentials(actor, device, "affiliation_changed")
     return device
+
+
+def _revoke_credentials(actor: Actor, device: Device, reason: str) -> None:
+    from certs.services import device_certificates_revoke
+
+    device_certificates_revoke(actor=actor, device=device, reason=reason)
 
 
 def device_delete(*, actor: Actor, device: Device) -> None:
     with transaction.atomic():
         audit_record(actor=actor, tenant=device.tenant, action="device.delete", obj=device, before=snapshot(device))
+        _revoke_credentials(actor, device, "cessation_of_operation")
         device.delete()
 
 

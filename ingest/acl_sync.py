@@ -45,7 +45,7 @@ from ingest.acls import (
     sorted_bindings,
 )
 from tenants.audit import Actor, audit_record
-from tenants.models import Tenant
+from tenants.models import AuditEvent, Tenant
 
 TIMEOUT = 30.0
 PROPAGATION_WAIT = 30.0
@@ -85,7 +85,7 @@ class AclDriftReport:
 
 
 @contextmanager
-def acl_lock() -> Iterator[None]:
+def acl_lock() -> Iterator[redis.lock.Lock]:
     """One ACL writer at a time, cluster-wide.  Without it a reconcile that read "active"
     just before a suspension committed could re-grant the tenant after the suspension's
     own sync removed its ACLs.  Every writer reads the database and the cluster inside the
@@ -97,7 +97,7 @@ def acl_lock() -> Iterator[None]:
     if not lock.acquire():
         raise LockError(f"{LOCK_NAME} is held by another ACL writer")
     try:
-        yield
+        yield lock
     finally:
         lock.release()
 
@@ -197,13 +197,24 @@ def _audit(actor: Actor, tenant_slug: str, action: str, bindings: list[AclBindin
                      before=before, after=after)  # fmt: skip
 
 
-def _apply(admin: AdminClient, actor: Actor, changes: dict[str, tuple[list[AclBinding], list[AclBinding]]]) -> None:
+def _apply(
+    admin: AdminClient,
+    actor: Actor,
+    changes: dict[str, tuple[list[AclBinding], list[AclBinding]]],
+    lock: redis.lock.Lock | None = None,
+) -> None:
     """``changes`` maps a tenant slug to (create, delete).  Creates before deleting, so a
     grant that moves (a group changing streams) is never briefly absent; audits what Kafka
     accepted right away, so a later failure or retry cannot lose an audit row; then waits
     until the broker's authorizer agrees."""
     failures: list[KafkaException] = []
     for slug, (create, delete) in sorted(changes.items()):
+        if lock is not None:
+            # A long pass (a slow cluster, many tenants) must not outlive its lock: another
+            # writer could then apply a newer state that this pass overwrites with an older
+            # one.  Renewing raises LockNotOwnedError if the lock was already lost, which
+            # aborts the pass; the task retries with a fresh read.
+            lock.reacquire()
         created, create_failure = _create(admin, create)
         deleted, delete_failure = _delete(admin, delete)
         _audit(actor, slug, "acl.create", created)
@@ -223,7 +234,7 @@ def tenant_acls_sync(
     deleted).  The database is read when this runs, under the lock, not when the task was
     queued, so late or repeated runs are harmless."""
     actor = actor or Actor.system("acl-sync")
-    with acl_lock():
+    with acl_lock() as lock:
         admin = _admin()
         wanted = set(desired_acls(tenant_slug) if desired is None else desired)
         foreign = [b for b in wanted if not is_managed(b, tenant_slug)]
@@ -232,7 +243,7 @@ def tenant_acls_sync(
         existing = {b for b in existing_acls(admin) if is_managed(b, tenant_slug)}
         create = sorted_bindings(wanted - existing)
         delete = sorted_bindings(existing - wanted)
-        _apply(admin, actor, {tenant_slug: (create, delete)})
+        _apply(admin, actor, {tenant_slug: (create, delete)}, lock)
     return AclSyncReport(created=[describe_binding(b) for b in create], deleted=[describe_binding(b) for b in delete])
 
 
@@ -240,14 +251,18 @@ def acls_reconcile(*, fix: bool, actor: Actor | None = None) -> AclDriftReport:
     """Compare every tenant's namespace with the model, including namespaces whose tenant
     no longer exists (their bindings are all stale); with ``fix``, repair it."""
     actor = actor or Actor.system("acl-reconcile")
-    with acl_lock():
-        return _reconcile(_admin(), actor, fix=fix)
+    with acl_lock() as lock:
+        return _reconcile(_admin(), actor, fix=fix, lock=lock)
 
 
-def _reconcile(admin: AdminClient, actor: Actor, *, fix: bool) -> AclDriftReport:
+def _reconcile(admin: AdminClient, actor: Actor, *, fix: bool, lock: redis.lock.Lock | None = None) -> AclDriftReport:
     existing = existing_acls(admin)
     live = {t.slug for t in Tenant.objects.all()}
-    seen = {slug for b in existing for slug in managed_tenant_slugs(b)}
+    # A namespace whose tenant is gone is cleaned only if that tenant really existed (its
+    # deletion is in the audit log): an ACL that merely looks like "User:<x>.<y>" or sits on
+    # a topic "iot.<x>.…" without such a tenant belongs to someone else and is left alone.
+    deleted = set(AuditEvent.objects.filter(action="tenant.delete").values_list("tenant_slug", flat=True))
+    seen = {slug for b in existing for slug in managed_tenant_slugs(b)} & deleted
     report = AclDriftReport()
     changes: dict[str, tuple[list[AclBinding], list[AclBinding]]] = {}
     # A binding in two tenants' namespaces (a cross-tenant stray) is deleted once.
@@ -263,6 +278,6 @@ def _reconcile(admin: AdminClient, actor: Actor, *, fix: bool) -> AclDriftReport
             report.missing += [describe_binding(b) for b in create]
             report.stale += [describe_binding(b) for b in delete]
     if fix and changes:
-        _apply(admin, actor, changes)
+        _apply(admin, actor, changes, lock)
         report.created, report.deleted = list(report.missing), list(report.stale)
     return report

@@ -78,10 +78,11 @@ def test_group_cannot_target_another_tenants_stream(admin_client: APIClient, ten
 
 def test_group_lifecycle(admin_client: APIClient, tenant: Tenant) -> None:
     stream = Stream.objects.get(tenant=tenant)
-    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk, "schema_subject": "cams-v"}
+    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk}
     created = admin_client.post(f"{BASE}/groups/", body, format="json")
     assert created.status_code == 201
     assert created.json()["kafka_principal"] == "User:acme.cams"
+    assert created.json()["schema_subject"] == f"{stream.topic}-value"  # the stream topic's value subject
     assert admin_client.patch(f"{BASE}/groups/cams/", {"rate_limit_per_second": 50}, format="json").status_code == 200
     assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 400  # duplicate slug
     admin_client.post(f"{BASE}/devices/", {"device_id": "cam-1", "group": "cams"}, format="json")
@@ -89,6 +90,22 @@ def test_group_lifecycle(admin_client: APIClient, tenant: Tenant) -> None:
     assert busy.status_code == 409
     admin_client.delete(f"{BASE}/devices/cam-1/")
     assert admin_client.delete(f"{BASE}/groups/cams/").status_code == 204
+
+
+@pytest.mark.parametrize("subject", ["iot.globex.eu.temperature-value", "orders-value", "iot.acmex.eu.t-value"])
+def test_a_group_cannot_validate_against_another_tenants_subject(
+    admin_client: APIClient, tenant: Tenant, subject: str
+) -> None:
+    stream = Stream.objects.get(tenant=tenant)
+    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk, "schema_subject": subject}
+    refused = admin_client.post(f"{BASE}/groups/", body, format="json")
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["fields"][0]["pointer"], refused.json()["error"]["fields"][0]["code"]) == (
+        "/schema_subject", "foreign_subject"
+    )  # fmt: skip
+    sensors = admin_client.patch(f"{BASE}/groups/sensors/", {"schema_subject": subject}, format="json")
+    assert sensors.status_code == 400
+    assert DeviceGroup.objects.get(tenant=tenant, slug="sensors").schema_subject.startswith("iot.acme.")
 
 
 def test_device_crud_and_filters(admin_client: APIClient, tenant: Tenant) -> None:
@@ -161,7 +178,7 @@ def test_any_other_write_race_is_a_409_not_a_500(
 ) -> None:
     # given a group created by a concurrent request after this one's checks ran
     stream = Stream.objects.get(tenant=tenant)
-    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk, "schema_subject": "cams-v"}
+    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk}
     assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 201
     monkeypatch.setattr("devices.services._refuse_duplicate", lambda *_: None)
     monkeypatch.setattr(DeviceGroup, "validate_unique", lambda *_, **__: None)
@@ -260,3 +277,9 @@ def test_pagination(admin_client: APIClient, tenant: Tenant) -> None:
     assert page["count"] == 250
     assert len(page["results"]) == 50
     assert page["results"][0]["device_id"] == "p-200"
+
+
+@pytest.mark.parametrize(("replicas", "min_isr"), [(1, "1"), (2, "2"), (3, "2"), (5, "2")])
+def test_acks_all_waits_for_two_replicas_where_there_are_two(tenant: Tenant, replicas: int, min_isr: str) -> None:
+    stream = Stream(tenant=tenant, region="eu", type="t", replication_factor=replicas)
+    assert stream.topic_config()["min.insync.replicas"] == min_isr

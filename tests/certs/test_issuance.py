@@ -33,7 +33,7 @@ def acme(operator_client: APIClient) -> Tenant:
     tenant = Tenant.objects.get(slug="acme")
     stream = operator_client.post("/api/v1/tenants/acme/streams/", {"region": "eu", "type": "temp"}, format="json")
     operator_client.post("/api/v1/tenants/acme/groups/", {"slug": "sensors", "region": "eu", "device_type": "temp",
-                         "stream": stream.json()["id"], "schema_subject": "s"}, format="json")  # fmt: skip
+                         "stream": stream.json()["id"]}, format="json")  # fmt: skip
     operator_client.post("/api/v1/tenants/acme/devices/", {"device_id": "dev-1", "group": "sensors"}, format="json")
     return tenant
 
@@ -249,3 +249,43 @@ def test_bulk_issuance_is_all_or_nothing(operator_client: APIClient, acme: Tenan
     assert found == {("/items/1/device_id", "does_not_exist"), ("/items/2/device_id", "duplicate"),
                      ("/items/3/device_id", "duplicate")}  # fmt: skip
     assert not Certificate.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [("disable", "certificate_hold"), ("move", "affiliation_changed"), ("delete", "cessation_of_operation")],
+)
+def test_a_device_that_is_disabled_moved_or_deleted_loses_its_certificates(
+    operator_client: APIClient, acme: Tenant, change: str, reason: str
+) -> None:
+    # given a device with two usable certificates (Kafka authorizes its group, not the device)
+    base = "/api/v1/tenants/acme"
+    serials = [operator_client.post(f"{base}/devices/dev-1/certificates/", {"csr": csr_for(ca.generate_key())},
+                                    format="json").json()["serial"] for _ in range(2)]  # fmt: skip
+    stream = operator_client.get(f"{base}/streams/").json()["results"][0]["id"]
+    operator_client.post(f"{base}/groups/", {"slug": "others", "region": "eu", "device_type": "temp",
+                         "stream": stream}, format="json")  # fmt: skip
+    # when the device is disabled, moved to another group, or deleted
+    if change == "disable":
+        response = operator_client.patch(f"{base}/devices/dev-1/", {"status": "disabled"}, format="json")
+    elif change == "move":
+        response = operator_client.patch(f"{base}/devices/dev-1/", {"group": "others"}, format="json")
+    else:
+        response = operator_client.delete(f"{base}/devices/dev-1/")
+    assert response.status_code in (200, 204), response.content
+    # then both certificates are revoked with the reason, in one new CRL, and audited
+    revoked = Certificate.objects.filter(serial__in=serials)
+    assert {(c.status, c.revocation_reason) for c in revoked} == {("revoked", reason)}
+    authority = CertificateAuthority.objects.get(tenant=acme)
+    assert authority.crl_number == 2
+    crl = x509.load_der_x509_crl(bytes(authority.crl_der))
+    assert {format(r.serial_number, "x") for r in crl} == set(serials)
+    assert AuditEvent.objects.filter(action="certificate.revoke").count() == 2
+
+
+def test_a_label_change_revokes_nothing(operator_client: APIClient, acme: Tenant) -> None:
+    base = "/api/v1/tenants/acme"
+    serial = operator_client.post(f"{base}/devices/dev-1/certificates/", {"csr": csr_for(ca.generate_key())},
+                                  format="json").json()["serial"]  # fmt: skip
+    assert operator_client.patch(f"{base}/devices/dev-1/", {"labels": {"site": "a"}}, format="json").status_code == 200
+    assert Certificate.objects.get(serial=serial).status == "active"

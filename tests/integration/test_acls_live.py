@@ -330,17 +330,25 @@ def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
     stray = acl(f"User:{slug}.ghost", topic)
     gone = unique_slug("gone")
     orphan = acl(f"User:{gone}.sensors", f"iot.{gone}.eu.temperature")
+    # (the tenant existed: its deletion is in the audit log, but its ACL sync never ran)
+    AuditEvent.objects.create(tenant_slug=gone, actor_label="test", action="tenant.delete", object_type="tenant")
     unrelated = acl("User:someone-else", f"someone-else.{uuid.uuid4().hex[:8]}", AclOperation.READ)
+    # ACLs shaped like Sluice's but for principals and topics of no tenant Sluice ever had
+    lookalike = unique_slug("connect")
+    lookalikes = [acl(f"User:{lookalike}.prod", "connect-offsets", AclOperation.READ),
+                  acl("User:grafana", f"iot.{lookalike}.metrics", AclOperation.READ)]  # fmt: skip
+    unrelated_all = [unrelated, *lookalikes]
     for future in kafka_admin.delete_acls([exact_filter(removed)]).values():
         future.result(30)
-    for future in kafka_admin.create_acls([stray, orphan, unrelated]).values():
+    for future in kafka_admin.create_acls([stray, orphan, *unrelated_all]).values():
         future.result(30)
     try:
         # then a report-only reconcile names exactly that drift and changes nothing
         report = acls_reconcile(fix=False)
         assert describe_binding(removed) in report.missing
         assert {describe_binding(stray), describe_binding(orphan)} <= set(report.stale)
-        assert describe_binding(unrelated) not in report.stale + report.missing
+        for other in unrelated_all:
+            assert describe_binding(other) not in report.stale + report.missing
         assert (report.created, report.deleted) == ([], [])
         assert removed not in set(existing_acls(kafka_admin))
         out = StringIO()
@@ -355,7 +363,7 @@ def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
         assert removed in found
         assert stray not in found
         assert orphan not in found
-        assert unrelated in found
+        assert set(unrelated_all) <= found
         assert produce_one(credential(services, a.tenant, "sensors"), topic) is None
         assert AuditEvent.objects.filter(action="acl.delete", object_repr=describe_binding(stray), tenant=a.tenant)
         assert not acls_reconcile(fix=False).drift
@@ -363,5 +371,5 @@ def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
         call_command("sluice_acls", "--fix", stdout=out)
         assert "no drift" in out.getvalue()
     finally:
-        for future in kafka_admin.delete_acls([exact_filter(unrelated)]).values():
+        for future in kafka_admin.delete_acls([exact_filter(b) for b in unrelated_all]).values():
             future.result(30)

@@ -65,6 +65,7 @@ def test_stream_becomes_a_topic_with_its_settings(
     assert state.config["retention.ms"] == str(6 * 3_600_000)
     assert state.config["compression.type"] == "lz4"
     assert state.config["cleanup.policy"] == "delete"
+    assert state.config["min.insync.replicas"] == "1"  # min(2, replication factor 1 here)
     stream.refresh_from_db()
     assert stream.status == Stream.Status.PROVISIONED
 
