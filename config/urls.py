@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from certs import est
 from config.health import healthz
 from config.metrics import MetricsApi
+from tenants.oauth import views as oauth_views
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -14,6 +15,11 @@ urlpatterns = [
     path(".well-known/est/<slug:tenant>/cacerts", est.cacerts, name="est-cacerts"),
     path(".well-known/est/<slug:tenant>/simplereenroll", est.simplereenroll, name="est-simplereenroll"),
     path(".well-known/est/<slug:tenant>/serverkeygen", est.serverkeygen, name="est-serverkeygen"),
+    # RFC 8414 §3.1 puts the issuer's path (/oauth) after the well-known name; the bare
+    # name is served too, for clients that only try that.
+    path(".well-known/oauth-authorization-server", oauth_views.metadata, name="oauth-metadata"),
+    path(".well-known/oauth-authorization-server/oauth", oauth_views.metadata, name="oauth-metadata-issuer"),
+    path("oauth/", include("tenants.oauth.urls")),
     path("admin/", admin.site.urls),
     path("onboarding/", include("tenants.onboarding_urls")),
     path("ingest/", include("ingest.urls")),

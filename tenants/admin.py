@@ -252,3 +252,7 @@ def _pretty(value: Any) -> str:
     return format_html(
         '<pre style="margin:0;white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2, sort_keys=True)
     )
+
+
+# OAuth clients live with the authorization server; importing registers their admin page.
+from tenants.oauth import admin as oauth_admin  # noqa: E402, F401

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
+from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.errors import InvalidInput
+from config.errors import InvalidInput, PermissionDenied
 from tenants import services
 from tenants.api_base import ScopedApi, StrictSerializer
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
@@ -167,6 +168,11 @@ class TokenInput(StrictSerializer):
 
 
 class TokenListApi(ScopedApi):
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if not isinstance(request.user, get_user_model()):
+            raise PermissionDenied("API tokens belong to user accounts; an OAuth client has none.")
+
     @extend_schema(responses=TokenOutput(many=True))
     def get(self, request: Request) -> Response:
         return self.page(ApiToken.objects.filter(user=request.user).order_by("-created_at"), TokenOutput)

@@ -23,7 +23,9 @@ class Actor:
 
     @classmethod
     def of(cls, user: Any) -> Actor:
-        return cls(user=user, label=user.get_username())
+        # An OAuth service client acts without a user account: only its label is recorded.
+        account = user if isinstance(user, models.Model) else None
+        return cls(user=account, label=user.get_username())
 
     @classmethod
     def system(cls, job: str) -> Actor:

@@ -1,10 +1,17 @@
-"""Bearer API tokens for scripts (``Authorization: Bearer slc_<prefix>_<secret>``).
+"""Bearer credentials of the REST API (RFC 6750 §2.1), told apart by their shape:
 
-The secret is compared by its SHA-256, looked up by its unique hash, so no timing
-difference reveals a prefix match.  Expired and revoked tokens are refused."""
+* ``Bearer slc_<prefix>_<secret>``: an API token for scripts, acting as its user.  The
+  secret is compared by its SHA-256, looked up by its unique hash, so no timing difference
+  reveals a prefix match.  Expired and revoked tokens are refused.
+* ``Bearer <header>.<payload>.<signature>``: a Sluice access token (a JWT, RFC 7519 §3)
+  for audience ``sluice-api``, held by a tenant's service OAuth client
+  (``tenants.oauth.resource``).  An API token never contains a dot, so the two cannot be
+  confused.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.utils import timezone
@@ -13,16 +20,28 @@ from rest_framework import authentication, exceptions
 from tenants.models import ApiToken, hash_token
 
 TOKEN_PREFIX = "slc_"  # noqa: S105 - a public marker, not a secret
+# Three base64url parts (RFC 7515 §7.1, JWS compact serialization).
+JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+REALM = "sluice-api"
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
+    """API tokens and service-client access tokens (the one bearer entry point of the API)."""
+
     keyword = "Bearer"
 
-    def authenticate(self, request: Any) -> tuple[Any, ApiToken] | None:
+    def authenticate(self, request: Any) -> tuple[Any, Any] | None:
         header = authentication.get_authorization_header(request).decode(errors="replace")
-        if not header.startswith(f"{self.keyword} {TOKEN_PREFIX}"):
+        if not header.startswith(f"{self.keyword} "):
             return None
-        secret = header[len(self.keyword) + 1 :].strip()
+        credential = header[len(self.keyword) + 1 :].strip()
+        if credential.startswith(TOKEN_PREFIX):
+            return self._api_token(credential)
+        if JWT_SHAPE.match(credential):
+            return self._access_token(request, credential)
+        return None
+
+    def _api_token(self, secret: str) -> tuple[Any, ApiToken]:
         token = ApiToken.objects.select_related("user").filter(secret_hash=hash_token(secret)).first()
         now = timezone.now()
         if token is None or token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
@@ -32,5 +51,24 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         return token.user, token
 
+    def _access_token(self, request: Any, token: str) -> tuple[Any, Any]:
+        # Imported here: DRF imports this module while config.errors is still loading
+        # (config.errors -> rest_framework.views -> the authentication classes).
+        from config.errors import PermissionDenied, Unauthenticated
+        from tenants.oauth.resource import authenticate_service_token
+
+        try:
+            principal = authenticate_service_token(token)
+        except Unauthenticated as exc:
+            # Remembered for the challenge header (RFC 6750 §3: error="invalid_token").
+            request._sluice_bearer_error = exc.code
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
+        except PermissionDenied as exc:
+            raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
+        return principal, principal.claims
+
     def authenticate_header(self, request: Any) -> str:
-        return self.keyword
+        error = getattr(request, "_sluice_bearer_error", None)
+        if error is None:
+            return f'{self.keyword} realm="{REALM}"'
+        return f'{self.keyword} realm="{REALM}", error="invalid_token", error_description="{error}"'

@@ -140,3 +140,7 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("the audit log is append-only")
+
+
+# Registered under this app; defined with the authorization server it belongs to.
+from tenants.oauth.models import OAuthClient  # noqa: E402, F401

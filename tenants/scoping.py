@@ -1,6 +1,10 @@
 """Tenant scoping, in one place.  Every request's view of the data goes through ``Scope``:
 operators see every tenant; anyone else sees only the tenants they are a member of, and a
-tenant they cannot see does not exist for them (404, never 403)."""
+tenant they cannot see does not exist for them (404, never 403).
+
+An OAuth service client (``tenants.oauth.resource.ServiceClientPrincipal``) is a member of
+exactly one tenant, its own, with the role its token's scopes amount to (provision:read a
+viewer, provision:write an admin); it is never an operator, whatever else it claims."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from django.db.models import QuerySet
 
 from config.errors import NotFound, PermissionDenied
 from tenants.models import Membership, Tenant
+from tenants.oauth.resource import ServiceClientPrincipal
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class Scope:
 
 
 def scope_for(user: Any) -> Scope:
+    if isinstance(user, ServiceClientPrincipal):
+        # Checked first: nothing a token carries can make it an operator.
+        return Scope(user=user, is_operator=False, roles={user.tenant_id: user.role})
     if not getattr(user, "is_authenticated", False):
         return Scope(user=user, is_operator=False, roles={})
     if user.is_superuser:

@@ -5,6 +5,7 @@ from django.urls import path
 from certs import apis as cert_apis
 from devices import apis as device_apis
 from tenants import apis
+from tenants.oauth import apis as oauth_apis
 
 T = "tenants/<slug:tenant>/"
 
@@ -28,5 +29,12 @@ urlpatterns = [
     path(f"{T}certificates/<str:serial>/", cert_apis.CertificateDetailApi.as_view(), name="certificate-detail"),
     path(f"{T}certificates/<str:serial>/revoke", cert_apis.CertificateRevokeApi.as_view(), name="certificate-revoke"),
     path(f"{T}ca/", cert_apis.TenantCaApi.as_view(), name="tenant-ca"),
+    path(f"{T}oauth-clients/", oauth_apis.OAuthClientListApi.as_view(), name="oauth-client-list"),
+    path(f"{T}oauth-clients/<str:client_id>/", oauth_apis.OAuthClientDetailApi.as_view(), name="oauth-client-detail"),
+    path(
+        f"{T}oauth-clients/<str:client_id>/rotate-secret",
+        oauth_apis.OAuthClientRotateSecretApi.as_view(),
+        name="oauth-client-rotate-secret",
+    ),
     path("tokens/", apis.TokenListApi.as_view(), name="token-list"),
 ]

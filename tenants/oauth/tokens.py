@@ -36,7 +36,7 @@ LEEWAY_SECONDS = 30
 
 
 def issuer(runtime: Runtime) -> str:
-    return f"{runtime.web_url}/oauth"
+    return runtime.oauth_issuer
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,10 @@ def mint_access_token(
         "nbf": issued,
         "exp": issued + seconds,
         "jti": secrets.token_hex(16),
-        "scope": " ".join(sorted(set(scopes))),
         "tenant": tenant,
     }
+    if scopes:  # the broker refuses an empty "scope" claim; no scopes means no claim
+        claims["scope"] = " ".join(sorted(set(scopes)))
     if kafka_principal is not None:
         claims["kafka_principal"] = kafka_principal
     if device is not None:

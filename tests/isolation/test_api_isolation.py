@@ -1,15 +1,20 @@
-"""Tenant A's admin against every one of tenant B's objects, by every verb: always 404,
-exactly as for an object that does not exist, and B is left untouched."""
+"""Tenant A's admin -- and tenant A's OAuth service client -- against every one of tenant B's
+objects, by every verb: always 404, exactly as for an object that does not exist, and B is
+left untouched."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor
 from tenants.models import AuditEvent, Tenant
+from tenants.oauth.models import OAuthClient
 from tenants.services import tenant_update
 from tests.conftest import client_for, make_tenant, make_user
+from tests.oauth.support import make_oauth_client, service_api
 
 pytestmark = pytest.mark.django_db
 
@@ -19,12 +24,15 @@ def b_objects(db: None) -> dict[str, object]:
     b = make_tenant("globex")
     Device.objects.create(tenant=b, group=DeviceGroup.objects.get(tenant=b), device_id="b-dev")
     tenant_update(actor=Actor.system("test"), tenant=b, name="Globex")  # an audit event of B's
-    return {"tenant": b, "stream": Stream.objects.get(tenant=b)}
+    oauth_client, _secret = make_oauth_client(b)
+    return {"tenant": b, "stream": Stream.objects.get(tenant=b), "oauth_client": oauth_client}
 
 
 def b_urls(b_objects: dict[str, object]) -> list[str]:
     stream = b_objects["stream"]
+    oauth_client = b_objects["oauth_client"]
     assert isinstance(stream, Stream)
+    assert isinstance(oauth_client, OAuthClient)
     return [
         "/api/v1/tenants/globex/",
         "/api/v1/tenants/globex/suspend",
@@ -39,6 +47,9 @@ def b_urls(b_objects: dict[str, object]) -> list[str]:
         "/api/v1/tenants/globex/devices/",
         "/api/v1/tenants/globex/devices/bulk",
         "/api/v1/tenants/globex/devices/b-dev/",
+        "/api/v1/tenants/globex/oauth-clients/",
+        f"/api/v1/tenants/globex/oauth-clients/{oauth_client.client_id}/",
+        f"/api/v1/tenants/globex/oauth-clients/{oauth_client.client_id}/rotate-secret",
     ]
 
 
@@ -55,10 +66,21 @@ BODY = {"name": "pwned", "device_id": "x", "group": "sensors", "region": "eu", "
 def test_tenant_admin_gets_404_on_every_other_tenant_url(b_objects: dict[str, object], verb: str) -> None:
     # given tenant A's admin
     a = make_tenant("acme")
-    client = client_for(make_user("acme-admin", tenant=a))
+    assert_every_b_url_is_404(client_for(make_user("acme-admin", tenant=a)), b_objects, verb)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_service_token_gets_404_on_every_other_tenant_url(b_objects: dict[str, object], verb: str) -> None:
+    # given tenant A's service client with provision:write, its token from the token endpoint
+    client, _oauth_client = service_api(make_tenant("acme"), ["provision:read", "provision:write"])
+    assert_every_b_url_is_404(client, b_objects, verb)
+
+
+def assert_every_b_url_is_404(client: Any, b_objects: dict[str, object], verb: str) -> None:
+    b_client = OAuthClient.objects.get(tenant__slug="globex")
     before = (Device.objects.count(), DeviceGroup.objects.count(), Stream.objects.count(), AuditEvent.objects.count())
     for url in b_urls(b_objects):
-        # when A's admin tries B's URL with this verb
+        # when A's admin (or service client) tries B's URL with this verb
         response = getattr(client, verb)(url, BODY, format="json")
         twin = getattr(client, verb)(missing_twin(url), BODY, format="json")
         # then it is a 404, answered exactly like a tenant that does not exist
@@ -75,16 +97,21 @@ def test_tenant_admin_gets_404_on_every_other_tenant_url(b_objects: dict[str, ob
     b = Tenant.objects.get(slug="globex")
     assert (b.name, b.status) == ("Globex", "active")
     assert Device.objects.get(device_id="b-dev").status == "active"
+    after = OAuthClient.objects.get(pk=b_client.pk)
+    assert (after.status, after.secret_hash) == ("active", b_client.secret_hash)
 
 
-def test_other_tenants_never_appear_in_lists(b_objects: dict[str, object]) -> None:
+@pytest.mark.parametrize("principal", ["admin", "service client"])
+def test_other_tenants_never_appear_in_lists(b_objects: dict[str, object], principal: str) -> None:
     a = make_tenant("acme")
-    client = client_for(make_user("acme-admin", tenant=a))
+    client = client_for(make_user("acme-admin", tenant=a)) if principal == "admin" else service_api(a)[0]
+    b_client_id = str(getattr(b_objects["oauth_client"], "client_id", ""))
     assert [t["slug"] for t in client.get("/api/v1/tenants/").json()["results"]] == ["acme"]
-    for path in ("devices", "groups", "streams", "audit", "members"):
+    for path in ("devices", "groups", "streams", "audit", "members", "oauth-clients"):
         body = client.get(f"/api/v1/tenants/acme/{path}/").json()
         assert "globex" not in str(body), path
         assert "b-dev" not in str(body), path
+        assert b_client_id not in str(body), path
 
 
 def test_references_in_bodies_stay_inside_the_tenant(b_objects: dict[str, object]) -> None:

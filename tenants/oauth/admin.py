@@ -1,0 +1,74 @@
+"""OAuth clients in the Sluice console: listed and revoked, never created or edited here.
+
+Creation belongs to the API, where the secret is shown once in the answer; the admin would
+have to carry it through a message (a cookie or the session).  The secret's hash is never
+shown.  Imported by ``tenants.admin`` so the admin site's autodiscovery finds it."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from config.errors import SluiceError
+from tenants.admin_scoping import TenantScopedAdmin
+from tenants.oauth import services
+from tenants.oauth.models import OAuthClient
+
+
+@admin.register(OAuthClient)
+class OAuthClientAdmin(TenantScopedAdmin):
+    read_only = True
+    exclude = ("secret_hash",)
+    fields = (
+        "client_id",
+        "name",
+        "tenant",
+        "kind",
+        "device",
+        "group",
+        "scopes",
+        "status",
+        "created_at",
+        "last_used_at",
+        "secret_rotated_at",
+        "revoked_at",
+    )
+    readonly_fields = fields
+    list_display = ("client_id", "name", "tenant", "kind", "state", "scope_list", "last_used_at", "created_at")
+    list_filter = ("kind", "status", ("tenant", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("client_id", "name", "tenant__slug", "device__device_id", "group__slug")
+    list_select_related = ("tenant", "device", "group")
+    actions = ("revoke",)
+
+    @admin.display(description="state", ordering="status")
+    def state(self, obj: OAuthClient) -> str:
+        from tenants.admin import status_badge
+
+        return status_badge("active" if obj.is_active else "failed", obj.status)
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: OAuthClient) -> str:
+        return " ".join(obj.scopes)
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        """For ``@admin.action(permissions=["revoke"])``: whoever administers some tenant."""
+        return self._is_admin_anywhere(request)
+
+    @admin.action(
+        description="Revoke selected clients (no new tokens, API access ends at once)", permissions=["revoke"]
+    )
+    def revoke(self, request: HttpRequest, queryset: QuerySet[OAuthClient]) -> None:
+        scope = self.scope(request)
+        done = []
+        for client in queryset.select_related("tenant"):
+            if not scope.can_admin(client.tenant):
+                self.message_user(request, f"{client.client_id}: needs the tenant admin role.", messages.ERROR)
+                continue
+            try:
+                services.oauth_client_revoke(actor=self.actor(request), client=client)
+                done.append(client.client_id)
+            except SluiceError as exc:
+                self.message_user(request, f"{client.client_id}: {exc.message}", messages.ERROR)
+        if done:
+            self.message_user(request, f"Revoked {', '.join(done)}.", messages.SUCCESS)

@@ -1,0 +1,147 @@
+"""OAuth clients over REST, under ``/api/v1/tenants/<tenant>/oauth-clients/``.  Members of
+the tenant read them, its admins (and operators) create, revoke and rotate them; the
+secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from config.errors import NotFound
+from devices.models import Device, DeviceGroup
+from tenants.api_base import ScopedApi, StrictSerializer
+from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
+from tenants.oauth import scopes as oauth_scopes
+from tenants.oauth import services
+from tenants.oauth.models import OAuthClient
+from tenants.oauth.views import metadata_document
+
+
+class OAuthClientOutput(serializers.ModelSerializer):
+    device = serializers.CharField(source="device.device_id", default=None, read_only=True)
+    group = serializers.CharField(source="effective_group.slug", default=None, read_only=True)
+    kafka_principal = serializers.CharField(default=None, read_only=True)
+
+    class Meta:
+        model = OAuthClient
+        fields = (
+            "client_id",
+            "name",
+            "kind",
+            "scopes",
+            "device",
+            "group",
+            "kafka_principal",
+            "status",
+            "created_at",
+            "last_used_at",
+            "secret_rotated_at",
+            "revoked_at",
+        )
+
+
+class OAuthClientSecretOutput(OAuthClientOutput):
+    """A client with its secret: only in the answers to create and rotate-secret."""
+
+    client_secret = serializers.SerializerMethodField()
+    token_endpoint = serializers.SerializerMethodField()
+
+    class Meta(OAuthClientOutput.Meta):
+        fields = (*OAuthClientOutput.Meta.fields, "client_secret", "token_endpoint")
+
+    def get_client_secret(self, obj: OAuthClient) -> str:
+        return str(self.context["secret"])
+
+    def get_token_endpoint(self, obj: OAuthClient) -> str:
+        return str(metadata_document()["token_endpoint"])
+
+
+class OAuthClientInput(StrictSerializer):
+    """``device`` (a device id) and ``group`` (a group slug) are looked up in the URL's
+    tenant only, so another tenant's object reads as one that does not exist."""
+
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(OAuthClient.Kind.choices)
+    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL), allow_empty=False)
+    device = serializers.CharField(max_length=128, required=False, allow_null=True)
+    group = serializers.CharField(max_length=40, required=False, allow_null=True)
+
+    def _missing(self, what: str) -> serializers.ValidationError:
+        return serializers.ValidationError(
+            serializers.ErrorDetail(f"No such {what} in this tenant.", code="does_not_exist")
+        )
+
+    def validate_device(self, value: str | None) -> Device | None:
+        if value is None:
+            return None
+        device = Device.objects.filter(tenant=self.context["tenant"], device_id=value).select_related("group").first()
+        if device is None:
+            raise self._missing("device")
+        return device
+
+    def validate_group(self, value: str | None) -> DeviceGroup | None:
+        if value is None:
+            return None
+        group = DeviceGroup.objects.filter(tenant=self.context["tenant"], slug=value).select_related("tenant").first()
+        if group is None:
+            raise self._missing("device group")
+        return group
+
+
+class OAuthClientApiMixin(ScopedApi):
+    def get_client(self, client_id: str) -> OAuthClient:
+        client = (
+            OAuthClient.objects.filter(tenant=self.tenant, client_id=client_id)
+            .select_related("tenant", "device__group__tenant", "group__tenant")
+            .first()
+        )
+        if client is None:
+            raise NotFound(f"No OAuth client '{client_id}'.")
+        return client
+
+
+class OAuthClientListApi(OAuthClientApiMixin):
+    @extend_schema(responses=OAuthClientOutput(many=True))
+    def get(self, request: Request, tenant: str) -> Response:
+        clients = OAuthClient.objects.filter(tenant=self.tenant).select_related(
+            "tenant", "device__group__tenant", "group__tenant"
+        )
+        return self.page(clients, OAuthClientOutput)
+
+    @extend_schema(request=OAuthClientInput, responses={201: OAuthClientSecretOutput})
+    def post(self, request: Request, tenant: str) -> Response:
+        target = self.writable_tenant()
+        serializer = OAuthClientInput(data=request.data, context={"tenant": target})
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = dict(serializer.validated_data)
+        client, secret = services.oauth_client_create(actor=self.actor, tenant=target, **data)
+        body = OAuthClientSecretOutput(client, context={"secret": secret}).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+
+
+class OAuthClientDetailApi(OAuthClientApiMixin):
+    @extend_schema(responses=OAuthClientOutput)
+    def get(self, request: Request, tenant: str, client_id: str) -> Response:
+        return Response(OAuthClientOutput(self.get_client(client_id)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, tenant: str, client_id: str) -> Response:
+        """Revoke the client (kept, for the audit trail, with status ``revoked``)."""
+        client = self.get_client(client_id)
+        self.scope.require_admin(client.tenant)
+        services.oauth_client_revoke(actor=self.actor, client=client)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class OAuthClientRotateSecretApi(OAuthClientApiMixin):
+    @extend_schema(request=None, responses=OAuthClientSecretOutput)
+    def post(self, request: Request, tenant: str, client_id: str) -> Response:
+        client = self.get_client(client_id)
+        self.scope.require_admin(client.tenant)
+        rotated, secret = services.oauth_client_rotate_secret(actor=self.actor, client=client)
+        body = OAuthClientSecretOutput(rotated, context={"secret": secret}).data
+        return Response(body, headers={"Cache-Control": "no-store"})

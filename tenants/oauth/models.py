@@ -1,0 +1,130 @@
+"""OAuth2 clients of Sluice's own authorization server (client-credentials grant only).
+
+Imported by ``tenants.models`` so Django registers the model under the ``tenants`` app;
+related models are named by string so this module imports no other app's models.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import ClassVar
+
+from django.db import models
+
+from tenants.models import hash_token
+
+# Why a given client may not get (or use) a token right now; stable codes shared by the
+# token endpoint and every resource server that re-checks a token's client.
+CLIENT_REVOKED = "client_revoked"
+TENANT_SUSPENDED = "tenant_suspended"
+DEVICE_DISABLED = "device_disabled"
+CREDENTIAL_POLICY = "credential_policy"
+REFUSAL_MESSAGES = {
+    CLIENT_REVOKED: "The OAuth client is revoked.",
+    TENANT_SUSPENDED: "The client's tenant is suspended.",
+    DEVICE_DISABLED: "The client's device is disabled.",
+    CREDENTIAL_POLICY: "The client's device group allows mTLS client certificates only, not OAuth2 tokens.",
+}
+
+
+class OAuthClient(models.Model):
+    """A confidential OAuth2 client of one tenant (RFC 6749 §2.1), authenticating with its
+    ``client_id`` and a secret to get access tokens by the client-credentials grant (§4.4).
+
+    * ``device``: one device; its tokens carry the device id and its group's Kafka principal.
+    * ``gateway``: speaks for the devices of one group; its tokens carry the group's principal.
+    * ``service``: a tenant's backend automation; its tokens reach the provisioning API for
+      this tenant only (``provision:read`` as a viewer, ``provision:write`` as an admin).
+
+    Only the SHA-256 of the secret is stored: the secret is 256 random bits, so a fast hash
+    cannot be brute-forced, and the secret is shown once, at creation or rotation.  A device
+    client's group is always its device's *current* group (``effective_group``), so moving a
+    device moves its Kafka principal with it.
+    """
+
+    class Kind(models.TextChoices):
+        DEVICE = "device"
+        GATEWAY = "gateway"
+        SERVICE = "service"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        REVOKED = "revoked"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="oauth_clients")
+    client_id = models.CharField(max_length=40, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # CASCADE: a device's or group's credentials cannot outlive it (tenant deletion removes
+    # devices, then groups, then the tenant).
+    device = models.ForeignKey(
+        "devices.Device", null=True, blank=True, on_delete=models.CASCADE, related_name="oauth_clients"
+    )
+    group = models.ForeignKey(
+        "devices.DeviceGroup", null=True, blank=True, on_delete=models.CASCADE, related_name="oauth_clients"
+    )
+    scopes = models.JSONField(default=list)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        app_label = "tenants"
+        ordering: ClassVar = ["tenant", "created_at", "id"]
+        verbose_name = "OAuth client"
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(kind="device", device__isnull=False, group__isnull=True)
+                    | models.Q(kind="gateway", device__isnull=True, group__isnull=False)
+                    | models.Q(kind="service", device__isnull=True, group__isnull=True)
+                ),
+                name="oauth_client_subject_matches_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.client_id})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    @property
+    def effective_group(self) -> models.Model | None:
+        """The device group whose policy and Kafka principal apply: the device's for device
+        clients, the named group for gateways, none for service clients."""
+        if self.kind == self.Kind.DEVICE:
+            return self.device.group if self.device is not None else None
+        return self.group
+
+    @property
+    def kafka_principal(self) -> str | None:
+        """``<tenant>.<group>``: the group's Kafka principal without ``User:`` -- the value of
+        the token claim the broker maps to a principal (``sasl.oauthbearer.sub.claim.name``)."""
+        group = self.effective_group
+        if group is None:
+            return None
+        return group.kafka_principal.removeprefix("User:")  # type: ignore[attr-defined]
+
+    def check_secret(self, secret: str) -> bool:
+        """Constant-time comparison of digests, so response timing says nothing about how
+        much of a guess was right."""
+        return hmac.compare_digest(self.secret_hash, hash_token(secret))
+
+    def refusal(self) -> str | None:
+        """Why this client may not hold a token now (a stable code), or None.  Checked at
+        issuance and again by resource servers on every request."""
+        if not self.is_active:
+            return CLIENT_REVOKED
+        if not self.tenant.is_active:
+            return TENANT_SUSPENDED
+        if self.device is not None and self.device.status != "active":
+            return DEVICE_DISABLED
+        group = self.effective_group
+        if group is not None and group.credential_policy == "mtls":  # type: ignore[attr-defined]
+            return CREDENTIAL_POLICY
+        return None
