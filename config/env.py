@@ -135,6 +135,25 @@ class Runtime:
         return f"{self.kafka_advertised_host}:{self.ports.kafka}"
 
     @property
+    def kafka_oauth_bootstrap(self) -> str:
+        """The broker's SASL_SSL listener for OAUTHBEARER clients holding a Sluice token."""
+        return f"{self.kafka_advertised_host}:{self.ports.kafka_oauth}"
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the broker fetches Sluice's token-signing public keys (RFC 7517): nginx's
+        plain-HTTP listener on loopback.  The broker's JVM must allow exactly this URL
+        (``org.apache.kafka.sasl.oauthbearer.allowed.urls``)."""
+        return f"http://127.0.0.1:{self.ports.crl}/oauth/jwks.json"
+
+    @property
+    def oauth_issuer(self) -> str:
+        """The ``iss`` of Sluice's access tokens (``tenants.oauth.tokens.issuer``), which the
+        broker expects (``sasl.oauthbearer.expected.issuer``).  Defined here because the
+        launcher renders the broker's configuration without Django."""
+        return f"{self.web_url}/oauth"
+
+    @property
     def registry_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.registry}/apis/ccompat/v7"
 

@@ -158,7 +158,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "topics-reconcile": {"task": "devices.topics_reconcile", "schedule": 300.0},
     "acls-reconcile": {"task": "devices.acls_reconcile", "schedule": 300.0},
     "pki-rotate": {"task": "certs.pki_rotate", "schedule": 900.0},
+    # Hourly: a successor is published once the newest key is 30 days old, and a retired
+    # key is deleted two hours after its successor started signing (tenants.oauth.keys).
+    "oauth-signing-keys-rotate": {"task": "oauth.signing_keys_rotate", "schedule": 3600.0},
 }
+# Task modules outside INSTALLED_APPS' <app>.tasks, which autodiscovery does not find.
+CELERY_IMPORTS = ("tenants.oauth.tasks",)
 
 LOGGING = {
     "version": 1,

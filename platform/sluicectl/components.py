@@ -31,6 +31,7 @@ from config.env import BASE_DIR, TEST, Runtime
 from sluicectl import fetch
 from sluicectl.errors import LaunchError
 from sluicectl.supervisor import Process, run_once
+from tenants.oauth.keys import ensure_signing_keys, jwks_path
 
 TEMPLATES = BASE_DIR / "platform"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -147,8 +148,10 @@ class Redis(Component):
 
 class Kafka(Component):
     name = "kafka"
-    requires = ("nginx",)  # serves the CRLs every TLS handshake of the broker checks
-    ports = ("kafka", "kafka_controller", "kafka_internal")
+    # nginx serves the CRLs every TLS handshake of the broker checks, and the JWKS the
+    # OAUTHBEARER listener must fetch while the broker starts (RefreshingHttpsJwks.init).
+    requires = ("nginx",)
+    ports = ("kafka", "kafka_controller", "kafka_internal", "kafka_oauth")
     startup_timeout = 120.0
     stop_timeout = 45.0
 
@@ -166,6 +169,9 @@ class Kafka(Component):
             "-Dcom.sun.security.enableCRLDP=true",
             "-Dcom.sun.security.crl.timeout=5",
             "-Dcom.sun.security.crl.readtimeout=5",
+            # Kafka 4.x fetches no SASL/OAUTHBEARER URL unless it is listed here, matched
+            # exactly (BrokerSecurityConfigs.ALLOWED_SASL_OAUTHBEARER_URLS_CONFIG).
+            f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={ctx.runtime.jwks_url}",
             f"-Dkafka.logs.dir={ctx.runtime.logs_dir / 'kafka'}",
             f"-Dlog4j2.configurationFile={TEMPLATES / 'kafka' / 'log4j2.yaml'}",
             "-cp",
@@ -189,6 +195,9 @@ class Kafka(Component):
             controller_port=rt.ports.kafka_controller,
             internal_port=rt.ports.kafka_internal,
             client_port=rt.ports.kafka,
+            oauth_port=rt.ports.kafka_oauth,
+            jwks_url=rt.jwks_url,
+            oauth_issuer=rt.oauth_issuer,
             client_bind="127.0.0.1" if rt.web_bind == "127.0.0.1" else "0.0.0.0",  # noqa: S104
             advertised_host=rt.kafka_advertised_host,
             keystore=pki.keystore("broker"),
@@ -231,6 +240,8 @@ class Kafka(Component):
     def check(self, ctx: Context) -> str | None:
         if not tcp_open(ctx.runtime.ports.kafka):
             return "client listener not open yet"
+        if not tcp_open(ctx.runtime.ports.kafka_oauth):
+            return "OAUTHBEARER listener not open yet"
         from ingest.kafka import kafka_cluster_check
 
         return kafka_cluster_check(ctx.runtime)
@@ -387,6 +398,10 @@ class Nginx(Component):
         rt.logs_dir.mkdir(parents=True, exist_ok=True)
         rt.crl_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(rt.crl_dir, 0o755)  # noqa: S103 - public CRLs, read by nginx workers
+        # nginx serves the token-signing JWKS and the broker fetches it when it starts, so a
+        # signing key and the published JWKS must exist before either starts.
+        ensure_signing_keys(rt)
+        os.chmod(jwks_path(rt).parent, 0o755)  # noqa: S103 - public keys, read by nginx workers
         render(
             TEMPLATES / "nginx" / "nginx.conf.in",
             prefix / "nginx.conf",
@@ -407,6 +422,7 @@ class Nginx(Component):
             crl_port=rt.ports.crl,
             crl_dir=rt.crl_dir,
             crl_bundle=bundle_path(rt),
+            jwks_file=jwks_path(rt),
             proxy_secret=rt.proxy_secret,
         )
 
@@ -431,6 +447,12 @@ class Nginx(Component):
             return f"CRL listener: {getattr(exc, 'reason', exc)}"
         if status != 200:
             return f"CRL listener answered {status} for the root CRL"
+        try:
+            status, _ = http_get(ctx.runtime.jwks_url)
+        except OSError as exc:
+            return f"JWKS: {getattr(exc, 'reason', exc)}"
+        if status != 200:
+            return f"CRL listener answered {status} for the JWKS"
         return None if tcp_open(ctx.runtime.ports.web) else "HTTPS listener not open yet"
 
 

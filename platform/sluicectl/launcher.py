@@ -23,7 +23,9 @@ from sluicectl.supervisor import Process, last_error
 # web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
 ORDER = ("redis", "nginx", "kafka", "registry", "web", "worker", "beat")
-# nginx serves the CRLs the broker checks every TLS peer against, so it comes first.
+# nginx serves the CRLs the broker checks every TLS peer against, and the token-signing
+# JWKS the broker's OAUTHBEARER listener fetches while it starts (Nginx.prepare creates
+# the first signing key and publishes the JWKS), so it comes first.
 WAIT_BEFORE_NEXT = {"redis", "nginx"}
 PLATFORM_TIMEOUT = 90.0
 
