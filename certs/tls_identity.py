@@ -35,6 +35,11 @@ def _from_nginx(request: HttpRequest) -> bool:
     return bool(offered) and hmac.compare_digest(offered, settings.SLUICE_PROXY_SECRET)
 
 
+def client_certificate_presented(request: HttpRequest) -> bool:
+    """Whether the client presented a certificate at all (verified or not), as nginx saw it."""
+    return _from_nginx(request) and request.headers.get("X-Sluice-Client-Verify", "NONE") != "NONE"
+
+
 def client_certificate(request: HttpRequest) -> x509.Certificate:
     """The verified client certificate, or a precise 401/403."""
     verdict = request.headers.get("X-Sluice-Client-Verify", "NONE") if _from_nginx(request) else "NONE"

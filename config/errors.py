@@ -100,6 +100,11 @@ class SchemaValidationFailed(SluiceError):
     status = status.HTTP_422_UNPROCESSABLE_ENTITY
 
 
+class MethodNotAllowed(SluiceError):
+    code = "method_not_allowed"
+    status = status.HTTP_405_METHOD_NOT_ALLOWED
+
+
 class RateLimited(SluiceError):
     code = "rate_limited"
     status = status.HTTP_429_TOO_MANY_REQUESTS

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,26 @@ def client_config(runtime: Runtime, *, certificate_pem: str, key_pem: str, ca_pe
         "ssl.ca.pem": ca_pem if ca_pem is not None else pki.trust_bundle.read_text(),
         "ssl.certificate.pem": certificate_pem,
         "ssl.key.pem": key_pem,
+        "logger": _quiet,
+    }
+
+
+# librdkafka's ``oauth_cb``: given ``sasl.oauthbearer.config``, returns (token, expiry as
+# epoch seconds[, principal]).  librdkafka calls it again at 80 % of the token's lifetime.
+OAuthTokenCallback = Callable[[str | None], tuple[Any, ...]]
+
+
+def oauth_client_config(runtime: Runtime, *, oauth_cb: OAuthTokenCallback, ca_pem: str | None = None) -> dict[str, Any]:
+    """librdkafka settings for a Sluice token holder on the broker's OAUTH listener:
+    TLS (server authentication only) + SASL OAUTHBEARER (RFC 7628).  The broker takes the
+    principal from the token's ``kafka_principal`` claim (``User:<tenant>.<group>``)."""
+    pki = PlatformPki(runtime.pki_dir)
+    return {
+        "bootstrap.servers": runtime.kafka_oauth_bootstrap,
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "OAUTHBEARER",
+        "oauth_cb": oauth_cb,
+        "ssl.ca.pem": ca_pem if ca_pem is not None else pki.trust_bundle.read_text(),
         "logger": _quiet,
     }
 
@@ -177,7 +197,23 @@ class IngestProducer:
 
     def _serve_callbacks(self) -> None:
         while not self._stopped.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                # librdkafka raises a fatal error (e.g. a fenced idempotent producer) from
+                # poll(); the producer cannot continue, and a dead poll thread would leave
+                # every later request waiting out its deadline.  Mark it for replacement.
+                _quiet.error("ingest producer: %s; it will be replaced", exc)
+                self.broken = True
+                return
+            except Exception:  # noqa: BLE001 — a delivery callback failed: never let the thread die silently
+                _quiet.exception("ingest producer: delivery-report thread failed; it will be replaced")
+                self.broken = True
+                return
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and self._thread.is_alive()
 
     def produce_and_wait(
         self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
@@ -239,7 +275,7 @@ def ingest_producer(runtime: Runtime) -> IngestProducer:
     key = (os.getpid(), str(runtime.state_dir))
     with _producer_lock:
         producer = _producers.get(key)
-        if producer is not None and producer.broken:
+        if producer is not None and not producer.usable:
             # Let the broken one deliver what it still can, off this request's path.
             threading.Thread(target=producer.close, daemon=True).start()
             producer = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
-from config.errors import RateLimited, ServiceUnavailable
+from config.errors import PayloadTooLarge, RateLimited, ServiceUnavailable
 
 KEY_PREFIX = "sluice:ingest"
 # Windows live a little longer than their second so a slow clock edge never resets one early.
@@ -75,6 +75,18 @@ def _retry_after(now: float) -> int:
 def rate_limit_take(budget: Budget, *, now: float | None = None) -> None:
     """Count this request in the current window, or raise ``RateLimited`` without counting it
     against the tenant.  Raises ``ServiceUnavailable`` when Redis cannot answer."""
+    # A request larger than a whole second of the tenant's quota can never pass; 429 with
+    # Retry-After would have the device retry it forever.  Say so (413) and how to split it.
+    too_big = []
+    if budget.records > budget.tenant_records_per_second:
+        too_big.append(f"{budget.records} records (limit {budget.tenant_records_per_second} per second)")
+    if budget.body_bytes > budget.tenant_bytes_per_second:
+        too_big.append(f"{budget.body_bytes} bytes (limit {budget.tenant_bytes_per_second} per second)")
+    if too_big:
+        raise PayloadTooLarge(
+            f"This request alone exceeds the tenant's rate limit: {' and '.join(too_big)}; send smaller batches.",
+            code="exceeds_tenant_limit",
+        )
     now = time.time() if now is None else now
     window = int(now)
     device_key = f"{KEY_PREFIX}:rl:{window}:device:{budget.device_pk}"

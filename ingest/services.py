@@ -1,5 +1,6 @@
-"""Ingest: who may write (``ingest_authorize``) and writing a request's records to Kafka
-(``records_ingest``).
+"""Ingest: who may write (``ingest_authenticate``: a client certificate, checked by
+``ingest_authorize``, or an OAuth2 bearer token, checked by ``ingest_authorize_token``) and
+writing a request's records to Kafka (``records_ingest``).
 
 The destination of every record is the device's group's stream topic, read from the
 database; nothing a device sends (body, headers, URL) names a tenant or a topic, so a device
@@ -14,22 +15,37 @@ part of a batch written; the error says so (see ``_kafka_failure``).
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from certs.models import Certificate
-from config.errors import PermissionDenied, SchemaValidationFailed, ServiceUnavailable, Unauthenticated
+from certs.principals import group_principal
+from config.errors import (
+    InvalidInput,
+    PermissionDenied,
+    SchemaValidationFailed,
+    ServiceUnavailable,
+    SluiceError,
+    Unauthenticated,
+)
 from devices.models import Device, DeviceGroup
 from ingest import ratelimit, records
 from ingest.kafka import DeliveryOutcome, OutgoingRecord, ingest_producer
 from ingest.registry import latest_schema
 from tenants.models import Tenant
+from tenants.oauth import tokens
 
 log = logging.getLogger("sluice.ingest")
 
 MTLS_POLICIES = (DeviceGroup.CredentialPolicy.MTLS, DeviceGroup.CredentialPolicy.BOTH)
+OAUTH_POLICIES = (DeviceGroup.CredentialPolicy.OAUTH2, DeviceGroup.CredentialPolicy.BOTH)
+INGEST_SCOPE = "ingest:write"
+BEARER_REALM = "sluice-ingest"
 KAFKA_RETRY_AFTER = 5
 
 
@@ -80,15 +96,161 @@ def ingest_authorize(*, certificate: Certificate) -> Device:
         # one tenant); refuse rather than write across tenants if the data ever says otherwise.
         log.error("ingest: tenant mismatch for certificate %s (device %s)", certificate.serial, device.pk)
         raise PermissionDenied("This certificate may not write here.", code="tenant_mismatch")
+    _device_may_write(device, policies=MTLS_POLICIES, credential="client certificates")
+    return device
+
+
+def _device_may_write(device: Device, *, policies: tuple[str, ...], credential: str) -> None:
+    """What both credentials must pass, freshly read: tenant active, device active, and the
+    group's credential policy admits this kind of credential."""
+    group = device.group
     if device.tenant.status != Tenant.Status.ACTIVE:
         raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
     if device.status != Device.Status.ACTIVE:
         raise PermissionDenied(f"Device '{device.device_id}' is {device.status}.", code="device_disabled")
-    if group.credential_policy not in MTLS_POLICIES:
+    if group.credential_policy not in policies:
         raise PermissionDenied(
-            f"Device group '{group.slug}' accepts OAuth2 tokens only, not client certificates.",
+            f"Device group '{group.slug}' does not accept {credential} "
+            f"(its credential policy is '{group.credential_policy}').",
             code="credential_not_allowed",
         )
+
+
+# -- OAuth2 bearer tokens (RFC 6750) ------------------------------------------------------
+
+
+class BearerChallenge(SluiceError):
+    """A refusal that tells the client how to authenticate: the ``WWW-Authenticate: Bearer``
+    challenge of RFC 6750 §3, with its ``error`` code (§3.1)."""
+
+    def __init__(self, message: str, *, code: str, error: str | None, scope: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.www_authenticate = bearer_challenge(error=error, description=message if error else None, scope=scope)
+
+
+class TokenRefused(BearerChallenge, Unauthenticated):
+    """401: no usable token (RFC 6750 §3.1 ``invalid_token``, or no ``error`` when the
+    request carried no token at all)."""
+
+
+class ScopeRefused(BearerChallenge, PermissionDenied):
+    """403: a valid token without the scope this endpoint needs (RFC 6750 §3.1 ``insufficient_scope``)."""
+
+
+_CHALLENGE_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def bearer_challenge(*, error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
+    """``Bearer realm="sluice-ingest"[, error=..., error_description=..., scope=...]``.
+
+    RFC 6750 §3: ``error_description`` may hold printable ASCII except '"' and '\\'."""
+    params = [f'realm="{BEARER_REALM}"']
+    if error:
+        params.append(f'error="{error}"')
+    if description:
+        params.append(f'error_description="{_CHALLENGE_UNSAFE.sub("?", description)}"')
+    if scope:
+        params.append(f'scope="{scope}"')
+    return "Bearer " + ", ".join(params)
+
+
+def www_authenticate(error: SluiceError) -> str | None:
+    """The ``WWW-Authenticate`` header of an ingest refusal: its own challenge, or for any
+    other 401 the plain Bearer challenge (RFC 9110 §15.5.2: every 401 carries one)."""
+    if isinstance(error, BearerChallenge):
+        return error.www_authenticate
+    return bearer_challenge() if isinstance(error, Unauthenticated) else None
+
+
+def _bearer_token(authorization: str) -> str:
+    """The token of ``Authorization: Bearer <token>`` (RFC 6750 §2.1; the scheme name is
+    case-insensitive, RFC 9110 §11.1)."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise TokenRefused(
+            f"The Authorization scheme '{scheme[:20]}' is not supported here; use 'Bearer <access token>'.",
+            code="unsupported_authorization_scheme",
+            error=None,
+        )
+    token = token.strip()
+    if not token:
+        raise TokenRefused("The Authorization header carries no token.", code="invalid_token", error="invalid_token")
+    return token
+
+
+def ingest_authenticate(
+    *, authorization: str, certificate_presented: bool, certificate: Callable[[], Certificate]
+) -> Device:
+    """The device a request may write for, proven by exactly one credential: a client
+    certificate (nginx verified it; ``certificate`` loads its row) or an ``Authorization:
+    Bearer`` access token.
+
+    Both at once is refused (400 ``ambiguous_credentials``) rather than one silently
+    preferred: they could name different devices, and a client sending both is confused
+    about which identity it writes as."""
+    if authorization:
+        if certificate_presented:
+            raise InvalidInput(
+                "Present either a client certificate or a bearer token, not both.", code="ambiguous_credentials"
+            )
+        return ingest_authorize_token(token=_bearer_token(authorization))
+    if not certificate_presented:
+        raise TokenRefused(
+            "This endpoint needs a client certificate or an OAuth2 access token (Authorization: Bearer).",
+            code="client_certificate_required",
+            error=None,
+        )
+    return ingest_authorize(certificate=certificate())
+
+
+def ingest_authorize_token(*, token: str) -> Device:
+    """The device an access token may write for, or a 401/403 with a stable code.
+
+    ``tokens.verify_access_token`` checks signature, issuer, audience (``sluice-ingest``) and
+    times; this checks the scope, finds the ``device`` claim's device *within the ``tenant``
+    claim's tenant* (so no token reaches another tenant's device or topic), that a
+    ``kafka_principal`` claim names that device's group, and then exactly what the
+    certificate path checks, freshly read on every request."""
+    try:
+        claims = tokens.verify_access_token(settings.SLUICE_RUNTIME, token, audience=tokens.AUD_INGEST)
+    except Unauthenticated as exc:
+        raise TokenRefused(exc.message, code=exc.code, error="invalid_token") from None
+    if INGEST_SCOPE not in claims.scopes:
+        raise ScopeRefused(
+            f"The access token lacks the scope '{INGEST_SCOPE}'.",
+            code="insufficient_scope",
+            error="insufficient_scope",
+            scope=INGEST_SCOPE,
+        )
+    if not claims.device:
+        raise PermissionDenied("The access token is not a device's token (no 'device' claim).", code="not_a_device")
+    device = (
+        Device.objects.select_related("tenant", "group__stream__tenant")
+        .filter(tenant__slug=claims.tenant, device_id=claims.device)
+        .first()
+    )
+    if device is None:
+        raise PermissionDenied(f"Tenant '{claims.tenant}' has no device '{claims.device}'.", code="unknown_device")
+    group = device.group
+    if not (device.tenant_id == group.tenant_id == group.stream.tenant_id):
+        log.error("ingest: tenant mismatch for token of device %s", device.pk)
+        raise PermissionDenied("This token may not write here.", code="tenant_mismatch")
+    expected = group_principal(tenant=device.tenant.slug, group=group.slug)
+    if claims.kafka_principal is not None and f"User:{claims.kafka_principal}" != expected:
+        raise PermissionDenied(
+            "The access token's Kafka principal is not the device group's.", code="token_principal_mismatch"
+        )
+    _device_may_write(device, policies=OAUTH_POLICIES, credential="OAuth2 tokens")
+    # The token is only as good as its client, re-read now: a revoked client (or one whose
+    # secret leaked and was revoked) stops here at once, not when its tokens expire.
+    from tenants.oauth.resource import token_client
+
+    try:
+        client = token_client(claims)
+    except Unauthenticated as exc:
+        raise TokenRefused(exc.message, code=exc.code, error="invalid_token") from None
+    if client.device_id != device.pk:
+        raise PermissionDenied("The access token's client does not belong to this device.", code="not_a_device")
     return device
 
 
@@ -131,7 +293,12 @@ def records_ingest(*, device: Device, content_type: str, body: bytes, request_id
     if not outcome.complete:
         raise _kafka_failure(topic, outcome)
     if ratelimit.device_seen_due(device.pk):
-        Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now())
+        try:
+            Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now())
+        except DatabaseError:
+            # Bookkeeping only: Kafka has acknowledged the records, so the answer is 200;
+            # a 500 here would make the device send them again.
+            log.warning("ingest: could not record last_seen_at of device %s", device.pk, exc_info=True)
     return Accepted(topic=topic, offsets=[(d.partition, d.offset) for d in outcome.delivered if d is not None])
 
 

@@ -1,5 +1,6 @@
 """``POST /ingest/v1/records``: devices send telemetry, authenticated by their mTLS client
-certificate (nginx verifies it and forwards it; ``certs.tls_identity`` reads it).
+certificate (nginx verifies it and forwards it; ``certs.tls_identity`` reads it) or by an
+OAuth2 access token (``Authorization: Bearer``, RFC 6750), never both.
 
 A device API: no session, no CSRF (nothing here acts on a browser's cookies).  The view
 only reads the request, calls the services and renders; every refusal is a ``SluiceError``
@@ -11,13 +12,12 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
-from certs.tls_identity import client_certificate_record
-from config.errors import InvalidInput, SluiceError, error_response
+from certs.tls_identity import client_certificate_presented, client_certificate_record
+from config.errors import InvalidInput, MethodNotAllowed, SluiceError, error_response
 from config.request_id import current_request_id
 from ingest import metrics, records
-from ingest.services import ingest_authorize, records_ingest
+from ingest.services import ingest_authenticate, records_ingest, www_authenticate
 
 
 def _bounded_body(request: HttpRequest) -> bytes:
@@ -35,10 +35,17 @@ def _bounded_body(request: HttpRequest) -> bytes:
 
 
 @csrf_exempt
-@require_POST
 def ingest_records(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        response = error_response(MethodNotAllowed("Send records with POST.", code="method_not_allowed"))
+        response["Allow"] = "POST"
+        return response
     try:
-        device = ingest_authorize(certificate=client_certificate_record(request))
+        device = ingest_authenticate(
+            authorization=request.headers.get("Authorization", ""),
+            certificate_presented=client_certificate_presented(request),
+            certificate=lambda: client_certificate_record(request),
+        )
         accepted = records_ingest(
             device=device,
             content_type=request.headers.get("Content-Type", ""),
@@ -47,6 +54,10 @@ def ingest_records(request: HttpRequest) -> HttpResponse:
         )
     except SluiceError as error:
         metrics.count(error.code)
-        return error_response(error)
+        response = error_response(error)
+        challenge = www_authenticate(error)
+        if challenge is not None:
+            response["WWW-Authenticate"] = challenge
+        return response
     metrics.count("accepted", len(accepted.offsets))
     return JsonResponse(accepted.as_json(), status=200)

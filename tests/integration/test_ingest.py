@@ -31,7 +31,7 @@ from ingest.kafka import admin_config
 from ingest.registry import registry_client, schema_register, value_subject
 from tenants.audit import Actor
 from tenants.models import Tenant
-from tenants.services import tenant_create, tenant_set_status, tenant_update
+from tenants.services import tenant_create, tenant_set_status
 from tests.conftest import unique_slug
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -299,11 +299,22 @@ def test_a_suspended_tenant_is_refused_at_once_and_works_again_after_resume(
 
 
 def test_a_disabled_device_is_refused(services: Runtime, make_sender: Any) -> None:
+    # when a device is disabled through the services, its certificates are revoked with it
+    # (Kafka authorizes per group, so revocation is what stops it on the broker as well)
     sender = make_sender()
     device_update(actor=ACTOR, device=sender.device, status=Device.Status.DISABLED)
     status, body, _ = sender.post({"celsius": 1.0})
+    assert (status, body["error"]["code"]) == (403, "certificate_revoked")
+    sender.issued.certificate.refresh_from_db()
+    assert (sender.issued.certificate.status, sender.issued.certificate.revocation_reason) == (
+        "revoked", "certificate_hold"
+    )  # fmt: skip
+    # and a device whose row says disabled while its certificate is still valid is refused too
+    other = make_sender()
+    Device.objects.filter(pk=other.device.pk).update(status=Device.Status.DISABLED)
+    status, body, _ = other.post({"celsius": 1.0})
     assert (status, body["error"]["code"]) == (403, "device_disabled")
-    assert topic_size(sender.topic, services) == 0
+    assert topic_size(sender.topic, services) == topic_size(other.topic, services) == 0
 
 
 def test_a_device_of_tenant_b_never_writes_into_tenant_a_topic(services: Runtime, make_sender: Any) -> None:
@@ -336,7 +347,7 @@ def test_over_the_rate_limit_is_429_and_nothing_is_written(services: Runtime, ma
     sender = make_sender(rate=1)
 
     # when it sends several requests at once
-    answers = [sender.post({"celsius": float(i)}) for i in range(4)]
+    answers = [sender.post({"celsius": float(i)}) for i in range(6)]
 
     # then the ones over the limit are refused with Retry-After, and only the others written
     refused = [a for a in answers if a[0] == 429]
@@ -349,11 +360,15 @@ def test_over_the_tenant_record_budget_is_429(services: Runtime, make_sender: An
     # given a tenant allowed three records per second
     sender = make_sender(max_records_per_second=3)
 
-    # when one request carries five
+    # when one request alone carries more than a second's budget, then it can never pass:
+    # 413 saying so, not a 429 the device would retry forever
     status, body, headers = sender.post({"records": [{"celsius": 1.0}] * 5})
+    assert (status, body["error"]["code"]) == (413, "exceeds_tenant_limit"), body
+    assert "Retry-After" not in headers
 
-    # then it is refused as a whole, and a smaller one still fits the tenant's budget
-    assert (status, body["error"]["code"], headers["Retry-After"]) == (429, "rate_limited", "1")
-    assert topic_size(sender.topic, services) == 0
-    tenant_update(actor=ACTOR, tenant=sender.device.tenant, max_records_per_second=100)
-    assert sender.post({"records": [{"celsius": 1.0}] * 2})[0] == 200
+    # when requests fit alone but not together, then those over the budget get 429
+    answers = [sender.post({"records": [{"celsius": 1.0}] * 2}) for _ in range(4)]
+    refused = [a for a in answers if a[0] == 429]
+    assert refused, [a[0] for a in answers]
+    assert all(a[1]["error"]["code"] == "rate_limited" and a[2]["Retry-After"] == "1" for a in refused)
+    assert topic_size(sender.topic, services) == 2 * sum(a[0] == 200 for a in answers)
