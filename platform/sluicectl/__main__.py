@@ -86,10 +86,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"  Admin UI        {rt.web_url}/admin/",
                 f"  REST API        {rt.web_url}/api/v1/",
                 f"  Health          {rt.web_url}/healthz",
+                f"  OAuth2 tokens   {rt.web_url}/oauth/token  (keys: {rt.jwks_url})",
                 f"  CA certificate  {ctx.pki.root_cert}  (trust it: curl --cacert ...)",
             ]
         if "kafka" in names:
             lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
+            lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
         if "registry" in names:
             lines.append(f"  Schema Registry {rt.registry_url}")
         if "redis" in names:
