@@ -123,14 +123,25 @@ def reload_nginx(runtime: Runtime, wait: float = 5.0) -> None:
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError):
         return
-    # Done when workers with the new configuration run and the old ones have left: until
-    # an old worker has processed its shutdown it may still accept a new connection.
+    # Done when workers with the new configuration run and every old one has stopped
+    # accepting: until an old worker has processed its shutdown it may still accept a new
+    # connection.  An old worker that is finishing open connections (keep-alive clients,
+    # or the very request that revoked a certificate) retitles itself "worker process is
+    # shutting down" once it has closed its listening sockets; waiting for it to exit would
+    # hold such a request for the whole timeout.
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         now = _children(pid)
-        if (now - before) and not (now & before):
+        if (now - before) and all(_shutting_down(old) for old in now & before):
             return
         time.sleep(0.02)
+
+
+def _shutting_down(pid: int) -> bool:
+    try:
+        return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # gone meanwhile
 
 
 def root_crl_entries(runtime: Runtime) -> list[ca.Revoked]:
