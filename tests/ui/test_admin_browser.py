@@ -184,3 +184,44 @@ def test_tenant_viewer_gets_view_only_pages(
     expect(page.locator("input[name=_save]")).to_have_count(0)
     expect(page.locator("a.deletelink")).to_have_count(0)
     screenshot("view-only-device")
+
+
+def test_tenant_admin_lists_and_revokes_their_oauth_clients(
+    page: Page, screenshot: Shot, login: Login, two_tenants: dict[str, Any]
+) -> None:
+    # given an OAuth client for a device of acme and one of globex
+    from tenants.audit import Actor
+    from tenants.oauth.models import OAuthClient
+    from tenants.oauth.services import oauth_client_create
+
+    acme, globex = two_tenants["acme"], two_tenants["globex"]
+    for objects in (acme, globex):
+        DeviceGroup.objects.filter(pk=objects["group"].pk).update(credential_policy="both")
+        objects["device"].refresh_from_db()
+        objects["client"], _secret = oauth_client_create(
+            actor=Actor.system("test"), tenant=objects["tenant"], kind="device", name=f"{objects['tenant'].slug}-dev",
+            scopes=["ingest:write"], device=objects["device"],
+        )  # fmt: skip
+    user = make_staff_user("acme-admin")
+    Membership.objects.create(user=user, tenant=acme["tenant"], role=Membership.Role.ADMIN)
+    login("acme-admin")
+
+    # when acme's admin opens the OAuth clients, then only acme's is listed, without any secret
+    page.goto("/admin/tenants/oauthclient/")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list")).to_contain_text(acme["client"].client_id)
+    expect(page.locator("#content")).not_to_contain_text(globex["client"].client_id)
+    expect(page.locator("#content")).not_to_contain_text("secret_hash")
+    screenshot("oauth-clients")
+
+    # when they revoke it with the list action
+    page.check("#result_list tbody input.action-select")
+    page.select_option("select[name=action]", "revoke")
+    page.click("button[name=index]")
+
+    # then the console confirms, the client is revoked (and audited), globex's is untouched
+    expect(page.locator(".messagelist")).to_contain_text(f"Revoked {acme['client'].client_id}.")
+    screenshot("revoked")
+    assert OAuthClient.objects.get(pk=acme["client"].pk).status == "revoked"
+    assert OAuthClient.objects.get(pk=globex["client"].pk).status == "active"
+    assert AuditEvent.objects.filter(action="oauth_client.revoke", tenant=acme["tenant"]).count() == 1
