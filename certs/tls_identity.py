@@ -57,12 +57,16 @@ def client_certificate(request: HttpRequest) -> x509.Certificate:
         raise Unauthenticated("The client certificate could not be read.", code="certificate_invalid") from None
 
 
+def client_certificate_fingerprint(request: HttpRequest) -> str:
+    """The SHA-256 fingerprint of the verified client certificate, or a precise 401/403."""
+    return ca.fingerprint_sha256(client_certificate(request))
+
+
 def client_certificate_record(request: HttpRequest) -> Certificate:
     """The Certificate row of the verified client certificate (by SHA-256 fingerprint)."""
-    presented = client_certificate(request)
     record = (
         Certificate.objects.select_related("device__group", "device__tenant", "tenant", "ca")
-        .filter(fingerprint_sha256=ca.fingerprint_sha256(presented))
+        .filter(fingerprint_sha256=client_certificate_fingerprint(request))
         .first()
     )
     if record is None:

@@ -13,6 +13,8 @@ its own records only (``IngestProducer.produce_and_wait``), never for a global f
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -152,17 +154,34 @@ class DeliveryOutcome:
 
 
 class _Waiter:
-    """Collects the delivery reports of one request's records; callbacks run on the poll thread."""
+    """Collects the delivery reports of one request's records; callbacks run on the poll thread.
 
-    def __init__(self, count: int) -> None:
+    ``notify`` (optional) is called once, on the poll thread or the producing thread, when
+    every queued record has its report and ``seal`` was called (the async wait uses it to
+    wake its event loop; the blocking wait uses the condition)."""
+
+    def __init__(self, count: int, notify: Callable[[], None] | None = None) -> None:
         self.delivered: list[Delivered | None] = [None] * count
         self.errors: list[KafkaError | None] = [None] * count
         self.pending = 0
+        self._sealed = False
+        self._notify = notify
         self._done = threading.Condition()
 
     def expect(self) -> None:
         with self._done:
             self.pending += 1
+
+    def seal(self) -> None:
+        """No more records will be produced for this request."""
+        with self._done:
+            self._sealed = True
+            self._maybe_notify()
+
+    def _maybe_notify(self) -> None:
+        if self._sealed and self.pending <= 0 and self._notify is not None:
+            notify, self._notify = self._notify, None
+            notify()
 
     def callback(self, index: int) -> Any:
         def on_delivery(error: KafkaError | None, message: Message) -> None:
@@ -173,6 +192,7 @@ class _Waiter:
                     self.errors[index] = error
                 self.pending -= 1
                 self._done.notify_all()
+                self._maybe_notify()
 
         return on_delivery
 
@@ -232,29 +252,69 @@ class IngestProducer:
                 break
             queued += 1
         waiter.wait(deadline)
+        return self._outcome(waiter, queued)
+
+    async def produce_and_wait_async(
+        self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
+    ) -> DeliveryOutcome:
+        """``produce_and_wait`` for an event loop: the same outcome, but the wait for Kafka's
+        reports is an ``await``, so one web worker has many requests in flight (their
+        records share librdkafka's batches) instead of blocking a thread per request."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            # Runs on the poll thread: it must never raise there (that thread would stop).
+            with contextlib.suppress(RuntimeError):  # the loop is gone (worker shutting down)
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        waiter = _Waiter(len(records), notify=wake)
+        deadline = time.monotonic() + timeout
+        queued = 0
+        for index, record in enumerate(records):
+            try:
+                while not self._try_produce(topic, record, waiter, index):
+                    # The local queue is full: the poll thread drains it (see _produce_one).
+                    if time.monotonic() + 0.05 >= deadline:
+                        raise BufferError("the producer's local queue stayed full")
+                    await asyncio.sleep(0.05)
+            except (BufferError, KafkaException) as exc:
+                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(records), topic, exc)
+                self._note_fatal(exc)
+                break
+            queued += 1
+        waiter.seal()
+        with contextlib.suppress(TimeoutError):  # the outcome says which reports are missing
+            await asyncio.wait_for(done, max(0.0, deadline - time.monotonic()))
+        return self._outcome(waiter, queued)
+
+    def _outcome(self, waiter: _Waiter, queued: int) -> DeliveryOutcome:
         for error in waiter.errors:
             if error is not None and error.fatal():
                 # A fatal idempotence error leaves this producer unusable; the next request
                 # builds a new one (a new producer id), see ingest_producer.
                 self.broken = True
-        return DeliveryOutcome(delivered=waiter.delivered, errors=waiter.errors, queued=queued)
+        return DeliveryOutcome(delivered=list(waiter.delivered), errors=list(waiter.errors), queued=queued)
+
+    def _try_produce(self, topic: str, record: OutgoingRecord, waiter: _Waiter, index: int) -> bool:
+        """Hand one record to librdkafka; False when its local queue is full."""
+        try:
+            self._producer.produce(topic, key=record.key, value=record.value, headers=record.headers,
+                                   on_delivery=waiter.callback(index))  # fmt: skip
+        except BufferError:
+            return False
+        # Counted after produce() returned: the report can only come later, and if the
+        # poll thread is faster, the count dips below zero for a moment and ends right.
+        waiter.expect()
+        return True
 
     def _produce_one(self, topic: str, record: OutgoingRecord, waiter: _Waiter, index: int, deadline: float) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, key=record.key, value=record.value, headers=record.headers,
-                                       on_delivery=waiter.callback(index))  # fmt: skip
-            except BufferError:
-                # The local queue is full: the poll thread drains it; wait a moment, within
-                # this request's deadline, rather than refusing at once.
-                if time.monotonic() + 0.05 >= deadline:
-                    raise
-                time.sleep(0.05)
-                continue
-            # Counted after produce() returned: the report can only come later, and if the
-            # poll thread is faster, the count dips below zero for a moment and ends right.
-            waiter.expect()
-            return
+        while not self._try_produce(topic, record, waiter, index):
+            # The local queue is full: the poll thread drains it; wait a moment, within
+            # this request's deadline, rather than refusing at once.
+            if time.monotonic() + 0.05 >= deadline:
+                raise BufferError("the producer's local queue stayed full")
+            time.sleep(0.05)
 
     def _note_fatal(self, exc: Exception) -> None:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None

@@ -17,6 +17,7 @@ devices are expected to retry after a 503.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -89,43 +90,67 @@ def rate_limit_take(budget: Budget, *, now: float | None = None) -> None:
         )
     now = time.time() if now is None else now
     window = int(now)
-    device_key = f"{KEY_PREFIX}:rl:{window}:device:{budget.device_pk}"
-    records_key = f"{KEY_PREFIX}:rl:{window}:tenant:{budget.tenant_id}:records"
-    bytes_key = f"{KEY_PREFIX}:rl:{window}:tenant:{budget.tenant_id}:bytes"
-    client = redis_client()
+    keys = (
+        f"{KEY_PREFIX}:rl:{window}:device:{budget.device_pk}",
+        f"{KEY_PREFIX}:rl:{window}:tenant:{budget.tenant_id}:records",
+        f"{KEY_PREFIX}:rl:{window}:tenant:{budget.tenant_id}:bytes",
+    )
+    args = (budget.device_requests_per_second, budget.tenant_records_per_second, budget.tenant_bytes_per_second,
+            budget.records, budget.body_bytes, WINDOW_TTL_SECONDS)  # fmt: skip
     try:
-        pipe = client.pipeline(transaction=True)
-        pipe.incr(device_key)
-        pipe.expire(device_key, WINDOW_TTL_SECONDS)
-        device_count = int(pipe.execute()[0])
-        if device_count > budget.device_requests_per_second:
-            raise RateLimited(
-                f"This device may send {budget.device_requests_per_second} request(s) per second (its group's "
-                "limit); nothing was produced.",
-                retry_after=_retry_after(now),
-            )
-        pipe = client.pipeline(transaction=True)
-        pipe.incrby(records_key, budget.records)
-        pipe.expire(records_key, WINDOW_TTL_SECONDS)
-        pipe.incrby(bytes_key, budget.body_bytes)
-        pipe.expire(bytes_key, WINDOW_TTL_SECONDS)
-        records, _, sent_bytes, _ = pipe.execute()
+        verdict, _device_count, records, sent_bytes = _take(redis_client(), keys, args)
+    except redis.RedisError as exc:
+        raise _unavailable(exc) from None
+    if int(verdict) == DEVICE_OVER:
+        raise RateLimited(
+            f"This device may send {budget.device_requests_per_second} request(s) per second (its group's "
+            "limit); nothing was produced.",
+            retry_after=_retry_after(now),
+        )
+    if int(verdict) == TENANT_OVER:
         over = []
         if int(records) > budget.tenant_records_per_second:
             over.append(f"{budget.tenant_records_per_second} records per second")
         if int(sent_bytes) > budget.tenant_bytes_per_second:
             over.append(f"{budget.tenant_bytes_per_second} bytes per second")
-        if over:
-            undo = client.pipeline(transaction=True)
-            undo.decrby(records_key, budget.records)
-            undo.decrby(bytes_key, budget.body_bytes)
-            undo.execute()
-            raise RateLimited(
-                f"The tenant's ingest limit of {' and '.join(over)} is reached; nothing was produced.",
-                retry_after=_retry_after(now),
-            )
-    except redis.RedisError as exc:
-        raise _unavailable(exc) from None
+        raise RateLimited(
+            f"The tenant's ingest limit of {' and '.join(over)} is reached; nothing was produced.",
+            retry_after=_retry_after(now),
+        )
+
+
+# All three windows in one round trip (a Lua script runs atomically in Redis), with exactly
+# the semantics of the two transactions it replaced: the device's request counter first (a
+# request over it touches nothing else), then the tenant's records and bytes, taken back
+# when either is over.  Returns {verdict, device count, tenant records, tenant bytes}.
+TAKE_SCRIPT = """
+local device = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if device > tonumber(ARGV[1]) then
+  return {1, device, 0, 0}
+end
+local records = redis.call('INCRBY', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+local sent = redis.call('INCRBY', KEYS[3], ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+if records > tonumber(ARGV[2]) or sent > tonumber(ARGV[3]) then
+  redis.call('DECRBY', KEYS[2], ARGV[4])
+  redis.call('DECRBY', KEYS[3], ARGV[5])
+  return {2, device, records, sent}
+end
+return {0, device, records, sent}
+"""
+TAKE_SCRIPT_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+PASSED, DEVICE_OVER, TENANT_OVER = 0, 1, 2
+
+
+def _take(client: redis.Redis, keys: tuple[str, ...], args: tuple[int, ...]) -> list[int]:
+    """Run ``TAKE_SCRIPT`` by its hash (EVALSHA), loading it once per Redis (EVAL) when
+    Redis does not know it yet (first use, or after a restart or SCRIPT FLUSH)."""
+    try:
+        return client.evalsha(TAKE_SCRIPT_SHA, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        return client.eval(TAKE_SCRIPT, len(keys), *keys, *args)
 
 
 def device_seen_due(device_pk: int, *, every_seconds: int = 60) -> bool:
@@ -133,7 +158,14 @@ def device_seen_due(device_pk: int, *, every_seconds: int = 60) -> bool:
     request should write the device's ``last_seen_at``.  Ingest must not write the database
     on every request."""
     try:
-        return bool(redis_client().set(f"{KEY_PREFIX}:seen:{device_pk}", b"1", nx=True, ex=every_seconds))
+        return bool(redis_client().set(device_seen_key(device_pk), b"1", nx=True, ex=every_seconds))
     except redis.RedisError:
         # Only bookkeeping: the records are already in Kafka, so never fail the request for it.
         return False
+
+
+DEVICE_SEEN_EVERY_SECONDS = 60
+
+
+def device_seen_key(device_pk: int) -> str:
+    return f"{KEY_PREFIX}:seen:{device_pk}"

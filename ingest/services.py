@@ -1,6 +1,6 @@
 """Ingest: who may write (``ingest_authenticate``: a client certificate, checked by
 ``ingest_authorize``, or an OAuth2 bearer token, checked by ``ingest_authorize_token``) and
-writing a request's records to Kafka (``records_ingest``).
+writing a request's records to Kafka (``records_prepare``, then ``records_produce``).
 
 The destination of every record is the device's group's stream topic, read from the
 database; nothing a device sends (body, headers, URL) names a tenant or a topic, so a device
@@ -34,7 +34,8 @@ from config.errors import (
     Unauthenticated,
 )
 from devices.models import Device, DeviceGroup
-from ingest import ratelimit, records
+from ingest import identity, metrics, ratelimit, records
+from ingest.identity import CertificateRow, Writer
 from ingest.kafka import DeliveryOutcome, OutgoingRecord, ingest_producer
 from ingest.registry import latest_schema
 from tenants.models import Tenant
@@ -64,12 +65,14 @@ class Accepted:
         }
 
 
-def ingest_authorize(*, certificate: Certificate) -> Device:
+def ingest_authorize(*, certificate: Certificate | CertificateRow, writer: Writer | None = None) -> Writer:
     """The device a verified client certificate may write for, or a 401/403 with a stable code.
 
     nginx already checked the chain, validity and CRL; this checks what only the database
     knows, freshly read: the certificate's own status (a revocation applies here before nginx
-    re-reads the CRL), the device, the tenant, and the group's credential policy."""
+    re-reads the CRL), the device, the tenant, and the group's credential policy.  ``writer``
+    is the certificate's device as read together with it (``identity.certificate_writer``);
+    without it the device is read here."""
     now = timezone.now()
     if certificate.status == Certificate.Status.REVOKED:
         when = f" at {certificate.revoked_at:%Y-%m-%d %H:%M:%S} UTC" if certificate.revoked_at else ""
@@ -83,35 +86,30 @@ def ingest_authorize(*, certificate: Certificate) -> Device:
         )
     if certificate.not_after <= now:
         raise Unauthenticated("The client certificate has expired.", code="certificate_expired")
-    device = (
-        Device.objects.select_related("tenant", "group__stream__tenant").filter(pk=certificate.device_id).first()
-        if certificate.device_id is not None
-        else None
-    )
-    if device is None:
+    if writer is None and certificate.device_id is not None:
+        writer = identity.device_writer(certificate.device_id)
+    if writer is None:
         raise PermissionDenied("The device of this certificate no longer exists.", code="unknown_device")
-    group = device.group
-    if not (device.tenant_id == certificate.tenant_id == group.tenant_id == group.stream.tenant_id):
+    if not (writer.tenant_id == certificate.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
         # Cannot happen through the services (they keep a device, its group and its stream in
         # one tenant); refuse rather than write across tenants if the data ever says otherwise.
-        log.error("ingest: tenant mismatch for certificate %s (device %s)", certificate.serial, device.pk)
+        log.error("ingest: tenant mismatch for certificate %s (device %s)", certificate.serial, writer.pk)
         raise PermissionDenied("This certificate may not write here.", code="tenant_mismatch")
-    _device_may_write(device, policies=MTLS_POLICIES, credential="client certificates")
-    return device
+    _device_may_write(writer, policies=MTLS_POLICIES, credential="client certificates")
+    return writer
 
 
-def _device_may_write(device: Device, *, policies: tuple[str, ...], credential: str) -> None:
+def _device_may_write(writer: Writer, *, policies: tuple[str, ...], credential: str) -> None:
     """What both credentials must pass, freshly read: tenant active, device active, and the
     group's credential policy admits this kind of credential."""
-    group = device.group
-    if device.tenant.status != Tenant.Status.ACTIVE:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
-    if device.status != Device.Status.ACTIVE:
-        raise PermissionDenied(f"Device '{device.device_id}' is {device.status}.", code="device_disabled")
-    if group.credential_policy not in policies:
+    if writer.tenant_status != Tenant.Status.ACTIVE:
+        raise PermissionDenied(f"Tenant '{writer.tenant_slug}' is suspended.", code="tenant_suspended")
+    if writer.status != Device.Status.ACTIVE:
+        raise PermissionDenied(f"Device '{writer.device_id}' is {writer.status}.", code="device_disabled")
+    if writer.credential_policy not in policies:
         raise PermissionDenied(
-            f"Device group '{group.slug}' does not accept {credential} "
-            f"(its credential policy is '{group.credential_policy}').",
+            f"Device group '{writer.group_slug}' does not accept {credential} "
+            f"(its credential policy is '{writer.credential_policy}').",
             code="credential_not_allowed",
         )
 
@@ -178,12 +176,10 @@ def _bearer_token(authorization: str) -> str:
     return token
 
 
-def ingest_authenticate(
-    *, authorization: str, certificate_presented: bool, certificate: Callable[[], Certificate]
-) -> Device:
+def ingest_authenticate(*, authorization: str, certificate_presented: bool, certificate: Callable[[], str]) -> Writer:
     """The device a request may write for, proven by exactly one credential: a client
-    certificate (nginx verified it; ``certificate`` loads its row) or an ``Authorization:
-    Bearer`` access token.
+    certificate (nginx verified it; ``certificate`` gives its SHA-256 fingerprint) or an
+    ``Authorization: Bearer`` access token.
 
     Both at once is refused (400 ``ambiguous_credentials``) rather than one silently
     preferred: they could name different devices, and a client sending both is confused
@@ -200,10 +196,18 @@ def ingest_authenticate(
             code="client_certificate_required",
             error=None,
         )
-    return ingest_authorize(certificate=certificate())
+    # The certificate, its device, group, stream and tenant in one query.
+    found = identity.certificate_writer(certificate())
+    if found is None:
+        raise PermissionDenied("This certificate was not issued by Sluice.", code="unknown_certificate")
+    row, writer = found
+    if row.status == Certificate.Status.REVOKED:
+        # The wording of certs.tls_identity.client_certificate_record, which this replaces here.
+        raise PermissionDenied("The client certificate is revoked.", code="certificate_revoked")
+    return ingest_authorize(certificate=row, writer=writer)
 
 
-def ingest_authorize_token(*, token: str) -> Device:
+def ingest_authorize_token(*, token: str) -> Writer:
     """The device an access token may write for, or a 401/403 with a stable code.
 
     ``tokens.verify_access_token`` checks signature, issuer, audience (``sluice-ingest``) and
@@ -224,23 +228,18 @@ def ingest_authorize_token(*, token: str) -> Device:
         )
     if not claims.device:
         raise PermissionDenied("The access token is not a device's token (no 'device' claim).", code="not_a_device")
-    device = (
-        Device.objects.select_related("tenant", "group__stream__tenant")
-        .filter(tenant__slug=claims.tenant, device_id=claims.device)
-        .first()
-    )
-    if device is None:
+    writer = identity.device_writer_by_id(tenant_slug=claims.tenant, device_id=claims.device)
+    if writer is None:
         raise PermissionDenied(f"Tenant '{claims.tenant}' has no device '{claims.device}'.", code="unknown_device")
-    group = device.group
-    if not (device.tenant_id == group.tenant_id == group.stream.tenant_id):
-        log.error("ingest: tenant mismatch for token of device %s", device.pk)
+    if not (writer.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
+        log.error("ingest: tenant mismatch for token of device %s", writer.pk)
         raise PermissionDenied("This token may not write here.", code="tenant_mismatch")
-    expected = group_principal(tenant=device.tenant.slug, group=group.slug)
+    expected = group_principal(tenant=writer.tenant_slug, group=writer.group_slug)
     if claims.kafka_principal is not None and f"User:{claims.kafka_principal}" != expected:
         raise PermissionDenied(
             "The access token's Kafka principal is not the device group's.", code="token_principal_mismatch"
         )
-    _device_may_write(device, policies=OAUTH_POLICIES, credential="OAuth2 tokens")
+    _device_may_write(writer, policies=OAUTH_POLICIES, credential="OAuth2 tokens")
     # The token is only as good as its client, re-read now: a revoked client (or one whose
     # secret leaked and was revoked) stops here at once, not when its tokens expire.
     from tenants.oauth.resource import token_client
@@ -249,38 +248,46 @@ def ingest_authorize_token(*, token: str) -> Device:
         client = token_client(claims)
     except Unauthenticated as exc:
         raise TokenRefused(exc.message, code=exc.code, error="invalid_token") from None
-    if client.device_id != device.pk:
+    if client.device_id != writer.pk:
         raise PermissionDenied("The access token's client does not belong to this device.", code="not_a_device")
-    return device
+    return writer
 
 
-def records_ingest(*, device: Device, content_type: str, body: bytes, request_id: str) -> Accepted:
-    """Parse, rate-limit, validate and produce the records of one request; returns only when
-    Kafka acknowledged every one (``acks=all``)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A request's records, authorised, rate-limited, validated and encoded: all that is
+    left is to produce them."""
+
+    writer: Writer
+    topic: str
+    outgoing: list[OutgoingRecord]
+
+
+def records_prepare(*, writer: Writer, content_type: str, body: bytes, request_id: str) -> Prepared:
+    """Parse, rate-limit, validate and encode the records of one request (everything before
+    Kafka: the blocking part, run off the event loop)."""
     records.check_content_type(content_type)
     parsed = records.parse_body(body)
-    group, tenant = device.group, device.tenant
     ratelimit.rate_limit_take(
         ratelimit.Budget(
-            tenant_id=tenant.pk,
-            device_pk=device.pk,
-            device_requests_per_second=group.rate_limit_per_second,
-            tenant_records_per_second=tenant.max_records_per_second,
-            tenant_bytes_per_second=tenant.max_bytes_per_second,
+            tenant_id=writer.tenant_id,
+            device_pk=writer.pk,
+            device_requests_per_second=writer.rate_limit_per_second,
+            tenant_records_per_second=writer.tenant_max_records_per_second,
+            tenant_bytes_per_second=writer.tenant_max_bytes_per_second,
             records=len(parsed.records),
             body_bytes=len(body),
         )
     )
-    schema = latest_schema(group.schema_subject)
+    schema = latest_schema(writer.schema_subject)
     records.validate(parsed, schema)
-    topic = group.stream.topic
     headers = [
-        ("sluice-tenant", tenant.slug.encode()),
-        ("sluice-group", group.slug.encode()),
-        ("sluice-device", device.device_id.encode()),
+        ("sluice-tenant", writer.tenant_slug.encode()),
+        ("sluice-group", writer.group_slug.encode()),
+        ("sluice-device", writer.device_id.encode()),
         ("sluice-request-id", request_id.encode()),
     ]
-    key = device.device_id.encode()
+    key = writer.device_id.encode()
     try:
         outgoing = [OutgoingRecord(key=key, value=records.wire_value(r, schema), headers=headers)
                     for r in parsed.records]  # fmt: skip
@@ -289,17 +296,29 @@ def records_ingest(*, device: Device, content_type: str, body: bytes, request_id
         raise SchemaValidationFailed(
             f"A record could not be encoded with schema '{schema.subject}': {exc}; nothing was produced."
         ) from None
-    outcome = ingest_producer(settings.SLUICE_RUNTIME).produce_and_wait(topic, outgoing)
+    return Prepared(writer=writer, topic=writer.topic, outgoing=outgoing)
+
+
+async def records_produce(prepared: Prepared) -> Accepted:
+    """Produce prepared records; returns only when Kafka acknowledged every one
+    (``acks=all``), else raises ``ServiceUnavailable`` saying what may have been written."""
+    producer = ingest_producer(settings.SLUICE_RUNTIME)
+    outcome = await producer.produce_and_wait_async(prepared.topic, prepared.outgoing)
     if not outcome.complete:
-        raise _kafka_failure(topic, outcome)
-    if ratelimit.device_seen_due(device.pk):
+        raise _kafka_failure(prepared.topic, outcome)
+    return Accepted(topic=prepared.topic, offsets=[(d.partition, d.offset) for d in outcome.delivered if d is not None])
+
+
+def records_accepted(*, writer: Writer, accepted: Accepted) -> None:
+    """Bookkeeping after Kafka acknowledged a request: the accepted counter and, at most once
+    a minute per device, its ``last_seen_at`` (one Redis round trip for both)."""
+    if metrics.count_accepted(len(accepted.offsets), device_pk=writer.pk):
         try:
-            Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now())
+            Device.objects.filter(pk=writer.pk).update(last_seen_at=timezone.now())
         except DatabaseError:
             # Bookkeeping only: Kafka has acknowledged the records, so the answer is 200;
             # a 500 here would make the device send them again.
-            log.warning("ingest: could not record last_seen_at of device %s", device.pk, exc_info=True)
-    return Accepted(topic=topic, offsets=[(d.partition, d.offset) for d in outcome.delivered if d is not None])
+            log.warning("ingest: could not record last_seen_at of device %s", writer.pk, exc_info=True)
 
 
 def _kafka_failure(topic: str, outcome: DeliveryOutcome) -> ServiceUnavailable:

@@ -358,6 +358,14 @@ class Web(Component):
             str(rt.web_socket),
             "--workers",
             workers,
+            # What "auto" picks when uvicorn[standard] is installed, spelled out so a missing
+            # extra fails at start instead of quietly serving on the slower pure-Python
+            # loop and HTTP parser; no access log (nginx keeps one).
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
             "--no-server-header",
             "--log-level",
             "warning",
