@@ -628,15 +628,14 @@ What the numbers mean:
   are not in either side's CPU; they are in the per-part table.
 * **records/s vs ceiling** depends on the machine far more than the per-CPU ratio: the clients
   (TLS, Python) run on the same cores as the server and the broker.
-* Each uvicorn worker runs the sync Django view one request at a time (Django's ASGI handler
-  runs sync code on one thread per process), and a request holds it for its CPU work (**CPU
-  per request**, server side) plus the `acks=all` round trip it waits for (`linger.ms=5`, then
-  the broker's append and answer; see the direct-producer latency).  So requests/s is bounded
-  by workers / (CPU per request + round trip) while the cores stay partly idle, and with more
-  clients than workers a request mostly waits in line behind the others (clients / workers
-  deep): that queueing, not Kafka, is most of the single-record p50.  Batches amortise the
-  HTTP request, authorisation (database), rate limits (Redis) and the delivery wait over many
-  records; what is left per record is JSON parsing, schema validation and encoding.
+* The ingest view is async: the CPU work of a request (identity in one precompiled query,
+  body, one Redis round trip for the rate limits, validation, encoding) runs on one
+  long-lived thread per worker, and the `acks=all` round trip (`linger.ms=5`, then the
+  broker's append and answer; see the direct-producer latency) is awaited without holding a
+  thread, so many requests per worker are in flight and share librdkafka's batches.  What
+  is left per request is mostly Django's own ASGI cycle (request signals, body, response)
+  and TLS at nginx.  Batches amortise the HTTP request, authorisation and rate limits over
+  many records; what is left per record is JSON parsing, schema validation and encoding.
 * The direct producer pipelines without waiting per record, which no HTTP request/response
   ingest can do; it is a ceiling, not a like-for-like alternative.
 """
