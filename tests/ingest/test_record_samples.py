@@ -15,20 +15,11 @@ from confluent_kafka.schema_registry import Schema
 from ingest import records
 from ingest.registry import AVRO, JSON, LatestSchema, _compile
 from tenants.onboarding_forms import AVRO_EXAMPLE
+from tests.schemas import READING_AVRO_RICH as READING_AVRO
+from tests.schemas import READING_JSON
 
 # The Avro default the onboarding form offers, and the schemas the integration tests use.
 FORM_DEFAULT_AVRO = json.loads(AVRO_EXAMPLE)
-READING_AVRO = {
-    "type": "record",
-    "name": "Reading",
-    "namespace": "io.sluice.test",
-    "fields": [
-        {"name": "celsius", "type": "double"},
-        {"name": "site", "type": ["null", "string"], "default": None},
-        {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []},
-        {"name": "unit", "type": {"type": "enum", "name": "Unit", "symbols": ["C", "F"]}, "default": "C"},
-    ],
-}
 VIBRATION_AVRO = {
     "type": "record",
     "name": "Vibration",
@@ -47,12 +38,6 @@ VIBRATION_AVRO = {
         {"name": "parent", "type": ["null", "Vibration"], "default": None},
     ],
 }  # fmt: skip
-READING_JSON = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "properties": {"celsius": {"type": "number"}, "site": {"type": "string"}},
-    "required": ["celsius"],
-}
 CONSTRAINED_JSON = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",

@@ -15,18 +15,8 @@ from confluent_kafka.schema_registry import Schema
 from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, SluiceError, UnsupportedMediaType
 from ingest import records
 from ingest.registry import LatestSchema, _compile
+from tests.schemas import READING_AVRO_RICH as AVRO_SCHEMA
 
-AVRO_SCHEMA = {
-    "type": "record",
-    "name": "Reading",
-    "namespace": "io.sluice.test",
-    "fields": [
-        {"name": "celsius", "type": "double"},
-        {"name": "site", "type": ["null", "string"], "default": None},
-        {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []},
-        {"name": "unit", "type": {"type": "enum", "name": "Unit", "symbols": ["C", "F"]}, "default": "C"},
-    ],
-}
 JSON_SCHEMA = {
     "type": "object",
     "properties": {"celsius": {"type": "number"}, "a/b": {"type": "string"}},

@@ -33,26 +33,11 @@ from tenants.audit import Actor
 from tenants.models import Tenant
 from tenants.services import tenant_create, tenant_set_status
 from tests.conftest import unique_slug
+from tests.schemas import READING_AVRO, READING_JSON
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 ACTOR = Actor.system("test")
 NGINX_REVOKED = VERIFY_REASONS["certificate revoked"][2]
-
-READING_JSON = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "properties": {"celsius": {"type": "number"}, "site": {"type": "string"}},
-    "required": ["celsius"],
-}
-READING_AVRO = {
-    "type": "record",
-    "name": "Reading",
-    "namespace": "io.sluice.test",
-    "fields": [
-        {"name": "celsius", "type": "double"},
-        {"name": "site", "type": ["null", "string"], "default": None},
-    ],
-}
 
 
 @dataclass

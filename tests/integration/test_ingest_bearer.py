@@ -28,7 +28,8 @@ from tenants.oauth import keys, tokens
 from tenants.oauth.models import OAuthClient
 from tenants.services import tenant_create, tenant_set_status
 from tests.conftest import unique_slug
-from tests.integration.test_ingest import READING_JSON, _post, consume, topic_size
+from tests.integration.test_ingest import _post, consume, topic_size
+from tests.schemas import READING_JSON
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 ACTOR = Actor.system("test")
