@@ -267,6 +267,7 @@ def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
         raise Conflict(f"Device group '{group.slug}' still has {count} device(s); move or delete them first.")
     with transaction.atomic():
         audit_record(actor=actor, tenant=group.tenant, action="group.delete", obj=group, before=snapshot(group))
+        _revoke_oauth_clients(actor, group.oauth_clients.all())
         group.delete()
         _queue_acls_sync(group.tenant)
 
@@ -351,10 +352,20 @@ def _revoke_credentials(actor: Actor, device: Device, reason: str) -> None:
     device_certificates_revoke(actor=actor, device=device, reason=reason)
 
 
+def _revoke_oauth_clients(actor: Actor, clients: Any) -> None:
+    """The rows go with their device or group (cascade); revoking them first leaves the
+    audit trail every credential action gets."""
+    from tenants.oauth.services import oauth_client_revoke
+
+    for client in clients:
+        oauth_client_revoke(actor=actor, client=client)
+
+
 def device_delete(*, actor: Actor, device: Device) -> None:
     with transaction.atomic():
         audit_record(actor=actor, tenant=device.tenant, action="device.delete", obj=device, before=snapshot(device))
         _revoke_credentials(actor, device, "cessation_of_operation")
+        _revoke_oauth_clients(actor, device.oauth_clients.all())
         device.delete()
 
 

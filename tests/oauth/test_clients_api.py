@@ -237,3 +237,21 @@ def test_service_client_with_write_scope_manages_device_clients(tenant: Tenant, 
     assert created.status_code == 201, created.json()
     event = AuditEvent.objects.get(action="oauth_client.create", object_id=created.json()["client_id"])
     assert event.actor_label == f"oauth:{robot.client_id}"
+
+
+def test_deleting_a_device_or_group_revokes_its_clients_on_the_record(
+    admin_client: APIClient, device: Device, oauth_group: DeviceGroup
+) -> None:
+    # given a device client and, on a second group, a gateway client
+    device_client, _ = make_oauth_client(device.tenant, "device", device=device)
+    spare = DeviceGroup.objects.create(tenant=device.tenant, slug="spare", region="eu", device_type="t",
+                                       stream=oauth_group.stream, schema_subject=oauth_group.schema_subject,
+                                       credential_policy="both")  # fmt: skip
+    gateway_client, _ = make_oauth_client(device.tenant, "gateway", group=spare)
+    base = f"/api/v1/tenants/{device.tenant.slug}"
+    # when the device and the spare group are deleted
+    assert admin_client.delete(f"{base}/devices/{device.device_id}/").status_code == 204
+    assert admin_client.delete(f"{base}/groups/spare/").status_code == 204
+    # then each client's end is in the audit log before its row went with its owner
+    revoked = set(AuditEvent.objects.filter(action="oauth_client.revoke").values_list("object_id", flat=True))
+    assert revoked == {device_client.client_id, gateway_client.client_id}
