@@ -223,10 +223,18 @@ def certificate_revoke(*, actor: Actor, certificate: Certificate, reason: str = 
     return certificate
 
 
-def certificates_retire(*, actor: Actor, certificates: list[Certificate]) -> list[str]:
-    """Revoke superseded certificates whose overlap ended, with one CRL per CA (not one CRL
-    and one nginx reload per certificate).  Rows changed meanwhile are left alone."""
-    retired: list[str] = []
+def _revoke_many(
+    *,
+    actor: Actor,
+    certificates: list[Certificate],
+    reason: str,
+    from_statuses: tuple[str, ...],
+    extra: dict[str, str] | None = None,
+) -> list[str]:
+    """Revoke ``certificates`` with one CRL per CA (not one CRL and one nginx reload per
+    certificate).  Each is a conditional update from ``from_statuses``: a row changed
+    meanwhile (revoked, renewed) is left alone.  Returns the serials revoked."""
+    revoked: list[str] = []
     by_ca: dict[int, list[Certificate]] = {}
     for certificate in certificates:
         by_ca.setdefault(certificate.ca_id, []).append(certificate)
@@ -234,44 +242,33 @@ def certificates_retire(*, actor: Actor, certificates: list[Certificate]) -> lis
         with transaction.atomic():
             now = timezone.now()
             for certificate in batch:
-                changed = Certificate.objects.filter(pk=certificate.pk, status=Certificate.Status.SUPERSEDED).update(
-                    status=Certificate.Status.REVOKED, revoked_at=now, revocation_reason="superseded"
+                changed = Certificate.objects.filter(pk=certificate.pk, status__in=from_statuses).update(
+                    status=Certificate.Status.REVOKED, revoked_at=now, revocation_reason=reason
                 )
                 if changed:
+                    after = {"serial": certificate.serial, "reason": reason, **(extra or {})}
                     audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
-                                 after={"serial": certificate.serial, "reason": "superseded"})  # fmt: skip
-                    retired.append(certificate.serial)
+                                 after=after)  # fmt: skip
+                    revoked.append(certificate.serial)
             crl_publish(authority=batch[0].ca)
-    return retired
+    return revoked
+
+
+def certificates_retire(*, actor: Actor, certificates: list[Certificate]) -> list[str]:
+    """Revoke superseded certificates whose overlap ended."""
+    return _revoke_many(actor=actor, certificates=certificates, reason="superseded",
+                        from_statuses=(Certificate.Status.SUPERSEDED,))  # fmt: skip
 
 
 def device_certificates_revoke(*, actor: Actor, device: Device, reason: str) -> list[str]:
     """Revoke every still-usable certificate of ``device`` (active, or superseded and in its
-    overlap), one CRL per CA.  Kafka authorizes per device group, so revocation is the only
-    way to stop one device there: used when a device is disabled, moved to another group
-    (its certificate names the old group) or deleted.  Call inside the caller's transaction."""
-    usable = list(
-        Certificate.objects.filter(
-            device=device, status__in=[Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED]
-        ).select_related("ca", "tenant")
-    )
-    revoked: list[str] = []
-    now = timezone.now()
-    for authority_id in sorted({c.ca_id for c in usable}):
-        batch = [c for c in usable if c.ca_id == authority_id]
-        for certificate in batch:
-            changed = (
-                Certificate.objects.filter(pk=certificate.pk)
-                .exclude(status=Certificate.Status.REVOKED)
-                .update(status=Certificate.Status.REVOKED, revoked_at=now, revocation_reason=reason)
-            )
-            if changed:
-                after = {"serial": certificate.serial, "reason": reason, "device": device.device_id}
-                audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
-                             after=after)  # fmt: skip
-                revoked.append(certificate.serial)
-        crl_publish(authority=batch[0].ca)
-    return revoked
+    overlap).  Kafka authorizes per device group, so revocation is the only way to stop one
+    device there: used when a device is disabled, moved to another group (its certificate
+    names the old group) or deleted.  Call inside the caller's transaction."""
+    usable = (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
+    certificates = list(Certificate.objects.filter(device=device, status__in=usable).select_related("ca", "tenant"))
+    return _revoke_many(actor=actor, certificates=certificates, reason=reason, from_statuses=usable,
+                        extra={"device": device.device_id})  # fmt: skip
 
 
 def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:

@@ -134,7 +134,6 @@ class CertificateRow:
 
 _CERTIFICATE_FIELDS = ("status", "revoked_at", "overlap_until", "not_after", "serial", "tenant_id", "device_id")
 _FINGERPRINT = "\x00sluice-fingerprint"
-_DEVICE_PK = -7_919_000_001
 _TENANT_SLUG = "\x00sluice-tenant"
 _DEVICE_ID = "\x00sluice-device"
 
@@ -144,7 +143,6 @@ _by_fingerprint = CompiledLookup(
     )[:1],
     [_FINGERPRINT],
 )
-_by_device_pk = CompiledLookup(lambda pk: Device.objects.filter(pk=pk).values_list(*_DEVICE_FIELDS)[:1], [_DEVICE_PK])
 _by_device_id = CompiledLookup(
     lambda tenant, device_id: Device.objects.filter(tenant__slug=tenant, device_id=device_id).values_list(
         *_DEVICE_FIELDS
@@ -162,11 +160,6 @@ def certificate_writer(fingerprint_sha256: str) -> tuple[CertificateRow, Writer 
     split = len(_CERTIFICATE_FIELDS)
     certificate = CertificateRow(*row[:split])
     return certificate, (_writer(row[split:]) if certificate.device_id is not None else None)
-
-
-def device_writer(pk: int) -> Writer | None:
-    row = _by_device_pk.first(pk)
-    return None if row is None else _writer(row)
 
 
 def device_writer_by_id(*, tenant_slug: str, device_id: str) -> Writer | None:

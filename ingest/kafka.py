@@ -156,17 +156,16 @@ class DeliveryOutcome:
 class _Waiter:
     """Collects the delivery reports of one request's records; callbacks run on the poll thread.
 
-    ``notify`` (optional) is called once, on the poll thread or the producing thread, when
-    every queued record has its report and ``seal`` was called (the async wait uses it to
-    wake its event loop; the blocking wait uses the condition)."""
+    ``notify`` is called once, on the poll thread or the producing thread, when every queued
+    record has its report and ``seal`` was called: it wakes the request's event loop."""
 
-    def __init__(self, count: int, notify: Callable[[], None] | None = None) -> None:
+    def __init__(self, count: int, notify: Callable[[], None]) -> None:
         self.delivered: list[Delivered | None] = [None] * count
         self.errors: list[KafkaError | None] = [None] * count
         self.pending = 0
         self._sealed = False
-        self._notify = notify
-        self._done = threading.Condition()
+        self._notify: Callable[[], None] | None = notify
+        self._done = threading.Lock()
 
     def expect(self) -> None:
         with self._done:
@@ -191,18 +190,9 @@ class _Waiter:
                 else:
                     self.errors[index] = error
                 self.pending -= 1
-                self._done.notify_all()
                 self._maybe_notify()
 
         return on_delivery
-
-    def wait(self, deadline: float) -> None:
-        with self._done:
-            while self.pending > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._done.wait(left)
 
 
 class IngestProducer:
@@ -235,31 +225,13 @@ class IngestProducer:
     def usable(self) -> bool:
         return not self.broken and self._thread.is_alive()
 
-    def produce_and_wait(
-        self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
-    ) -> DeliveryOutcome:
-        """Produce ``records`` to ``topic`` and wait (at most ``timeout`` s) for Kafka's
-        report on each.  Never raises for Kafka's sake: the outcome says what happened."""
-        waiter = _Waiter(len(records))
-        deadline = time.monotonic() + timeout
-        queued = 0
-        for index, record in enumerate(records):
-            try:
-                self._produce_one(topic, record, waiter, index, deadline)
-            except (BufferError, KafkaException) as exc:
-                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(records), topic, exc)
-                self._note_fatal(exc)
-                break
-            queued += 1
-        waiter.wait(deadline)
-        return self._outcome(waiter, queued)
-
     async def produce_and_wait_async(
         self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
     ) -> DeliveryOutcome:
-        """``produce_and_wait`` for an event loop: the same outcome, but the wait for Kafka's
-        reports is an ``await``, so one web worker has many requests in flight (their
-        records share librdkafka's batches) instead of blocking a thread per request."""
+        """Produce ``records`` to ``topic`` and wait (at most ``timeout`` s) for Kafka's
+        report on each.  Never raises for Kafka's sake: the outcome says what happened.  The
+        wait is an ``await``, so one web worker has many requests in flight (their records
+        share librdkafka's batches) instead of blocking a thread per request."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -274,7 +246,8 @@ class IngestProducer:
         for index, record in enumerate(records):
             try:
                 while not self._try_produce(topic, record, waiter, index):
-                    # The local queue is full: the poll thread drains it (see _produce_one).
+                    # The local queue is full: the poll thread drains it; wait a moment,
+                    # within this request's deadline, rather than refusing at once.
                     if time.monotonic() + 0.05 >= deadline:
                         raise BufferError("the producer's local queue stayed full")
                     await asyncio.sleep(0.05)
@@ -307,14 +280,6 @@ class IngestProducer:
         # poll thread is faster, the count dips below zero for a moment and ends right.
         waiter.expect()
         return True
-
-    def _produce_one(self, topic: str, record: OutgoingRecord, waiter: _Waiter, index: int, deadline: float) -> None:
-        while not self._try_produce(topic, record, waiter, index):
-            # The local queue is full: the poll thread drains it; wait a moment, within
-            # this request's deadline, rather than refusing at once.
-            if time.monotonic() + 0.05 >= deadline:
-                raise BufferError("the producer's local queue stayed full")
-            time.sleep(0.05)
 
     def _note_fatal(self, exc: Exception) -> None:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None

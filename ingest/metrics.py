@@ -21,9 +21,10 @@ def count(outcome: str, amount: int = 1) -> None:
 
 
 def count_accepted(records: int, *, device_pk: int) -> bool:
-    """Add ``records`` to ``accepted`` and, in the same round trip to Redis, ask
-    ``ratelimit.device_seen_due``'s question: whether this device's ``last_seen_at`` is due
-    for a write (true at most once per ``DEVICE_SEEN_EVERY_SECONDS``).  Best effort, like
+    """Add ``records`` to ``accepted`` and, in the same round trip to Redis, ask whether
+    this device's ``last_seen_at`` is due for a write (true at most once per
+    ``DEVICE_SEEN_EVERY_SECONDS`` across workers: ingest must not write the database on
+    every request).  Best effort, like
     both of them: Redis failing costs the count and the write, never the answer."""
     try:
         pipe = redis_client().pipeline(transaction=False)

@@ -153,17 +153,6 @@ def _take(client: redis.Redis, keys: tuple[str, ...], args: tuple[int, ...]) -> 
         return client.eval(TAKE_SCRIPT, len(keys), *keys, *args)
 
 
-def device_seen_due(device_pk: int, *, every_seconds: int = 60) -> bool:
-    """True at most once per ``every_seconds`` per device (across workers): whether this
-    request should write the device's ``last_seen_at``.  Ingest must not write the database
-    on every request."""
-    try:
-        return bool(redis_client().set(device_seen_key(device_pk), b"1", nx=True, ex=every_seconds))
-    except redis.RedisError:
-        # Only bookkeeping: the records are already in Kafka, so never fail the request for it.
-        return False
-
-
 DEVICE_SEEN_EVERY_SECONDS = 60
 
 

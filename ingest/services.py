@@ -65,14 +65,14 @@ class Accepted:
         }
 
 
-def ingest_authorize(*, certificate: Certificate | CertificateRow, writer: Writer | None = None) -> Writer:
+def ingest_authorize(*, certificate: CertificateRow, writer: Writer | None) -> Writer:
     """The device a verified client certificate may write for, or a 401/403 with a stable code.
 
     nginx already checked the chain, validity and CRL; this checks what only the database
     knows, freshly read: the certificate's own status (a revocation applies here before nginx
     re-reads the CRL), the device, the tenant, and the group's credential policy.  ``writer``
-    is the certificate's device as read together with it (``identity.certificate_writer``);
-    without it the device is read here."""
+    is the certificate's device as read together with it (``identity.certificate_writer``),
+    None when the device is gone."""
     now = timezone.now()
     if certificate.status == Certificate.Status.REVOKED:
         when = f" at {certificate.revoked_at:%Y-%m-%d %H:%M:%S} UTC" if certificate.revoked_at else ""
@@ -86,8 +86,6 @@ def ingest_authorize(*, certificate: Certificate | CertificateRow, writer: Write
         )
     if certificate.not_after <= now:
         raise Unauthenticated("The client certificate has expired.", code="certificate_expired")
-    if writer is None and certificate.device_id is not None:
-        writer = identity.device_writer(certificate.device_id)
     if writer is None:
         raise PermissionDenied("The device of this certificate no longer exists.", code="unknown_device")
     if not (writer.tenant_id == certificate.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
@@ -201,9 +199,6 @@ def ingest_authenticate(*, authorization: str, certificate_presented: bool, cert
     if found is None:
         raise PermissionDenied("This certificate was not issued by Sluice.", code="unknown_certificate")
     row, writer = found
-    if row.status == Certificate.Status.REVOKED:
-        # The wording of certs.tls_identity.client_certificate_record, which this replaces here.
-        raise PermissionDenied("The client certificate is revoked.", code="certificate_revoked")
     return ingest_authorize(certificate=row, writer=writer)
 
 

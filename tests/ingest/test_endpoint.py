@@ -5,6 +5,7 @@ tests/integration/test_ingest.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +19,7 @@ from django.utils import timezone
 from certs.models import Certificate
 from certs.services import Issued, certificate_issue_generated
 from devices.models import Device, DeviceGroup, Stream
-from ingest import ratelimit, registry
+from ingest import identity, ratelimit, registry
 from ingest.kafka import IngestProducer, OutgoingRecord, ingest_producer_config
 from ingest.services import _kafka_failure, ingest_authorize
 from tenants.audit import Actor
@@ -129,7 +130,8 @@ def test_a_superseded_certificate_works_during_its_overlap(issued: Issued) -> No
     Certificate.objects.filter(pk=issued.certificate.pk).update(
         status=Certificate.Status.SUPERSEDED, overlap_until=timezone.now() + timezone.timedelta(days=1)
     )
-    assert ingest_authorize(certificate=Certificate.objects.get(pk=issued.certificate.pk)).device_id == "meter-1"
+    row, writer = identity.certificate_writer(issued.certificate.fingerprint_sha256) or (None, None)
+    assert ingest_authorize(certificate=row, writer=writer).device_id == "meter-1"
 
 
 @pytest.mark.parametrize(
@@ -169,7 +171,9 @@ def test_records_kafka_did_not_acknowledge_are_503_and_said_to_be_uncertain() ->
                                "acks": "all", "message.timeout.ms": 1000, "log_level": 0})  # fmt: skip
     try:
         # when a request's two records are produced
-        outcome = producer.produce_and_wait("iot.acme.eu.temperature", [OutgoingRecord(b"k", b"v", [])] * 2, timeout=5)
+        outcome = asyncio.run(
+            producer.produce_and_wait_async("iot.acme.eu.temperature", [OutgoingRecord(b"k", b"v", [])] * 2, timeout=5)
+        )
     finally:
         producer.close(timeout=0)
 
