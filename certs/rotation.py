@@ -31,6 +31,7 @@ from certs.platform_pki import ensure_root
 from config.errors import Conflict, SluiceError
 from devices.models import DeviceGroup
 from tenants.audit import Actor, audit_record
+from tenants.rights import rights_changed
 
 LOCK_NAME = "sluice:lock:pki-rotate"
 # Generous: a run issues and publishes per CA; an expiring lock would let a second beat in.
@@ -120,6 +121,7 @@ def _issue_successor(certificate: Certificate, now: dt.datetime) -> Certificate:
     )
     if not changed:  # renewed or revoked since it was read: roll this successor back
         raise Conflict(f"Certificate {certificate.serial} changed during rotation.")
+    rights_changed(tenant_id=certificate.tenant_id, certificates=[certificate.serial])
     return issued.certificate
 
 

@@ -20,6 +20,7 @@ from config.errors import Conflict, InvalidInput, NotFound
 from devices.models import Device, DeviceGroup
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
+from tenants.rights import rights_changed
 
 TENANT_CA_VALID_DAYS = 5 * 365
 CRL_VALIDITY = dt.timedelta(days=1)
@@ -219,6 +220,7 @@ def certificate_revoke(*, actor: Actor, certificate: Certificate, reason: str = 
         certificate.refresh_from_db()
         audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
                      after={"serial": certificate.serial, "reason": reason})  # fmt: skip
+        rights_changed(tenant_id=certificate.tenant_id, certificates=[certificate.serial])
         crl_publish(authority=certificate.ca)
     return certificate
 
@@ -250,6 +252,7 @@ def _revoke_many(
                     audit_record(actor=actor, tenant=certificate.tenant, action="certificate.revoke", obj=certificate,
                                  after=after)  # fmt: skip
                     revoked.append(certificate.serial)
+            rights_changed(tenant_id=batch[0].tenant_id, certificates=[c.serial for c in batch])
             crl_publish(authority=batch[0].ca)
     return revoked
 
@@ -336,6 +339,7 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
                 "This certificate was renewed or revoked meanwhile; renew with the newest one.",
                 code="certificate_superseded",
             )
+        rights_changed(tenant_id=presented.tenant_id, certificates=[presented.serial])
         audit_record(actor=actor, tenant=device.tenant, action="certificate.renew", obj=issued.certificate,
                      after={"old_serial": presented.serial, "new_serial": issued.certificate.serial,
                             "old_valid_until": (now + RENEWAL_OVERLAP).isoformat()})  # fmt: skip

@@ -21,6 +21,7 @@ from devices.models import Device, DeviceGroup, Stream, min_insync_replicas
 from ingest import registry
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.models import Tenant
+from tenants.rights import rights_changed
 
 STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_policy", "custom_retention_hours")
 GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
@@ -256,6 +257,8 @@ def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceG
         group.save()
         audit_record(actor=actor, tenant=group.tenant, action="group.update", obj=group, before=before,
                      after=snapshot(group))  # fmt: skip
+        # Policy, stream, subject and limits are read by ingest for every device of the group.
+        rights_changed(tenant_id=group.tenant_id, groups=[group.pk])
         if group.stream_id != before["stream_id"]:
             _queue_acls_sync(group.tenant)
     return group
@@ -268,6 +271,7 @@ def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
     with transaction.atomic():
         audit_record(actor=actor, tenant=group.tenant, action="group.delete", obj=group, before=snapshot(group))
         _revoke_oauth_clients(actor, group.oauth_clients.all())
+        rights_changed(tenant_id=group.tenant_id, groups=[group.pk])
         group.delete()
         _queue_acls_sync(group.tenant)
 
@@ -337,6 +341,7 @@ def device_update(*, actor: Actor, device: Device, **changes: Any) -> Device:
         device.save()
         audit_record(actor=actor, tenant=device.tenant, action="device.update", obj=device, before=before,
                      after=snapshot(device))  # fmt: skip
+        rights_changed(tenant_id=device.tenant_id, devices=[device.pk])
         # Kafka authorizes a device group, not a device: a disabled device or one that left
         # its group (its certificate names the old group) is stopped there by revocation.
         if device.status != Device.Status.ACTIVE and before["status"] == Device.Status.ACTIVE:
@@ -366,6 +371,7 @@ def device_delete(*, actor: Actor, device: Device) -> None:
         audit_record(actor=actor, tenant=device.tenant, action="device.delete", obj=device, before=snapshot(device))
         _revoke_credentials(actor, device, "cessation_of_operation")
         _revoke_oauth_clients(actor, device.oauth_clients.all())
+        rights_changed(tenant_id=device.tenant_id, devices=[device.pk])
         device.delete()
 
 

@@ -13,6 +13,7 @@ from config.errors import Conflict, InvalidInput, validate_model
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.authentication import TOKEN_PREFIX
 from tenants.models import ApiToken, Membership, Tenant, hash_token
+from tenants.rights import rights_changed
 
 TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy")
 
@@ -44,6 +45,8 @@ def tenant_update(*, actor: Actor, tenant: Tenant, **changes: Any) -> Tenant:
         tenant.save()
         audit_record(actor=actor, tenant=tenant, action="tenant.update", obj=tenant, before=before,
                      after=snapshot(tenant))  # fmt: skip
+        # The ingest limits of every device of the tenant may have changed.
+        rights_changed(tenant_id=tenant.pk, whole_tenant=True)
     return tenant
 
 
@@ -61,6 +64,7 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
         tenant.refresh_from_db()
         action = "tenant.suspend" if status == Tenant.Status.SUSPENDED else "tenant.resume"
         audit_record(actor=actor, tenant=tenant, action=action, obj=tenant, before=before, after=snapshot(tenant))
+        rights_changed(tenant_id=tenant.pk, whole_tenant=True)
         slug = tenant.slug
         transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
     return tenant
@@ -92,6 +96,7 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
             after={"topics_deleted": to_delete, "topics_kept": [t for t in topics if t not in to_delete]},
         )
         tenant_cas_revoke(actor=actor, tenant=tenant)
+        rights_changed(tenant_id=tenant.pk, whole_tenant=True)
         tenant.certificates.all().delete()
         tenant.devices.all().delete()
         tenant.groups.all().delete()

@@ -16,6 +16,7 @@ from tenants.audit import Actor, audit_record
 from tenants.models import Tenant, hash_token
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth.models import CREDENTIAL_POLICY, OAuthClient
+from tenants.rights import rights_changed
 
 CLIENT_ID_PREFIX = "sc_"
 SECRET_PREFIX = "scs_"  # noqa: S105 - a public marker that lets secret scanners spot leaked secrets
@@ -163,6 +164,7 @@ def oauth_client_revoke(*, actor: Actor, client: OAuthClient) -> OAuthClient:
             before=before,
             after=_audit_view(locked),
         )
+        rights_changed(tenant_id=locked.tenant_id, clients=[locked.client_id])
     return locked
 
 
