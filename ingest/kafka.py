@@ -115,14 +115,18 @@ def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
     implies ``acks=all`` and ``max.in.flight.requests.per.connection<=5``; both are spelled
     out so a reader (and a changed default) cannot get them wrong.  ``acks=all`` is what
     makes a 2xx from ingest mean "written to every in-sync replica" (the broker's
-    ``min.insync.replicas`` decides how many that must be)."""
+    ``min.insync.replicas`` decides how many that must be).  Compression, linger and batch
+    size come from ``SLUICE_INGEST_*`` (config/env.py), chosen by measurement."""
+    settings = runtime.ingest
     return {
         **admin_config(runtime),
         "enable.idempotence": True,
         "acks": "all",
         "max.in.flight.requests.per.connection": 5,
         # Small: requests wait for their records, so batching must not add visible latency.
-        "linger.ms": 5,
+        "linger.ms": settings.linger_ms,
+        "batch.size": settings.batch_bytes,
+        "compression.type": settings.compression,
         "message.timeout.ms": DELIVERY_TIMEOUT_MS,
     }
 
