@@ -16,6 +16,8 @@ import logging
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ingest.identity import IdentityCache
 from tenants.rights import CHANNEL, RightsChange
@@ -26,19 +28,36 @@ HEALTH_CHECK_SECONDS = 5  # a silently dead connection is noticed within about t
 MAX_BACKOFF = 2.0
 
 
+class _Reconnections:
+    """redis-py reconnects a broken subscription by itself (and subscribes again); whatever
+    was published meanwhile is lost, so every reconnection starts the cache over."""
+
+    def __init__(self, cache: IdentityCache) -> None:
+        self.cache = cache
+
+    def on_connect(self, _connection: object) -> None:
+        log.warning("ingest: the rights subscription reconnected; emptying the identity cache")
+        self.cache.clear()
+
+
 async def listen(cache: IdentityCache, redis_url: str, *, poll: float = 1.0) -> None:
     """Run until cancelled: subscribe, apply changes, resubscribe after any failure."""
     backoff = 0.05
+    reconnections = _Reconnections(cache)  # kept alive here: redis-py holds it weakly
     while True:
         client = redis.asyncio.Redis.from_url(
-            redis_url, socket_connect_timeout=1, socket_keepalive=True, health_check_interval=HEALTH_CHECK_SECONDS
-        )
+            redis_url, socket_connect_timeout=1, socket_keepalive=True, health_check_interval=HEALTH_CHECK_SECONDS,
+            # One quick reconnection attempt, then the error reaches this loop (which turns
+            # the cache off) rather than being retried for seconds while the cache serves.
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(CHANNEL)
             confirmation = await pubsub.get_message(timeout=2.0)
             if confirmation is None or confirmation.get("type") != "subscribe":
                 raise redis.ConnectionError("no subscription confirmation")
+            pubsub.connection.register_connect_callback(reconnections.on_connect)
             cache.set_live(True)
             backoff = 0.05
             task = asyncio.current_task()

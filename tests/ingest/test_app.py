@@ -238,6 +238,22 @@ def test_a_revocation_reaches_a_worker_that_cached_the_certificate(
     assert (answer.status, answer.code) == (403, "certificate_revoked")
 
 
+def test_without_a_subscription_every_request_reads_the_database(client: Client, issued: Issued,
+                                                                 no_registry: None) -> None:  # fmt: skip
+    # given a worker that is not subscribed to changes of rights (Redis lost, or starting)
+    worker = client.worker()
+    for task in worker.tasks:
+        task.cancel()
+    client.settle(0.05)
+    assert not worker.cache.live
+    assert client.request(headers=nginx_headers(issued)).code == "registry_unavailable"
+    # when the certificate is revoked without any announcement reaching it
+    Certificate.objects.filter(pk=issued.certificate.pk).update(status=Certificate.Status.REVOKED)
+    # then the very next request says so: nothing was kept from the first read
+    assert client.request(headers=nginx_headers(issued)).code == "certificate_revoked"
+    assert len(worker.cache) == 0
+
+
 def test_identity_is_checked_before_the_body(client: Client, issued: Issued) -> None:
     Tenant.objects.all().update(status=Tenant.Status.SUSPENDED)
     answer = client.request(body=b"x" * (2**20 + 10), headers=nginx_headers(issued, **{"Content-Type": "text/plain"}))
