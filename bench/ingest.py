@@ -3,12 +3,16 @@ direct producer writing the same bytes) and its floor (the same nginx + ASGI ser
 of a do-nothing app): issue 9's P1, P2, P3, P5 and P8.  P4 is ``bench/validation.py``.
 
 The final measurement, in a quiet window (nothing else running on the machine: no test
-suite, no other benchmark), is one command, about 25 minutes (most of the P8 part is
-provisioning 1,000 tenants):
+suite, no other benchmark, no other platform left up), is one command of about 35 minutes:
+~13 for the measured runs and ~20 for P8's population (adding 999 tenants through
+``tenant_create`` took 15.5 minutes on the shared machine, each one rewriting the CRL
+bundle and reloading nginx, then ~4 minutes for Celery to create their 2,000 topics):
 
     .venv/bin/python bench/ingest.py --out bench/results/ingest.md
 
-Smoke run (short windows, small P8 population, ~6 minutes; the report is marked SMOKE):
+Without P8, about 13 minutes: ``--only p1,p2,p3,p5``.  Smoke run (2 s windows, 60 tenants
+for P8, about 6 minutes; the report is marked SMOKE and goes to
+``bench/results/ingest-smoke.md``):
 
     .venv/bin/python bench/ingest.py --smoke
 
@@ -392,11 +396,25 @@ def main() -> None:
 
         if "p8" in args.only:
             runs += p8(ctx, summary, facts)
+    except BaseException as exc:  # noqa: BLE001 - reported, then raised again
+        # Whatever was measured is still reported, marked incomplete; then the error.
+        failure = exc
+        facts.append(f"**INCOMPLETE**: the run stopped with {type(exc).__name__}: {str(exc)[:300]}")
+    else:
+        failure = None
     finally:
         if floor is not None:
             floor.stop()
         platform.stop()
         shutil.rmtree(root, ignore_errors=True)
+    write_report(args, runs, summary, facts, command, started)
+    if failure is not None:
+        raise failure
+
+
+def write_report(
+    args: argparse.Namespace, runs: list[Run], summary: Summary, facts: list[str], command: str, started: float
+) -> None:
     header = header_lines(command=command, started=started, seconds=time.time() - started, facts=facts)
     text = render(runs=runs, summary=summary, header=header, notes=[PREVIOUS, "", NOTES.strip()], smoke=args.smoke)
     print(text)
@@ -572,9 +590,10 @@ How to read it:
   count in front of an app that does nothing: no single-record request can cost less.
 * **records/s** depends on the machine far more than the per-CPU figures: the clients
   (Python, TLS) share the cores with the server and the broker.
-* **foreign cores** is the machine's busy CPU that no part of the benchmark accounts for
-  (other users' processes, and kernel time such as loopback networking not charged to a
-  process); windows above `--max-foreign` are discarded.
+* **foreign cores** is the machine's busy CPU that no part of the benchmark accounts for:
+  other users' processes. Kernel threads (*kernel*) and interrupt time (*irq*, mostly
+  loopback networking) are shown beside and not counted as foreign. Windows above
+  `--max-foreign` are discarded.
 """
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.ingestbench.windows import Spread, Window, clean
 
-BESIDE = ("kafka", "redis", "registry", "worker", "beat", "launcher", "clients", "producer", "bench")
+BESIDE = ("kafka", "redis", "registry", "worker", "beat", "launcher", "clients", "producer", "bench", "kernel", "irq")
 
 
 @dataclass

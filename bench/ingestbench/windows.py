@@ -44,7 +44,7 @@ class Window:
     start: float
     end: float
     cpu: dict[str, float]  # part -> CPU seconds inside the window
-    foreign_cores: float  # busy cores of the machine not accounted to any part
+    foreign_cores: float  # busy cores of the machine not accounted to any part (other users' processes)
     reloads: int
     foreign_requests: int
     foreign_examples: list[str]
@@ -131,7 +131,9 @@ class Meter:
         for watch in self.logs:
             offsets.update(watch.offsets())
         mark = load.mark() if load is not None else None
-        return Edge(time.time(), self.sources.cpu(), machine_busy(), offsets, mark)
+        cpu = self.sources.cpu()
+        busy, cpu["irq"] = machine_busy()
+        return Edge(time.time(), cpu, busy, offsets, mark)
 
     def window(self, a: Edge, b: Edge) -> Window:
         cpu = {part: b.cpu[part] - a.cpu.get(part, 0.0) for part in b.cpu}
