@@ -243,7 +243,7 @@ def main() -> None:
             f"  provisioned {', '.join(s.topic for s in prov.streams.values())} ({devices} devices each) in "
             f"{time.monotonic() - began:.1f} s"
         )
-        server_parts = ["nginx", *asgi_components(list(platform.components))]
+        server_parts = ["nginx", *asgi_components(list(platform.components), args.asgi_components)]
         sources = Sources(groups=[platform.cpu_by_part])
         logs = [LogWatch("platform", platform.logs / "nginx-access.log", platform.logs / "nginx-error.log")]
         meter = Meter(sources, logs, token.encode())
@@ -295,7 +295,7 @@ def main() -> None:
             with_floor = "p2" in args.only
             floor_runs = []
             if with_floor:
-                floor = Floor(platform.env, root / "floor", args.offset + args.floor_offset)
+                floor = Floor(platform.env, root / "floor", args.offset + args.floor_offset, args.asgi_components)
                 floor.start()
                 for name, pid in floor.pid_groups().items():
                     sources.trees[name] = lambda pid=pid: [pid]
@@ -543,6 +543,11 @@ def parse_args() -> argparse.Namespace:
         help="cores used outside the benchmark above which a window is discarded",
     )
     parser.add_argument("--no-idle", dest="idle", action="store_false", help="skip the idle window")
+    parser.add_argument(
+        "--asgi-components",
+        help="launcher components that serve HTTP behind nginx, comma-separated (default: web and any *ingest*); "
+        "their CPU is server CPU and the floor runs each one's command with the no-op app",
+    )
     parser.add_argument("--partitions", type=int, help="topic partitions (default: the platform's default)")
     parser.add_argument("--offset", type=int, default=45000, help="SLUICE_PORT_OFFSET of the scratch platform")
     parser.add_argument("--floor-offset", type=int, default=1000, help="the floor's ports: --offset plus this")
@@ -567,6 +572,7 @@ def parse_args() -> argparse.Namespace:
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if "json" not in args.formats and {"p3", "p5", "p8"} & set(args.only):
         args.formats.insert(0, "json")  # P3, P5 and P8 use the JSON stream
+    args.asgi_components = [c.strip() for c in (args.asgi_components or "").split(",") if c.strip()] or None
     args.shapes = [int(s) for s in args.shapes.split(",") if s.strip()]
     args.p8_shapes = [int(s) for s in args.p8_shapes.split(",") if s.strip()]
     return args

@@ -27,14 +27,23 @@ NOOP_APP = "bench.noop_app:app"
 APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def asgi_components(names: list[str]) -> list[str]:
-    """The components that serve HTTP behind nginx: ``web`` and any ``*ingest*``."""
+def asgi_components(names: list[str], chosen: list[str] | None = None) -> list[str]:
+    """The components that serve HTTP behind nginx: ``chosen`` if given, else ``web`` and
+    any ``*ingest*``."""
+    if chosen:
+        missing = set(chosen) - set(names)
+        if missing:
+            raise RuntimeError(f"no component(s) {', '.join(sorted(missing))}; the launcher has {', '.join(names)}")
+        return list(chosen)
     return [n for n in names if n == "web" or "ingest" in n]
 
 
 class Floor:
-    def __init__(self, platform_env: dict[str, str], state: Path, offset: int) -> None:
+    def __init__(
+        self, platform_env: dict[str, str], state: Path, offset: int, servers: list[str] | None = None
+    ) -> None:
         self.platform_env = platform_env
+        self.servers = servers
         self.state = state
         self.offset = offset
         self.processes: dict[str, Any] = {}
@@ -64,7 +73,7 @@ class Floor:
             for key, value in values.items()
         }
         components.render(template, _move(target, moves, {}, {}), mode=mode, **floor_values)
-        for name in asgi_components(list(components.ALL)):
+        for name in asgi_components(list(components.ALL), self.servers):
             spec = components.ALL[name].process(floor)
             argv = [NOOP_APP if APP_SPEC.match(arg) else arg for arg in spec.argv]
             if argv.count(NOOP_APP) != 1:
