@@ -17,7 +17,8 @@ What it measures, on the record of ``bench/ingestbench/workload.py``:
   ``iter_errors``, on a valid and on an invalid record; a batch of 100 validated as one
   array against validating each record), ``orjson`` against ``json`` for parsing and
   encoding, fastavro's own ``validate`` + writer, and the cost of handing a Python record
-  to Rust (jsonschema-rs converts the whole instance before validating);
+  to Rust (the call itself, and what the record's fields add when no keyword reads them:
+  whether jsonschema-rs converts the instance up front or reads it in place);
 * which drafts and keywords each JSON Schema library enforces (probes), and how each copes
   with a catastrophically backtracking ``pattern`` (each in a subprocess, killed after
   ``--regex-timeout`` seconds).
