@@ -11,6 +11,7 @@ It stops them all on SIGTERM or SIGINT, and they stop with it if it is killed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import os
@@ -26,11 +27,14 @@ PR_SET_PDEATHSIG = 1
 MAX_PAUSE = 30.0
 
 
-def server_argv(socket: Path) -> list[str]:
-    """One ASGI server process on ``socket`` serving ``config.asgi`` (the one place the
-    ingest server is chosen; bench/ uses it too)."""
+APPLICATION = "config.asgi:application"
+
+
+def server_argv(socket: Path, app: str = APPLICATION) -> list[str]:
+    """One ASGI server process on ``socket`` serving ``app`` (the one place the ingest
+    server is chosen; the benchmark's floor runs the same command with a do-nothing app)."""
     return [
-        sys.executable, "-m", "uvicorn", "config.asgi:application",
+        sys.executable, "-m", "uvicorn", app,
         "--uds", str(socket), "--workers", "1",
         # Spelled out so a missing extra fails at start instead of serving on the slower
         # pure-Python loop and parser; no access log (nginx keeps one).
@@ -45,8 +49,9 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, sockets: list[Path]) -> None:
+    def __init__(self, sockets: list[Path], app: str = APPLICATION) -> None:
         self.sockets = sockets
+        self.app = app
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.failures = [0] * len(sockets)
         self.stopping = False
@@ -54,7 +59,7 @@ class Supervisor:
     def start(self, index: int) -> None:
         self.sockets[index].unlink(missing_ok=True)
         self.children[index] = subprocess.Popen(
-            server_argv(self.sockets[index]), cwd=BASE_DIR, preexec_fn=_die_with_parent
+            server_argv(self.sockets[index], self.app), cwd=BASE_DIR, preexec_fn=_die_with_parent
         )
 
     def run(self) -> int:
@@ -94,10 +99,13 @@ class Supervisor:
         self.stopping = True
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ingest.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("app", nargs="?", default=APPLICATION, help=f"the ASGI application (default {APPLICATION})")
+    args = parser.parse_args(argv)
     runtime = load_runtime()
     os.chdir(BASE_DIR)
-    return Supervisor([runtime.ingest_socket(i) for i in range(runtime.ingest.workers)]).run()
+    return Supervisor([runtime.ingest_socket(i) for i in range(runtime.ingest.workers)], args.app).run()
 
 
 if __name__ == "__main__":

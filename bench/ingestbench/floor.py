@@ -152,10 +152,15 @@ def _move(value: Any, moves: list[tuple[Path, Path]], ports: dict[str, int], flo
             if value == port:
                 return floor_ports[name]
         return value
-    if isinstance(value, str | Path):
+    if isinstance(value, Path):
         text = str(value)
         for source, destination in moves:
             if text == str(source) or text.startswith(str(source) + os.sep):
-                moved = str(destination) + text[len(str(source)) :]
-                return Path(moved) if isinstance(value, Path) else moved
+                return Path(str(destination) + text[len(str(source)) :])
+    if isinstance(value, str):
+        # Strings may hold paths anywhere (e.g. nginx's upstream lines "server unix:<path>;").
+        for source, destination in moves:
+            if value == str(source):
+                return str(destination)
+            value = value.replace(str(source) + os.sep, str(destination) + os.sep)
     return value

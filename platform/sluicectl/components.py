@@ -390,7 +390,7 @@ class Ingest(Component):
             rt.ingest_socket(index).unlink(missing_ok=True)
 
     def process(self, ctx: Context) -> Process:
-        argv = [sys.executable, "-m", "ingest.serve"]
+        argv = [sys.executable, "-m", "ingest.serve", "config.asgi:application"]
         return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
 
     def check(self, ctx: Context) -> str | None:
