@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import os
 import re
@@ -92,7 +93,7 @@ class Worker:
         await self._flush()
         await self.limiter.close()
         if self._producer is not None:
-            await asyncio.to_thread(self._producer.close)
+            await self._producer.aclose()
 
     # -- identity ----------------------------------------------------------------------
 
@@ -205,6 +206,10 @@ class IngestApp:
     def __init__(self) -> None:
         self._worker: Worker | None = None
         self._proxy_secret = settings.SLUICE_PROXY_SECRET.encode()
+        # Request ids made here: this worker's random prefix and a counter (unique without a
+        # system call per request).
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
 
     @property
     def worker(self) -> Worker:
@@ -233,7 +238,7 @@ class IngestApp:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         offered = headers.get(b"x-request-id", b"")
-        request_id = offered if _REQUEST_ID.match(offered) else os.urandom(16).hex().encode()
+        request_id = offered if _REQUEST_ID.match(offered) else f"{self._id_prefix}{next(self._ids):016x}".encode()
         extra: list[tuple[bytes, bytes]] = []
         try:
             if scope["path"] != RECORDS_PATH:

@@ -31,6 +31,7 @@ again ``t`` (seconds).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import time
@@ -97,12 +98,17 @@ def _retry_after(missing: float, rate: float) -> int:
     return max(1, math.ceil(missing / rate))
 
 
-def policy_header(budget: Budget) -> str:
+@functools.lru_cache(maxsize=4096)
+def _policy(device: int, records: int, sent_bytes: int) -> str:
     return (
-        f'"device";q={budget.device_requests_per_second};w=1, '
-        f'"tenant-records";q={budget.tenant_records_per_second};w=1, '
-        f'"tenant-bytes";q={budget.tenant_bytes_per_second};w=1;qu="content-bytes"'
+        f'"device";q={device};w=1, '
+        f'"tenant-records";q={records};w=1, '
+        f'"tenant-bytes";q={sent_bytes};w=1;qu="content-bytes"'
     )
+
+
+def policy_header(budget: Budget) -> str:
+    return _policy(budget.device_requests_per_second, budget.tenant_records_per_second, budget.tenant_bytes_per_second)
 
 
 def remaining_header(verdict: Verdict) -> str:

@@ -16,6 +16,7 @@ part of a batch written; the error says so (see ``kafka_failure``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
@@ -123,6 +124,7 @@ def device_may_write(writer: Writer, *, policies: tuple[str, ...], credential: s
 _SERIAL = re.compile(r"^-?[0-9A-Fa-f]{1,64}$")
 
 
+@functools.lru_cache(maxsize=65536)
 def certificate_serial(presented: str) -> str:
     """nginx's ``$ssl_client_serial`` (upper-case hex, whole bytes) in the form Sluice stores
     serials: lower-case hex without leading zeros."""
