@@ -52,11 +52,22 @@ ACL_RETRY = {**RETRY, "autoretry_for": (KafkaException, RedisError)}
 
 
 @shared_task(name="devices.tenant_acls_sync", **ACL_RETRY)
-def tenant_acls_sync_task(tenant_slug: str) -> dict[str, list[str]]:
-    """By slug, not id: after tenant deletion the row is gone but its ACLs must still go."""
+def tenant_acls_sync_task(tenant_slug: str, topics: list[str] | None = None) -> dict[str, list[str]]:
+    """By slug, not id: after tenant deletion the row is gone but its ACLs must still go
+    (``topics``: the tenant's topics as they were when the change was announced)."""
     from ingest.acl_sync import tenant_acls_sync
 
-    report = tenant_acls_sync(tenant_slug=tenant_slug)
+    report = tenant_acls_sync(tenant_slug=tenant_slug, topics=topics or ())
+    return {"created": report.created, "deleted": report.deleted}
+
+
+@shared_task(name="devices.credential_acls_sync", **ACL_RETRY)
+def credential_acls_sync_task(tenant_slug: str, principals: list[str]) -> dict[str, list[str]]:
+    """The grants of a few credentials' principals: the fast path that ends a revoked
+    credential's open Kafka session."""
+    from ingest.acl_sync import credential_acls_sync
+
+    report = credential_acls_sync(tenant_slug=tenant_slug, principals=principals)
     return {"created": report.created, "deleted": report.deleted}
 
 

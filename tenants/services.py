@@ -54,8 +54,6 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
     """Suspend or resume.  Ingest reads the status on every request, so a suspension takes
     effect at once; on Kafka it takes effect when the ACL sync queued here removes the
     tenant's grants (a suspended tenant has none, see ingest.acls)."""
-    from devices.tasks import tenant_acls_sync_task
-
     if status not in Tenant.Status.values:
         raise InvalidInput(f"Unknown status '{status}'.")
     before = snapshot(tenant)
@@ -64,9 +62,8 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
         tenant.refresh_from_db()
         action = "tenant.suspend" if status == Tenant.Status.SUSPENDED else "tenant.resume"
         audit_record(actor=actor, tenant=tenant, action=action, obj=tenant, before=before, after=snapshot(tenant))
+        # Also the Kafka ACL sync that removes (or restores) the tenant's grants.
         rights_changed(tenant_id=tenant.pk, whole_tenant=True)
-        slug = tenant.slug
-        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
     return tenant
 
 
@@ -76,7 +73,7 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
     access), and deletes or keeps its topics by the tenant's policy.  Returns the topics
     scheduled for deletion."""
     from certs.services import tenant_cas_revoke
-    from devices.tasks import tenant_acls_sync_task, topics_delete_task
+    from devices.tasks import topics_delete_task
 
     if confirm != tenant.slug:
         raise InvalidInput(
@@ -96,6 +93,7 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
             after={"topics_deleted": to_delete, "topics_kept": [t for t in topics if t not in to_delete]},
         )
         tenant_cas_revoke(actor=actor, tenant=tenant)
+        # Before the rows go: the Kafka sync it queues needs the tenant's topics, by name.
         rights_changed(tenant_id=tenant.pk, whole_tenant=True)
         tenant.certificates.all().delete()
         tenant.devices.all().delete()
@@ -103,9 +101,6 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
         tenant.delete()
         if to_delete:
             transaction.on_commit(lambda: topics_delete_task.delay(to_delete))
-        # By slug: the row is gone when the task runs, so it removes every ACL of the tenant.
-        slug = tenant.slug
-        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
     return to_delete
 
 
