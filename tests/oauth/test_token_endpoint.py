@@ -65,7 +65,7 @@ def test_device_client_gets_a_token_with_every_claim(runtime: Runtime, tenant: T
     assert len(claims["jti"]) == 32
 
 
-def test_gateway_client_gets_its_own_principal_in_its_group_and_no_device(tenant: Tenant, oauth_group: DeviceGroup) -> None:
+def test_gateway_client_gets_its_own_principal_and_no_device(tenant: Tenant, oauth_group: DeviceGroup) -> None:
     client, secret = make_oauth_client(tenant, "gateway", ["kafka:produce"], group=oauth_group)
     response = request_token(client.client_id, secret, method="post")
     assert response.status_code == 200, response.content
