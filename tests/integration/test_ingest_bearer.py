@@ -57,7 +57,7 @@ class TokenDevice:
             "tenant": self.tenant,
             "scopes": ["ingest:write"],
             "audiences": [tokens.AUD_INGEST, tokens.AUD_KAFKA],
-            "kafka_principal": f"{self.tenant}.{self.device.group.slug}",
+            "kafka_principal": f"{self.tenant}.{self.device.group.slug}.{self.client.client_id}",
             "device": self.device.device_id,
         }
         values.update(overrides)
