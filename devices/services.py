@@ -105,15 +105,20 @@ def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
 
 
 def stream_delete(*, actor: Actor, stream: Stream) -> None:
-    from devices.tasks import topics_delete_task
+    """Delete a stream, its topic and its value subject (unless a group validates against
+    it), so a later stream of the same name starts with no schema history of this one."""
+    from devices.tasks import subjects_delete_task, topics_delete_task
 
     topic = stream.topic
+    subject = registry.value_subject(topic)
     before = snapshot(stream)
     try:
         with transaction.atomic():
             audit_record(actor=actor, tenant=stream.tenant, action="stream.delete", obj=stream, before=before)
             stream.delete()
             transaction.on_commit(lambda: topics_delete_task.delay([topic]))
+            if not DeviceGroup.objects.filter(tenant=stream.tenant, schema_subject=subject).exists():
+                transaction.on_commit(lambda: subjects_delete_task.delay(subjects=[subject]))
     except ProtectedError:
         names = ", ".join(sorted(g.slug for g in stream.groups.all()))
         raise Conflict(f"Stream {topic} is the target of device group(s) {names}; change them first.") from None

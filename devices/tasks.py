@@ -9,6 +9,7 @@ from celery import shared_task
 from confluent_kafka import KafkaException
 from redis.exceptions import RedisError
 
+from config.errors import RegistryUnavailable
 from devices import services, topics
 from devices.models import Stream
 from tenants.models import Tenant
@@ -39,6 +40,21 @@ def topics_delete_task(names: list[str]) -> list[str]:
     owned = {stream.topic for stream in Stream.objects.select_related("tenant")}
     owned |= {tenant.dlq_topic for tenant in Tenant.objects.all()}
     return topics.delete_topics(admin_client(settings.SLUICE_RUNTIME), [n for n in names if n not in owned])
+
+
+@shared_task(name="devices.subjects_delete", autoretry_for=(RegistryUnavailable,), retry_backoff=2,
+             retry_backoff_max=120, max_retries=10)  # fmt: skip
+def subjects_delete_task(prefix: str = "", subjects: list[str] | None = None) -> list[str]:
+    """Delete a deleted tenant's subjects (by topic prefix) or a deleted stream's value
+    subject, unless something owns it again by the time this runs."""
+    from devices.models import DeviceGroup
+    from ingest.registry import subjects_delete, value_subject
+
+    if prefix and Tenant.objects.filter(slug=prefix.split(".")[1]).exists():
+        return []  # a new tenant took the slug (its reservation ended): its subjects are its own
+    used = set(DeviceGroup.objects.values_list("schema_subject", flat=True))
+    used |= {value_subject(stream.topic) for stream in Stream.objects.select_related("tenant")}
+    return subjects_delete(prefix=prefix, subjects=[s for s in subjects or () if s not in used])
 
 
 @shared_task(name="devices.topics_reconcile", **RETRY)
