@@ -66,6 +66,18 @@ from ingest.acls import (
     principal_parts,
     sorted_bindings,
 )
+from ingest.quota_sync import described as described_quotas
+from ingest.quota_sync import quotas_sync
+from ingest.quotas import (
+    QuotaChanges,
+    QuotaPlan,
+    Quotas,
+    describe_quota,
+    desired_quotas,
+    managed_entity_tenant,
+    quota_changes,
+    user_entity,
+)
 from tenants.audit import Actor, audit_record
 from tenants.models import AuditEvent, Tenant
 from tenants.oauth.models import OAuthClient
@@ -93,10 +105,12 @@ ALL_ACLS = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, Non
 
 @dataclass
 class AclSyncReport:
-    """What a sync changed, one ``describe_binding`` line per binding."""
+    """What a sync changed, one ``describe_binding`` line per binding (and one line per
+    client quota entity it set or removed)."""
 
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    quotas: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -350,9 +364,11 @@ def _sync(
     tenant_slug: str,
     filters: list[AclBindingFilter],
     wanted: set[AclBinding],
+    quota_entities: list[str] | None,
     scope: set[AclBinding] | None = None,
 ) -> AclSyncReport:
-    """Make the managed bindings ``filters`` find exactly the part of ``wanted`` they cover.
+    """Make the managed bindings ``filters`` find exactly the part of ``wanted`` they cover,
+    then the client quotas of ``quota_entities`` (None: every one in the tenant's namespace).
     ``scope``, when given, limits what may be deleted (the bindings a narrower sync owns)."""
     foreign = [b for b in wanted if not is_managed(b, tenant_slug)]
     if foreign:
@@ -363,7 +379,26 @@ def _sync(
     create = sorted_bindings(wanted - existing)
     delete = sorted_bindings(existing - wanted)
     _apply(admin, actor, {tenant_slug: (create, delete)}, lock, await_filters=filters)
-    return AclSyncReport(created=[describe_binding(b) for b in create], deleted=[describe_binding(b) for b in delete])
+    # The same principals' client quotas: every granted principal gets its tenant's plan.
+    quotas = quotas_sync(actor=actor, tenant_slug=tenant_slug, desired=_desired_quotas(tenant_slug, wanted),
+                         entities=quota_entities)  # fmt: skip
+    return AclSyncReport(created=[describe_binding(b) for b in create], deleted=[describe_binding(b) for b in delete],
+                         quotas=_quota_lines(quotas))  # fmt: skip
+
+
+def _desired_quotas(tenant_slug: str, granted: Iterable[AclBinding]) -> dict[str, Quotas]:
+    tenant = Tenant.objects.filter(slug=tenant_slug).first()
+    if tenant is None:
+        return {}
+    plan = QuotaPlan(producer_byte_rate=tenant.kafka_producer_byte_rate,
+                     request_percentage=tenant.kafka_request_percentage)  # fmt: skip
+    return desired_quotas({b.principal for b in granted}, plan)
+
+
+def _quota_lines(changes: QuotaChanges) -> list[str]:
+    return [describe_quota(e, q) for e, q in sorted(changes.set.items())] + [
+        f"QUOTA user={e} remove {' '.join(keys)}" for e, keys in sorted(changes.remove.items())
+    ]
 
 
 def tenant_acls_sync(
@@ -383,7 +418,7 @@ def tenant_acls_sync(
     with acl_lock() as lock:
         wanted = set(desired_acls(tenant_slug) if desired is None else desired)
         names = sorted(set(tenant_topics(tenant_slug)) | set(topics) | {b.name for b in wanted})
-        return _sync(_admin(), actor, lock, tenant_slug, [topic_filter(t) for t in names], wanted)
+        return _sync(_admin(), actor, lock, tenant_slug, [topic_filter(t) for t in names], wanted, None)
 
 
 def credential_acls_sync(*, tenant_slug: str, principals: Iterable[str], actor: Actor | None = None) -> AclSyncReport:
@@ -395,7 +430,8 @@ def credential_acls_sync(*, tenant_slug: str, principals: Iterable[str], actor: 
         return AclSyncReport()
     with acl_lock() as lock:
         wanted = set(desired_acls(tenant_slug, principals=names))
-        return _sync(_admin(), actor, lock, tenant_slug, [principal_filter(p) for p in names], wanted)
+        return _sync(_admin(), actor, lock, tenant_slug, [principal_filter(p) for p in names], wanted,
+                     [user_entity(p) for p in names])  # fmt: skip
 
 
 def acls_reconcile(*, fix: bool, actor: Actor | None = None) -> AclDriftReport:
@@ -436,7 +472,34 @@ def _reconcile(admin: AdminClient, actor: Actor, *, fix: bool, lock: redis.lock.
     if fix and changes:
         _apply(admin, actor, changes, lock)
         report.created, report.deleted = list(report.missing), list(report.stale)
+    _reconcile_quotas(actor, report, fix=fix, live=live, deleted=deleted, now=now)
     return report
+
+
+def _reconcile_quotas(
+    actor: Actor, report: AclDriftReport, *, fix: bool, live: set[str], deleted: set[str], now: dt.datetime
+) -> None:
+    """Every user quota in a namespace Sluice had (a live tenant's, or a deleted one's, as
+    for ACLs) against the model: one describe of all user quotas."""
+    by_tenant: dict[str, dict[str, Quotas]] = {}
+    for entity, quotas in described_quotas(None).items():
+        slug = managed_entity_tenant(entity)
+        if slug is not None:
+            by_tenant.setdefault(slug, {})[entity] = quotas
+    for slug in sorted(live | (set(by_tenant) & deleted)):
+        existing = by_tenant.get(slug, {})
+        desired = _desired_quotas(slug, desired_acls(slug, now=now)) if slug in live else {}
+        if not existing and not desired:
+            continue
+        changes = quota_changes(existing, desired)
+        to_set = _quota_lines(QuotaChanges(set=changes.set, remove={}))
+        to_remove = _quota_lines(QuotaChanges(set={}, remove=changes.remove))
+        report.missing += to_set
+        report.stale += to_remove
+        if fix and changes:
+            quotas_sync(actor=actor, tenant_slug=slug, desired=desired, entities=sorted(set(existing) | set(desired)))
+            report.created += to_set
+            report.deleted += to_remove
 
 
 # -- from an announced change to the Kafka work it needs ------------------------------------
