@@ -169,8 +169,7 @@ def _kafka_principal(rfc2253: str) -> str:
         pattern, replacement = rule
         found = re.match(pattern, rfc2253)
         if found:
-            groups = found.groups()
-            return "User:" + re.sub(r"\$(\d)", lambda m: groups[int(m.group(1)) - 1], replacement)
+            return "User:" + found.expand(re.sub(r"\$(\d)", r"\\\1", replacement))
     return f"User:{rfc2253}"
 
 
