@@ -378,7 +378,11 @@ def _sync(
         existing &= scope
     create = sorted_bindings(wanted - existing)
     delete = sorted_bindings(existing - wanted)
-    _apply(admin, actor, {tenant_slug: (create, delete)}, lock, await_filters=filters)
+    # Wait on the changed principals alone when they are few: re-reading a topic with tens of
+    # thousands of bindings on every poll would cost seconds each.
+    changed = {b.principal for b in (*create, *delete)}
+    narrow = [principal_filter(p) for p in sorted(changed)] if len(changed) <= MAX_PRINCIPALS_PER_SYNC else filters
+    _apply(admin, actor, {tenant_slug: (create, delete)}, lock, await_filters=narrow)
     # The same principals' client quotas: every granted principal gets its tenant's plan.
     quotas = quotas_sync(actor=actor, tenant_slug=tenant_slug, desired=_desired_quotas(tenant_slug, wanted),
                          entities=quota_entities)  # fmt: skip
