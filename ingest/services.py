@@ -229,10 +229,11 @@ def ingest_authorize_token(*, token: str) -> Writer:
     if not (writer.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
         log.error("ingest: tenant mismatch for token of device %s", writer.pk)
         raise PermissionDenied("This token may not write here.", code="tenant_mismatch")
-    expected = group_principal(tenant=writer.tenant_slug, group=writer.group_slug)
+    expected = f"{group_principal(tenant=writer.tenant_slug, group=writer.group_slug)}.{claims.client_id}"
     if claims.kafka_principal is not None and f"User:{claims.kafka_principal}" != expected:
         raise PermissionDenied(
-            "The access token's Kafka principal is not the device group's.", code="token_principal_mismatch"
+            "The access token's Kafka principal is not its client's in the device group.",
+            code="token_principal_mismatch",
         )
     _device_may_write(writer, policies=OAUTH_POLICIES, credential="OAuth2 tokens")
     # The token is only as good as its client, re-read now: a revoked client (or one whose

@@ -71,8 +71,7 @@ def test_nothing_is_announced_when_the_transaction_rolls_back(
     tenant: Tenant, announcements: redis.client.PubSub, django_capture_on_commit_callbacks
 ) -> None:
     device = device_create(actor=ACTOR, tenant=tenant, group="sensors", device_id="d-2")
-    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError):  # noqa: PT012
-        with transaction.atomic():
-            device_update(actor=ACTOR, device=device, status="disabled")
-            raise RuntimeError("roll back")
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():  # noqa: PT012
+        device_update(actor=ACTOR, device=device, status="disabled")
+        raise RuntimeError("roll back")
     assert _next(announcements, timeout=1.0) is None
