@@ -73,6 +73,9 @@ def name(**attributes: str) -> x509.Name:
         "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
         "CN": NameOID.COMMON_NAME,
         "C": NameOID.COUNTRY_NAME,
+        # RFC 4519 userid (0.9.2342.19200300.100.1.1); RFC 2253 names it UID, as does Java's
+        # X500Principal, so Kafka's principal rules see "UID=<value>".
+        "UID": NameOID.USER_ID,
     }
     return x509.Name([x509.NameAttribute(oids[key], value) for key, value in attributes.items()])
 

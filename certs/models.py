@@ -88,11 +88,22 @@ class Certificate(models.Model):
     # A successor that rotation issued for a server-generated certificate keeps its new key
     # here, encrypted with the KEK, until the device collects it once (EST serverkeygen).
     pending_key_encrypted = models.TextField(blank=True)
+    # ``User:<tenant>.<group>.<credential id>`` (certs.principals), what Kafka maps this
+    # certificate's subject to; blank for certificates issued before credential ids, whose
+    # principal no ACL names.
+    kafka_principal = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering: ClassVar = ["tenant", "-created_at"]
         indexes: ClassVar = [models.Index(fields=["tenant", "device_ref"]), models.Index(fields=["ca", "status"])]
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["kafka_principal"],
+                condition=~models.Q(kafka_principal=""),
+                name="one_certificate_per_principal",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject} #{self.serial[:12]}"

@@ -1,18 +1,30 @@
-"""How certificate subjects become Kafka principals: the one definition of the naming.
+"""How certificate subjects and tokens become Kafka principals: the one definition of the naming.
 
-Platform certificates are ``CN=<name>,O=Sluice Platform``; device certificates are
-``CN=<device>,OU=<group>,O=<tenant>`` with slug values (``[a-z0-9-]``), so the two can never
-be confused (a slug has no space).  Kafka's ``ssl.principal.mapping.rules`` sees the subject
-in RFC 2253 form and turns it into:
+Platform certificates are ``CN=<name>,O=Sluice Platform``.  Device certificates name their
+tenant, group and device, and (since per-credential principals) their own credential id:
+``UID=<id>,CN=<device>,OU=<group>,O=<tenant>`` in RFC 2253 form, the string Kafka's
+``ssl.principal.mapping.rules`` sees (slug values are ``[a-z0-9-]``, ids ``[a-z0-9_]``, so
+nothing is confused with the platform's names, which hold a space).  The rules turn them into:
 
-* ``User:<name>`` for platform certificates (``broker``, ``sluice-admin``), and
-* ``User:<tenant>.<group>`` for device certificates: ACLs are granted per device group, so
-  100k devices of a group share one set of ACLs.
+* ``User:<name>`` for platform certificates (``broker``, ``sluice-admin``);
+* ``User:<tenant>.<group>.<id>`` for device certificates with a credential id: Kafka-direct
+  grants are per credential (``ingest.acls``), so ending one certificate's right is one ACL
+  change that reaches an already-open connection at its next request;
+* ``User:<tenant>.<group>`` for device certificates issued before credential ids existed.
+  That principal gets no ACL any more: such certificates keep working on HTTPS ingest but
+  not on Kafka directly (renew them to get Kafka-direct access).
+
+An OAuth token's ``kafka_principal`` claim is ``<tenant>.<group>.<client_id>``: the same shape.
+Credential ids are never reused (random, 96 bits), so a principal can never come back to
+life for a new owner of the same tenant and group slugs.
 
 Anything else falls through to DEFAULT (the full DN), which no ACL names: it is denied.
 """
 
 from __future__ import annotations
+
+import re
+import secrets
 
 from cryptography import x509
 
@@ -21,14 +33,20 @@ from certs.ca import name
 PLATFORM_ORGANIZATION = "Sluice Platform"
 BROKER = "broker"
 PLATFORM_ADMIN = "sluice-admin"
+CERTIFICATE_ID_PREFIX = "crt_"
 
 _SLUG = "[a-z0-9][a-z0-9-]*"
+# Certificate ids (crt_<24 hex>) and OAuth client ids (sc_<24 hex>).
+CREDENTIAL_ID = "[a-z0-9][a-z0-9_]{0,63}"
+_CREDENTIAL_ID = re.compile(rf"^{CREDENTIAL_ID}$")
 
 # Java regexes (SslPrincipalMapper); rules are tried in order, first match wins.
 KAFKA_PRINCIPAL_MAPPING_RULES = ",".join(
     [
         f"RULE:^CN=({_SLUG}),O={PLATFORM_ORGANIZATION}$/$1/",
         # Device ids may hold letters, digits and . _ : - (never a comma), hence [^,]+.
+        f"RULE:^UID=({CREDENTIAL_ID}),CN=[^,]+,OU=({_SLUG}),O=({_SLUG})$/$3.$2.$1/",
+        # Certificates issued before credential ids: a principal no ACL names.
         f"RULE:^CN=[^,]+,OU=({_SLUG}),O=({_SLUG})$/$2.$1/",
         "DEFAULT",
     ]
@@ -41,10 +59,28 @@ def platform_subject(common_name: str) -> x509.Name:
     return name(O=PLATFORM_ORGANIZATION, CN=common_name)
 
 
-def device_subject(*, tenant: str, group: str, device: str) -> x509.Name:
-    return name(O=tenant, OU=group, CN=device)
+def new_certificate_id() -> str:
+    """A fresh credential id for a certificate: 96 random bits, never reused."""
+    return f"{CERTIFICATE_ID_PREFIX}{secrets.token_hex(12)}"
+
+
+def device_subject(*, tenant: str, group: str, device: str, credential_id: str | None = None) -> x509.Name:
+    """``UID`` comes last in the sequence, so first in RFC 2253 (which reverses it)."""
+    if credential_id is None:
+        return name(O=tenant, OU=group, CN=device)
+    if not _CREDENTIAL_ID.match(credential_id):
+        raise ValueError(f"not a credential id: {credential_id!r}")
+    return name(O=tenant, OU=group, CN=device, UID=credential_id)
 
 
 def group_principal(*, tenant: str, group: str) -> str:
-    """The Kafka principal every device certificate of ``group`` maps to."""
+    """The principal certificates of ``group`` issued before credential ids map to (no ACL
+    names it), and the prefix (plus ``.``) of every credential principal of the group."""
     return f"User:{tenant}.{group}"
+
+
+def credential_principal(*, tenant: str, group: str, credential_id: str) -> str:
+    """The Kafka principal of one credential (a certificate or an OAuth client) of ``group``."""
+    if not _CREDENTIAL_ID.match(credential_id):
+        raise ValueError(f"not a credential id: {credential_id!r}")
+    return f"{group_principal(tenant=tenant, group=group)}.{credential_id}"

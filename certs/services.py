@@ -15,7 +15,7 @@ from django.utils import timezone
 from certs import ca, crl_files
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
-from certs.principals import device_subject
+from certs.principals import credential_principal, device_subject, new_certificate_id
 from config.errors import Conflict, InvalidInput, NotFound
 from devices.models import Device, DeviceGroup
 from tenants.audit import Actor, audit_record
@@ -136,15 +136,26 @@ def _usable_group(device: Device) -> DeviceGroup:
 
 
 def issue_for_key(
-    *, actor: Actor, device: Device, public_key: ca.PublicKey, key_type: ca.KeyType, origin: str
+    *,
+    actor: Actor,
+    device: Device,
+    public_key: ca.PublicKey,
+    key_type: ca.KeyType,
+    origin: str,
+    announce: bool = True,
 ) -> Issued:
+    """Issue and record a certificate for ``device``'s key.  ``announce=False`` leaves the
+    announcement of the new grant to a caller that issues many at once."""
     group = _usable_group(device)
     tenant = device.tenant
     authority = active_ca(tenant)
     issuer = ca_issuer(authority)
+    # Every certificate names its own credential id, so on Kafka it is its own principal.
+    credential_id = new_certificate_id()
+    subject = device_subject(tenant=tenant.slug, group=group.slug, device=device.device_id, credential_id=credential_id)
     cert = ca.issue_leaf(
         issuer=issuer,
-        subject=device_subject(tenant=tenant.slug, group=group.slug, device=device.device_id),
+        subject=subject,
         public_key=public_key,
         usage=ca.Usage.CLIENT,
         valid_days=group.cert_lifetime_days,
@@ -165,10 +176,15 @@ def issue_for_key(
             origin=origin,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
+            kafka_principal=credential_principal(tenant=tenant.slug, group=group.slug, credential_id=credential_id),
         )
         audit_record(actor=actor, tenant=tenant, action="certificate.issue", obj=record,
                      after={"device": device.device_id, "serial": record.serial, "origin": origin,
-                            "not_after": record.not_after.isoformat(), "key_type": key_type.value})  # fmt: skip
+                            "not_after": record.not_after.isoformat(), "key_type": key_type.value,
+                            "kafka_principal": record.kafka_principal})  # fmt: skip
+        if announce:
+            # A grant too: a Kafka-direct group's new certificate gets its ACL (and quota).
+            rights_changed(tenant_id=tenant.pk, certificates=[record.serial])
     return Issued(certificate=record, chain_pem=record.certificate_pem + authority.certificate_pem)
 
 
@@ -281,6 +297,17 @@ def device_certificates_revoke(*, actor: Actor, device: Device, reason: str) -> 
     certificates = list(Certificate.objects.filter(device=device, status__in=usable).select_related("ca", "tenant"))
     return _revoke_many(actor=actor, certificates=certificates, reason=reason, from_statuses=usable,
                         extra={"device": device.device_id})  # fmt: skip
+
+
+def group_certificates_revoke(*, actor: Actor, group: DeviceGroup, reason: str) -> list[str]:
+    """Revoke every still-usable certificate of the devices in ``group`` (its credential
+    policy no longer admits certificates).  Call inside the caller's transaction."""
+    usable = (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
+    certificates = list(
+        Certificate.objects.filter(device__group=group, status__in=usable).select_related("ca", "tenant")
+    )
+    return _revoke_many(actor=actor, certificates=certificates, reason=reason, from_statuses=usable,
+                        extra={"group": group.slug})  # fmt: skip
 
 
 def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
@@ -444,11 +471,13 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
         for device, public_key, key_type in plans:
             if public_key is not None:
                 results.append(issue_for_key(actor=actor, device=device, public_key=public_key, key_type=key_type,
-                                             origin=Certificate.Origin.CSR))  # fmt: skip
+                                             origin=Certificate.Origin.CSR, announce=False))  # fmt: skip
             else:
                 key = ca.generate_key(key_type)
                 issued = issue_for_key(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
-                                       origin=Certificate.Origin.GENERATED)  # fmt: skip
+                                       origin=Certificate.Origin.GENERATED, announce=False)  # fmt: skip
                 results.append(Issued(certificate=issued.certificate, chain_pem=issued.chain_pem,
                                       key_pem=ca.private_key_pem(key).decode()))  # fmt: skip
+        # One announcement for the batch: one Kafka sync, not one per certificate.
+        rights_changed(tenant_id=tenant.pk, certificates=[r.certificate.serial for r in results])
     return results

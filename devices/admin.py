@@ -73,8 +73,9 @@ class StreamAdmin(TenantScopedAdmin):
 @admin.register(DeviceGroup)
 class DeviceGroupAdmin(TenantScopedAdmin):
     immutable_fields = ("tenant", "slug")
-    list_display = ("slug", "tenant", "name", "stream", "credential_policy", "rate_limit_per_second", "device_count")
-    list_filter = ("credential_policy", TENANT_FILTER)
+    list_display = ("slug", "tenant", "name", "stream", "credential_policy", "kafka_direct", "rate_limit_per_second",
+                    "device_count")  # fmt: skip
+    list_filter = ("credential_policy", "kafka_direct", TENANT_FILTER)
     search_fields = ("slug", "name", "tenant__slug", "schema_subject")
     list_select_related = ("tenant", "stream__tenant")
     readonly_fields = ("kafka_principal", "created_at", "updated_at")
@@ -87,7 +88,7 @@ class DeviceGroupAdmin(TenantScopedAdmin):
         fieldsets: list[tuple[str | None, dict]] = [
             (None, {"fields": identity}),
             ("Data", {"fields": ("region", "device_type", "stream", "schema_subject", "rate_limit_per_second")}),
-            ("Credentials", {"fields": ("credential_policy", "cert_key_type", "cert_lifetime_days",
+            ("Credentials", {"fields": ("credential_policy", "kafka_direct", "cert_key_type", "cert_lifetime_days",
                                         "cert_renewal_window_days")}),
         ]  # fmt: skip
         if obj is not None:

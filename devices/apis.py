@@ -111,7 +111,7 @@ class GroupOutput(serializers.ModelSerializer):
         model = DeviceGroup
         fields = ("slug", "name", "region", "device_type", "stream", "topic", "schema_subject", "credential_policy",
                   "cert_lifetime_days", "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second",
-                  "kafka_principal", "created_at", "updated_at")  # fmt: skip
+                  "kafka_direct", "kafka_principal", "created_at", "updated_at")  # fmt: skip
 
 
 class GroupInput(StrictSerializer):
@@ -128,6 +128,9 @@ class GroupInput(StrictSerializer):
     cert_key_type = serializers.ChoiceField(DeviceGroup.KeyType.choices, required=False)
     cert_renewal_window_days = serializers.IntegerField(min_value=1, required=False)
     rate_limit_per_second = serializers.IntegerField(min_value=1, required=False)
+    kafka_direct = serializers.BooleanField(
+        required=False, help_text="Its credentials may also produce to Kafka directly (one ACL each); default false."
+    )
 
 
 class GroupUpdateInput(GroupInput):

@@ -120,7 +120,8 @@ class Stream(models.Model):
 
 class DeviceGroup(models.Model):
     """The unit of policy: which stream its devices write to, under which schema subject,
-    with which credentials and limits.  Its Kafka principal is ``<tenant>.<group>``."""
+    with which credentials and limits, and whether they may also write to Kafka directly
+    (``kafka_direct``; each credential then has its principal ``<tenant>.<group>.<id>``)."""
 
     class CredentialPolicy(models.TextChoices):
         MTLS = "mtls", "mTLS client certificate"
@@ -147,6 +148,9 @@ class DeviceGroup(models.Model):
     cert_key_type = models.CharField(max_length=16, choices=KeyType.choices, default=KeyType.EC_P256)
     cert_renewal_window_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
     rate_limit_per_second = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    # Kafka-direct access is a privilege of its own: only then does each usable credential
+    # of the group get its own ACL (ingest.acls).  HTTPS ingest produces as the platform.
+    kafka_direct = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -161,6 +165,8 @@ class DeviceGroup(models.Model):
 
     @property
     def kafka_principal(self) -> str:
+        """``User:<tenant>.<group>``: the prefix (plus ``.``) of its credentials' principals;
+        itself the principal of certificates issued before credential ids, which holds no ACL."""
         from certs.principals import group_principal
 
         return group_principal(tenant=self.tenant.slug, group=self.slug)

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
@@ -25,7 +25,7 @@ from tenants.rights import rights_changed
 
 STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_policy", "custom_retention_hours")
 GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
-                 "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second")  # fmt: skip
+                 "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second", "kafka_direct")  # fmt: skip
 DEVICE_MUTABLE = ("group", "status", "labels")
 DLQ_PARTITIONS = 3
 DLQ_RETENTION_MS = 168 * 3_600_000
@@ -105,15 +105,20 @@ def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
 
 
 def stream_delete(*, actor: Actor, stream: Stream) -> None:
-    from devices.tasks import topics_delete_task
+    """Delete a stream, its topic and its value subject (unless a group validates against
+    it), so a later stream of the same name starts with no schema history of this one."""
+    from devices.tasks import subjects_delete_task, topics_delete_task
 
     topic = stream.topic
+    subject = registry.value_subject(topic)
     before = snapshot(stream)
     try:
         with transaction.atomic():
             audit_record(actor=actor, tenant=stream.tenant, action="stream.delete", obj=stream, before=before)
             stream.delete()
             transaction.on_commit(lambda: topics_delete_task.delay([topic]))
+            if not DeviceGroup.objects.filter(tenant=stream.tenant, schema_subject=subject).exists():
+                transaction.on_commit(lambda: subjects_delete_task.delay(subjects=[subject]))
     except ProtectedError:
         names = ", ".join(sorted(g.slug for g in stream.groups.all()))
         raise Conflict(f"Stream {topic} is the target of device group(s) {names}; change them first.") from None
@@ -199,14 +204,6 @@ def stream_with_schema_create(
 # -- device groups ----------------------------------------------------------------------
 
 
-def _queue_acls_sync(tenant: Tenant) -> None:
-    """A group's Kafka ACLs (ingest.acls) follow its stream; sent after commit, by slug."""
-    from devices.tasks import tenant_acls_sync_task
-
-    slug = tenant.slug
-    transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
-
-
 def _own_stream(tenant: Tenant, stream: Any) -> Stream:
     """Resolve a stream reference inside ``tenant`` only; another tenant's stream is
     reported exactly like a missing one."""
@@ -242,7 +239,6 @@ def group_create(*, actor: Actor, tenant: Tenant, stream: Any, **values: Any) ->
     with transaction.atomic():
         group.save()
         audit_record(actor=actor, tenant=tenant, action="group.create", obj=group, after=snapshot(group))
-        _queue_acls_sync(tenant)
     return group
 
 
@@ -257,11 +253,28 @@ def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceG
         group.save()
         audit_record(actor=actor, tenant=group.tenant, action="group.update", obj=group, before=before,
                      after=snapshot(group))  # fmt: skip
-        # Policy, stream, subject and limits are read by ingest for every device of the group.
+        if group.credential_policy != before["credential_policy"]:
+            _withdraw_excluded_credentials(actor, group)
+        # Policy, stream, subject and limits are read by ingest for every device of the group;
+        # stream, policy and Kafka-direct access decide its credentials' Kafka ACLs.
         rights_changed(tenant_id=group.tenant_id, groups=[group.pk])
-        if group.stream_id != before["stream_id"]:
-            _queue_acls_sync(group.tenant)
     return group
+
+
+def _withdraw_excluded_credentials(actor: Actor, group: DeviceGroup) -> None:
+    """A policy holds everywhere, Kafka included: the credentials a new policy excludes are
+    revoked (certificates with reason privilege_withdrawn, audited and in the CRL; OAuth
+    clients revoked), so nothing stays active that can no longer be used."""
+    from certs.services import group_certificates_revoke
+    from tenants.oauth.models import OAuthClient
+
+    if group.credential_policy == DeviceGroup.CredentialPolicy.OAUTH2:
+        group_certificates_revoke(actor=actor, group=group, reason="privilege_withdrawn")
+    if group.credential_policy == DeviceGroup.CredentialPolicy.MTLS:
+        clients = OAuthClient.objects.filter(status=OAuthClient.Status.ACTIVE).filter(
+            models.Q(group=group) | models.Q(device__group=group)
+        )
+        _revoke_oauth_clients(actor, clients)
 
 
 def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
@@ -273,7 +286,6 @@ def group_delete(*, actor: Actor, group: DeviceGroup) -> None:
         _revoke_oauth_clients(actor, group.oauth_clients.all())
         rights_changed(tenant_id=group.tenant_id, groups=[group.pk])
         group.delete()
-        _queue_acls_sync(group.tenant)
 
 
 # -- devices ----------------------------------------------------------------------------
@@ -341,14 +353,27 @@ def device_update(*, actor: Actor, device: Device, **changes: Any) -> Device:
         device.save()
         audit_record(actor=actor, tenant=device.tenant, action="device.update", obj=device, before=before,
                      after=snapshot(device))  # fmt: skip
-        rights_changed(tenant_id=device.tenant_id, devices=[device.pk])
-        # Kafka authorizes a device group, not a device: a disabled device or one that left
-        # its group (its certificate names the old group) is stopped there by revocation.
+        # A device client's Kafka principal names the device's group: the one it left loses its grant.
+        left = (
+            DeviceGroup.objects.filter(pk=before["group_id"]).first() if device.group_id != before["group_id"] else None
+        )
+        rights_changed(tenant_id=device.tenant_id, devices=[device.pk],
+                       kafka_principals=_client_principals(device, left) if left is not None else ())  # fmt: skip
+        # A disabled device or one that left its group (its certificate names the old group)
+        # has its certificates revoked: stopped at nginx by the CRL, on Kafka by its ACLs.
         if device.status != Device.Status.ACTIVE and before["status"] == Device.Status.ACTIVE:
             _revoke_credentials(actor, device, "certificate_hold")
         elif device.group_id != before["group_id"]:
             _revoke_credentials(actor, device, "affiliation_changed")
     return device
+
+
+def _client_principals(device: Device, group: DeviceGroup) -> list[str]:
+    """The Kafka principals the device's OAuth clients had while it was in ``group``."""
+    from certs.principals import credential_principal
+
+    return [credential_principal(tenant=device.tenant.slug, group=group.slug, credential_id=client_id)
+            for client_id in device.oauth_clients.values_list("client_id", flat=True)]  # fmt: skip
 
 
 def _revoke_credentials(actor: Actor, device: Device, reason: str) -> None:

@@ -1,34 +1,43 @@
 """The Kafka ACLs the tenancy model implies: pure, so they can be read and tested alone.
 
-``acl_bindings_for`` turns a :class:`TenantSnapshot` (no ORM, no network) into the exact,
-sorted list of ``AclBinding`` the cluster should hold for that tenant.  ``acl_sync`` makes
-the cluster match it; this module only decides.
+``acl_bindings_for`` turns a :class:`TenantSnapshot` (no ORM, no network) and the current
+time into the exact, sorted list of ``AclBinding`` the cluster should hold for that tenant.
+``acl_sync`` makes the cluster match it; this module only decides.
 
 What a tenant gets, and why (the broker runs ``StandardAuthorizer`` with
 ``allow.everyone.if.no.acl.found=false``, so whatever is not granted here is denied):
 
-* Each device group's principal ``User:<tenant>.<group>`` (``ssl.principal.mapping.rules``,
-  see ``certs.principals``) gets ALLOW WRITE and DESCRIBE on its stream's topic, as a
-  LITERAL pattern, from any host.  LITERAL and not the tenant prefix ``iot.<tenant>.``: a
-  prefixed grant would let group A1 write into group A2's topic.  Groups that share a
-  stream share that topic's grant, which is what sharing a stream means.
-* Nothing else.  An idempotent producer needs no ``IDEMPOTENT_WRITE`` on the cluster since
-  Kafka 3.0: InitProducerId is allowed to any principal with WRITE on some topic (KIP-679),
-  so no cluster-wide grant exists to leak.  Devices get no READ (a device must not read
-  its neighbours' telemetry), no consumer-group grant and nothing on the DLQ
-  (``iot.<tenant>.dlq`` is written by Sluice's ingest, a super user).  DESCRIBE is implied
-  by WRITE in Kafka's authorizer; it is granted explicitly so the intent is visible.
-* A suspended tenant gets nothing: removing the ALLOW bindings is what makes the broker
-  refuse its devices' next produce request (every request is authorized).
+* Only device groups with ``kafka_direct`` get anything: Kafka-direct access is opt-in.
+  HTTPS ingest produces as the platform admin (a super user) and needs no ACL.
+* In such a group, **each usable credential** gets one ALLOW WRITE binding on the group's
+  stream topic, as a LITERAL pattern, from any host, for its own principal
+  ``User:<tenant>.<group>.<credential id>`` (``certs.principals``).  Kafka checks a
+  certificate only at the TLS handshake and a token only when a connection authenticates,
+  and it cannot close a connection on request; it does authorize every request against the
+  ACLs.  So ending one credential's right is removing its one binding, and an
+  already-connected producer is refused at its next produce.
+  - A certificate is usable while it is active (or superseded and inside its overlap), has
+    not expired, its device is active and still in the group its principal names, and the
+    group's credential policy admits certificates.
+  - An OAuth client (device or gateway) is usable while it is active, holds
+    ``kafka:produce``, its device (if any) is active, and the policy admits OAuth2.
+  LITERAL and not the tenant prefix ``iot.<tenant>.``: a prefixed grant would let group A1
+  write into group A2's topic.  WRITE only: Kafka's authorizer implies DESCRIBE from WRITE,
+  and an idempotent producer needs no ``IDEMPOTENT_WRITE`` on the cluster since Kafka 3.0
+  (InitProducerId is allowed to any principal with WRITE on some topic, KIP-679).  Devices
+  get no READ, no consumer-group grant and nothing on the DLQ.
+* A suspended tenant gets nothing.
 
-Sluice owns a namespace on the cluster: every principal ``User:<slug>.<slug>`` and every
-topic under ``iot.<slug>.``.  Any ACL in it that the model does not produce is stale and
-is removed by reconcile; ACLs outside it (the platform's own, ``User:someone-else`` on
-other topics, wildcard grants) are never touched.
+Sluice owns a namespace on the cluster: every principal ``User:<slug>.<slug>`` (the group
+principal of certificates issued before credential ids, which no longer gets a grant) and
+``User:<slug>.<slug>.<id>``, and every topic under ``iot.<slug>.``.  Any ACL in it that the
+model does not produce is stale and is removed by a sync; ACLs outside it (the platform's
+own, ``User:someone-else`` on other topics, wildcard grants) are never touched.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,24 +50,54 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from certs.principals import group_principal
+from certs.principals import CREDENTIAL_ID, credential_principal, group_principal
 
 ANY_HOST = "*"
 # Mirrors tenants.models.SLUG_REGEX (kept here so this module needs no Django): lowercase,
-# digits, hyphens, never a dot.  The dot is the separator in ``<tenant>.<group>`` and in
+# digits, hyphens, never a dot.  The dot is the separator in ``<tenant>.<group>.<id>`` and in
 # ``iot.<tenant>.``, so a slug is always recovered unambiguously.
 _SLUG = r"[a-z][a-z0-9-]{0,38}[a-z0-9]"
-_GROUP_PRINCIPAL = re.compile(rf"^User:({_SLUG})\.({_SLUG})$")
+_MANAGED_PRINCIPAL = re.compile(rf"^User:({_SLUG})\.({_SLUG})(?:\.({CREDENTIAL_ID}))?$")
 _TENANT_TOPIC = re.compile(rf"^iot\.({_SLUG})\.")
-DEVICE_GROUP_OPERATIONS = (AclOperation.DESCRIBE, AclOperation.WRITE)
+CREDENTIAL_OPERATION = AclOperation.WRITE
+KAFKA_PRODUCE = "kafka:produce"  # tenants.oauth.scopes.KAFKA_PRODUCE (no Django here)
+CERTIFICATE_POLICIES = frozenset({"mtls", "both"})
+OAUTH_POLICIES = frozenset({"oauth2", "both"})
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """What the ACLs need of one certificate of a device now in the group."""
+
+    principal: str  # as issued: User:<tenant>.<group at issuance>.<id>
+    status: str  # active | superseded | revoked
+    not_after: dt.datetime
+    overlap_until: dt.datetime | None = None
+    device_active: bool = True
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """What the ACLs need of one OAuth client speaking for the group (a device client of
+    one of its devices, or a gateway client of the group)."""
+
+    client_id: str
+    active: bool
+    scopes: frozenset[str]
+    device_active: bool | None = None  # None: a gateway, which has no device
 
 
 @dataclass(frozen=True)
 class GroupSnapshot:
-    """What the ACLs need of one device group: its Kafka principal and its stream's topic."""
+    """What the ACLs need of one device group: its stream's topic, its policy and the
+    credentials that may speak for it."""
 
-    principal: str
+    slug: str
     topic: str
+    kafka_direct: bool = False
+    credential_policy: str = "mtls"
+    certificates: tuple[CertificateFacts, ...] = ()
+    clients: tuple[ClientFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,14 +111,6 @@ class TenantSnapshot:
     @property
     def topic_prefix(self) -> str:
         return f"iot.{self.slug}."
-
-    @property
-    def principal_prefix(self) -> str:
-        return f"User:{self.slug}."
-
-
-def group_snapshot(*, tenant: str, group: str, topic: str) -> GroupSnapshot:
-    return GroupSnapshot(principal=group_principal(tenant=tenant, group=group), topic=topic)
 
 
 def binding_key(binding: AclBinding) -> tuple[str, ...]:
@@ -101,41 +132,86 @@ def sorted_bindings(bindings: Iterable[AclBinding]) -> list[AclBinding]:
 
 def describe_binding(binding: AclBinding) -> str:
     """One line for reports and the audit log, e.g.
-    ``ALLOW User:acme.sensors WRITE TOPIC:LITERAL:iot.acme.eu.temperature host=*``."""
+    ``ALLOW User:acme.sensors.crt_1f… WRITE TOPIC:LITERAL:iot.acme.eu.temperature host=*``."""
     return (
         f"{binding.permission_type.name} {binding.principal} {binding.operation.name} "
         f"{binding.restype.name}:{binding.resource_pattern_type.name}:{binding.name} host={binding.host}"
     )
 
 
-def acl_bindings_for(tenant: TenantSnapshot) -> list[AclBinding]:
-    """Every binding ``tenant`` should have on the cluster, sorted and without duplicates."""
+def credential_binding(principal: str, topic: str) -> AclBinding:
+    return AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, principal, ANY_HOST,
+                      CREDENTIAL_OPERATION, AclPermissionType.ALLOW)  # fmt: skip
+
+
+def certificate_usable(certificate: CertificateFacts, *, tenant: str, group: str, now: dt.datetime) -> bool:
+    """Whether this certificate may still act for ``group`` now (its policy aside)."""
+    in_overlap = certificate.overlap_until is not None and certificate.overlap_until > now
+    live = certificate.status == "active" or (certificate.status == "superseded" and in_overlap)
+    # A certificate names the group it was issued for; a device that moved has its old
+    # certificates revoked, and until then they act for no group.
+    prefix = group_principal(tenant=tenant, group=group) + "."
+    named = certificate.principal.startswith(prefix) and bool(_MANAGED_PRINCIPAL.match(certificate.principal))
+    return live and certificate.not_after > now and certificate.device_active and named
+
+
+def client_usable(client: ClientFacts) -> bool:
+    """Whether this OAuth client may produce on Kafka now (its policy aside)."""
+    return client.active and KAFKA_PRODUCE in client.scopes and client.device_active is not False
+
+
+def group_bindings(tenant: str, group: GroupSnapshot, *, now: dt.datetime) -> list[AclBinding]:
+    """The bindings of one group of an active tenant (unsorted)."""
+    if not group.kafka_direct:
+        return []
+    principals: list[str] = []
+    if group.credential_policy in CERTIFICATE_POLICIES:
+        principals += [c.principal for c in group.certificates
+                       if certificate_usable(c, tenant=tenant, group=group.slug, now=now)]  # fmt: skip
+    if group.credential_policy in OAUTH_POLICIES:
+        principals += [credential_principal(tenant=tenant, group=group.slug, credential_id=c.client_id)
+                       for c in group.clients if client_usable(c)]  # fmt: skip
+    return [credential_binding(principal, group.topic) for principal in principals]
+
+
+def acl_bindings_for(tenant: TenantSnapshot, *, now: dt.datetime) -> list[AclBinding]:
+    """Every binding ``tenant`` should have on the cluster at ``now``, sorted and without
+    duplicates."""
     if not tenant.active:
         return []
     bindings: list[AclBinding] = []
     for group in tenant.groups:
         # A grant outside the tenant's own namespace would be a cross-tenant leak; the
         # model cannot produce one (a group's stream is its tenant's), so refuse loudly.
-        if not group.principal.startswith(tenant.principal_prefix) or not _GROUP_PRINCIPAL.match(group.principal):
-            raise ValueError(f"{group.principal} is not a device-group principal of tenant '{tenant.slug}'")
         if not group.topic.startswith(tenant.topic_prefix):
             raise ValueError(f"{group.topic} is not a topic of tenant '{tenant.slug}'")
-        bindings += [
-            AclBinding(ResourceType.TOPIC, group.topic, ResourcePatternType.LITERAL, group.principal, ANY_HOST,
-                       operation, AclPermissionType.ALLOW)
-            for operation in DEVICE_GROUP_OPERATIONS
-        ]  # fmt: skip
+        bindings += group_bindings(tenant.slug, group, now=now)
+    for binding in bindings:
+        if managed_tenant_slugs(binding) != {tenant.slug}:
+            raise ValueError(f"{binding.principal} is not a credential principal of tenant '{tenant.slug}'")
     return sorted_bindings(bindings)
+
+
+def principal_parts(principal: str) -> tuple[str, str, str | None] | None:
+    """(tenant, group, credential id or None) of a principal in Sluice's namespace, or None."""
+    match = _MANAGED_PRINCIPAL.match(principal)
+    return (match.group(1), match.group(2), match.group(3)) if match else None
+
+
+def managed_principal_tenant(principal: str) -> str | None:
+    """The tenant (by slug) whose namespace ``principal`` lies in, or None."""
+    parts = principal_parts(principal)
+    return parts[0] if parts else None
 
 
 def managed_tenant_slugs(binding: AclBinding) -> frozenset[str]:
     """The tenants (by slug) in whose namespace ``binding`` lies: the tenant of a
-    ``User:<tenant>.<group>`` principal and the tenant of a topic under ``iot.<tenant>.``.
-    Empty when the binding is none of Sluice's business."""
+    ``User:<tenant>.<group>[.<id>]`` principal and the tenant of a topic under
+    ``iot.<tenant>.``.  Empty when the binding is none of Sluice's business."""
     slugs: set[str] = set()
-    principal = _GROUP_PRINCIPAL.match(binding.principal)
-    if principal:
-        slugs.add(principal.group(1))
+    principal_tenant = managed_principal_tenant(binding.principal)
+    if principal_tenant:
+        slugs.add(principal_tenant)
     if binding.restype == ResourceType.TOPIC:
         topic = _TENANT_TOPIC.match(binding.name)
         if topic:

@@ -365,3 +365,32 @@ def _compile(subject: str, schema_id: int | None, version: int | None, schema: S
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def subjects_delete(*, prefix: str = "", subjects: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Delete ``subjects`` and every subject starting with ``prefix`` (when given), soft
+    then permanently (the Confluent API's two steps), so no later owner of the same names
+    inherits their schemas.  Returns the subjects deleted; a subject already gone is skipped."""
+    client = registry_client()
+    try:
+        names = set(subjects)
+        if prefix:
+            names |= {s for s in client.get_subjects() if s.startswith(prefix)}
+        deleted: list[str] = []
+        for subject in sorted(names):
+            # Each step tolerates 404: a retry after a partial run finds the subject soft-deleted.
+            found = False
+            for permanent in (False, True):
+                try:
+                    client.delete_subject(subject, permanent=permanent)
+                    found = True
+                except SchemaRegistryError as exc:
+                    if exc.http_status_code != status.HTTP_404_NOT_FOUND:
+                        raise
+            if found:
+                deleted.append(subject)
+        return deleted
+    except SchemaRegistryError as exc:
+        raise RegistryUnavailable(f"The schema registry refused a deletion: {exc.error_message}.") from None
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None

@@ -247,11 +247,12 @@ def token_verdict(claims: AccessClaims, identity: Identity | None, *, device_exi
     if not (writer.tenant_id == grant.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
         log.error("ingest: tenant mismatch for token of device %s", writer.pk)
         raise PermissionDenied("This token may not write here.", code="tenant_mismatch")
-    group_principal = f"{writer.tenant_slug}.{writer.group_slug}"
-    principal = claims.kafka_principal
-    if principal is not None and principal != group_principal and not principal.startswith(group_principal + "."):
+    # The principal is the client's own in the device's group (certs.principals).
+    expected = f"{writer.tenant_slug}.{writer.group_slug}.{claims.client_id}"
+    if claims.kafka_principal is not None and claims.kafka_principal != expected:
         raise PermissionDenied(
-            "The access token's Kafka principal is not the device group's.", code="token_principal_mismatch"
+            "The access token's Kafka principal is not its client's in the device group.",
+            code="token_principal_mismatch",
         )
     device_may_write(writer, policies=OAUTH_POLICIES, credential="OAuth2 tokens")
     # The token is only as good as its client: a revoked client (or one whose secret leaked

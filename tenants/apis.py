@@ -17,7 +17,8 @@ from tenants import services
 from tenants.api_base import ScopedApi, StrictSerializer
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
-OPERATOR_ONLY_FIELDS = {"max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy"}
+OPERATOR_ONLY_FIELDS = {"max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy",
+                        "kafka_producer_byte_rate", "kafka_request_percentage"}  # fmt: skip
 
 
 class TenantOutput(serializers.ModelSerializer):
@@ -27,7 +28,8 @@ class TenantOutput(serializers.ModelSerializer):
     class Meta:
         model = Tenant
         fields = ("slug", "name", "status", "max_devices", "max_records_per_second", "max_bytes_per_second",
-                  "topic_deletion_policy", "topic_prefix", "dlq_topic", "created_at", "updated_at")  # fmt: skip
+                  "topic_deletion_policy", "kafka_producer_byte_rate", "kafka_request_percentage", "topic_prefix",
+                  "dlq_topic", "created_at", "updated_at")  # fmt: skip
 
 
 class TenantInput(StrictSerializer):
@@ -37,6 +39,13 @@ class TenantInput(StrictSerializer):
     max_records_per_second = serializers.IntegerField(min_value=1, required=False)
     max_bytes_per_second = serializers.IntegerField(min_value=1, required=False)
     topic_deletion_policy = serializers.ChoiceField(Tenant.TopicPolicy.choices, required=False)
+    kafka_producer_byte_rate = serializers.IntegerField(
+        min_value=1024, required=False, help_text="Bytes/s each Kafka-direct credential may produce (broker quota)."
+    )
+    kafka_request_percentage = serializers.FloatField(
+        min_value=0.1, max_value=1000.0, required=False,
+        help_text="Percent of a broker thread each Kafka-direct credential may use (broker quota).",
+    )  # fmt: skip
 
 
 class TenantUpdateInput(TenantInput):

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any, ClassVar
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 # Tenant and group slugs end up in Kafka topic names (iot.<tenant>.<region>.<type>) and in
@@ -37,6 +37,12 @@ class Tenant(models.Model):
     max_records_per_second = models.PositiveIntegerField(default=10_000, validators=[MinValueValidator(1)])
     max_bytes_per_second = models.PositiveIntegerField(default=10 * 2**20, validators=[MinValueValidator(1)])
     topic_deletion_policy = models.CharField(max_length=8, choices=TopicPolicy.choices, default=TopicPolicy.DELETE)
+    # Kafka client quotas of each Kafka-direct credential's principal (ingest.quotas): the
+    # broker throttles a producer past them.  Operator-set, like the other limits.
+    kafka_producer_byte_rate = models.PositiveIntegerField(default=2**20, validators=[MinValueValidator(1024)])
+    kafka_request_percentage = models.FloatField(
+        default=10.0, validators=[MinValueValidator(0.1), MaxValueValidator(1000.0)]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -57,6 +63,28 @@ class Tenant(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+
+class RetiredSlug(models.Model):
+    """The slug of a deleted tenant, held back so that no new tenant takes it while anything
+    of the old one could still act or be read under it: topics ``iot.<slug>.*`` kept by the
+    tenant's policy (held until an operator releases the slug, ``manage.py
+    sluice_release_slug``, once those topics are gone), credentials whose end has not reached
+    every cache yet (held for ``tenants.services.SLUG_RESERVATION``, longer than any token
+    or CRL cache lives).  Principals carry credential ids and are never reused whatever the
+    slug; this keeps topics, schema subjects and audit history from passing to a stranger."""
+
+    slug = models.CharField(max_length=40, unique=True)
+    deleted_at = models.DateTimeField()
+    # None: held until released (the deleted tenant's topics were kept).
+    reserved_until = models.DateTimeField(null=True, blank=True)
+    topics_kept = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
 
 
 class Membership(models.Model):

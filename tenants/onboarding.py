@@ -176,7 +176,7 @@ def group_step(request: HttpRequest, tenant: str, stream: int) -> HttpResponse:
     form = _bound(GroupForm, request, streams=streams, initial=initial)
     group = _submit(request, form, lambda data: group_create(actor=_actor(request), tenant=target, **data))
     if group is not None:
-        messages.success(request, f"Device group {group.slug} created; its Kafka principal is {group.kafka_principal}.")
+        messages.success(request, f"Device group {group.slug} created.")
         return redirect("onboarding:device", tenant=target.slug, group=group.slug)
     return _page(request, "group.html", 4, tenant=target, stream=chosen, form=form)
 

@@ -118,6 +118,9 @@ class GroupForm(forms.Form):
         initial=DeviceGroup.CredentialPolicy.MTLS,
         help_text="How the group's devices authenticate.",
     )
+    kafka_direct = forms.BooleanField(
+        required=False, label="Kafka-direct access", help_text="Its credentials may also produce to Kafka directly."
+    )
 
     def __init__(self, *args: Any, streams: QuerySet[Stream], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

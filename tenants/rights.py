@@ -11,6 +11,11 @@ subscribes to it and drops the cached entries the message names.  The message na
 scopes, not verdicts: a worker that dropped an entry re-reads the database at the next
 request, so the database stays the only authority.
 
+The same announcement drives Kafka: ``ingest.acl_sync.queue_kafka_sync`` resolves it (now,
+while the rows exist) to the principals or the tenant whose ACLs and quotas may have
+changed, and queues their sync as a Celery task after the commit; beat's reconcile is the
+backstop.  Kafka authorizes every request, so an open session is stopped by that sync.
+
 Delivery is best effort (Redis pub/sub has no replay): a worker that loses its subscription
 must treat its cache as stale (re-read or refuse) until it has subscribed again, and every
 cached entry also expires after a short TTL.  Publishing is retried briefly; a publish that
@@ -99,10 +104,12 @@ def rights_changed(
     devices: Iterable[int] = (),
     certificates: Iterable[str] = (),
     clients: Iterable[str] = (),
+    kafka_principals: Iterable[str] = (),
 ) -> None:
     """Announce, after the current transaction commits, that rights in these scopes changed.
     Call it inside the transaction that changes them (outside one, Django runs the
-    announcement at once)."""
+    announcement at once).  ``kafka_principals`` names Kafka principals the scopes no
+    longer lead to (a moved device's OAuth clients under the group it left)."""
     change = RightsChange(
         tenant_id=tenant_id,
         whole_tenant=whole_tenant,
@@ -112,3 +119,8 @@ def rights_changed(
         clients=frozenset(clients),
     )
     transaction.on_commit(lambda: publish(change))
+    # Kafka's ACLs (and client quotas) are made by ingest, a layer above this one; a
+    # module-level import would run the wrong way (ingest imports tenants).
+    from ingest.acl_sync import queue_kafka_sync
+
+    queue_kafka_sync(change, kafka_principals)

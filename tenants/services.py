@@ -3,19 +3,26 @@ Kafka side effects only after the transaction commits."""
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, validate_model
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.authentication import TOKEN_PREFIX
-from tenants.models import ApiToken, Membership, Tenant, hash_token
+from tenants.models import ApiToken, Membership, RetiredSlug, Tenant, hash_token
 from tenants.rights import rights_changed
 
-TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy")
+TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy",
+                 "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip
+# How long a deleted tenant's slug stays reserved when its topics went with it: longer than
+# any of its credentials could still act somewhere (access tokens live at most 1 h, the
+# broker's and nginx's CRL caches about 30 s), with a wide margin.
+SLUG_RESERVATION = dt.timedelta(hours=24)
 
 
 def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenant:
@@ -26,11 +33,32 @@ def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenan
     from certs.services import tenant_ca_create
 
     with transaction.atomic():
+        _claim_slug(slug)
         tenant.save()
         audit_record(actor=actor, tenant=tenant, action="tenant.create", obj=tenant, after=snapshot(tenant))
         tenant_ca_create(actor=actor, tenant=tenant)
         transaction.on_commit(lambda: tenant_dlq_provision_task.delay(tenant.pk))
     return tenant
+
+
+def _claim_slug(slug: str) -> None:
+    """Refuse a slug a deleted tenant still holds (``RetiredSlug``); forget a reservation
+    that has run out.  Call inside the creating transaction."""
+    retired = RetiredSlug.objects.filter(slug=slug).first()
+    if retired is None:
+        return
+    if retired.reserved_until is not None and retired.reserved_until <= timezone.now():
+        retired.delete()
+        return
+    if retired.reserved_until is None:
+        when = (f"while its Kafka topics ({', '.join(retired.topics_kept) or f'iot.{slug}.*'}) are kept; an operator "
+                f"releases it with 'manage.py sluice_release_slug {slug}' once they are deleted")  # fmt: skip
+    else:
+        when = f"until {retired.reserved_until:%Y-%m-%d %H:%M} UTC, longer than any of its credentials could live"
+    message = (f"The slug '{slug}' belonged to a tenant deleted on {retired.deleted_at:%Y-%m-%d %H:%M} UTC; "
+               f"it stays reserved {when}.")  # fmt: skip
+    raise Conflict(message, code="slug_retired", fields=[{"pointer": "/slug", "code": "slug_retired",
+                                                          "message": message}])  # fmt: skip
 
 
 def tenant_update(*, actor: Actor, tenant: Tenant, **changes: Any) -> Tenant:
@@ -54,8 +82,6 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
     """Suspend or resume.  Ingest reads the status on every request, so a suspension takes
     effect at once; on Kafka it takes effect when the ACL sync queued here removes the
     tenant's grants (a suspended tenant has none, see ingest.acls)."""
-    from devices.tasks import tenant_acls_sync_task
-
     if status not in Tenant.Status.values:
         raise InvalidInput(f"Unknown status '{status}'.")
     before = snapshot(tenant)
@@ -64,19 +90,20 @@ def tenant_set_status(*, actor: Actor, tenant: Tenant, status: str) -> Tenant:
         tenant.refresh_from_db()
         action = "tenant.suspend" if status == Tenant.Status.SUSPENDED else "tenant.resume"
         audit_record(actor=actor, tenant=tenant, action=action, obj=tenant, before=before, after=snapshot(tenant))
+        # Also the Kafka ACL sync that removes (or restores) the tenant's grants.
         rights_changed(tenant_id=tenant.pk, whole_tenant=True)
-        slug = tenant.slug
-        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
     return tenant
 
 
 def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
     """Delete a tenant after the caller typed its slug.  Revokes its issuing CAs (so every
     device certificate stops working), removes its memberships (so its users' tokens lose
-    access), and deletes or keeps its topics by the tenant's policy.  Returns the topics
-    scheduled for deletion."""
+    access), deletes or keeps its topics by the tenant's policy (and its schema subjects
+    with deleted topics), and reserves its slug (``RetiredSlug``): for ``SLUG_RESERVATION``,
+    or until an operator releases it when topics were kept.  Returns the topics scheduled
+    for deletion."""
     from certs.services import tenant_cas_revoke
-    from devices.tasks import tenant_acls_sync_task, topics_delete_task
+    from devices.tasks import subjects_delete_task, topics_delete_task
 
     if confirm != tenant.slug:
         raise InvalidInput(
@@ -96,17 +123,50 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
             after={"topics_deleted": to_delete, "topics_kept": [t for t in topics if t not in to_delete]},
         )
         tenant_cas_revoke(actor=actor, tenant=tenant)
+        # Before the rows go: the Kafka sync it queues needs the tenant's topics, by name.
         rights_changed(tenant_id=tenant.pk, whole_tenant=True)
         tenant.certificates.all().delete()
         tenant.devices.all().delete()
         tenant.groups.all().delete()
         tenant.delete()
+        kept = sorted(t for t in topics if t not in to_delete)
+        now = timezone.now()
+        RetiredSlug.objects.update_or_create(
+            slug=tenant.slug,
+            defaults={"deleted_at": now, "reserved_until": None if kept else now + SLUG_RESERVATION,
+                      "topics_kept": kept},
+        )  # fmt: skip
         if to_delete:
             transaction.on_commit(lambda: topics_delete_task.delay(to_delete))
-        # By slug: the row is gone when the task runs, so it removes every ACL of the tenant.
-        slug = tenant.slug
-        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug))
+            # Kept topics keep their subjects (their records name schema ids); those go when
+            # the slug is released.
+            prefix = tenant.topic_prefix
+            transaction.on_commit(lambda: subjects_delete_task.delay(prefix=prefix))
     return to_delete
+
+
+def retired_slug_release(*, actor: Actor, slug: str, topics_left: list[str]) -> RetiredSlug | None:
+    """Release a slug held while a deleted tenant's topics were kept, now that ``topics_left``
+    (what the cluster still has under ``iot.<slug>.``, checked by the caller) is empty.  It
+    becomes free once ``SLUG_RESERVATION`` has passed since the deletion.  Returns the
+    reservation as it now stands (None: the slug is free)."""
+    retired = RetiredSlug.objects.filter(slug=slug).first()
+    if retired is None:
+        return None
+    if topics_left:
+        raise Conflict(f"Tenant slug '{slug}' still has topics on Kafka: {', '.join(topics_left)}; delete them first.",
+                       code="topics_left")  # fmt: skip
+    with transaction.atomic():
+        until = retired.deleted_at + SLUG_RESERVATION
+        if until <= timezone.now():
+            retired.delete()
+            result = None
+        else:
+            RetiredSlug.objects.filter(pk=retired.pk).update(reserved_until=until, topics_kept=[])
+            result = RetiredSlug.objects.get(pk=retired.pk)
+        audit_record(actor=actor, tenant=None, action="tenant.slug_release", object_type="tenants.retiredslug",
+                     object_repr=slug, after={"slug": slug, "reserved_until": until.isoformat()})  # fmt: skip
+    return result
 
 
 def membership_set(*, actor: Actor, tenant: Tenant, username: str, role: str) -> Membership:

@@ -170,6 +170,11 @@ def viewer_client(tenant: Tenant) -> APIClient:
 @pytest.fixture
 def celery_worker(services: Runtime) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker process on the run's Redis and database."""
+    from config.celery import app
+
+    # Tasks that earlier tests queued with no worker running name rows long gone (and a
+    # backlog would delay this test's own tasks): the worker starts from an empty queue.
+    app.control.purge()
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "WARNING",
          "--hostname", f"test-{os.getpid()}-{secrets.token_hex(3)}@localhost"],

@@ -31,8 +31,9 @@ class OAuthClient(models.Model):
     """A confidential OAuth2 client of one tenant (RFC 6749 §2.1), authenticating with its
     ``client_id`` and a secret to get access tokens by the client-credentials grant (§4.4).
 
-    * ``device``: one device; its tokens carry the device id and its group's Kafka principal.
-    * ``gateway``: speaks for the devices of one group; its tokens carry the group's principal.
+    * ``device``: one device; its tokens carry the device id and the client's Kafka principal
+      (``<tenant>.<group>.<client_id>``).
+    * ``gateway``: speaks for the devices of one group; its tokens carry the client's principal.
     * ``service``: a tenant's backend automation; its tokens reach the provisioning API for
       this tenant only (``provision:read`` as a viewer, ``provision:write`` as an admin).
 
@@ -103,12 +104,15 @@ class OAuthClient(models.Model):
 
     @property
     def kafka_principal(self) -> str | None:
-        """``<tenant>.<group>``: the group's Kafka principal without ``User:`` -- the value of
-        the token claim the broker maps to a principal (``sasl.oauthbearer.sub.claim.name``)."""
+        """``<tenant>.<group>.<client_id>``: this client's own Kafka principal without
+        ``User:`` -- the value of the token claim the broker maps to a principal
+        (``sasl.oauthbearer.sub.claim.name``).  Per client, so revoking one client ends its
+        Kafka access by one ACL change; the group is the effective one, so a device client's
+        principal moves with its device (and its old tokens name the old group)."""
         group = self.effective_group
         if group is None:
             return None
-        return group.kafka_principal.removeprefix("User:")  # type: ignore[attr-defined]
+        return f"{group.kafka_principal}.{self.client_id}".removeprefix("User:")  # type: ignore[attr-defined]
 
     def check_secret(self, secret: str) -> bool:
         """Constant-time comparison of digests, so response timing says nothing about how

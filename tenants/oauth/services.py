@@ -141,6 +141,8 @@ def oauth_client_create(
             object_id=client.client_id,
             after=_audit_view(client),
         )
+        # A grant: a Kafka-direct group's new client with kafka:produce gets its ACL (and quota).
+        rights_changed(tenant_id=tenant.pk, clients=[client.client_id])
     return client, secret
 
 

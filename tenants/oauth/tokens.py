@@ -4,9 +4,10 @@
 Claims: ``iss`` (this Sluice), ``sub`` (the OAuth client id), ``aud`` (the resource servers
 the token is for: ``sluice-ingest``, ``sluice-api``, ``kafka``), ``iat``/``nbf``/``exp``,
 ``jti``, ``client_id``, ``scope`` (space-separated, RFC 8693 §4.2), ``tenant`` (slug), and
-for device and gateway clients ``kafka_principal`` (``<tenant>.<group>``: the broker's
-OAUTHBEARER listener reads it with ``sasl.oauthbearer.sub.claim.name``, so a token holder
-gets exactly the ACLs of its device group) and ``device`` (device clients).
+for device and gateway clients ``kafka_principal`` (``<tenant>.<group>.<client_id>``: the
+broker's OAUTHBEARER listener reads it with ``sasl.oauthbearer.sub.claim.name``, so a token
+holder gets exactly its client's ACL, which exists while the client may produce on Kafka)
+and ``device`` (device clients).
 
 Verification checks the signature against the published keys (by ``kid``; ``alg`` must be
 ES256, so "none" and HMAC confusion are refused), ``typ`` ``at+jwt``, the issuer, the

@@ -82,6 +82,7 @@ def test_group_lifecycle(admin_client: APIClient, tenant: Tenant) -> None:
     created = admin_client.post(f"{BASE}/groups/", body, format="json")
     assert created.status_code == 201
     assert created.json()["kafka_principal"] == "User:acme.cams"
+    assert created.json()["kafka_direct"] is False  # Kafka-direct access is opt-in
     assert created.json()["schema_subject"] == f"{stream.topic}-value"  # the stream topic's value subject
     assert admin_client.patch(f"{BASE}/groups/cams/", {"rate_limit_per_second": 50}, format="json").status_code == 200
     assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 400  # duplicate slug

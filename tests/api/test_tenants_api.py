@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tenants.models import ApiToken, AuditEvent, Tenant
+from config.errors import Conflict
+from tenants.audit import Actor
+from tenants.models import ApiToken, AuditEvent, RetiredSlug, Tenant
+from tenants.services import SLUG_RESERVATION, retired_slug_release
 from tests.conftest import client_for, make_user
 
 pytestmark = pytest.mark.django_db
@@ -111,6 +117,49 @@ def test_delete_needs_the_slug_as_confirmation(operator_client: APIClient, tenan
     event = AuditEvent.objects.get(action="tenant.delete")
     assert event.tenant_slug == "acme"
     assert "iot.acme.dlq" in event.after["topics_deleted"]
+
+
+def test_a_deleted_tenants_slug_is_reserved_then_freed(operator_client: APIClient, tenant: Tenant) -> None:
+    # given tenant acme deleted with its topics
+    assert operator_client.delete("/api/v1/tenants/acme/?confirm=acme").status_code == 204
+    # when someone creates a tenant with the same slug
+    again = operator_client.post("/api/v1/tenants/", {"slug": "acme", "name": "Not Acme"}, format="json")
+    # then it is refused with a stable code on /slug, saying until when
+    assert again.status_code == 409, again.json()
+    error = again.json()["error"]
+    assert error["code"] == "slug_retired"
+    assert [(f["pointer"], f["code"]) for f in error["fields"]] == [("/slug", "slug_retired")]
+    reserved = RetiredSlug.objects.get(slug="acme")
+    assert reserved.reserved_until is not None
+    assert reserved.reserved_until - reserved.deleted_at == SLUG_RESERVATION
+    assert f"until {reserved.reserved_until:%Y-%m-%d %H:%M} UTC" in error["message"]
+    # and once the reservation has run out (as 24 h later), the slug is free again
+    RetiredSlug.objects.filter(slug="acme").update(reserved_until=timezone.now() - dt.timedelta(seconds=1))
+    assert (
+        operator_client.post("/api/v1/tenants/", {"slug": "acme", "name": "New Acme"}, format="json").status_code == 201
+    )
+    assert not RetiredSlug.objects.filter(slug="acme").exists()
+
+
+def test_a_slug_whose_topics_were_kept_is_held_until_released(operator_client: APIClient, tenant: Tenant) -> None:
+    # given a tenant whose topics are kept on deletion
+    Tenant.objects.filter(pk=tenant.pk).update(topic_deletion_policy=Tenant.TopicPolicy.KEEP)
+    assert operator_client.delete("/api/v1/tenants/acme/?confirm=acme").status_code == 204
+    # then its slug is held with no end, and the refusal says how it frees up
+    reserved = RetiredSlug.objects.get(slug="acme")
+    assert (reserved.reserved_until, reserved.topics_kept) == (None, ["iot.acme.dlq", "iot.acme.eu.temperature"])
+    again = operator_client.post("/api/v1/tenants/", {"slug": "acme", "name": "Not Acme"}, format="json")
+    assert again.status_code == 409
+    assert "manage.py sluice_release_slug acme" in again.json()["error"]["message"]
+    # and releasing is refused while topics are left, then frees it 24 h after the deletion
+    with pytest.raises(Conflict, match="still has topics"):
+        retired_slug_release(actor=Actor.system("test"), slug="acme", topics_left=["iot.acme.dlq"])
+    held = retired_slug_release(actor=Actor.system("test"), slug="acme", topics_left=[])
+    assert held is not None
+    assert held.reserved_until == reserved.deleted_at + SLUG_RESERVATION
+    RetiredSlug.objects.filter(slug="acme").update(deleted_at=timezone.now() - SLUG_RESERVATION)
+    assert retired_slug_release(actor=Actor.system("test"), slug="acme", topics_left=[]) is None
+    assert AuditEvent.objects.filter(action="tenant.slug_release", object_repr="acme").count() == 2
 
 
 def test_audit_log_is_append_only(operator_client: APIClient, tenant: Tenant) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -159,3 +160,28 @@ def test_principal_rules_keep_platform_and_device_subjects_apart() -> None:
     assert platform_subject("broker").rfc4514_string() == "CN=broker,O=Sluice Platform"
     assert device_subject(tenant="acme", group="g1", device="d1").rfc4514_string() == "CN=d1,OU=g1,O=acme"
     assert KAFKA_PRINCIPAL_MAPPING_RULES.endswith("DEFAULT")
+
+
+def _kafka_principal(rfc2253: str) -> str:
+    """Kafka's SslPrincipalMapper over KAFKA_PRINCIPAL_MAPPING_RULES, for these simple rules:
+    the first RULE whose pattern matches rewrites the name ($n groups), else DEFAULT."""
+    for rule in re.findall(r"RULE:(\^.*?\$)/(.*?)/", KAFKA_PRINCIPAL_MAPPING_RULES):
+        pattern, replacement = rule
+        found = re.match(pattern, rfc2253)
+        if found:
+            return "User:" + found.expand(re.sub(r"\$(\d)", r"\\\1", replacement))
+    return f"User:{rfc2253}"
+
+
+def test_a_certificate_with_a_credential_id_is_its_own_principal() -> None:
+    # given the subject Sluice issues now: the credential id as UID, last in the sequence
+    subject = device_subject(tenant="acme", group="sensors", device="Sensor_01.eu", credential_id="crt_0a1b2c")
+    # then RFC 2253 puts UID first, and the first device rule maps it to tenant.group.id
+    assert subject.rfc4514_string() == "UID=crt_0a1b2c,CN=Sensor_01.eu,OU=sensors,O=acme"
+    assert _kafka_principal(subject.rfc4514_string()) == "User:acme.sensors.crt_0a1b2c"
+    # while a certificate issued before credential ids keeps the group principal (no ACL names it)
+    assert _kafka_principal("CN=d1,OU=sensors,O=acme") == "User:acme.sensors"
+    assert _kafka_principal("CN=broker,O=Sluice Platform") == "User:broker"
+    # and an id that could break the principal's shape is refused at issuance
+    with pytest.raises(ValueError, match="credential id"):
+        device_subject(tenant="acme", group="sensors", device="d1", credential_id="x.y")

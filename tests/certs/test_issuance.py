@@ -84,7 +84,12 @@ def test_csr_is_signed_with_the_platforms_subject(tmp_path: Path, operator_clien
     body = response.json()
     # then the certificate names tenant, group and device, whatever the CSR said
     cert = ca.load_certificate(body["certificate_pem"].encode())
-    assert cert.subject.rfc4514_string() == "CN=dev-1,OU=sensors,O=acme"
+    record = Certificate.objects.get(serial=body["serial"])
+    credential_id = record.kafka_principal.rsplit(".", 1)[1]
+    assert cert.subject.rfc4514_string() == f"UID={credential_id},CN=dev-1,OU=sensors,O=acme"
+    # and its own Kafka principal: tenant, group and a credential id of its own
+    assert record.kafka_principal == f"User:acme.sensors.{credential_id}"
+    assert credential_id.startswith("crt_")
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:sluice:device:acme:sensors:dev-1"]
     assert cert.public_key().public_numbers() == key.public_key().public_numbers()

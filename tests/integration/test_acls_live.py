@@ -1,8 +1,9 @@
-"""Generated Kafka ACLs on the real broker (StandardAuthorizer, mTLS principals): a device
-group's certificate produces idempotently to its own topic and nowhere else; another
-tenant's credential can neither produce to, consume from nor describe any of a tenant's
-topics; suspension, resumption, group changes and tenant deletion reach the cluster; and
-reconcile repairs drift without touching ACLs Sluice does not own."""
+"""Generated Kafka ACLs on the real broker (StandardAuthorizer, mTLS principals): each
+credential of a Kafka-direct group produces idempotently to its group's topic and nowhere
+else, and a group without Kafka-direct access gets no ACL; another tenant's credential can
+neither produce to, consume from nor describe any of a tenant's topics; suspension,
+resumption, group changes and tenant deletion reach the cluster; and reconcile repairs drift
+without touching ACLs Sluice does not own."""
 
 from __future__ import annotations
 
@@ -28,17 +29,18 @@ from confluent_kafka.admin import (
 )
 from django.core.management import call_command
 
+from certs.services import certificate_issue_generated
 from config.celery import app
 from config.env import Runtime
 from devices import services as device_services
-from devices.models import DeviceGroup, Stream
+from devices.models import Device, DeviceGroup, Stream
 from ingest.acl_sync import ALL_ACLS, acls_reconcile, exact_filter, existing_acls
 from ingest.acls import describe_binding, managed_tenant_slugs
 from ingest.kafka import client_config
 from tenants.audit import Actor
 from tenants.models import AuditEvent, Tenant
 from tenants.services import tenant_create, tenant_delete, tenant_set_status
-from tests.conftest import issue_device_credential, unique_slug
+from tests.conftest import unique_slug
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
 ACTOR = Actor.system("test")
@@ -66,15 +68,39 @@ class Provisioned:
     tenant: Tenant
     streams: dict[str, Stream]
     groups: dict[str, DeviceGroup]
+    runtime: Runtime
+    capture: Callable[..., Any]
 
     @property
     def topics(self) -> list[str]:
         return sorted({s.topic for s in self.streams.values()} | {self.tenant.dlq_topic})
 
+    def device(self, group: str) -> Device:
+        with eager_tasks(), self.capture(execute=True):
+            return device_services.device_create(actor=ACTOR, tenant=self.tenant, group=self.groups[group],
+                                                 device_id=f"dev-{uuid.uuid4().hex[:6]}")  # fmt: skip
 
-def provision(capture: Callable[..., Any], prefix: str, groups: dict[str, str]) -> Provisioned:
+    def certificate(self, group: str, device: Device | None = None) -> dict[str, Any]:
+        """Client settings for a certificate Sluice issues to a (new) device of ``group``;
+        its ACL is synced (eagerly) before this returns."""
+        device = device or self.device(group)
+        with eager_tasks(), self.capture(execute=True):
+            issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase")
+        return client_config(self.runtime, certificate_pem=issued.chain_pem, key_pem=issued.key_pem or "")
+
+
+def provision(
+    capture: Callable[..., Any],
+    prefix: str,
+    groups: dict[str, str],
+    *,
+    runtime: Runtime,
+    kafka_direct: bool = True,
+    policy: str = DeviceGroup.CredentialPolicy.BOTH,
+) -> Provisioned:
     """A tenant made through the services, with one stream per device type named in
-    ``groups`` (group slug -> device type); topics and ACLs provisioned on commit."""
+    ``groups`` (group slug -> device type), its groups Kafka-direct unless told otherwise;
+    topics and ACLs provisioned on commit."""
     with eager_tasks(), capture(execute=True):
         tenant = tenant_create(actor=ACTOR, slug=unique_slug(prefix), name="ACL test")
         streams = {
@@ -84,15 +110,11 @@ def provision(capture: Callable[..., Any], prefix: str, groups: dict[str, str]) 
     with eager_tasks(), capture(execute=True):
         made = {
             slug: device_services.group_create(actor=ACTOR, tenant=tenant, stream=streams[kind], slug=slug, region="eu",
-                                               device_type=kind, schema_subject=f"{streams[kind].topic}-value")
+                                               device_type=kind, schema_subject=f"{streams[kind].topic}-value",
+                                               kafka_direct=kafka_direct, credential_policy=policy)
             for slug, kind in groups.items()
         }  # fmt: skip
-    return Provisioned(tenant=tenant, streams=streams, groups=made)
-
-
-def credential(runtime: Runtime, tenant: Tenant, group: str) -> dict[str, Any]:
-    cred = issue_device_credential(runtime, tenant=tenant.slug, group=group, device=f"dev-{uuid.uuid4().hex[:6]}")
-    return client_config(runtime, certificate_pem=cred.certificate_pem, key_pem=cred.key_pem)
+    return Provisioned(tenant=tenant, streams=streams, groups=made, runtime=runtime, capture=capture)
 
 
 def idempotent_producer(config: dict[str, Any]) -> Producer:
@@ -187,44 +209,66 @@ def capture(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callable[
     return django_capture_on_commit_callbacks
 
 
-def test_group_credential_produces_idempotently_to_its_own_topic_only(
+def test_each_credential_produces_idempotently_to_its_own_groups_topic_only(
     services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
 ) -> None:
     # given tenant A with sensors and meters sharing the temperature stream, and cameras on video
-    a = provision(capture, "a", {"sensors": "temperature", "meters": "temperature", "cameras": "video"})
+    a = provision(capture, "a", {"sensors": "temperature", "meters": "temperature", "cameras": "video"},
+                  runtime=services)  # fmt: skip
     temperature, video = a.streams["temperature"].topic, a.streams["video"].topic
+    # and a certificate Sluice issued to a sensors device
+    sensors = a.certificate("sensors")
+    (issued,) = a.tenant.certificates.all()
 
-    # then the sensors principal holds exactly WRITE and DESCRIBE on its literal topic (nothing on the cluster)
-    assert acls_of(kafka_admin, a.groups["sensors"].kafka_principal) == [
-        f"ALLOW User:{a.tenant.slug}.sensors DESCRIBE TOPIC:LITERAL:{temperature} host=*",
-        f"ALLOW User:{a.tenant.slug}.sensors WRITE TOPIC:LITERAL:{temperature} host=*",
+    # then that certificate's own principal holds exactly one WRITE on its literal topic (nothing on the cluster)
+    assert issued.kafka_principal.startswith(f"User:{a.tenant.slug}.sensors.crt_")
+    assert acls_of(kafka_admin, issued.kafka_principal) == [
+        f"ALLOW {issued.kafka_principal} WRITE TOPIC:LITERAL:{temperature} host=*",
     ]
-    # and that is enough for an idempotent, acks=all producer (KIP-679: no IDEMPOTENT_WRITE needed)
-    sensors = credential(services, a.tenant, "sensors")
+    # and the broker maps the certificate (UID=<id>,CN=...,OU=sensors,O=<tenant>) to it: an
+    # idempotent, acks=all producer is acknowledged (KIP-679: no IDEMPOTENT_WRITE needed)
     assert produce_one(sensors, temperature) is None
     # a group sharing the stream may write it too; another group's topic and the DLQ are refused
-    assert produce_one(credential(services, a.tenant, "meters"), temperature) is None
+    assert produce_one(a.certificate("meters"), temperature) is None
     assert code(produce_one(sensors, video)) == DENIED
-    assert code(produce_one(credential(services, a.tenant, "cameras"), temperature)) == DENIED
+    assert code(produce_one(a.certificate("cameras"), temperature)) == DENIED
     assert code(produce_one(sensors, a.tenant.dlq_topic)) == DENIED
     # and devices cannot read their group's topic back
-    with consumer_group_granted(kafka_admin, a.groups["sensors"].kafka_principal, f"{a.tenant.slug}.sensors."):
+    with consumer_group_granted(kafka_admin, issued.kafka_principal, f"{a.tenant.slug}.sensors."):
         errors, received = consume_outcome(sensors, temperature, f"{a.tenant.slug}.sensors.probe")
     assert (DENIED in errors, received) == (True, 0)
-    # every ACL change is in the audit log with its tenant
-    assert AuditEvent.objects.filter(action="acl.create", tenant=a.tenant).count() == 6
+    # the group principals of the old naming hold nothing, and every ACL change is audited with its tenant
+    assert acls_of(kafka_admin, a.groups["sensors"].kafka_principal) == []
+    assert AuditEvent.objects.filter(action="acl.create", tenant=a.tenant).count() == 3
+
+
+def test_a_group_without_kafka_direct_access_gets_no_acl(
+    services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
+) -> None:
+    # given a group of HTTPS-only devices (the default) with an issued certificate
+    a = provision(capture, "a", {"sensors": "temperature"}, runtime=services, kafka_direct=False)
+    config = a.certificate("sensors")
+    # then the tenant's namespace holds no ACL and the certificate cannot produce on Kafka
+    assert namespace_acls(kafka_admin, a.tenant.slug) == []
+    assert code(produce_one(config, a.streams["temperature"].topic)) in DENIED_WITHOUT_ANY_GRANT
+    # when the group is given Kafka-direct access, then the same certificate can
+    with eager_tasks(), capture(execute=True):
+        device_services.group_update(actor=ACTOR, group=a.groups["sensors"], kafka_direct=True)
+    assert len(namespace_acls(kafka_admin, a.tenant.slug)) == 1
+    assert produce_one(config, a.streams["temperature"].topic) is None
 
 
 def test_another_tenants_credential_gets_nothing_of_a_tenants_topics(
     services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
 ) -> None:
     # given tenants A and B, each with device groups that can write their own topics
-    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
-    b = provision(capture, "b", {"sensors": "temperature"})
-    intruder = credential(services, b.tenant, "sensors")
+    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"}, runtime=services)
+    b = provision(capture, "b", {"sensors": "temperature"}, runtime=services)
+    intruder = b.certificate("sensors")
+    (intruder_certificate,) = b.tenant.certificates.all()
     assert produce_one(intruder, b.streams["temperature"].topic) is None
     # and A's topics hold data worth stealing
-    assert produce_one(credential(services, a.tenant, "sensors"), a.streams["temperature"].topic) is None
+    assert produce_one(a.certificate("sensors"), a.streams["temperature"].topic) is None
 
     # when B's group credential tries every topic of A (its streams and its DLQ)
     for topic in a.topics:
@@ -235,7 +279,7 @@ def test_another_tenants_credential_gets_nothing_of_a_tenants_topics(
         assert errors, topic
         assert errors <= {DENIED, KafkaError.GROUP_AUTHORIZATION_FAILED}, (topic, errors)
         # (even with a consumer group of its own, the topic itself is refused)
-        with consumer_group_granted(kafka_admin, b.groups["sensors"].kafka_principal, f"{b.tenant.slug}.sensors."):
+        with consumer_group_granted(kafka_admin, intruder_certificate.kafka_principal, f"{b.tenant.slug}.sensors."):
             errors, received = consume_outcome(intruder, topic, f"{b.tenant.slug}.sensors.probe")
         assert (DENIED in errors, received) == (True, 0), (topic, errors)
         assert code(describe_error(intruder, topic)) == DENIED, topic
@@ -247,9 +291,11 @@ def test_another_tenants_credential_gets_nothing_of_a_tenants_topics(
 def test_group_changes_move_and_remove_its_acls(
     services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
 ) -> None:
-    # given a group on the temperature stream
-    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
-    sensors = credential(services, a.tenant, "sensors")
+    # given a group on the temperature stream with a device and its certificate
+    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"}, runtime=services)
+    device = a.device("sensors")
+    sensors = a.certificate("sensors", device)
+    (issued,) = a.tenant.certificates.all()
     temperature, video = a.streams["temperature"].topic, a.streams["video"].topic
 
     # when it is moved to the video stream
@@ -259,10 +305,11 @@ def test_group_changes_move_and_remove_its_acls(
     assert produce_one(sensors, video) is None
     assert code(produce_one(sensors, temperature)) == DENIED
 
-    # when it is deleted, then its principal has no ACL left
+    # when its device goes and then the group, then its credential has no ACL left
     with eager_tasks(), capture(execute=True):
+        device_services.device_delete(actor=ACTOR, device=device)
         device_services.group_delete(actor=ACTOR, group=a.groups["sensors"])
-    assert acls_of(kafka_admin, a.groups["sensors"].kafka_principal) == []
+    assert acls_of(kafka_admin, issued.kafka_principal) == []
     assert code(produce_one(sensors, video)) in DENIED_WITHOUT_ANY_GRANT
 
 
@@ -271,9 +318,9 @@ def test_suspension_through_a_real_worker_stops_direct_produce_at_once(
     services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any], celery_worker: subprocess.Popen[bytes]
 ) -> None:
     # given a device producing to its group's topic over a long-lived idempotent connection
-    a = provision(capture, "a", {"sensors": "temperature"})
+    a = provision(capture, "a", {"sensors": "temperature"}, runtime=services)
     topic = a.streams["temperature"].topic
-    config = credential(services, a.tenant, "sensors")
+    config = a.certificate("sensors")
     producer = idempotent_producer(config)
     assert send(producer, topic) is None
 
@@ -296,29 +343,32 @@ def test_suspension_through_a_real_worker_stops_direct_produce_at_once(
 def test_tenant_deletion_removes_every_acl_of_the_tenant(
     services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
 ) -> None:
-    # given a tenant whose groups hold ACLs
-    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
+    # given a tenant whose credentials hold ACLs
+    a = provision(capture, "a", {"sensors": "temperature", "cameras": "video"}, runtime=services)
+    a.certificate("sensors"), a.certificate("cameras")
+    principals = list(a.tenant.certificates.values_list("kafka_principal", flat=True))
     slug = a.tenant.slug
-    assert len(namespace_acls(kafka_admin, slug)) == 4
+    assert len(namespace_acls(kafka_admin, slug)) == 2
 
     # when it is deleted
     with eager_tasks(), capture(execute=True):
         tenant_delete(actor=ACTOR, tenant=a.tenant, confirm=slug)
 
     # then no ACL names its principals or its topics, and each removal is audited under its slug
-    for group in ("sensors", "cameras"):
-        assert acls_of(kafka_admin, f"User:{slug}.{group}") == []
+    for principal in principals:
+        assert acls_of(kafka_admin, principal) == []
     assert namespace_acls(kafka_admin, slug) == []
-    assert AuditEvent.objects.filter(action="acl.delete", tenant_slug=slug).count() == 4
+    assert AuditEvent.objects.filter(action="acl.delete", tenant_slug=slug).count() == 2
 
 
 def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
     services: Runtime, kafka_admin: AdminClient, capture: Callable[..., Any]
 ) -> None:
     # given a tenant in sync with the cluster
-    a = provision(capture, "a", {"sensors": "temperature"})
+    a = provision(capture, "a", {"sensors": "temperature"}, runtime=services)
+    config = a.certificate("sensors")
     slug, topic = a.tenant.slug, a.streams["temperature"].topic
-    principal = a.groups["sensors"].kafka_principal
+    principal = a.tenant.certificates.get().kafka_principal
 
     def acl(principal: str, name: str, operation: AclOperation = AclOperation.WRITE) -> AclBinding:
         return AclBinding(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, principal, "*", operation,
@@ -327,7 +377,8 @@ def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
     # when someone deletes one of its ACLs by hand and adds a stray one in its namespace, a tenant
     # that no longer exists left one behind, and an unrelated principal has its own
     removed = acl(principal, topic)
-    stray = acl(f"User:{slug}.ghost", topic)
+    stray = acl(f"User:{slug}.sensors.crt_ghost", topic)
+    legacy = acl(f"User:{slug}.sensors", topic)  # the group principal certificates had before credential ids
     gone = unique_slug("gone")
     orphan = acl(f"User:{gone}.sensors", f"iot.{gone}.eu.temperature")
     # (the tenant existed: its deletion is in the audit log, but its ACL sync never ran)
@@ -340,13 +391,13 @@ def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
     unrelated_all = [unrelated, *lookalikes]
     for future in kafka_admin.delete_acls([exact_filter(removed)]).values():
         future.result(30)
-    for future in kafka_admin.create_acls([stray, orphan, *unrelated_all]).values():
+    for future in kafka_admin.create_acls([stray, legacy, orphan, *unrelated_all]).values():
         future.result(30)
     try:
         # then a report-only reconcile names exactly that drift and changes nothing
         report = acls_reconcile(fix=False)
         assert describe_binding(removed) in report.missing
-        assert {describe_binding(stray), describe_binding(orphan)} <= set(report.stale)
+        assert {describe_binding(stray), describe_binding(legacy), describe_binding(orphan)} <= set(report.stale)
         for other in unrelated_all:
             assert describe_binding(other) not in report.stale + report.missing
         assert (report.created, report.deleted) == ([], [])
@@ -362,9 +413,10 @@ def test_reconcile_repairs_drift_and_leaves_foreign_acls_alone(
         found = set(kafka_admin.describe_acls(ALL_ACLS).result(30))
         assert removed in found
         assert stray not in found
+        assert legacy not in found
         assert orphan not in found
         assert set(unrelated_all) <= found
-        assert produce_one(credential(services, a.tenant, "sensors"), topic) is None
+        assert produce_one(config, topic) is None
         assert AuditEvent.objects.filter(action="acl.delete", object_repr=describe_binding(stray), tenant=a.tenant)
         assert not acls_reconcile(fix=False).drift
         out = StringIO()

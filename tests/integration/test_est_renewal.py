@@ -99,9 +99,13 @@ def test_device_renews_with_its_current_certificate(services: Runtime, device: D
     assert status == 200, body
     (renewed,) = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
     assert renewed.public_key().public_numbers() == new_key.public_key().public_numbers()
-    assert renewed.subject == device_subject(tenant=device.tenant.slug, group="sensors", device="meter-7")
     old = Certificate.objects.get(serial=current.certificate.serial)
     new = Certificate.objects.get(serial=format(renewed.serial_number, "x"))
+    # (a credential of its own: a new credential id, so a new Kafka principal)
+    credential_id = new.kafka_principal.rsplit(".", 1)[1]
+    assert new.kafka_principal != old.kafka_principal
+    assert renewed.subject == device_subject(tenant=device.tenant.slug, group="sensors", device="meter-7",
+                                             credential_id=credential_id)  # fmt: skip
     assert (old.status, new.status, new.origin) == ("superseded", "active", "est_renewal")
     assert old.superseded_by == new
     assert old.overlap_until is not None

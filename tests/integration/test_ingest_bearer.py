@@ -57,10 +57,11 @@ class TokenDevice:
             "tenant": self.tenant,
             "scopes": ["ingest:write"],
             "audiences": [tokens.AUD_INGEST, tokens.AUD_KAFKA],
-            "kafka_principal": f"{self.tenant}.{self.device.group.slug}",
             "device": self.device.device_id,
         }
         values.update(overrides)
+        # the principal the server would put in a token of that client
+        values.setdefault("kafka_principal", f"{self.tenant}.{self.device.group.slug}.{values['client_id']}")
         return tokens.mint_access_token(self.runtime, **values)[0]
 
     def send(self, token: str, body: Any = None, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
@@ -193,6 +194,10 @@ def test_identity_is_checked_as_for_certificates(services: Runtime, make_device:
     assert sender.send(token)[0] == 200
     # and a token whose Kafka principal is not the device's group is refused
     status, body, _ = sender.send(sender.token(kafka_principal=f"{sender.tenant}.other-group"))
+    assert (status, body["error"]["code"]) == (403, "token_principal_mismatch")
+    # nor one naming the right group but another client (each client is its own principal)
+    group = sender.device.group.slug
+    status, body, _ = sender.send(sender.token(kafka_principal=f"{sender.tenant}.{group}.sc_0123456789abcdef01234567"))
     assert (status, body["error"]["code"]) == (403, "token_principal_mismatch")
     # and a token of no device at all
     status, body, _ = sender.send(sender.token(device=None))

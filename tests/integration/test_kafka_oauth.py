@@ -1,8 +1,8 @@
 """The broker's OAUTH listener (SASL_SSL + OAUTHBEARER) against the real Kafka started by
 `sluice test`: a Sluice-minted token is the credential, its ``kafka_principal`` claim the
-principal (``User:<tenant>.<group>``), the generated per-group ACLs decide; tokens the
-broker must not trust are refused at authentication; a rotated key is picked up from the
-JWKS nginx serves."""
+principal (``User:<tenant>.<group>.<client_id>``), the generated per-credential ACLs decide;
+tokens the broker must not trust are refused at authentication; a rotated key is picked up
+from the JWKS nginx serves."""
 
 from __future__ import annotations
 
@@ -16,16 +16,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from config.env import Runtime
 from ingest.kafka import oauth_client_config
+from tenants.audit import Actor
 from tenants.oauth import keys, tokens
-from tests.integration.test_acls_live import DENIED, Provisioned, code, provision
+from tenants.oauth.models import OAuthClient
+from tenants.oauth.services import oauth_client_create
+from tests.integration.test_acls_live import DENIED, Provisioned, code, eager_tasks, provision
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+ACTOR = Actor.system("test")
 
 
 @pytest.fixture
@@ -33,14 +37,23 @@ def capture(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callable[
     return django_capture_on_commit_callbacks
 
 
-def kafka_token(runtime: Runtime, tenant: str, group: str, **overrides: Any) -> str:
-    """A token as Sluice's authorization server issues it to a gateway of ``group``."""
+def gateway_client(provisioned: Provisioned, group: str) -> OAuthClient:
+    """A gateway client of ``group`` with ``kafka:produce``; its ACL is synced (eagerly)."""
+    with eager_tasks(), provisioned.capture(execute=True):
+        client, _secret = oauth_client_create(actor=ACTOR, tenant=provisioned.tenant, kind="gateway",
+                                              name=f"{group} gateway", scopes=["kafka:produce"],
+                                              group=provisioned.groups[group])  # fmt: skip
+    return client
+
+
+def kafka_token(runtime: Runtime, client: OAuthClient, **overrides: Any) -> str:
+    """A token as Sluice's authorization server issues it to ``client``."""
     values: dict[str, Any] = {
-        "client_id": f"gw-{uuid.uuid4().hex[:6]}",
-        "tenant": tenant,
+        "client_id": client.client_id,
+        "tenant": client.tenant.slug,
         "scopes": ["kafka:produce"],
         "audiences": [tokens.AUD_KAFKA],
-        "kafka_principal": f"{tenant}.{group}",
+        "kafka_principal": client.kafka_principal,
     }
     values.update(overrides)
     return tokens.mint_access_token(runtime, **values)[0]
@@ -65,8 +78,13 @@ def produce_with(runtime: Runtime, token: str, topic: str) -> tuple[KafkaError |
     client_errors: list[KafkaError] = []
     producer = Producer(token_config(runtime, token, error_cb=client_errors.append))
     outcome: list[KafkaError | None] = []
-    producer.produce(topic, value=uuid.uuid4().bytes, on_delivery=lambda err, _msg: outcome.append(err))
-    producer.flush(20)
+    try:
+        producer.produce(topic, value=uuid.uuid4().bytes, on_delivery=lambda err, _msg: outcome.append(err))
+        producer.flush(20)
+    except KafkaException as exc:
+        # A principal with no WRITE anywhere is refused its producer id (KIP-679), which
+        # librdkafka raises as fatal; the cause is in error_cb.
+        return exc.args[0], client_errors
     assert outcome, "the producer never reported the delivery outcome"
     return outcome[0], client_errors
 
@@ -92,7 +110,12 @@ def claims_of(token: str) -> dict[str, Any]:
 
 @pytest.fixture
 def tenant_a(services: Runtime, capture: Callable[..., Any]) -> Provisioned:
-    return provision(capture, "a", {"sensors": "temperature", "cameras": "video"})
+    return provision(capture, "a", {"sensors": "temperature", "cameras": "video"}, runtime=services)
+
+
+@pytest.fixture
+def sensors_gateway(tenant_a: Provisioned) -> OAuthClient:
+    return gateway_client(tenant_a, "sensors")
 
 
 def test_jwks_is_served_by_nginx_with_public_keys_only(services: Runtime) -> None:
@@ -109,12 +132,12 @@ def test_jwks_is_served_by_nginx_with_public_keys_only(services: Runtime) -> Non
     assert services.oauth_issuer == tokens.issuer(services)
 
 
-def test_a_group_token_produces_idempotently_to_its_own_topic_only(
-    services: Runtime, tenant_a: Provisioned, capture: Callable[..., Any]
+def test_a_clients_token_produces_idempotently_to_its_groups_topic_only(
+    services: Runtime, tenant_a: Provisioned, sensors_gateway: OAuthClient, capture: Callable[..., Any]
 ) -> None:
-    # given a token for tenant A's sensors group, whose principal's ACLs were synced
-    slug = tenant_a.tenant.slug
-    token = kafka_token(services, slug, "sensors")
+    # given a token of tenant A's sensors gateway, whose own principal's ACL was synced
+    token = kafka_token(services, sensors_gateway)
+    assert sensors_gateway.kafka_principal == f"{tenant_a.tenant.slug}.sensors.{sensors_gateway.client_id}"
     temperature, video = tenant_a.streams["temperature"].topic, tenant_a.streams["video"].topic
 
     # when it produces (SASL_SSL, OAUTHBEARER, idempotent, acks=all) to its group's topic
@@ -125,52 +148,57 @@ def test_a_group_token_produces_idempotently_to_its_own_topic_only(
     # and another group's topic and the tenant's DLQ are refused by the ACLs
     assert code(produce_with(services, token, video)[0]) == DENIED
     assert code(produce_with(services, token, tenant_a.tenant.dlq_topic)[0]) == DENIED
+    # and a token naming the group's principal (the old naming) or another client's gets nothing
+    for principal in (f"{tenant_a.tenant.slug}.sensors", f"{tenant_a.tenant.slug}.sensors.sc_0123456789abcdef"):
+        error, client_errors = produce_with(services, kafka_token(services, sensors_gateway, kafka_principal=principal),
+                                            temperature)  # fmt: skip
+        # (refused its producer id: no WRITE anywhere, which librdkafka makes fatal)
+        assert error is not None
+        assert code(error) in (DENIED, KafkaError._FATAL), (str(error), [str(e) for e in client_errors])
     # and so is every topic of another tenant
-    b = provision(capture, "b", {"sensors": "temperature"})
+    b = provision(capture, "b", {"sensors": "temperature"}, runtime=services)
     assert code(produce_with(services, token, b.streams["temperature"].topic)[0]) == DENIED
     # while B's own token writes there
-    assert (
-        produce_with(services, kafka_token(services, b.tenant.slug, "sensors"), b.streams["temperature"].topic)[0]
-        is None
-    )
+    b_token = kafka_token(services, gateway_client(b, "sensors"))
+    assert produce_with(services, b_token, b.streams["temperature"].topic)[0] is None
 
 
-def _expired(runtime: Runtime, tenant: str) -> str:
+def _expired(runtime: Runtime, client: OAuthClient) -> str:
     # issued 20 min ago for 15 min: expired 5 min ago, well past the broker's 30 s skew
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=20)
-    return kafka_token(runtime, tenant, "sensors", now=past)
+    return kafka_token(runtime, client, now=past)
 
 
-def _wrong_audience(runtime: Runtime, tenant: str) -> str:
-    return kafka_token(runtime, tenant, "sensors", audiences=[tokens.AUD_INGEST])
+def _wrong_audience(runtime: Runtime, client: OAuthClient) -> str:
+    return kafka_token(runtime, client, audiences=[tokens.AUD_INGEST])
 
 
-def _without_principal(runtime: Runtime, tenant: str) -> str:
-    return kafka_token(runtime, tenant, "sensors", kafka_principal=None)
+def _without_principal(runtime: Runtime, client: OAuthClient) -> str:
+    return kafka_token(runtime, client, kafka_principal=None)
 
 
-def _unknown_key(runtime: Runtime, tenant: str) -> str:
+def _unknown_key(runtime: Runtime, client: OAuthClient) -> str:
     # the same claims, signed by a key Sluice never published (its own kid)
     stranger = ECKey.generate_key("P-256")
-    return sign(claims_of(kafka_token(runtime, tenant, "sensors")), stranger, stranger.thumbprint())
+    return sign(claims_of(kafka_token(runtime, client)), stranger, stranger.thumbprint())
 
 
-def _forged_with_a_published_kid(runtime: Runtime, tenant: str) -> str:
+def _forged_with_a_published_kid(runtime: Runtime, client: OAuthClient) -> str:
     # a stranger's key, claiming to be the current Sluice key
-    genuine = kafka_token(runtime, tenant, "sensors")
+    genuine = kafka_token(runtime, client)
     kid = json.loads(base64.urlsafe_b64decode(genuine.split(".")[0] + "==="))["kid"]
     return sign(claims_of(genuine), ECKey.generate_key("P-256"), kid)
 
 
-def _wrong_issuer(runtime: Runtime, tenant: str) -> str:
+def _wrong_issuer(runtime: Runtime, client: OAuthClient) -> str:
     # signed by the genuine current key, but claiming another issuer
-    claims = {**claims_of(kafka_token(runtime, tenant, "sensors")), "iss": "https://elsewhere.example/oauth"}
+    claims = {**claims_of(kafka_token(runtime, client)), "iss": "https://elsewhere.example/oauth"}
     signing = keys.current_signing_key(runtime)
     return sign(claims, signing.key, signing.kid)
 
 
-def _unsigned(runtime: Runtime, tenant: str) -> str:
-    genuine = kafka_token(runtime, tenant, "sensors")
+def _unsigned(runtime: Runtime, client: OAuthClient) -> str:
+    genuine = kafka_token(runtime, client)
     kid = json.loads(base64.urlsafe_b64decode(genuine.split(".")[0] + "==="))["kid"]
     return f"{b64({'alg': 'none', 'kid': kid, 'typ': tokens.TOKEN_TYPE})}.{b64(claims_of(genuine))}."
 
@@ -189,10 +217,10 @@ def _unsigned(runtime: Runtime, tenant: str) -> str:
     ids=["expired", "wrong-audience", "wrong-issuer", "no-kafka-principal", "unknown-key", "forged-kid", "alg-none"],
 )
 def test_untrustworthy_tokens_are_refused_at_authentication(
-    services: Runtime, tenant_a: Provisioned, forge: Callable[[Runtime, str], str]
+    services: Runtime, tenant_a: Provisioned, sensors_gateway: OAuthClient, forge: Callable[[Runtime, OAuthClient], str]
 ) -> None:
-    # given a token the broker must not trust, for a group that holds ACLs
-    token = forge(services, tenant_a.tenant.slug)
+    # given a token the broker must not trust, for a client that holds an ACL
+    token = forge(services, sensors_gateway)
 
     # when it is used to produce to that group's topic
     error, client_errors = produce_with(services, token, tenant_a.streams["temperature"].topic)
@@ -217,10 +245,10 @@ def rotated_key(services: Runtime) -> Iterator[keys.SigningKey]:
 
 
 def test_a_token_signed_after_key_rotation_is_accepted_once_the_broker_refetched_the_jwks(
-    services: Runtime, tenant_a: Provisioned, rotated_key: keys.SigningKey
+    services: Runtime, tenant_a: Provisioned, sensors_gateway: OAuthClient, rotated_key: keys.SigningKey
 ) -> None:
     # given a key rotation: a new key published in the JWKS nginx serves, now the signing key
-    token = kafka_token(services, tenant_a.tenant.slug, "sensors")
+    token = kafka_token(services, sensors_gateway)
     assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==="))["kid"] == rotated_key.kid
     topic = tenant_a.streams["temperature"].topic
 

@@ -53,13 +53,18 @@ def test_tenant_issued_certificate_authenticates_on_kafka(
     assert issued.key_pem is not None
     config = client_config(services, certificate_pem=issued.chain_pem, key_pem=issued.key_pem)
     tenant: Tenant = device.tenant
-    principal = device.group.kafka_principal
-    assert principal == f"User:{tenant.slug}.sensors"
-    # when its group's principal may write to a topic prefix
+    # whose subject names its own credential id (UID, first in RFC 2253)
+    principal = issued.certificate.kafka_principal
+    credential_id = principal.rsplit(".", 1)[1]
+    assert principal == f"User:{tenant.slug}.sensors.{credential_id}"
+    leaf = x509.load_pem_x509_certificate(issued.certificate.certificate_pem.encode())
+    assert leaf.subject.rfc4514_string() == f"UID={credential_id},CN=Sensor_01.eu,OU=sensors,O={tenant.slug}"
+    # when that principal, and only it, may write to a topic prefix
     prefix = kafka_topic.rsplit(".", 2)[0] + "."
     grant_group(kafka_admin, principal=principal, topic_prefix=prefix, consumer_group_prefix=f"{tenant.slug}.")
     try:
-        # then the broker accepts the chain, maps the subject to the group principal, and acks
+        # then the broker accepts the chain, maps the subject (Java's RFC 2253 "UID=...") to
+        # the credential's principal by the first mapping rule, and acks
         assert produce_one(config, kafka_topic, b"from a tenant-issued certificate") is None
     finally:
         revoke_all(kafka_admin, principal)

@@ -35,7 +35,7 @@ def test_admin_creates_a_device_client_and_sees_the_secret_once(admin_client: AP
         "device",
         "dev-1",
         "sensors",
-        "acme.sensors",
+        f"acme.sensors.{data['client_id']}",
         "active",
     )
     assert data["token_endpoint"].endswith("/oauth/token")

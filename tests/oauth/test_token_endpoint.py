@@ -57,19 +57,24 @@ def test_device_client_gets_a_token_with_every_claim(runtime: Runtime, tenant: T
     assert sorted(claims["aud"]) == ["kafka", "sluice-ingest"]
     assert claims["tenant"] == "acme"
     assert claims["scope"] == "ingest:write kafka:produce"
-    assert claims["kafka_principal"] == "acme.sensors"  # the group's principal without "User:"
+    # the client's own principal without "User:": tenant, group, client id
+    assert claims["kafka_principal"] == f"acme.sensors.{client.client_id}"
     assert claims["device"] == "dev-1"
     assert before <= claims["iat"] == claims["nbf"] <= int(time.time())
     assert claims["exp"] - claims["iat"] == 15 * 60
     assert len(claims["jti"]) == 32
 
 
-def test_gateway_client_gets_its_groups_principal_and_no_device(tenant: Tenant, oauth_group: DeviceGroup) -> None:
+def test_gateway_client_gets_its_own_principal_and_no_device(tenant: Tenant, oauth_group: DeviceGroup) -> None:
     client, secret = make_oauth_client(tenant, "gateway", ["kafka:produce"], group=oauth_group)
     response = request_token(client.client_id, secret, method="post")
     assert response.status_code == 200, response.content
     _header, claims = decode_with_published_jwks(response.json()["access_token"])
-    assert (claims["aud"], claims["scope"], claims["kafka_principal"]) == (["kafka"], "kafka:produce", "acme.sensors")
+    assert (claims["aud"], claims["scope"], claims["kafka_principal"]) == (
+        ["kafka"],
+        "kafka:produce",
+        f"acme.sensors.{client.client_id}",
+    )
     assert "device" not in claims
 
 

@@ -203,7 +203,7 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
 
     # when they register the first device with two labels
     expect(page.locator("#progress")).to_have_text("Step 5 of 6 · initech")
-    expect(page.locator(".messages")).to_contain_text("User:initech.sensors")
+    expect(page.locator(".messages")).to_contain_text("Device group sensors created")
     page.fill("#id_device_id", "thermo-1")
     page.fill("#id_labels", "site=berlin-1\nfloor=3")
     shot("device")
