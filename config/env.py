@@ -58,6 +58,7 @@ class Ports:
 
 
 COMPRESSIONS = ("none", "lz4", "snappy", "zstd", "gzip")
+INGEST_SERVERS = ("uvicorn", "granian")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class IngestSettings:
     README's benchmark section)."""
 
     workers: int = 2
+    server: str = "uvicorn"
     compression: str = "lz4"
     linger_ms: int = 5
     batch_bytes: int = 1_000_000
@@ -266,6 +268,9 @@ def _ingest_settings(env: Mapping[str, str]) -> IngestSettings:
     workers = _int(env, "SLUICE_INGEST_WORKERS", defaults.workers)
     if not 1 <= workers <= 64:
         raise ConfigurationError(f"SLUICE_INGEST_WORKERS={workers}; use 1 to 64")
+    server = env.get("SLUICE_INGEST_SERVER", defaults.server)
+    if server not in INGEST_SERVERS:
+        raise ConfigurationError(f"SLUICE_INGEST_SERVER={server!r}; use one of {', '.join(INGEST_SERVERS)}")
     compression = env.get("SLUICE_INGEST_COMPRESSION", defaults.compression)
     if compression not in COMPRESSIONS:
         raise ConfigurationError(f"SLUICE_INGEST_COMPRESSION={compression!r}; use one of {', '.join(COMPRESSIONS)}")
@@ -275,7 +280,8 @@ def _ingest_settings(env: Mapping[str, str]) -> IngestSettings:
     batch = _int(env, "SLUICE_INGEST_BATCH_BYTES", defaults.batch_bytes)
     if not 1_000 <= batch <= 16_000_000:
         raise ConfigurationError(f"SLUICE_INGEST_BATCH_BYTES={batch}; use 1000 to 16000000")
-    return IngestSettings(workers=workers, compression=compression, linger_ms=linger, batch_bytes=batch)
+    return IngestSettings(workers=workers, server=server, compression=compression, linger_ms=linger,
+                          batch_bytes=batch)  # fmt: skip
 
 
 def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from certs.models import Certificate
@@ -65,18 +65,17 @@ class Writer:
     schema_subject: str
     stream_tenant_id: int
     topic: str
+    # Computed once (the writer is cached): what every record of this device carries.
+    key: bytes = field(init=False, compare=False)
+    identity_headers: tuple[tuple[str, bytes], ...] = field(init=False, compare=False)
 
-    @property
-    def key(self) -> bytes:
-        return self.device_id.encode()
-
-    @property
-    def identity_headers(self) -> list[tuple[str, bytes]]:
-        return [
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.device_id.encode())
+        object.__setattr__(self, "identity_headers", (
             ("sluice-tenant", self.tenant_slug.encode()),
             ("sluice-group", self.group_slug.encode()),
             ("sluice-device", self.device_id.encode()),
-        ]
+        ))  # fmt: skip
 
     @classmethod
     def from_device(cls, device: Device) -> Writer:

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,30 +134,28 @@ def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class OutgoingRecord:
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One request's records for Kafka: every record of a request has the same key (the
+    device id) and headers (identity and request id), only the values differ."""
+
     key: bytes
-    value: bytes
     headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class Delivered:
-    partition: int
-    offset: int
+    values: list[bytes]
 
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """What Kafka said about each record of one request, in order (None: no report yet)."""
+    """What Kafka said about each record of one request, in order: ``delivered[i]`` is its
+    (partition, offset), or None when no report came (``errors[i]`` says why, if Kafka said)."""
 
-    delivered: list[Delivered | None]
+    delivered: list[tuple[int, int] | None]
     errors: list[KafkaError | None]
     queued: int  # how many of the records reached the producer's queue at all
 
     @property
     def complete(self) -> bool:
-        return all(d is not None for d in self.delivered)
+        return None not in self.delivered
 
 
 class _Waiter:
@@ -168,7 +166,7 @@ class _Waiter:
     __slots__ = ("delivered", "errors", "future", "pending", "sealed")
 
     def __init__(self, count: int, future: asyncio.Future[None]) -> None:
-        self.delivered: list[Delivered | None] = [None] * count
+        self.delivered: list[tuple[int, int] | None] = [None] * count
         self.errors: list[KafkaError | None] = [None] * count
         self.future = future
         self.pending = 0
@@ -191,7 +189,7 @@ class _Waiter:
     def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(error: KafkaError | None, message: Message) -> None:
             if error is None:
-                self.delivered[index] = Delivered(message.partition(), message.offset())
+                self.delivered[index] = (message.partition(), message.offset())
             else:
                 self.errors[index] = error
             self.pending -= 1
@@ -240,7 +238,7 @@ class IngestProducer:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sluice-ingest-producer")
 
     async def produce_and_wait_async(
-        self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
+        self, topic: str, outgoing: Outgoing, *, timeout: float = DELIVERY_WAIT_SECONDS
     ) -> DeliveryOutcome:
         """Produce ``records`` to ``topic`` and wait (at most ``timeout`` s) for Kafka's
         report on each.  Never raises for Kafka's sake: the outcome says what happened.  The
@@ -248,16 +246,16 @@ class IngestProducer:
         librdkafka's batches)."""
         loop = asyncio.get_running_loop()
         self._ensure_ticking()
-        waiter = _Waiter(len(records), loop.create_future())
+        values = outgoing.values
+        waiter = _Waiter(len(values), loop.create_future())
         deadline = time.monotonic() + timeout
         queued = 0
-        produce = self._producer.produce
-        for index, record in enumerate(records):
+        produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.callback
+        for index, value in enumerate(values):
             try:
                 while True:
                     try:
-                        produce(topic, record.value, record.key, headers=record.headers,
-                                on_delivery=waiter.callback(index))  # fmt: skip
+                        produce(topic, value, key, headers=headers, on_delivery=callback(index))
                         break
                     except BufferError:
                         # The local queue is full: let librdkafka drain it, within this
@@ -267,7 +265,7 @@ class IngestProducer:
                         self._serve()
                         await asyncio.sleep(0.01)
             except (BufferError, KafkaException) as exc:
-                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(records), topic, exc)
+                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(values), topic, exc)
                 self._note_fatal(exc)
                 break
             waiter.pending += 1
@@ -288,7 +286,7 @@ class IngestProducer:
                 # A fatal idempotence error leaves this producer unusable; the next request
                 # builds a new one (a new producer id), see ingest_producer.
                 self.broken = True
-        return DeliveryOutcome(delivered=list(waiter.delivered), errors=list(waiter.errors), queued=queued)
+        return DeliveryOutcome(delivered=waiter.delivered, errors=waiter.errors, queued=queued)
 
     def _note_fatal(self, exc: Exception) -> None:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None

@@ -3,9 +3,10 @@
 nginx hashes every device onto one of these sockets (see platform/nginx/nginx.conf.in), so
 a device's requests meet the same worker and its rate-limit bucket stays in that worker's
 memory (ingest.ratelimit).  This small supervisor starts ``SLUICE_INGEST_WORKERS`` ASGI
-server processes (uvicorn with uvloop and httptools, one worker each: see the README's
-benchmark section for the comparison with granian) and restarts any that exits, with a
-growing pause, while the others keep serving: nothing dies alone, nothing dies for all.
+server processes, one worker each (uvicorn with uvloop and httptools by default, or granian:
+``SLUICE_INGEST_SERVER``; the README's benchmark section compares them), and restarts any
+that exits, with a growing pause, while the others keep serving: nothing dies alone,
+nothing dies for all.
 It stops them all on SIGTERM or SIGINT, and they stop with it if it is killed.
 """
 
@@ -30,14 +31,20 @@ MAX_PAUSE = 30.0
 APPLICATION = "config.asgi:application"
 
 
-def server_argv(socket: Path, app: str = APPLICATION) -> list[str]:
+def server_argv(socket: Path, app: str = APPLICATION, server: str = "uvicorn") -> list[str]:
     """One ASGI server process on ``socket`` serving ``app`` (the one place the ingest
-    server is chosen; the benchmark's floor runs the same command with a do-nothing app)."""
+    server is chosen: ``SLUICE_INGEST_SERVER``; the benchmark's floor runs the same command
+    with a do-nothing app).  Both are spelled out fully so a missing extra fails at start
+    instead of serving on a slower loop or parser; no access log (nginx keeps one)."""
+    if server == "granian":
+        return [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--uds", str(socket),
+            "--uds-permissions", "438", "--workers", "1", "--loop", "uvloop", "--runtime-mode", "st",
+            "--http", "1", "--no-ws", "--no-access-log", "--log-level", "warning", app,
+        ]  # fmt: skip
     return [
         sys.executable, "-m", "uvicorn", app,
         "--uds", str(socket), "--workers", "1",
-        # Spelled out so a missing extra fails at start instead of serving on the slower
-        # pure-Python loop and parser; no access log (nginx keeps one).
         "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
         "--no-access-log", "--no-server-header", "--log-level", "warning",
     ]  # fmt: skip
@@ -49,9 +56,10 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, sockets: list[Path], app: str = APPLICATION) -> None:
+    def __init__(self, sockets: list[Path], app: str = APPLICATION, server: str = "uvicorn") -> None:
         self.sockets = sockets
         self.app = app
+        self.server = server
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.failures = [0] * len(sockets)
         self.stopping = False
@@ -59,7 +67,7 @@ class Supervisor:
     def start(self, index: int) -> None:
         self.sockets[index].unlink(missing_ok=True)
         self.children[index] = subprocess.Popen(
-            server_argv(self.sockets[index], self.app), cwd=BASE_DIR, preexec_fn=_die_with_parent
+            server_argv(self.sockets[index], self.app, self.server), cwd=BASE_DIR, preexec_fn=_die_with_parent
         )
 
     def run(self) -> int:
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runtime = load_runtime()
     os.chdir(BASE_DIR)
-    return Supervisor([runtime.ingest_socket(i) for i in range(runtime.ingest.workers)], args.app).run()
+    sockets = [runtime.ingest_socket(i) for i in range(runtime.ingest.workers)]
+    return Supervisor(sockets, args.app, runtime.ingest.server).run()
 
 
 if __name__ == "__main__":

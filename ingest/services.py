@@ -34,7 +34,7 @@ from config.errors import (
 )
 from ingest import records
 from ingest.identity import CertificateGrant, ClientGrant, Identity, Writer
-from ingest.kafka import DeliveryOutcome, IngestProducer, OutgoingRecord
+from ingest.kafka import DeliveryOutcome, IngestProducer, Outgoing
 from ingest.registry import LatestSchema
 from tenants.oauth.tokens import AccessClaims
 
@@ -271,14 +271,13 @@ class Prepared:
 
     writer: Writer
     topic: str
-    outgoing: list[OutgoingRecord]
+    outgoing: Outgoing
 
 
 def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSchema, request_id: str) -> Prepared:
     """Validate (all or nothing) and encode one request's records for Kafka."""
     records.validate(parsed, schema)
     headers = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
-    key = writer.key
     try:
         values = schema.encode_all(parsed.records)
     except (ValueError, TypeError, OverflowError, struct.error) as exc:
@@ -286,7 +285,7 @@ def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSch
         raise SchemaValidationFailed(
             f"A record could not be encoded with schema '{schema.subject}': {exc}; nothing was produced."
         ) from None
-    return Prepared(writer, writer.topic, [OutgoingRecord(key, value, headers) for value in values])
+    return Prepared(writer, writer.topic, Outgoing(writer.key, headers, values))
 
 
 async def records_produce(producer: IngestProducer, prepared: Prepared) -> Accepted:
@@ -295,7 +294,7 @@ async def records_produce(producer: IngestProducer, prepared: Prepared) -> Accep
     outcome = await producer.produce_and_wait_async(prepared.topic, prepared.outgoing)
     if not outcome.complete:
         raise kafka_failure(prepared.topic, outcome)
-    return Accepted(topic=prepared.topic, offsets=[(d.partition, d.offset) for d in outcome.delivered if d is not None])
+    return Accepted(topic=prepared.topic, offsets=outcome.delivered)  # type: ignore[arg-type] # complete: no None
 
 
 def kafka_failure(topic: str, outcome: DeliveryOutcome) -> ServiceUnavailable:

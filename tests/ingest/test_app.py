@@ -23,7 +23,7 @@ from config.env import Runtime
 from devices.models import Device, DeviceGroup, Stream
 from ingest import identity, registry, services
 from ingest.app import IngestApp
-from ingest.kafka import IngestProducer, OutgoingRecord, ingest_producer_config
+from ingest.kafka import IngestProducer, Outgoing, ingest_producer_config
 from ingest.ratelimit import RateLimiter
 from tenants.audit import Actor
 from tenants.models import Tenant
@@ -301,7 +301,7 @@ def test_records_kafka_did_not_acknowledge_are_503_and_said_to_be_uncertain() ->
     try:
         # when a request's two records are produced
         outcome = asyncio.run(
-            producer.produce_and_wait_async("iot.acme.eu.temperature", [OutgoingRecord(b"k", b"v", [])] * 2, timeout=5)
+            producer.produce_and_wait_async("iot.acme.eu.temperature", Outgoing(b"k", [], [b"v", b"v"]), timeout=5)
         )
     finally:
         producer.close(timeout=0)
