@@ -17,7 +17,8 @@ from tenants import services
 from tenants.api_base import ScopedApi, StrictSerializer
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
-OPERATOR_ONLY_FIELDS = {"max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy"}
+OPERATOR_ONLY_FIELDS = {"max_devices", "max_streams", "max_partitions", "max_records_per_second", "max_bytes_per_second",
+                        "topic_deletion_policy"}  # fmt: skip
 
 
 class TenantOutput(serializers.ModelSerializer):
@@ -26,14 +27,17 @@ class TenantOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Tenant
-        fields = ("slug", "name", "status", "max_devices", "max_records_per_second", "max_bytes_per_second",
-                  "topic_deletion_policy", "topic_prefix", "dlq_topic", "created_at", "updated_at")  # fmt: skip
+        fields = ("slug", "name", "status", "max_devices", "max_streams", "max_partitions", "max_records_per_second",
+                  "max_bytes_per_second", "topic_deletion_policy", "topic_prefix", "dlq_topic", "created_at",
+                  "updated_at")  # fmt: skip
 
 
 class TenantInput(StrictSerializer):
     slug = serializers.CharField(max_length=40)
     name = serializers.CharField(max_length=200)
     max_devices = serializers.IntegerField(min_value=1, required=False)
+    max_streams = serializers.IntegerField(min_value=1, required=False)
+    max_partitions = serializers.IntegerField(min_value=1, required=False)
     max_records_per_second = serializers.IntegerField(min_value=1, required=False)
     max_bytes_per_second = serializers.IntegerField(min_value=1, required=False)
     topic_deletion_policy = serializers.ChoiceField(Tenant.TopicPolicy.choices, required=False)

@@ -15,7 +15,8 @@ from tenants.authentication import TOKEN_PREFIX
 from tenants.models import ApiToken, Membership, Tenant, hash_token
 from tenants.rights import rights_changed
 
-TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy")
+TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "max_streams",
+                 "max_partitions", "topic_deletion_policy")  # fmt: skip
 
 
 def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenant:
