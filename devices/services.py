@@ -228,6 +228,31 @@ def stream_with_schema_create(
     return stream, subject, schema_id
 
 
+def stream_schema_register(
+    *, actor: Actor, stream: Stream, schema_type: str, schema: str
+) -> tuple[registry.RegisteredVersion, bool]:
+    """Register ``schema`` as the next version of the stream's value subject (``<topic>-value``)
+    and return it, with True when it is new.  The text is checked here first, so a typo never
+    reaches the registry; the subject's compatibility rule decides the rest (``Conflict`` with
+    the registry's reason at ``/schema``).  A schema the subject already holds is not
+    registered again: its version is returned, with False, and nothing is audited."""
+    registry.schema_check(schema_str=schema, schema_type=schema_type)
+    subject = registry.value_subject(stream.topic)
+    existing = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
+    if existing is not None:
+        return existing, False
+    schema_id = registry.schema_register(subject=subject, schema_str=schema, schema_type=schema_type)
+    registered = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
+    if registered is None:  # registered, then gone (deleted meanwhile): report what we know
+        registered = registry.RegisteredVersion(subject, schema_id, 0, schema_type, schema)
+    with transaction.atomic():
+        audit_record(actor=actor, tenant=stream.tenant, action="schema.register", object_type="schema",
+                     object_id=str(schema_id), object_repr=subject,
+                     after={"subject": subject, "schema_id": schema_id, "version": registered.version,
+                            "schema_type": schema_type, "stream": stream.pk})  # fmt: skip
+    return registered, True
+
+
 # -- device groups ----------------------------------------------------------------------
 
 

@@ -5,20 +5,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tenants', '0002_oauthclient'),
+        ("tenants", "0002_oauthclient"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='tenant',
-            name='max_partitions',
-            field=models.PositiveIntegerField(default=1000, help_text="Partitions this tenant's streams may have in total.", validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="tenant",
+            name="max_partitions",
+            field=models.PositiveIntegerField(
+                default=1000,
+                help_text="Partitions this tenant's streams may have in total.",
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
         migrations.AddField(
-            model_name='tenant',
-            name='max_streams',
-            field=models.PositiveIntegerField(default=50, help_text='Streams (Kafka topics) this tenant may have.', validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="tenant",
+            name="max_streams",
+            field=models.PositiveIntegerField(
+                default=50,
+                help_text="Streams (Kafka topics) this tenant may have.",
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
     ]

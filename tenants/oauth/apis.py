@@ -4,7 +4,7 @@ secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from config.errors import NotFound
 from devices.models import Device, DeviceGroup
-from tenants.api_base import ScopedApi, StrictSerializer
+from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import services
@@ -22,9 +22,10 @@ from tenants.oauth.views import metadata_document
 
 
 class OAuthClientOutput(serializers.ModelSerializer):
-    device = serializers.CharField(source="device.device_id", default=None, read_only=True)
-    group = serializers.CharField(source="effective_group.slug", default=None, read_only=True)
-    kafka_principal = serializers.CharField(default=None, read_only=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL))
+    device = serializers.CharField(source="device.device_id", default=None, read_only=True, allow_null=True)
+    group = serializers.CharField(source="effective_group.slug", default=None, read_only=True, allow_null=True)
+    kafka_principal = serializers.CharField(default=None, read_only=True, allow_null=True)
 
     class Meta:
         model = OAuthClient
@@ -64,11 +65,35 @@ class OAuthClientInput(StrictSerializer):
     """``device`` (a device id) and ``group`` (a group slug) are looked up in the URL's
     tenant only, so another tenant's object reads as one that does not exist."""
 
-    name = serializers.CharField(max_length=100)
+    name = NulFreeCharField(max_length=100)
     kind = serializers.ChoiceField(OAuthClient.Kind.choices)
-    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL), allow_empty=False)
-    device = serializers.CharField(max_length=128, required=False, allow_null=True)
-    group = serializers.CharField(max_length=40, required=False, allow_null=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL), allow_empty=False, min_length=1)
+    device = serializers.CharField(
+        max_length=128,
+        required=False,
+        allow_null=True,
+        trim_whitespace=False,
+        help_text="device clients: the device's id (404 if none in this tenant).",
+    )
+    group = slug_field(
+        required=False,
+        allow_null=True,
+        help_text="gateway clients: the device group's slug (404 if none in this tenant).",
+    )
+
+    # What each kind of client holds and names (tenants.oauth.services checks the same).
+    openapi_rules: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"required": ["device"], "properties": {
+            "kind": {"enum": ["device"]}, "device": {"type": "string"},
+            "scopes": {"items": {"enum": sorted(oauth_scopes.DEVICE_SCOPES)}}}},
+        {"required": ["group"], "properties": {
+            "kind": {"enum": ["gateway"]}, "group": {"type": "string"}, "device": {"enum": [None], "nullable": True},
+            "scopes": {"items": {"enum": sorted(oauth_scopes.DEVICE_SCOPES)}}}},
+        {"properties": {
+            "kind": {"enum": ["service"]}, "device": {"enum": [None], "nullable": True},
+            "group": {"enum": [None], "nullable": True},
+            "scopes": {"items": {"enum": sorted(oauth_scopes.SERVICE_SCOPES)}}}},
+    ]}  # fmt: skip
 
     def _missing(self, what: str) -> serializers.ValidationError:
         return serializers.ValidationError(
@@ -90,6 +115,14 @@ class OAuthClientInput(StrictSerializer):
         if group is None:
             raise self._missing("device group")
         return group
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        device, group = attrs.get("device"), attrs.get("group")
+        is_device = attrs.get("kind") == OAuthClient.Kind.DEVICE
+        if is_device and device is not None and group is not None and group.pk != device.group_id:
+            message = "A device client always uses its device's group."
+            raise serializers.ValidationError({"group": [serializers.ErrorDetail(message, code="group_mismatch")]})
+        return attrs
 
 
 class OAuthClientApiMixin(ScopedApi):
@@ -115,9 +148,7 @@ class OAuthClientListApi(OAuthClientApiMixin):
     @extend_schema(request=OAuthClientInput, responses={201: OAuthClientSecretOutput})
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
-        serializer = OAuthClientInput(data=request.data, context={"tenant": target})
-        serializer.is_valid(raise_exception=True)
-        data: dict[str, Any] = dict(serializer.validated_data)
+        data = self.parse(OAuthClientInput, context={"tenant": target})
         client, secret = services.oauth_client_create(actor=self.actor, tenant=target, **data)
         body = OAuthClientSecretOutput(client, context={"secret": secret}).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
