@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any, ClassVar
 
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -50,13 +50,6 @@ class IssueInput(StrictSerializer):
     passphrase = NulFreeCharField(required=False, min_length=services.MIN_PASSPHRASE, max_length=256, write_only=True,
                                   help_text="Encrypts the returned PKCS#12 bundle (with generate).")  # fmt: skip
 
-    # Either a CSR, or generate with a passphrase (what validate() checks).
-    openapi_rules: ClassVar[dict[str, Any]] = {"oneOf": [
-        {"required": ["csr"], "properties": {"generate": {"enum": [False]}}},
-        {"required": ["generate", "passphrase"], "properties": {"generate": {"enum": [True]}},
-         "not": {"required": ["csr"]}},
-    ]}  # fmt: skip
-
     def validate(self, attrs: dict) -> dict:
         if bool(attrs.get("csr")) == bool(attrs.get("generate")):
             message = 'Send either "csr" (PEM) or "generate": true with a "passphrase".'
@@ -64,6 +57,38 @@ class IssueInput(StrictSerializer):
         if attrs.get("generate") and not attrs.get("passphrase"):
             raise serializers.ValidationError({"passphrase": [serializers.ErrorDetail("Required.", code="required")]})
         return attrs
+
+
+@extend_schema_field({"type": "boolean", "enum": [False]})
+class FalseField(serializers.BooleanField):
+    """``generate`` in a CSR request: absent or false."""
+
+
+@extend_schema_field({"type": "boolean", "enum": [True]})
+class TrueField(serializers.BooleanField):
+    """``generate`` in a request for a generated key: true."""
+
+
+class CsrIssueInput(StrictSerializer):
+    """The device sends a CSR and keeps its key."""
+
+    csr = CsrField(help_text=CSR_HELP)
+    generate = FalseField(required=False)
+    passphrase = NulFreeCharField(required=False, min_length=services.MIN_PASSPHRASE, max_length=256,
+                                  help_text="Ignored with a CSR.")  # fmt: skip
+
+
+class GeneratedIssueInput(StrictSerializer):
+    """Sluice generates the key and returns it once, with a PKCS#12 bundle under the passphrase."""
+
+    generate = TrueField()
+    passphrase = NulFreeCharField(min_length=services.MIN_PASSPHRASE, max_length=256)
+
+
+# What IssueInput accepts, as the spec says it: exactly one of the two.
+ISSUE_REQUEST = PolymorphicProxySerializer(
+    component_name="IssueRequest", serializers=[CsrIssueInput, GeneratedIssueInput], resource_type_field_name=None
+)
 
 
 class IssuedOutput(CertificateOutput):
@@ -91,7 +116,7 @@ class DeviceCertificatesApi(ScopedApi):
         device = device_get(tenant=self.tenant, device_id=device_id)
         return self.page(Certificate.objects.filter(device=device).select_related("ca"), CertificateOutput)
 
-    @extend_schema(request=IssueInput, responses={201: IssuedOutput})
+    @extend_schema(request=ISSUE_REQUEST, responses={201: IssuedOutput})
     def post(self, request: Request, tenant: str, device_id: str) -> Response:
         device = device_get(tenant=self.writable_tenant(), device_id=device_id)
         data = self.parse(IssueInput)
@@ -157,7 +182,7 @@ class BulkItem(StrictSerializer):
 
 
 class BulkIssueInput(StrictSerializer):
-    items = BulkItem(many=True, allow_empty=False, help_text=f"At most {services.BULK_MAX} (413 beyond).")
+    items = BulkItem(many=True, allow_empty=False, min_length=1, help_text=f"At most {services.BULK_MAX} (413 beyond).")
 
 
 class BulkIssuedItem(serializers.Serializer):

@@ -10,7 +10,13 @@ from typing import Any, ClassVar
 import django_filters
 from django.conf import settings
 from django.core.validators import RegexValidator
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
@@ -179,11 +185,32 @@ class StreamSchemaInput(StrictSerializer):
         "recognises JSON Schema by them); AVRO: an Avro schema.",
     )
 
-    # The text is a schema of the type named (checked before the registry is asked).
-    openapi_rules: ClassVar[dict[str, Any]] = {"anyOf": [
-        {"properties": {"schema_type": {"enum": [registry.JSON]}, "schema": {"format": "json-schema"}}},
-        {"properties": {"schema_type": {"enum": [registry.AVRO]}, "schema": {"format": "avro-schema"}}},
-    ]}  # fmt: skip
+
+def _schema_text(format_name: str, what: str) -> Any:
+    @extend_schema_field({"type": "string", "format": format_name, "maxLength": MAX_SCHEMA_CHARS, "description": what})
+    class SchemaText(NulFreeCharField):
+        pass
+
+    return SchemaText(max_length=MAX_SCHEMA_CHARS)
+
+
+class JsonSchemaInput(StrictSerializer):
+    schema_type = serializers.ChoiceField([registry.JSON])
+    schema = _schema_text("json-schema", "A JSON Schema object with `properties` or `$schema` (the registry "
+                          "recognises JSON Schema by them).")  # fmt: skip
+
+
+class AvroSchemaInput(StrictSerializer):
+    schema_type = serializers.ChoiceField([registry.AVRO])
+    schema = _schema_text("avro-schema", "An Avro schema.")
+
+
+# What StreamSchemaInput accepts, as the spec says it: the text is a schema of the type named
+# (checked here before the registry is asked).
+SCHEMA_REQUEST = PolymorphicProxySerializer(
+    component_name="StreamSchemaRequest", serializers=[JsonSchemaInput, AvroSchemaInput],
+    resource_type_field_name=None,
+)  # fmt: skip
 
 
 class StreamSchemaApi(ScopedApi):
@@ -202,7 +229,7 @@ class StreamSchemaApi(ScopedApi):
         return Response(StreamSchemaOutput(latest).data)
 
     @extend_schema(
-        request=StreamSchemaInput,
+        request=SCHEMA_REQUEST,
         responses={201: OpenApiResponse(StreamSchemaOutput, description="A new version."),
                    200: OpenApiResponse(StreamSchemaOutput, description="The subject holds this schema already.")},
         description="Registers a new version under the stream's value subject. The registry's compatibility "
@@ -418,7 +445,7 @@ class DeviceRow(StrictSerializer):
 
 
 class BulkImportInput(StrictSerializer):
-    devices = DeviceRow(many=True, allow_empty=False,
+    devices = DeviceRow(many=True, allow_empty=False, min_length=1,
                         help_text=f"At most {settings.SLUICE_BULK_IMPORT_MAX_ROWS} (413 beyond).")  # fmt: skip
 
 

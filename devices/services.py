@@ -238,6 +238,10 @@ def stream_schema_register(
     registered again: its version is returned, with False, and nothing is audited."""
     registry.schema_check(schema_str=schema, schema_type=schema_type)
     subject = registry.value_subject(stream.topic)
+    latest = registry.schema_latest(subject=subject)
+    if latest is not None and latest.schema_type != schema_type:
+        message = f"The stream's schemas are {latest.schema_type}; a new version keeps that type."
+        raise Conflict(message, fields=[{"pointer": "/schema_type", "code": "type_mismatch", "message": message}])
     existing = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
     if existing is not None:
         return existing, False

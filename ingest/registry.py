@@ -166,11 +166,12 @@ def schema_latest(*, subject: str) -> RegisteredVersion | None:
 
 
 def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> RegisteredVersion | None:
-    """The version of ``subject`` that holds exactly this schema, or None."""
+    """The version of ``subject`` that holds exactly this schema, or None (also when the
+    registry cannot read it as the subject's type: then the subject cannot hold it)."""
     try:
         return _version(subject, registry_client().lookup_schema(subject, Schema(schema_str, schema_type)))
     except SchemaRegistryError as exc:
-        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+        if exc.http_status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY):
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:

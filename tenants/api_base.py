@@ -273,6 +273,15 @@ def _refuse_nul(schema: Any, field: serializers.Field) -> None:
         _refuse_nul(schema.get("additionalProperties"), field.child)
 
 
+def _at_least(schema: Any, field: serializers.Field) -> None:
+    """Say in ``schema`` how few items a list of objects may have (drf-spectacular does for
+    a ListField, not for a serializer with many=True)."""
+    if isinstance(field, serializers.ListSerializer) and isinstance(schema, dict):
+        least = field.min_length or (0 if field.allow_empty else 1)
+        if least:
+            schema.setdefault("minItems", least)
+
+
 class SluiceAutoSchema(AutoSchema):
     """drf-spectacular's AutoSchema, plus what the API's contract needs everywhere.
 
@@ -309,11 +318,18 @@ class SluiceAutoSchema(AutoSchema):
                     "description": "The challenge (RFC 6750 §3).", "schema": {"type": "string"}}}  # fmt: skip
         return responses
 
+    def _get_request_body(self, direction: Any = "request") -> Any:
+        body = super()._get_request_body(direction)
+        if body and self.method in ("POST", "PUT"):
+            body["required"] = True  # a creation without a body is malformed (PATCH may change nothing)
+        return body
+
     def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
         schema = super()._map_basic_serializer(serializer, direction)
         if direction == "request":
             for name, field in serializer.fields.items():
                 _refuse_nul(schema.get("properties", {}).get(name), field)
+                _at_least(schema.get("properties", {}).get(name), field)
         if direction == "request" and isinstance(serializer, StrictSerializer):
             schema["additionalProperties"] = False
             for key, rule in getattr(serializer, "openapi_rules", {}).items():

@@ -4,9 +4,9 @@ secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -81,20 +81,6 @@ class OAuthClientInput(StrictSerializer):
         help_text="gateway clients: the device group's slug (404 if none in this tenant).",
     )
 
-    # What each kind of client holds and names (tenants.oauth.services checks the same).
-    openapi_rules: ClassVar[dict[str, Any]] = {"anyOf": [
-        {"required": ["device"], "properties": {
-            "kind": {"enum": ["device"]}, "device": {"type": "string"},
-            "scopes": {"items": {"enum": sorted(oauth_scopes.DEVICE_SCOPES)}}}},
-        {"required": ["group"], "properties": {
-            "kind": {"enum": ["gateway"]}, "group": {"type": "string"}, "device": {"enum": [None], "nullable": True},
-            "scopes": {"items": {"enum": sorted(oauth_scopes.DEVICE_SCOPES)}}}},
-        {"properties": {
-            "kind": {"enum": ["service"]}, "device": {"enum": [None], "nullable": True},
-            "group": {"enum": [None], "nullable": True},
-            "scopes": {"items": {"enum": sorted(oauth_scopes.SERVICE_SCOPES)}}}},
-    ]}  # fmt: skip
-
     def _missing(self, what: str) -> serializers.ValidationError:
         return serializers.ValidationError(
             serializers.ErrorDetail(f"No such {what} in this tenant.", code="does_not_exist")
@@ -117,12 +103,59 @@ class OAuthClientInput(StrictSerializer):
         return group
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A name a kind does not have is refused even as null: each kind's input is exactly
+        # what the spec's CLIENT_REQUEST says.
+        names = {OAuthClient.Kind.GATEWAY: ("device",), OAuthClient.Kind.SERVICE: ("device", "group")}
+        present = sorted(set(names.get(attrs.get("kind"), ())) & set(self.initial_data))
+        if present:
+            raise serializers.ValidationError({
+                name: [serializers.ErrorDetail(f"A {attrs['kind']} client has no {name}.", code="not_allowed")]
+                for name in present
+            })  # fmt: skip
         device, group = attrs.get("device"), attrs.get("group")
         is_device = attrs.get("kind") == OAuthClient.Kind.DEVICE
         if is_device and device is not None and group is not None and group.pk != device.group_id:
             message = "A device client always uses its device's group."
             raise serializers.ValidationError({"group": [serializers.ErrorDetail(message, code="group_mismatch")]})
         return attrs
+
+
+def _scopes(allowed: frozenset[str]) -> serializers.ListField:
+    return serializers.ListField(child=serializers.ChoiceField(sorted(allowed)), min_length=1)
+
+
+class DeviceClientInput(StrictSerializer):
+    """A client that speaks for one device of a group whose policy allows OAuth2."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["device"])
+    scopes = _scopes(oauth_scopes.DEVICE_SCOPES)
+    device = serializers.CharField(max_length=128, help_text="The device's id (404 if none in this tenant).")
+    group = slug_field(required=False, allow_null=True, help_text="If given, the device's own group (409 if not).")
+
+
+class GatewayClientInput(StrictSerializer):
+    """A client that speaks for a device group (a gateway forwarding many devices)."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["gateway"])
+    scopes = _scopes(oauth_scopes.DEVICE_SCOPES)
+    group = slug_field(help_text="The device group's slug (404 if none in this tenant).")
+
+
+class ServiceClientInput(StrictSerializer):
+    """Automation acting on this tenant through the REST API."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["service"])
+    scopes = _scopes(oauth_scopes.SERVICE_SCOPES)
+
+
+# What OAuthClientInput accepts, as the spec says it: one shape per kind.
+CLIENT_REQUEST = PolymorphicProxySerializer(
+    component_name="OAuthClientRequest", serializers=[DeviceClientInput, GatewayClientInput, ServiceClientInput],
+    resource_type_field_name=None,
+)  # fmt: skip
 
 
 class OAuthClientApiMixin(ScopedApi):
@@ -145,7 +178,7 @@ class OAuthClientListApi(OAuthClientApiMixin):
         )
         return self.page(clients, OAuthClientOutput)
 
-    @extend_schema(request=OAuthClientInput, responses={201: OAuthClientSecretOutput})
+    @extend_schema(request=CLIENT_REQUEST, responses={201: OAuthClientSecretOutput})
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
         data = self.parse(OAuthClientInput, context={"tenant": target})

@@ -144,3 +144,14 @@ def test_an_unreachable_registry_is_a_503_with_retry_after(admin: APIClient, ten
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "registry_unavailable"
         assert int(response["Retry-After"]) > 0
+
+
+def test_a_stream_keeps_its_schema_type(admin: APIClient, tenant: Tenant) -> None:
+    # given a stream whose records are described by JSON Schema
+    admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    # when an Avro schema is sent as its next version
+    switched = admin.post(url(tenant), {"schema_type": "AVRO", "schema": json.dumps(AVRO_READING)}, format="json")
+    # then the stream's state refuses it, naming the field, and version 1 stays the latest
+    assert switched.status_code == 409, switched.json()
+    assert switched.json()["error"]["fields"][0]["code"] == "type_mismatch"
+    assert admin.get(url(tenant)).json()["version"] == 1
