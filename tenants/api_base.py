@@ -17,7 +17,14 @@ from django.core.validators import RegexValidator
 from django.db.models import QuerySet
 from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.plumbing import force_instance
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -320,8 +327,16 @@ class SluiceAutoSchema(AutoSchema):
 
     def _get_request_body(self, direction: Any = "request") -> Any:
         body = super()._get_request_body(direction)
-        if body and self.method in ("POST", "PUT"):
-            body["required"] = True  # a creation without a body is malformed (PATCH may change nothing)
+        if not body or self.method not in ("POST", "PUT"):
+            return body
+        serializer = force_instance(self.get_request_serializer())
+        optional = (
+            isinstance(serializer, serializers.Serializer)
+            and not isinstance(serializer, PolymorphicProxySerializer)
+            and not any(field.required for field in serializer.fields.values())
+        )
+        if not optional:
+            body["required"] = True  # drf-spectacular cannot tell for a union or a body per media type
         return body
 
     def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
