@@ -32,8 +32,9 @@ def curl(runtime: Runtime, method: str, path: str, token: str) -> tuple[int, dic
          "-H", f"Authorization: Bearer {token}", f"{runtime.web_url}{path}"],
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
-    head, _, body = result.stdout.partition("\r\n\r\n")
-    lines = head.split("\r\n")
+    # text=True reads "\r\n" as "\n"
+    head, _, body = result.stdout.partition("\n\n")
+    lines = head.split("\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
 
