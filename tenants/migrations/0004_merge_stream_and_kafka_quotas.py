@@ -4,11 +4,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tenants', '0003_tenant_kafka_quotas_retired_slugs'),
-        ('tenants', '0003_tenant_stream_quotas'),
+        ("tenants", "0003_tenant_kafka_quotas_retired_slugs"),
+        ("tenants", "0003_tenant_stream_quotas"),
     ]
 
-    operations = [
-    ]
+    operations = []
