@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import base64
+from typing import Any, ClassVar
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from certs import services
 from certs.models import Certificate, CertificateAuthority
-from config.errors import InvalidInput
+from config.errors import Conflict
+from devices.apis import device_id_field
+from devices.models import Device
 from devices.services import device_get
-from tenants.api_base import ScopedApi, StrictSerializer
+from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer
+
+MAX_CSR_CHARS = 32_768
+CSR_HELP = "A PKCS#10 certificate signing request in PEM (the device keeps its key)."
+
+
+@extend_schema_field({"type": "string", "format": "pem-csr", "maxLength": MAX_CSR_CHARS})
+class CsrField(serializers.CharField):
+    """A CSR's PEM text (the spec's format ``pem-csr``); the service parses and checks it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=MAX_CSR_CHARS, **kwargs)
 
 
 class CertificateOutput(serializers.ModelSerializer):
@@ -30,9 +44,11 @@ class CertificateOutput(serializers.ModelSerializer):
 
 
 class IssueInput(StrictSerializer):
-    csr = serializers.CharField(required=False, max_length=32768)
-    generate = serializers.BooleanField(required=False, default=False)
-    passphrase = serializers.CharField(required=False, max_length=256, write_only=True)
+    csr = CsrField(required=False, help_text=CSR_HELP)
+    generate = serializers.BooleanField(required=False, default=False,
+                                        help_text="true: Sluice generates the key and returns it once.")  # fmt: skip
+    passphrase = NulFreeCharField(required=False, min_length=services.MIN_PASSPHRASE, max_length=256, write_only=True,
+                                  help_text="Encrypts the returned PKCS#12 bundle (with generate).")  # fmt: skip
 
     def validate(self, attrs: dict) -> dict:
         if bool(attrs.get("csr")) == bool(attrs.get("generate")):
@@ -43,8 +59,55 @@ class IssueInput(StrictSerializer):
         return attrs
 
 
+@extend_schema_field({"type": "boolean", "enum": [False]})
+class FalseField(serializers.BooleanField):
+    """``generate`` in a CSR request: absent or false."""
+
+
+@extend_schema_field({"type": "boolean", "enum": [True]})
+class TrueField(serializers.BooleanField):
+    """``generate`` in a request for a generated key: true."""
+
+
+class CsrIssueInput(StrictSerializer):
+    """The device sends a CSR and keeps its key."""
+
+    csr = CsrField(help_text=CSR_HELP)
+    generate = FalseField(required=False)
+    passphrase = NulFreeCharField(required=False, min_length=services.MIN_PASSPHRASE, max_length=256,
+                                  help_text="Ignored with a CSR.")  # fmt: skip
+
+
+class GeneratedIssueInput(StrictSerializer):
+    """Sluice generates the key and returns it once, with a PKCS#12 bundle under the passphrase."""
+
+    generate = TrueField()
+    passphrase = NulFreeCharField(min_length=services.MIN_PASSPHRASE, max_length=256)
+
+
+# What IssueInput accepts, as the spec says it: exactly one of the two.
+ISSUE_REQUEST = PolymorphicProxySerializer(
+    component_name="IssueRequest", serializers=[CsrIssueInput, GeneratedIssueInput], resource_type_field_name=None
+)
+
+
+class IssuedOutput(CertificateOutput):
+    chain_pem = serializers.CharField(help_text="The certificate, then its tenant CA.")
+    private_key_pem = serializers.CharField(required=False, help_text="Generated keys only: shown once, never kept.")
+    pkcs12_base64 = serializers.CharField(required=False, help_text="Generated keys only, under the passphrase.")
+
+    class Meta(CertificateOutput.Meta):
+        fields = (*CertificateOutput.Meta.fields, "chain_pem", "private_key_pem", "pkcs12_base64")
+
+
 class RevokeInput(StrictSerializer):
-    reason = serializers.CharField(required=False, default="unspecified", max_length=32)
+    reason = serializers.ChoiceField(sorted(services.REASONS), required=False, default="unspecified")
+
+
+def _issuable(device: Device) -> Device:
+    if device.status != Device.Status.ACTIVE:
+        raise Conflict(f"Device '{device.device_id}' is {device.status}; enable it first.", code="device_disabled")
+    return device
 
 
 class DeviceCertificatesApi(ScopedApi):
@@ -53,10 +116,11 @@ class DeviceCertificatesApi(ScopedApi):
         device = device_get(tenant=self.tenant, device_id=device_id)
         return self.page(Certificate.objects.filter(device=device).select_related("ca"), CertificateOutput)
 
-    @extend_schema(request=IssueInput, responses={201: dict})
+    @extend_schema(request=ISSUE_REQUEST, responses={201: IssuedOutput})
     def post(self, request: Request, tenant: str, device_id: str) -> Response:
         device = device_get(tenant=self.writable_tenant(), device_id=device_id)
         data = self.parse(IssueInput)
+        _issuable(device)
         if data.get("csr"):
             issued = services.certificate_issue_from_csr(actor=self.actor, device=device, csr_pem=data["csr"].encode())
         else:
@@ -109,24 +173,36 @@ class TenantCaApi(ScopedApi):
         authorities = CertificateAuthority.objects.filter(tenant=self.tenant).exclude(
             status=CertificateAuthority.Status.RETIRED
         )
-        if not authorities.exists():
-            raise InvalidInput(f"Tenant '{tenant}' has no issuing CA.")
         return self.page(authorities.select_related("tenant"), CaOutput)
 
 
 class BulkItem(StrictSerializer):
-    device_id = serializers.CharField(max_length=128)
-    csr = serializers.CharField(required=False, max_length=32768)
+    device_id = device_id_field(help_text="A device of this tenant (404 if none).")
+    csr = CsrField(required=False, help_text=CSR_HELP + " Without one, Sluice generates the key.")
 
 
 class BulkIssueInput(StrictSerializer):
-    items = BulkItem(many=True)
+    items = BulkItem(many=True, allow_empty=False, min_length=1, help_text=f"At most {services.BULK_MAX} (413 beyond).")
+
+
+class BulkIssuedItem(serializers.Serializer):
+    device_id = serializers.CharField()
+    serial = serializers.CharField()
+    chain_pem = serializers.CharField()
+    private_key_pem = serializers.CharField(required=False, help_text="Generated keys only: shown once.")
+
+
+class BulkIssuedOutput(serializers.Serializer):
+    issued = BulkIssuedItem(many=True)
 
 
 class BulkIssueApi(ScopedApi):
     """Certificates for many devices (e.g. right after a bulk device import)."""
 
-    @extend_schema(request=BulkIssueInput, responses={201: dict})
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"post": (413,)}
+
+    @extend_schema(request=BulkIssueInput, responses={201: BulkIssuedOutput},
+                   description="All or nothing; every bad item is reported at /items/<index>/<field>.")  # fmt: skip
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
         items = [dict(i) for i in self.parse(BulkIssueInput)["items"]]

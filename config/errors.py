@@ -171,9 +171,48 @@ def error_body(code: str, message: str, fields: list[dict[str, str]] | None = No
     return {"error": body}
 
 
+# Field error codes that say "the request is well formed, the state refuses it": a refusal
+# made only of these is not a 400 (the request matches the published schema) but the status
+# of what the state is.  404: the body names something that does not exist in the caller's
+# tenant (like a missing object in a URL); 409: it collides with what exists; 403: it names
+# something outside the tenant's namespace.
+STATE_FIELD_CODES: dict[str, tuple[int, str]] = {
+    "does_not_exist": (status.HTTP_404_NOT_FOUND, "not_found"),
+    "unknown_user": (status.HTTP_404_NOT_FOUND, "not_found"),
+    "unique": (status.HTTP_409_CONFLICT, "already_exists"),
+    "unique_together": (status.HTTP_409_CONFLICT, "already_exists"),
+    "one_stream_per_topic": (status.HTTP_409_CONFLICT, "already_exists"),
+    "partitions_decrease": (status.HTTP_409_CONFLICT, "conflict"),
+    "immutable": (status.HTTP_409_CONFLICT, "conflict"),
+    "confirmation_mismatch": (status.HTTP_409_CONFLICT, "conflict"),
+    "credential_policy": (status.HTTP_409_CONFLICT, "conflict"),
+    "not_eligible": (status.HTTP_409_CONFLICT, "conflict"),
+    "device_disabled": (status.HTTP_409_CONFLICT, "conflict"),
+    "group_mismatch": (status.HTTP_409_CONFLICT, "conflict"),
+    "duplicate": (status.HTTP_409_CONFLICT, "conflict"),
+    "foreign_subject": (status.HTTP_403_FORBIDDEN, "permission_denied"),
+}
+
+
+def _state_refusal(exc: InvalidInput) -> SluiceError | None:
+    """The InvalidInput as the state refusal it is, when every field error is one."""
+    outcomes = [STATE_FIELD_CODES.get(item.get("code", "")) for item in exc.fields]
+    if not outcomes or None in outcomes:
+        return None
+    status_code, code = max(o for o in outcomes if o is not None)  # a 409 outranks a 404 and a 403
+    refusal = SluiceError(exc.message, fields=exc.fields, code=code)
+    refusal.status = status_code
+    return refusal
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         exc = from_django(exc)
+    if isinstance(exc, exceptions.ValidationError):
+        fields = field_errors(exc.detail)
+        exc = InvalidInput(fields[0]["message"] if len(fields) == 1 else "Some fields are invalid.", fields=fields)
+    if type(exc) is InvalidInput:
+        exc = _state_refusal(exc) or exc
     if isinstance(exc, IntegrityError):
         # A uniqueness or reference race the service's own checks could not see (two
         # requests at once).  The transaction rolled back: a 409 says "retry", not a 500.
@@ -184,10 +223,6 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
-    if isinstance(exc, exceptions.ValidationError):
-        fields = field_errors(exc.detail)
-        message = fields[0]["message"] if len(fields) == 1 else "Some fields are invalid."
-        return Response(error_body("invalid", message, fields), status=exc.status_code)
     response = exception_handler(exc, context)
     if response is not None and isinstance(exc, exceptions.APIException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

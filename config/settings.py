@@ -124,7 +124,7 @@ SLUICE_BULK_IMPORT_MAX_ROWS = 10_000
 DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "tenants.api_base.SluiceAutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -135,11 +135,28 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # JSON only, whatever Accept says: the spec documents JSON, and no operation answers 406.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tenants.api_negotiation.IgnoreAcceptNegotiation",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sluice API",
-    "DESCRIPTION": "Provisioning and ingest API of Sluice, the multi-tenant IoT-to-Kafka platform.",
-    "VERSION": "0.1.0",
+    "DESCRIPTION": "Provisioning API of Sluice, the multi-tenant IoT-to-Kafka platform. Every error has one "
+    'shape: {"error": {"code", "message", "fields": [{"pointer", "code", "message"}]}}; each operation lists '
+    "the statuses it answers.",
+    "VERSION": "0.2.0",
+    # The document describes the API, not itself.
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Inputs and outputs as separate components: inputs are closed objects, outputs are not.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TenantStatusEnum": "tenants.models.Tenant.Status",
+        "StreamStatusEnum": "devices.models.Stream.Status",
+        "DeviceStatusEnum": "devices.models.Device.Status",
+        "CertificateStatusEnum": "certs.models.Certificate.Status",
+        "CertificateAuthorityStatusEnum": "certs.models.CertificateAuthority.Status",
+        "OAuthClientStatusEnum": "tenants.oauth.models.OAuthClient.Status",
+    },
 }
 
 # Celery: Redis on loopback with a password (config.env).  Tasks are acknowledged after

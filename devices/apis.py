@@ -5,20 +5,38 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import django_filters
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.errors import InvalidInput, NotFound, PayloadTooLarge
+from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from devices import services
-from devices.models import Device, DeviceGroup, Stream
-from tenants.api_base import ScopedApi, StrictSerializer
+from devices.models import DEVICE_ID_RULE, Device, DeviceGroup, Stream
+from ingest import registry
+from tenants.api_base import MAX_ID, NulFreeCharField, ScopedApi, StrictSerializer, path_id, slug_field, slug_rule
+
+# The model's device-id rule anchored with \Z (a "$" pattern lets a final newline through).
+device_id_rule = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z", message=f"Must be {DEVICE_ID_RULE}.", code="invalid_device_id"
+)
+
+
+def device_id_field(**kwargs: Any) -> serializers.CharField:
+    return serializers.CharField(max_length=128, validators=[device_id_rule], trim_whitespace=False, **kwargs)
+
 
 # -- streams ---------------------------------------------------------------------------
 
@@ -34,21 +52,52 @@ class StreamOutput(serializers.ModelSerializer):
                   "provisioned_at", "created_at", "updated_at")  # fmt: skip
 
 
+MAX_RETENTION_HOURS = 24 * 3650
+PARTITIONS_HELP = (f"At most {services.MAX_STREAM_PARTITIONS}, and within the tenant's max_partitions for all its "
+                   "streams together (409 quota_exceeded).")  # fmt: skip
+
+
+def _partitions() -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=services.MAX_STREAM_PARTITIONS, required=False,
+                                    help_text=PARTITIONS_HELP)  # fmt: skip
+
+
+def _retention_hours() -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=MAX_RETENTION_HOURS, required=False, allow_null=True,
+                                    help_text="Retention of a custom stream, in hours.")  # fmt: skip
+
+
 class StreamInput(StrictSerializer):
-    region = serializers.CharField(max_length=40)
-    type = serializers.CharField(max_length=40)
+    region = slug_field()
+    type = slug_field()
     retention_class = serializers.ChoiceField(Stream.RetentionClass.choices, required=False)
-    custom_retention_hours = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    partitions = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    custom_retention_hours = _retention_hours()
+    partitions = _partitions()
     replication_factor = serializers.IntegerField(min_value=1, max_value=7, required=False)
     compression = serializers.ChoiceField(Stream.Compression.choices, required=False)
     cleanup_policy = serializers.ChoiceField(Stream.CleanupPolicy.choices, required=False)
 
+    # A custom stream says how long it keeps records (JSON Schema of what validate() checks).
+    openapi_rules: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"properties": {"retention_class": {"enum": ["raw", "enriched"]}}},
+        {"required": ["custom_retention_hours"], "properties": {"custom_retention_hours": {"type": "integer"}}},
+    ]}  # fmt: skip
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("retention_class") == Stream.RetentionClass.CUSTOM and attrs.get("custom_retention_hours") is None:
+            message = "Required when retention_class is custom."
+            raise serializers.ValidationError(
+                {"custom_retention_hours": [serializers.ErrorDetail(message, code="required")]}
+            )
+        return attrs
+
 
 class StreamUpdateInput(StrictSerializer):
-    custom_retention_hours = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    partitions = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
-    replication_factor = serializers.IntegerField(min_value=1, max_value=7, required=False)
+    custom_retention_hours = _retention_hours()
+    partitions = _partitions()
+    replication_factor = serializers.IntegerField(
+        min_value=1, max_value=7, required=False, help_text="Cannot change: only the current value is accepted (409)."
+    )
     compression = serializers.ChoiceField(Stream.Compression.choices, required=False)
     cleanup_policy = serializers.ChoiceField(Stream.CleanupPolicy.choices, required=False)
 
@@ -59,13 +108,19 @@ class StreamFilter(django_filters.FilterSet):
         fields = ("region", "type", "retention_class", "status")
 
 
+STREAM_PARAMETERS = [
+    OpenApiParameter("region", str),
+    OpenApiParameter("type", str),
+    OpenApiParameter("retention_class", str, enum=Stream.RetentionClass.values),
+    OpenApiParameter("status", str, enum=Stream.Status.values),
+]
+
+
 class StreamListApi(ScopedApi):
-    @extend_schema(responses=StreamOutput(many=True))
+    @extend_schema(parameters=STREAM_PARAMETERS, responses=StreamOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
-        streams = self.filtered(
-            StreamFilter, Stream.objects.filter(tenant=self.tenant).select_related("tenant"), request
-        )
-        return self.page(streams, StreamOutput)
+        streams = Stream.objects.filter(tenant=self.tenant).select_related("tenant")
+        return self.page(self.filtered(StreamFilter, streams), StreamOutput)
 
     @extend_schema(request=StreamInput, responses={201: StreamOutput})
     def post(self, request: Request, tenant: str) -> Response:
@@ -73,22 +128,34 @@ class StreamListApi(ScopedApi):
         return Response(StreamOutput(stream).data, status=status.HTTP_201_CREATED)
 
 
+def tenant_stream(api: ScopedApi, pk: int) -> Stream:
+    stream = Stream.objects.filter(tenant=api.tenant, pk=path_id(pk, "stream")).select_related("tenant").first()
+    if stream is None:
+        raise NotFound(f"No stream {pk}.")
+    return stream
+
+
 class StreamDetailApi(ScopedApi):
     def get_stream(self, pk: int) -> Stream:
-        stream = Stream.objects.filter(tenant=self.tenant, pk=pk).select_related("tenant").first()
-        if stream is None:
-            raise NotFound(f"No stream {pk}.")
-        return stream
+        return tenant_stream(self, pk)
 
     @extend_schema(responses=StreamOutput)
     def get(self, request: Request, tenant: str, pk: int) -> Response:
         return Response(StreamOutput(self.get_stream(pk)).data)
 
-    @extend_schema(request=StreamUpdateInput, responses=StreamOutput)
+    @extend_schema(
+        request=StreamUpdateInput,
+        responses=StreamOutput,
+        description="Partitions only grow (409 otherwise); a custom stream keeps its retention hours.",
+    )
     def patch(self, request: Request, tenant: str, pk: int) -> Response:
         stream = self.get_stream(pk)
         self.scope.require_admin(stream.tenant)
         changes = self.parse(StreamUpdateInput, partial=True)
+        if stream.retention_class == Stream.RetentionClass.CUSTOM and changes.get("custom_retention_hours", 1) is None:
+            message = "A custom stream needs its retention hours."
+            raise Conflict(message, fields=[{"pointer": "/custom_retention_hours", "code": "required_by_state",
+                                             "message": message}])  # fmt: skip
         return Response(StreamOutput(services.stream_update(actor=self.actor, stream=stream, **changes)).data)
 
     @extend_schema(responses={204: None})
@@ -97,6 +164,86 @@ class StreamDetailApi(ScopedApi):
         self.scope.require_admin(stream.tenant)
         services.stream_delete(actor=self.actor, stream=stream)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class StreamSchemaOutput(serializers.Serializer):
+    id = serializers.IntegerField(source="schema_id", help_text="The registry's id (in every record's wire format).")
+    version = serializers.IntegerField(help_text="The version under the subject (1, 2, ...).")
+    type = serializers.ChoiceField(registry.SCHEMA_TYPES, source="schema_type")
+    schema = serializers.CharField(source="schema_str", help_text="The schema's text.")
+    subject = serializers.CharField(help_text="The stream's value subject, '<topic>-value'.")
+
+
+MAX_SCHEMA_CHARS = 65_536
+
+
+class StreamSchemaInput(StrictSerializer):
+    schema_type = serializers.ChoiceField(registry.SCHEMA_TYPES, help_text="JSON (JSON Schema) or AVRO.")
+    schema = NulFreeCharField(
+        max_length=MAX_SCHEMA_CHARS,
+        help_text="The schema's text. JSON: a JSON Schema object with `properties` or `$schema` (the registry "
+        "recognises JSON Schema by them); AVRO: an Avro schema.",
+    )
+
+
+def _schema_text(format_name: str, what: str) -> Any:
+    @extend_schema_field({"type": "string", "format": format_name, "maxLength": MAX_SCHEMA_CHARS, "description": what})
+    class SchemaText(NulFreeCharField):
+        pass
+
+    return SchemaText(max_length=MAX_SCHEMA_CHARS)
+
+
+class JsonSchemaInput(StrictSerializer):
+    schema_type = serializers.ChoiceField([registry.JSON])
+    schema = _schema_text("json-schema", "A JSON Schema object with `properties` or `$schema` (the registry "
+                          "recognises JSON Schema by them).")  # fmt: skip
+
+
+class AvroSchemaInput(StrictSerializer):
+    schema_type = serializers.ChoiceField([registry.AVRO])
+    schema = _schema_text("avro-schema", "An Avro schema.")
+
+
+# What StreamSchemaInput accepts, as the spec says it: the text is a schema of the type named
+# (checked here before the registry is asked).
+SCHEMA_REQUEST = PolymorphicProxySerializer(
+    component_name="StreamSchemaRequest", serializers=[JsonSchemaInput, AvroSchemaInput],
+    resource_type_field_name=None,
+)  # fmt: skip
+
+
+class StreamSchemaApi(ScopedApi):
+    """The schema of a stream's records: the latest version under its value subject."""
+
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"get": (503,), "post": (503,)}
+
+    @extend_schema(responses=StreamSchemaOutput,
+                   description="The latest version (404 `schema_not_found` while there is none).")  # fmt: skip
+    def get(self, request: Request, tenant: str, pk: int) -> Response:
+        stream = tenant_stream(self, pk)
+        subject = registry.value_subject(stream.topic)
+        latest = registry.schema_latest(subject=subject)
+        if latest is None:
+            raise NotFound(f"No schema is registered for stream {pk} (subject '{subject}').", code="schema_not_found")
+        return Response(StreamSchemaOutput(latest).data)
+
+    @extend_schema(
+        request=SCHEMA_REQUEST,
+        responses={201: OpenApiResponse(StreamSchemaOutput, description="A new version."),
+                   200: OpenApiResponse(StreamSchemaOutput, description="The subject holds this schema already.")},
+        description="Registers a new version under the stream's value subject. The registry's compatibility "
+        "rule (BACKWARD) may refuse it: 409, its reason at /schema (`incompatible_schema`).",
+    )  # fmt: skip
+    def post(self, request: Request, tenant: str, pk: int) -> Response:
+        stream = tenant_stream(self, pk)
+        self.scope.require_admin(stream.tenant)
+        data = self.parse(StreamSchemaInput)
+        registered, created = services.stream_schema_register(
+            actor=self.actor, stream=stream, schema_type=data["schema_type"], schema=data["schema"]
+        )
+        return Response(StreamSchemaOutput(registered).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)  # fmt: skip
 
 
 # -- device groups ----------------------------------------------------------------------
@@ -115,19 +262,21 @@ class GroupOutput(serializers.ModelSerializer):
 
 
 class GroupInput(StrictSerializer):
-    slug = serializers.CharField(max_length=40)
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    region = serializers.CharField(max_length=40)
-    device_type = serializers.CharField(max_length=40)
-    stream = serializers.IntegerField()
-    schema_subject = serializers.CharField(
-        max_length=255, required=False, help_text="Registry subject in this tenant; default: '<stream topic>-value'."
-    )
+    slug = slug_field()
+    name = NulFreeCharField(max_length=200, required=False, allow_blank=True)
+    region = slug_field()
+    device_type = slug_field()
+    stream = serializers.IntegerField(min_value=1, max_value=MAX_ID, help_text="A stream of this tenant (404 if none).")
+    schema_subject = NulFreeCharField(
+        max_length=255, required=False,
+        help_text="Registry subject in this tenant's namespace (403 foreign_subject otherwise); "
+        "default: '<stream topic>-value'.",
+    )  # fmt: skip
     credential_policy = serializers.ChoiceField(DeviceGroup.CredentialPolicy.choices, required=False)
     cert_lifetime_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
     cert_key_type = serializers.ChoiceField(DeviceGroup.KeyType.choices, required=False)
-    cert_renewal_window_days = serializers.IntegerField(min_value=1, required=False)
-    rate_limit_per_second = serializers.IntegerField(min_value=1, required=False)
+    cert_renewal_window_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+    rate_limit_per_second = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
     kafka_direct = serializers.BooleanField(
         required=False, help_text="Its credentials may also produce to Kafka directly (one ACL each); default false."
     )
@@ -150,7 +299,8 @@ class GroupListApi(ScopedApi):
 
 class GroupDetailApi(ScopedApi):
     def get_group(self, slug: str) -> DeviceGroup:
-        group = DeviceGroup.objects.filter(tenant=self.tenant, slug=slug).select_related("tenant", "stream").first()
+        tenant = self.tenant
+        group = DeviceGroup.objects.filter(tenant=tenant, slug=slug).select_related("tenant", "stream").first()
         if group is None:
             raise NotFound(f"No device group '{slug}'.")
         return group
@@ -195,8 +345,8 @@ class LabelValue(serializers.CharField):
 
 
 class DeviceInput(StrictSerializer):
-    device_id = serializers.CharField(max_length=128)
-    group = serializers.CharField(max_length=40)
+    device_id = device_id_field()
+    group = slug_field(help_text="A device group of this tenant, by slug (404 if none).")
     status = serializers.ChoiceField(Device.Status.choices, required=False)
     labels = serializers.DictField(child=LabelValue(max_length=256, allow_blank=True), required=False)
 
@@ -215,11 +365,18 @@ class DeviceFilter(django_filters.FilterSet):
         fields = ("group", "status", "device_id_prefix")
 
 
+DEVICE_PARAMETERS = [
+    OpenApiParameter("group", str, description="Devices of this group (slug)."),
+    OpenApiParameter("status", str, enum=Device.Status.values),
+    OpenApiParameter("device_id_prefix", str, description="Devices whose id starts with this."),
+]
+
+
 class DeviceListApi(ScopedApi):
-    @extend_schema(responses=DeviceOutput(many=True))
+    @extend_schema(parameters=DEVICE_PARAMETERS, responses=DeviceOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
         devices = Device.objects.filter(tenant=self.tenant).select_related("group")
-        return self.page(self.filtered(DeviceFilter, devices, request), DeviceOutput)
+        return self.page(self.filtered(DeviceFilter, devices), DeviceOutput)
 
     @extend_schema(request=DeviceInput, responses={201: DeviceOutput})
     def post(self, request: Request, tenant: str) -> Response:
@@ -281,8 +438,75 @@ class CsvParser(BaseParser):
         return rows
 
 
+class DeviceRow(StrictSerializer):
+    """One device of a bulk import (the same fields as creating one)."""
+
+    device_id = device_id_field()
+    group = slug_field(help_text="A device group of this tenant, by slug (404 if none).")
+    status = serializers.ChoiceField(Device.Status.choices, required=False)
+    labels = serializers.DictField(child=LabelValue(max_length=256, allow_blank=True), required=False)
+
+
+class BulkImportInput(StrictSerializer):
+    devices = DeviceRow(many=True, allow_empty=False, min_length=1,
+                        help_text=f"At most {settings.SLUICE_BULK_IMPORT_MAX_ROWS} (413 beyond).")  # fmt: skip
+
+
+class BulkImportOutput(serializers.Serializer):
+    created = serializers.IntegerField(help_text="Devices created (all of the request's, or none).")
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    """The rows of a JSON import, each checked like a single device (types included): every
+    problem is reported at /rows/<index>/<field>, the pointers the service uses."""
+    if isinstance(data, dict) and set(data) - {"devices"}:
+        unknown = sorted(set(data) - {"devices"})
+        raise InvalidInput('The JSON body is {"devices": [...]}; unknown keys: ' + json.dumps(unknown),
+                           fields=[{"pointer": f"/{key}", "code": "unknown_field", "message": "Unknown field."}
+                                   for key in unknown])  # fmt: skip
+    rows = data.get("devices") if isinstance(data, dict) else data
+    if not isinstance(data, dict | list) or not isinstance(rows, list):
+        must = {"pointer": "/devices", "code": "invalid", "message": "Must be an array."}
+        raise InvalidInput('Send {"devices": [...]} as JSON or a CSV with a header row.', fields=[must])
+    limit = settings.SLUICE_BULK_IMPORT_MAX_ROWS
+    if len(rows) > limit:
+        raise PayloadTooLarge(f"A bulk import takes at most {limit} devices; this one has {len(rows)}.")
+    if not rows:
+        raise InvalidInput("The import has no rows.", fields=[{"pointer": "/devices", "code": "empty",
+                                                                 "message": "At least one device."}])  # fmt: skip
+    errors: list[dict[str, str]] = []
+    for index, row in enumerate(rows):
+        errors += _row_shape_errors(row, f"/rows/{index}")
+    if errors:
+        bad_rows = len({e["pointer"].split("/")[2] for e in errors})
+        raise InvalidInput(f"{bad_rows} row(s) are invalid; nothing was imported.", fields=errors)
+    return rows
+
+
+ROW_RULES = {"device_id": device_id_rule, "group": slug_rule}
+
+
+def _row_shape_errors(row: Any, pointer: str) -> list[dict[str, str]]:
+    """What the service's own row checks cannot see: a row that is not an object, a value
+    of another JSON type than a string (the service would turn 12 into "12"), and a name the
+    model's "$"-anchored rules let through with a final newline.  Everything else (the
+    rules, unknown fields, groups, duplicates) the service reports, every row at once."""
+    if not isinstance(row, dict):
+        return [{"pointer": pointer, "code": "invalid", "message": "Each row must be an object."}]
+    errors = []
+    for name in ("device_id", "group", "status"):
+        value = row.get(name)
+        if name in row and not isinstance(value, str):
+            errors.append({"pointer": f"{pointer}/{name}", "code": "invalid", "message": "Must be a string."})
+        elif isinstance(value, str) and name in ROW_RULES and "\n" in value:
+            rule = ROW_RULES[name]
+            errors.append({"pointer": f"{pointer}/{name}", "code": str(rule.code), "message": str(rule.message)})
+    return errors
+
+
 class DeviceBulkImportApi(ScopedApi):
     parser_classes = (JSONParser, CsvParser)
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"post": (413,)}
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -292,18 +516,22 @@ class DeviceBulkImportApi(ScopedApi):
                 f"The import body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}."
             )
 
-    @extend_schema(request={"application/json": dict, "text/csv": str}, responses={201: dict})
+    @extend_schema(
+        request={"application/json": BulkImportInput,
+                 "text/csv": {"type": "string", "format": "sluice-devices-csv"}},
+        responses={201: BulkImportOutput},
+        description=f"All or nothing: up to {settings.SLUICE_BULK_IMPORT_MAX_ROWS} devices as "
+        '{"devices": [...]} or a CSV (header row device_id,group[,status][,label:<key>...]). '
+        "Every bad row is reported at /rows/<index>/<field>; more rows than the limit is 413.",
+    )  # fmt: skip
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
         data = request.data
-        if not data and request.content_type.startswith(CsvParser.media_type):
-            raise InvalidInput("The CSV has no header row.")
-        rows = data.get("devices") if isinstance(data, dict) else data
-        if isinstance(data, dict) and set(data) - {"devices"}:
-            raise InvalidInput(
-                'The JSON body is {"devices": [...]}; unknown keys: ' + json.dumps(sorted(set(data) - {"devices"}))
-            )
-        if not isinstance(rows, list):
+        if request.content_type.startswith(CsvParser.media_type):
+            if not data:
+                raise InvalidInput("The CSV has no header row.")
+        elif not isinstance(data, dict):
             raise InvalidInput('Send {"devices": [...]} as JSON or a CSV with a header row.')
+        rows = _rows(data)
         created = services.device_bulk_import(actor=self.actor, tenant=target, rows=rows)
         return Response({"created": len(created)}, status=status.HTTP_201_CREATED)

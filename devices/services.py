@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Sum
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
@@ -29,6 +29,10 @@ GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "c
 DEVICE_MUTABLE = ("group", "status", "labels")
 DLQ_PARTITIONS = 3
 DLQ_RETENTION_MS = 168 * 3_600_000
+# One stream's partitions, whatever the tenant's total allows: more spreads a topic's
+# records thinner than any consumer group of an IoT fleet can use, and each partition
+# costs every broker replica file handles and memory.
+MAX_STREAM_PARTITIONS = 1_000
 
 
 def _duplicate(pointer: str, what: str) -> InvalidInput:
@@ -66,12 +70,38 @@ def dlq_spec(tenant: Tenant) -> topics.TopicSpec:
     return topics.TopicSpec(tenant.dlq_topic, DLQ_PARTITIONS, rf, config)
 
 
+def _check_stream_quota(tenant: Tenant, *, stream: Stream, adding_stream: bool) -> None:
+    """The tenant's stream and partition limits, counted with ``stream`` as it is about to
+    be saved.  Call inside the writing transaction: like ``_check_quota``, the tenant row lock
+    (PostgreSQL) or the IMMEDIATE transaction (SQLite) makes concurrent writes count one
+    after the other, so two requests can never both take the last slot.  The limits are
+    re-read under that lock, so an operator's change applies to the next write."""
+    if stream.partitions > MAX_STREAM_PARTITIONS:
+        message = f"A stream may have at most {MAX_STREAM_PARTITIONS} partitions."
+        raise InvalidInput(message, fields=[{"pointer": "/partitions", "code": "max_value", "message": message}])
+    locked = Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+    limits = locked if locked is not None else tenant
+    others = Stream.objects.filter(tenant=tenant).exclude(pk=stream.pk)
+    if adding_stream:
+        count = others.count()
+        if count + 1 > limits.max_streams:
+            message = (f"Tenant '{tenant.slug}' may have {limits.max_streams} streams (max_streams); "
+                       f"it has {count}.")  # fmt: skip
+            raise QuotaExceeded(message, fields=[{"pointer": "/", "code": "max_streams", "message": message}])
+    used = others.aggregate(total=Sum("partitions"))["total"] or 0
+    if used + stream.partitions > limits.max_partitions:
+        message = (f"Tenant '{tenant.slug}' may have {limits.max_partitions} partitions in total (max_partitions); "
+                   f"its other streams have {used} and this one would have {stream.partitions}.")  # fmt: skip
+        raise QuotaExceeded(message, fields=[{"pointer": "/partitions", "code": "max_partitions", "message": message}])
+
+
 def stream_create(*, actor: Actor, tenant: Tenant, **values: Any) -> Stream:
     from devices.tasks import stream_provision_task
 
     stream = Stream(tenant=tenant, **values)
     validate_model(stream)
     with transaction.atomic():
+        _check_stream_quota(tenant, stream=stream, adding_stream=True)
         stream.save()
         audit_record(actor=actor, tenant=tenant, action="stream.create", obj=stream, after=snapshot(stream))
         transaction.on_commit(lambda: stream_provision_task.delay(stream.pk))
@@ -96,6 +126,8 @@ def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
     _apply(stream, changes, STREAM_MUTABLE, "stream")
     validate_model(stream)
     with transaction.atomic():
+        if "partitions" in changes:
+            _check_stream_quota(stream.tenant, stream=stream, adding_stream=False)
         stream.status = Stream.Status.PENDING
         stream.save()
         audit_record(actor=actor, tenant=stream.tenant, action="stream.update", obj=stream, before=before,
@@ -199,6 +231,35 @@ def stream_with_schema_create(
                      object_id=str(schema_id), object_repr=subject,
                      after={"subject": subject, "schema_id": schema_id, "schema_type": schema_type})  # fmt: skip
     return stream, subject, schema_id
+
+
+def stream_schema_register(
+    *, actor: Actor, stream: Stream, schema_type: str, schema: str
+) -> tuple[registry.RegisteredVersion, bool]:
+    """Register ``schema`` as the next version of the stream's value subject (``<topic>-value``)
+    and return it, with True when it is new.  The text is checked here first, so a typo never
+    reaches the registry; the subject's compatibility rule decides the rest (``Conflict`` with
+    the registry's reason at ``/schema``).  A schema the subject already holds is not
+    registered again: its version is returned, with False, and nothing is audited."""
+    registry.schema_check(schema_str=schema, schema_type=schema_type)
+    subject = registry.value_subject(stream.topic)
+    latest = registry.schema_latest(subject=subject)
+    if latest is not None and latest.schema_type != schema_type:
+        message = f"The stream's schemas are {latest.schema_type}; a new version keeps that type."
+        raise Conflict(message, fields=[{"pointer": "/schema_type", "code": "type_mismatch", "message": message}])
+    existing = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
+    if existing is not None:
+        return existing, False
+    schema_id = registry.schema_register(subject=subject, schema_str=schema, schema_type=schema_type)
+    registered = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
+    if registered is None:  # registered, then gone (deleted meanwhile): report what we know
+        registered = registry.RegisteredVersion(subject, schema_id, 0, schema_type, schema)
+    with transaction.atomic():
+        audit_record(actor=actor, tenant=stream.tenant, action="schema.register", object_type="schema",
+                     object_id=str(schema_id), object_repr=subject,
+                     after={"subject": subject, "schema_id": schema_id, "version": registered.version,
+                            "schema_type": schema_type, "stream": stream.pk})  # fmt: skip
+    return registered, True
 
 
 # -- device groups ----------------------------------------------------------------------

@@ -152,6 +152,55 @@ def schema_register(*, subject: str, schema_str: str, schema_type: str) -> int:
         raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
 
 
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of a subject as the registry holds it (for the REST API, not ingest)."""
+
+    subject: str
+    schema_id: int
+    version: int
+    schema_type: str
+    schema_str: str
+
+
+def _version(subject: str, registered: Any) -> RegisteredVersion:
+    schema = registered.schema
+    return RegisteredVersion(subject, int(registered.schema_id), int(registered.version or 0),
+                             schema.schema_type or AVRO, schema.schema_str)  # fmt: skip
+
+
+def _read_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
+    return RegistryUnavailable(
+        _sentence(f"The schema registry refused to read subject '{subject}': {exc.error_message or exc}")
+    )
+
+
+def schema_latest(*, subject: str) -> RegisteredVersion | None:
+    """The latest version under ``subject``, read from the registry now (no cache), or None
+    when the subject has none.  Raises ``RegistryUnavailable`` when the registry cannot say."""
+    try:
+        return _version(subject, registry_client().get_latest_version(subject))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            return None
+        raise _read_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+
+
+def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> RegisteredVersion | None:
+    """The version of ``subject`` that holds exactly this schema, or None (also when the
+    registry cannot read it as the subject's type: then the subject cannot hold it)."""
+    try:
+        return _version(subject, registry_client().lookup_schema(subject, Schema(schema_str, schema_type)))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY):
+            return None
+        raise _read_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+
+
 def _registry_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     reason = exc.error_message or "no reason given"
     if exc.http_status_code == status.HTTP_409_CONFLICT:

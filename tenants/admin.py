@@ -25,8 +25,8 @@ admin.site.site_title = "Sluice console"
 admin.site.index_title = "Tenants, devices and Kafka streams"
 admin.site.site_url = None  # no public site behind the console; hide "View site"
 
-QUOTA_FIELDS = ("max_devices", "max_records_per_second", "max_bytes_per_second", "kafka_producer_byte_rate",
-                "kafka_request_percentage")  # fmt: skip
+QUOTA_FIELDS = ("max_devices", "max_streams", "max_partitions", "max_records_per_second", "max_bytes_per_second",
+                "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip
 OPERATOR_ONLY_FIELDS = ("status", *QUOTA_FIELDS, "topic_deletion_policy")
 STATUS_COLOURS = {"active": "#2e7d32", "provisioned": "#2e7d32", "pending": "#b26a00", "suspended": "#b26a00",
                   "failed": "#c62828", "disabled": "#616161"}  # fmt: skip
@@ -48,7 +48,8 @@ class TenantAdmin(TenantScopedAdmin):
     operator_only_add = True
     operator_only_delete = True
     immutable_fields = ("slug",)
-    list_display = ("slug", "name", "status_display", "device_count", "stream_count", "max_devices", "created_at")
+    list_display = ("slug", "name", "status_display", "device_count", "stream_count", "max_devices", "max_streams",
+                    "max_partitions", "created_at")  # fmt: skip
     list_display_links = ("slug", "name")
     list_filter = ("status", "topic_deletion_policy")
     search_fields = ("slug", "name")

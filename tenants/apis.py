@@ -3,22 +3,28 @@ selector, and render; scoping and errors are handled by the shared base and hand
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import django_filters
+from confluent_kafka import KafkaException
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.errors import InvalidInput, PermissionDenied
+from config.errors import PermissionDenied, ServiceUnavailable
 from tenants import services
-from tenants.api_base import ScopedApi, StrictSerializer
+from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
-OPERATOR_ONLY_FIELDS = {"max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy",
-                        "kafka_producer_byte_rate", "kafka_request_percentage"}  # fmt: skip
+OPERATOR_ONLY_FIELDS = {"max_devices", "max_streams", "max_partitions", "max_records_per_second",
+                        "max_bytes_per_second", "topic_deletion_policy", "kafka_producer_byte_rate",
+                        "kafka_request_percentage"}  # fmt: skip
+# Upper bounds of the operator-set limits: far above any real tenant, well inside the
+# database's integer range.
+MAX_QUOTA = 2**31 - 1
 
 
 class TenantOutput(serializers.ModelSerializer):
@@ -27,21 +33,28 @@ class TenantOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Tenant
-        fields = ("slug", "name", "status", "max_devices", "max_records_per_second", "max_bytes_per_second",
-                  "topic_deletion_policy", "kafka_producer_byte_rate", "kafka_request_percentage", "topic_prefix",
-                  "dlq_topic", "created_at", "updated_at")  # fmt: skip
+        fields = ("slug", "name", "status", "max_devices", "max_streams", "max_partitions", "max_records_per_second",
+                  "max_bytes_per_second", "topic_deletion_policy", "kafka_producer_byte_rate",
+                  "kafka_request_percentage", "topic_prefix", "dlq_topic", "created_at", "updated_at")  # fmt: skip
+
+
+def _quota(help_text: str) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=MAX_QUOTA, required=False, help_text=help_text)
 
 
 class TenantInput(StrictSerializer):
-    slug = serializers.CharField(max_length=40)
-    name = serializers.CharField(max_length=200)
-    max_devices = serializers.IntegerField(min_value=1, required=False)
-    max_records_per_second = serializers.IntegerField(min_value=1, required=False)
-    max_bytes_per_second = serializers.IntegerField(min_value=1, required=False)
+    slug = slug_field(help_text="Used in Kafka topic names and principals; cannot be changed.")
+    name = NulFreeCharField(max_length=200)
+    max_devices = _quota("Devices the tenant may have (operators only).")
+    max_streams = _quota("Streams (Kafka topics) the tenant may have (operators only; default 50).")
+    max_partitions = _quota("Partitions all the tenant's streams may have together (operators only; default 1000).")
+    max_records_per_second = _quota("Ingest records per second, whole tenant (operators only).")
+    max_bytes_per_second = _quota("Ingest bytes per second, whole tenant (operators only).")
     topic_deletion_policy = serializers.ChoiceField(Tenant.TopicPolicy.choices, required=False)
     kafka_producer_byte_rate = serializers.IntegerField(
-        min_value=1024, required=False, help_text="Bytes/s each Kafka-direct credential may produce (broker quota)."
-    )
+        min_value=1024, max_value=MAX_QUOTA, required=False,
+        help_text="Bytes/s each Kafka-direct credential may produce (broker quota; operators only).",
+    )  # fmt: skip
     kafka_request_percentage = serializers.FloatField(
         min_value=0.1, max_value=1000.0, required=False,
         help_text="Percent of a broker thread each Kafka-direct credential may use (broker quota).",
@@ -57,11 +70,17 @@ class TenantListApi(ScopedApi):
     def get(self, request: Request) -> Response:
         return self.page(self.scope.tenants(), TenantOutput)
 
-    @extend_schema(request=TenantInput, responses={201: TenantOutput})
+    @extend_schema(request=TenantInput, responses={201: TenantOutput}, description="Operators only.")
     def post(self, request: Request) -> Response:
         self.scope.require_operator()
         tenant = services.tenant_create(actor=self.actor, **self.parse(TenantInput))
         return Response(TenantOutput(tenant).data, status=status.HTTP_201_CREATED)
+
+
+CONFIRM = OpenApiParameter(
+    "confirm", str, OpenApiParameter.QUERY, required=True, pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$",
+    description="The tenant's slug, typed again; any other value is refused with 409 `conflict`.",
+)  # fmt: skip
 
 
 class TenantDetailApi(ScopedApi):
@@ -69,7 +88,11 @@ class TenantDetailApi(ScopedApi):
     def get(self, request: Request, tenant: str) -> Response:
         return Response(TenantOutput(self.tenant).data)
 
-    @extend_schema(request=TenantUpdateInput, responses=TenantOutput)
+    @extend_schema(
+        request=TenantUpdateInput,
+        responses=TenantOutput,
+        description="Tenant admins change the name; the limits and the topic policy are operators'.",
+    )
     def patch(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
         changes = self.parse(TenantUpdateInput, partial=True)
@@ -77,19 +100,21 @@ class TenantDetailApi(ScopedApi):
             self.scope.require_operator()
         return Response(TenantOutput(services.tenant_update(actor=self.actor, tenant=target, **changes)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(parameters=[CONFIRM], responses={204: None}, description="Operators only.")
     def delete(self, request: Request, tenant: str) -> Response:
         target = self.tenant
         self.scope.require_operator()
-        confirm = request.query_params.get("confirm") or (request.data or {}).get("confirm", "")
-        services.tenant_delete(actor=self.actor, tenant=target, confirm=str(confirm))
+        if "confirm" not in request.query_params:
+            detail = serializers.ErrorDetail(f"Confirm with the tenant's slug: ?confirm={target.slug}", code="required")
+            raise serializers.ValidationError({"confirm": [detail]})
+        services.tenant_delete(actor=self.actor, tenant=target, confirm=request.query_params["confirm"])
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class TenantSuspendApi(ScopedApi):
     new_status = Tenant.Status.SUSPENDED
 
-    @extend_schema(request=None, responses=TenantOutput)
+    @extend_schema(request=None, responses=TenantOutput, description="Operators only.")
     def post(self, request: Request, tenant: str) -> Response:
         target = self.tenant
         self.scope.require_operator()
@@ -111,7 +136,7 @@ class MembershipOutput(serializers.ModelSerializer):
 
 
 class MembershipInput(StrictSerializer):
-    username = serializers.CharField(max_length=150)
+    username = NulFreeCharField(max_length=150)
     role = serializers.ChoiceField(Membership.Role.choices)
 
 
@@ -120,7 +145,8 @@ class MembershipListApi(ScopedApi):
     def get(self, request: Request, tenant: str) -> Response:
         return self.page(self.tenant.memberships.select_related("user").order_by("user__username"), MembershipOutput)
 
-    @extend_schema(request=MembershipInput, responses={201: MembershipOutput})
+    @extend_schema(request=MembershipInput, responses={201: MembershipOutput},
+                   description="Gives an account a role in the tenant (or changes it).")  # fmt: skip
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
         membership = services.membership_set(actor=self.actor, tenant=target, **self.parse(MembershipInput))
@@ -130,6 +156,8 @@ class MembershipListApi(ScopedApi):
 class AuditOutput(serializers.ModelSerializer):
     tenant = serializers.CharField(source="tenant_slug")
     actor = serializers.CharField(source="actor_label")
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
 
     class Meta:
         model = AuditEvent
@@ -147,23 +175,56 @@ class AuditFilter(django_filters.FilterSet):
         fields = ("action", "object_type", "since")
 
 
+AUDIT_PARAMETERS = [
+    OpenApiParameter("action", str, description="e.g. device.create"),
+    OpenApiParameter("object_type", str, description="e.g. devices.device"),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, description="Events at or after this time (ISO 8601)."),
+]
+
+
 class AuditListApi(ScopedApi):
-    @extend_schema(responses=AuditOutput(many=True))
+    @extend_schema(parameters=AUDIT_PARAMETERS, responses=AuditOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
         events = AuditEvent.objects.filter(tenant_slug=self.tenant.slug, tenant=self.tenant)
-        return self.page(self.filtered(AuditFilter, events, request), AuditOutput)
+        return self.page(self.filtered(AuditFilter, events), AuditOutput)
+
+
+class DriftOutput(serializers.Serializer):
+    drift = serializers.ListField(child=serializers.CharField())
+    fixed = serializers.ListField(child=serializers.CharField())
+    unmanaged = serializers.ListField(child=serializers.CharField())
+
+
+FIX = OpenApiParameter("fix", bool, description="Repair the drift found (default true).")
 
 
 class ReconcileApi(ScopedApi):
-    @extend_schema(request=None, responses={200: dict})
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"post": (503,)}
+
+    @extend_schema(request=None, parameters=[FIX], responses=DriftOutput,
+                   description="Compares the tenant's topics with Kafka (operators only).")  # fmt: skip
     def post(self, request: Request, tenant: str) -> Response:
         from devices.services import topics_reconcile
 
         target = self.tenant
         self.scope.require_operator()
-        fix = request.query_params.get("fix", "true").lower() not in ("0", "false", "no")
-        report = topics_reconcile(tenant=target, fix=fix)
+        fix = _boolean(request, "fix", default=True)
+        try:
+            report = topics_reconcile(tenant=target, fix=fix)
+        except KafkaException as exc:
+            raise ServiceUnavailable(f"Kafka did not answer ({exc}); try again shortly.",
+                                     code="kafka_unavailable") from None  # fmt: skip
         return Response({"drift": report.drift, "fixed": report.fixed, "unmanaged": report.unmanaged})
+
+
+def _boolean(request: Request, name: str, *, default: bool) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        detail = serializers.ErrorDetail("Must be true or false.", code="invalid")
+        raise serializers.ValidationError({name: [detail]})
+    return raw == "true"
 
 
 class TokenOutput(serializers.ModelSerializer):
@@ -172,8 +233,15 @@ class TokenOutput(serializers.ModelSerializer):
         fields = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
 
 
+class TokenSecretOutput(TokenOutput):
+    token = serializers.CharField(help_text="The secret: shown once, only its hash is stored.")
+
+    class Meta(TokenOutput.Meta):
+        fields = (*TokenOutput.Meta.fields, "token")
+
+
 class TokenInput(StrictSerializer):
-    name = serializers.CharField(max_length=100)
+    name = NulFreeCharField(max_length=100)
 
 
 class TokenListApi(ScopedApi):
@@ -186,11 +254,12 @@ class TokenListApi(ScopedApi):
     def get(self, request: Request) -> Response:
         return self.page(ApiToken.objects.filter(user=request.user).order_by("-created_at"), TokenOutput)
 
-    @extend_schema(request=TokenInput, responses={201: dict})
+    @extend_schema(request=TokenInput, responses={201: TokenSecretOutput},
+                   description="From a logged-in session only: a token cannot mint another (403).")  # fmt: skip
     def post(self, request: Request) -> Response:
         if request.auth is not None:
-            raise InvalidInput("Create API tokens from a logged-in session, not with another token.")
+            raise PermissionDenied("Create API tokens from a logged-in session, not with another token.")
         token, secret = services.api_token_create(actor=self.actor, user=request.user, **self.parse(TokenInput))
         data: dict[str, Any] = dict(TokenOutput(token).data)
         data["token"] = secret  # shown once; only its hash is stored
-        return Response(data, status=status.HTTP_201_CREATED)
+        return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})

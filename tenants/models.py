@@ -36,6 +36,17 @@ class Tenant(models.Model):
     max_devices = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
     max_records_per_second = models.PositiveIntegerField(default=10_000, validators=[MinValueValidator(1)])
     max_bytes_per_second = models.PositiveIntegerField(default=10 * 2**20, validators=[MinValueValidator(1)])
+    # What one tenant may ask of the shared Kafka cluster: every partition costs the brokers
+    # file handles, memory and controller metadata, so both are capped (devices.services
+    # checks them inside the writing transaction).  Operators set them; tenant admins cannot.
+    max_streams = models.PositiveIntegerField(
+        default=50, validators=[MinValueValidator(1)], help_text="Streams (Kafka topics) this tenant may have."
+    )
+    max_partitions = models.PositiveIntegerField(
+        default=1_000,
+        validators=[MinValueValidator(1)],
+        help_text="Partitions this tenant's streams may have in total.",
+    )
     topic_deletion_policy = models.CharField(max_length=8, choices=TopicPolicy.choices, default=TopicPolicy.DELETE)
     # Kafka client quotas of each Kafka-direct credential's principal (ingest.quotas): the
     # broker throttles a producer past them.  Operator-set, like the other limits.

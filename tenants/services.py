@@ -17,8 +17,9 @@ from tenants.authentication import TOKEN_PREFIX
 from tenants.models import ApiToken, Membership, RetiredSlug, Tenant, hash_token
 from tenants.rights import rights_changed
 
-TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "topic_deletion_policy",
-                 "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip
+TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "max_streams",
+                 "max_partitions", "topic_deletion_policy", "kafka_producer_byte_rate",
+                 "kafka_request_percentage")  # fmt: skip
 # How long a deleted tenant's slug stays reserved when its topics went with it: longer than
 # any of its credentials could still act somewhere (access tokens live at most 1 h, the
 # broker's and nginx's CRL caches about 30 s), with a wide margin.

@@ -1,10 +1,11 @@
 """/api/v1/ URL map."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from certs import apis as cert_apis
 from devices import apis as device_apis
 from tenants import apis
+from tenants.api_base import NotFoundApi
 from tenants.oauth import apis as oauth_apis
 
 T = "tenants/<slug:tenant>/"
@@ -19,6 +20,7 @@ urlpatterns = [
     path(f"{T}reconcile", apis.ReconcileApi.as_view(), name="tenant-reconcile"),
     path(f"{T}streams/", device_apis.StreamListApi.as_view(), name="stream-list"),
     path(f"{T}streams/<int:pk>/", device_apis.StreamDetailApi.as_view(), name="stream-detail"),
+    path(f"{T}streams/<int:pk>/schema", device_apis.StreamSchemaApi.as_view(), name="stream-schema"),
     path(f"{T}groups/", device_apis.GroupListApi.as_view(), name="group-list"),
     path(f"{T}groups/<slug:group>/", device_apis.GroupDetailApi.as_view(), name="group-detail"),
     path(f"{T}devices/", device_apis.DeviceListApi.as_view(), name="device-list"),
@@ -37,4 +39,6 @@ urlpatterns = [
         name="oauth-client-rotate-secret",
     ),
     path("tokens/", apis.TokenListApi.as_view(), name="token-list"),
+    # Last: any other path is the API's JSON 404, never Django's HTML page.
+    re_path(r"^[\s\S]*$", NotFoundApi.as_view(), name="api-not-found"),
 ]

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFound
 from devices.models import Device, DeviceGroup
-from tenants.api_base import ScopedApi, StrictSerializer
+from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import services
@@ -22,9 +22,10 @@ from tenants.oauth.views import metadata_document
 
 
 class OAuthClientOutput(serializers.ModelSerializer):
-    device = serializers.CharField(source="device.device_id", default=None, read_only=True)
-    group = serializers.CharField(source="effective_group.slug", default=None, read_only=True)
-    kafka_principal = serializers.CharField(default=None, read_only=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL))
+    device = serializers.CharField(source="device.device_id", default=None, read_only=True, allow_null=True)
+    group = serializers.CharField(source="effective_group.slug", default=None, read_only=True, allow_null=True)
+    kafka_principal = serializers.CharField(default=None, read_only=True, allow_null=True)
 
     class Meta:
         model = OAuthClient
@@ -64,11 +65,21 @@ class OAuthClientInput(StrictSerializer):
     """``device`` (a device id) and ``group`` (a group slug) are looked up in the URL's
     tenant only, so another tenant's object reads as one that does not exist."""
 
-    name = serializers.CharField(max_length=100)
+    name = NulFreeCharField(max_length=100)
     kind = serializers.ChoiceField(OAuthClient.Kind.choices)
-    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL), allow_empty=False)
-    device = serializers.CharField(max_length=128, required=False, allow_null=True)
-    group = serializers.CharField(max_length=40, required=False, allow_null=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL), allow_empty=False, min_length=1)
+    device = serializers.CharField(
+        max_length=128,
+        required=False,
+        allow_null=True,
+        trim_whitespace=False,
+        help_text="device clients: the device's id (404 if none in this tenant).",
+    )
+    group = slug_field(
+        required=False,
+        allow_null=True,
+        help_text="gateway clients: the device group's slug (404 if none in this tenant).",
+    )
 
     def _missing(self, what: str) -> serializers.ValidationError:
         return serializers.ValidationError(
@@ -91,6 +102,61 @@ class OAuthClientInput(StrictSerializer):
             raise self._missing("device group")
         return group
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A name a kind does not have is refused even as null: each kind's input is exactly
+        # what the spec's CLIENT_REQUEST says.
+        names = {OAuthClient.Kind.GATEWAY: ("device",), OAuthClient.Kind.SERVICE: ("device", "group")}
+        present = sorted(set(names.get(attrs.get("kind"), ())) & set(self.initial_data))
+        if present:
+            raise serializers.ValidationError({
+                name: [serializers.ErrorDetail(f"A {attrs['kind']} client has no {name}.", code="not_allowed")]
+                for name in present
+            })  # fmt: skip
+        device, group = attrs.get("device"), attrs.get("group")
+        is_device = attrs.get("kind") == OAuthClient.Kind.DEVICE
+        if is_device and device is not None and group is not None and group.pk != device.group_id:
+            message = "A device client always uses its device's group."
+            raise serializers.ValidationError({"group": [serializers.ErrorDetail(message, code="group_mismatch")]})
+        return attrs
+
+
+def _scopes(allowed: frozenset[str]) -> serializers.ListField:
+    return serializers.ListField(child=serializers.ChoiceField(sorted(allowed)), min_length=1)
+
+
+class DeviceClientInput(StrictSerializer):
+    """A client that speaks for one device of a group whose policy allows OAuth2."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["device"])
+    scopes = _scopes(oauth_scopes.DEVICE_SCOPES)
+    device = serializers.CharField(max_length=128, help_text="The device's id (404 if none in this tenant).")
+    group = slug_field(required=False, allow_null=True, help_text="If given, the device's own group (409 if not).")
+
+
+class GatewayClientInput(StrictSerializer):
+    """A client that speaks for a device group (a gateway forwarding many devices)."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["gateway"])
+    scopes = _scopes(oauth_scopes.DEVICE_SCOPES)
+    group = slug_field(help_text="The device group's slug (404 if none in this tenant).")
+
+
+class ServiceClientInput(StrictSerializer):
+    """Automation acting on this tenant through the REST API."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["service"])
+    scopes = _scopes(oauth_scopes.SERVICE_SCOPES)
+
+
+# What OAuthClientInput accepts, as the spec says it: one shape per kind.
+CLIENT_REQUEST = PolymorphicProxySerializer(
+    component_name="OAuthClientRequest", serializers=[DeviceClientInput, GatewayClientInput, ServiceClientInput],
+    resource_type_field_name=None,
+)  # fmt: skip
+
 
 class OAuthClientApiMixin(ScopedApi):
     def get_client(self, client_id: str) -> OAuthClient:
@@ -112,12 +178,10 @@ class OAuthClientListApi(OAuthClientApiMixin):
         )
         return self.page(clients, OAuthClientOutput)
 
-    @extend_schema(request=OAuthClientInput, responses={201: OAuthClientSecretOutput})
+    @extend_schema(request=CLIENT_REQUEST, responses={201: OAuthClientSecretOutput})
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
-        serializer = OAuthClientInput(data=request.data, context={"tenant": target})
-        serializer.is_valid(raise_exception=True)
-        data: dict[str, Any] = dict(serializer.validated_data)
+        data = self.parse(OAuthClientInput, context={"tenant": target})
         client, secret = services.oauth_client_create(actor=self.actor, tenant=target, **data)
         body = OAuthClientSecretOutput(client, context={"secret": secret}).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})

@@ -24,7 +24,7 @@ def test_stream_topic_name_retention_and_defaults(admin_client: APIClient, tenan
     assert enriched.json()["topic"] == "iot.acme.us.humidity.enriched"
     assert enriched.json()["retention_ms"] == 168 * 3_600_000
     duplicate = admin_client.post(f"{BASE}/streams/", {"region": "us", "type": "humidity"}, format="json")
-    assert duplicate.status_code == 400
+    assert (duplicate.status_code, duplicate.json()["error"]["code"]) == (409, "already_exists")
     assert "already exists" in duplicate.json()["error"]["message"]
 
 
@@ -44,7 +44,7 @@ def test_custom_retention_needs_hours(admin_client: APIClient, tenant: Tenant) -
 def test_stream_partitions_only_grow_and_names_are_fixed(admin_client: APIClient, tenant: Tenant) -> None:
     stream = Stream.objects.get(tenant=tenant)
     shrink = admin_client.patch(f"{BASE}/streams/{stream.pk}/", {"partitions": 1}, format="json")
-    assert shrink.status_code == 400
+    assert shrink.status_code == 409  # well formed; the stream's current partitions refuse it
     assert shrink.json()["error"]["fields"][0]["code"] == "partitions_decrease"
     rename = admin_client.patch(f"{BASE}/streams/{stream.pk}/", {"region": "us"}, format="json")
     assert rename.status_code == 400
@@ -69,7 +69,7 @@ def test_group_cannot_target_another_tenants_stream(admin_client: APIClient, ten
     foreign = Stream.objects.get(tenant=other_tenant)
     body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": foreign.pk, "schema_subject": "s"}
     response = admin_client.post(f"{BASE}/groups/", body, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 404  # exactly as for a stream that does not exist
     assert response.json()["error"]["fields"][0] == {
         "pointer": "/stream", "code": "does_not_exist", "message": "No such stream in this tenant."
     }  # fmt: skip
@@ -85,7 +85,7 @@ def test_group_lifecycle(admin_client: APIClient, tenant: Tenant) -> None:
     assert created.json()["kafka_direct"] is False  # Kafka-direct access is opt-in
     assert created.json()["schema_subject"] == f"{stream.topic}-value"  # the stream topic's value subject
     assert admin_client.patch(f"{BASE}/groups/cams/", {"rate_limit_per_second": 50}, format="json").status_code == 200
-    assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 400  # duplicate slug
+    assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 409  # duplicate slug
     admin_client.post(f"{BASE}/devices/", {"device_id": "cam-1", "group": "cams"}, format="json")
     busy = admin_client.delete(f"{BASE}/groups/cams/")
     assert busy.status_code == 409
@@ -100,12 +100,12 @@ def test_a_group_cannot_validate_against_another_tenants_subject(
     stream = Stream.objects.get(tenant=tenant)
     body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk, "schema_subject": subject}
     refused = admin_client.post(f"{BASE}/groups/", body, format="json")
-    assert refused.status_code == 400
+    assert refused.status_code == 403
     assert (refused.json()["error"]["fields"][0]["pointer"], refused.json()["error"]["fields"][0]["code"]) == (
         "/schema_subject", "foreign_subject"
     )  # fmt: skip
     sensors = admin_client.patch(f"{BASE}/groups/sensors/", {"schema_subject": subject}, format="json")
-    assert sensors.status_code == 400
+    assert sensors.status_code == 403
     assert DeviceGroup.objects.get(tenant=tenant, slug="sensors").schema_subject.startswith("iot.acme.")
 
 
@@ -133,7 +133,8 @@ def test_device_crud_and_filters(admin_client: APIClient, tenant: Tenant) -> Non
     ("body", "pointer", "code"),
     [
         ({"device_id": "has space", "group": "sensors"}, "/device_id", "invalid_device_id"),
-        ({"device_id": "d1", "group": "nope"}, "/group", "does_not_exist"),
+        ({"device_id": "d1\n", "group": "sensors"}, "/device_id", "invalid_device_id"),
+        ({"device_id": 1, "group": "sensors"}, "/device_id", "invalid"),
         ({"device_id": "d1", "group": "sensors", "labels": {"a": 1}}, "/labels/a", "invalid"),
         ({"device_id": "d1", "group": "sensors", "owner": "me"}, "/owner", "unknown_field"),
         ({"device_id": "", "group": "sensors"}, "/device_id", "blank"),
@@ -147,10 +148,17 @@ def test_bad_device_input(admin_client: APIClient, tenant: Tenant, body: dict, p
     assert not Device.objects.exists()
 
 
+def test_a_device_in_a_group_that_does_not_exist_is_404_on_group(admin_client: APIClient, tenant: Tenant) -> None:
+    response = admin_client.post(f"{BASE}/devices/", {"device_id": "d1", "group": "nope"}, format="json")
+    assert response.status_code == 404
+    assert [(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]] == [("/group", "does_not_exist")]
+    assert not Device.objects.exists()
+
+
 def test_duplicate_device_id_in_tenant(admin_client: APIClient, tenant: Tenant) -> None:
     admin_client.post(f"{BASE}/devices/", {"device_id": "d1", "group": "sensors"}, format="json")
     again = admin_client.post(f"{BASE}/devices/", {"device_id": "d1", "group": "sensors"}, format="json")
-    assert again.status_code == 400
+    assert again.status_code == 409
     assert again.json()["error"]["fields"][0]["pointer"] == "/device_id"
     assert again.json()["error"]["fields"][0]["code"] == "unique"
     assert Device.objects.count() == 1
@@ -167,7 +175,7 @@ def test_a_duplicate_that_slips_past_the_check_is_still_a_field_error(
     # when the insert hits the database's unique constraint
     again = admin_client.post(f"{BASE}/devices/", {"device_id": "d1", "group": "sensors"}, format="json")
     # then the caller gets the same field error, not a 500, and nothing was added
-    assert again.status_code == 400
+    assert again.status_code == 409
     assert (again.json()["error"]["fields"][0]["pointer"], again.json()["error"]["fields"][0]["code"]) == (
         "/device_id", "unique"
     )  # fmt: skip
@@ -284,3 +292,40 @@ def test_pagination(admin_client: APIClient, tenant: Tenant) -> None:
 def test_acks_all_waits_for_two_replicas_where_there_are_two(tenant: Tenant, replicas: int, min_isr: str) -> None:
     stream = Stream(tenant=tenant, region="eu", type="t", replication_factor=replicas)
     assert stream.topic_config()["min.insync.replicas"] == min_isr
+
+
+@pytest.mark.parametrize("row", [None, 1, "x", [], True])
+def test_a_bulk_row_that_is_not_an_object_is_a_field_error_not_a_500(
+    admin_client: APIClient, tenant: Tenant, row: object
+) -> None:
+    # when a bulk import names a row that is not an object (the review's {"devices": [null]})
+    response = admin_client.post(f"{BASE}/devices/bulk", {"devices": [{"device_id": "ok", "group": "sensors"}, row]},
+                                 format="json")  # fmt: skip
+    # then it is a 400 naming that row, and nothing was imported
+    assert response.status_code == 400, response.content
+    assert [(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]] == [("/rows/1", "invalid")]
+    assert not Device.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "pointer", "code"),
+    [
+        ({"device_id": 12, "group": "sensors"}, "/rows/0/device_id", "invalid"),
+        ({"device_id": "d-1", "group": 7}, "/rows/0/group", "invalid"),
+        ({"device_id": "d-1\n", "group": "sensors"}, "/rows/0/device_id", "invalid_device_id"),
+    ],
+)
+def test_bulk_rows_are_as_strict_as_a_single_device(
+    admin_client: APIClient, tenant: Tenant, row: dict, pointer: str, code: str
+) -> None:
+    response = admin_client.post(f"{BASE}/devices/bulk", {"devices": [row]}, format="json")
+    assert response.status_code == 400
+    assert (pointer, code) in [(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]]
+    assert not Device.objects.exists()
+
+
+@pytest.mark.parametrize("body", [{"devices": "x"}, {"devices": None}, [{"device_id": "d", "group": "sensors"}]])
+def test_a_bulk_body_that_is_not_devices_is_400(admin_client: APIClient, tenant: Tenant, body: object) -> None:
+    response = admin_client.post(f"{BASE}/devices/bulk", body, format="json")
+    assert response.status_code == 400
+    assert not Device.objects.exists()

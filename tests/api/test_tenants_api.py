@@ -60,7 +60,8 @@ def test_slug_rule_is_in_the_message(operator_client: APIClient) -> None:
 
 def test_duplicate_tenant_slug_is_refused(operator_client: APIClient, tenant: Tenant) -> None:
     response = operator_client.post("/api/v1/tenants/", {"slug": tenant.slug, "name": "Again"}, format="json")
-    assert response.status_code == 400
+    # well formed, but the slug is taken: 409, on the field
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "already_exists")
     assert response.json()["error"]["fields"][0]["pointer"] == "/slug"
     assert Tenant.objects.filter(slug=tenant.slug).count() == 1
 
@@ -108,8 +109,11 @@ def test_suspend_and_resume(operator_client: APIClient, tenant: Tenant) -> None:
 
 
 def test_delete_needs_the_slug_as_confirmation(operator_client: APIClient, tenant: Tenant) -> None:
-    refused = operator_client.delete("/api/v1/tenants/acme/")
-    assert refused.status_code == 400
+    # without the confirmation it is malformed; with another slug the tenant's state refuses it
+    missing = operator_client.delete("/api/v1/tenants/acme/")
+    assert (missing.status_code, missing.json()["error"]["fields"][0]["code"]) == (400, "required")
+    refused = operator_client.delete("/api/v1/tenants/acme/?confirm=globex")
+    assert refused.status_code == 409
     assert refused.json()["error"]["fields"][0]["code"] == "confirmation_mismatch"
     assert Tenant.objects.filter(slug="acme").exists()
     assert operator_client.delete("/api/v1/tenants/acme/?confirm=acme").status_code == 204
@@ -195,7 +199,7 @@ def test_members_are_managed_by_the_tenant_admin(admin_client: APIClient, tenant
     names = {m["username"]: m["role"] for m in admin_client.get("/api/v1/tenants/acme/members/").json()["results"]}
     assert names == {"acme-admin": "admin", "newcomer": "viewer"}
     unknown = admin_client.post("/api/v1/tenants/acme/members/", {"username": "ghost", "role": "viewer"}, format="json")
-    assert unknown.status_code == 400
+    assert unknown.status_code == 404
     assert unknown.json()["error"]["fields"][0]["pointer"] == "/username"
 
 
@@ -249,7 +253,7 @@ def test_members_roles_and_no_probing_for_foreign_accounts(
     foreign = admin_client.post(members, {"username": "globex-user", "role": "viewer"}, format="json")
     missing = admin_client.post(members, {"username": "nobody-at-all", "role": "viewer"}, format="json")
     # then both get the same answer (existence elsewhere is not revealed) and nothing changes
-    assert foreign.status_code == missing.status_code == 400
+    assert foreign.status_code == missing.status_code == 404
     answer = foreign.content.decode().replace("globex-user", "?")
     assert answer == missing.content.decode().replace("nobody-at-all", "?")
     assert foreign.json()["error"]["fields"][0]["code"] == "unknown_user"

@@ -214,12 +214,12 @@ def test_oauth_only_groups_and_disabled_devices_get_no_certificate(operator_clie
     Device.objects.filter(device_id="dev-1").update(status="disabled")
     disabled = operator_client.post("/api/v1/tenants/acme/devices/dev-1/certificates/",
                                     {"csr": csr_for(ca.generate_key())}, format="json")  # fmt: skip
-    assert disabled.status_code == 400
+    assert (disabled.status_code, disabled.json()["error"]["code"]) == (409, "device_disabled")  # the state refuses
     Device.objects.filter(device_id="dev-1").update(status="active")
     operator_client.patch("/api/v1/tenants/acme/groups/sensors/", {"credential_policy": "oauth2"}, format="json")
     oauth = operator_client.post("/api/v1/tenants/acme/devices/dev-1/certificates/",
                                  {"csr": csr_for(ca.generate_key())}, format="json")  # fmt: skip
-    assert oauth.status_code == 400
+    assert oauth.status_code == 409
     assert oauth.json()["error"]["fields"][0]["code"] == "credential_policy"
 
 
@@ -249,7 +249,7 @@ def test_bulk_issuance_is_all_or_nothing(operator_client: APIClient, acme: Tenan
         {"device_id": "dev-1", "csr": "junk"},
     ]
     response = operator_client.post("/api/v1/tenants/acme/certificates/bulk", {"items": items}, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 409  # well formed; what exists (and repeats) refuses it
     found = {(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]}
     assert found == {("/items/1/device_id", "does_not_exist"), ("/items/2/device_id", "duplicate"),
                      ("/items/3/device_id", "duplicate")}  # fmt: skip

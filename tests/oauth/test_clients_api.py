@@ -18,8 +18,10 @@ pytestmark = pytest.mark.django_db
 URL = "/api/v1/tenants/acme/oauth-clients/"
 
 
-def field_codes(response: object) -> set[tuple[str, str]]:
-    assert response.status_code == 400, response.json()  # type: ignore[attr-defined]
+def field_codes(response: object, status: int = 400) -> set[tuple[str, str]]:
+    """The field errors of a refusal: 400 for a malformed request; 404 (a name that does not
+    exist in the tenant) and 409 (a state that refuses it) for a well-formed one."""
+    assert response.status_code == status, response.json()  # type: ignore[attr-defined]
     return {(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]}  # type: ignore[attr-defined]
 
 
@@ -93,7 +95,8 @@ def test_gateway_and_service_clients(admin_client: APIClient, oauth_group: Devic
 def test_bad_input_is_a_field_error(
     admin_client: APIClient, device: Device, body: dict, expected: tuple[str, str]
 ) -> None:
-    assert expected in field_codes(admin_client.post(URL, body, format="json"))
+    status = 404 if expected[1] == "does_not_exist" else 400  # a name that does not exist is not malformed
+    assert expected in field_codes(admin_client.post(URL, body, format="json"), status)
     assert not OAuthClient.objects.exists()
 
 
@@ -106,8 +109,8 @@ def test_mtls_only_groups_get_no_oauth_clients(admin_client: APIClient, tenant: 
     device = admin_client.post(
         URL, {"name": "d", "kind": "device", "scopes": ["ingest:write"], "device": "cert-only"}, format="json"
     )
-    assert ("/group", "credential_policy") in field_codes(gateway)
-    assert ("/device", "credential_policy") in field_codes(device)
+    assert ("/group", "credential_policy") in field_codes(gateway, 409)
+    assert ("/device", "credential_policy") in field_codes(device, 409)
 
 
 def test_disabled_device_gets_no_client(admin_client: APIClient, device: Device) -> None:
@@ -115,7 +118,7 @@ def test_disabled_device_gets_no_client(admin_client: APIClient, device: Device)
     response = admin_client.post(
         URL, {"name": "d", "kind": "device", "scopes": ["ingest:write"], "device": "dev-1"}, format="json"
     )
-    assert ("/device", "device_disabled") in field_codes(response)
+    assert ("/device", "device_disabled") in field_codes(response, 409)
 
 
 def test_rotate_and_revoke(admin_client: APIClient, tenant: Tenant) -> None:
@@ -193,7 +196,7 @@ def test_a_device_of_another_tenant_is_unknown(admin_client: APIClient, other_te
     response = admin_client.post(
         URL, {"name": "x", "kind": "device", "scopes": ["ingest:write"], "device": "their-dev"}, format="json"
     )
-    assert ("/device", "does_not_exist") in field_codes(response)
+    assert ("/device", "does_not_exist") in field_codes(response, 404)
 
 
 def test_clients_api_is_in_the_openapi_spec(operator_client: APIClient) -> None:

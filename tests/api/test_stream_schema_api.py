@@ -1,0 +1,157 @@
+"""A stream's schema through Sluice: read the latest version, register the next one, against
+the run's real schema registry (Apicurio, BACKWARD compatibility)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from rest_framework.test import APIClient
+
+from devices.models import Stream
+from tenants.models import AuditEvent, Membership, Tenant
+from tests.conftest import client_for, make_tenant, make_user
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+
+READING = {"type": "object", "properties": {"celsius": {"type": "number"}}}
+READING_WITH_SITE = {"type": "object", "properties": {"celsius": {"type": "number"}, "site": {"type": "string"}}}
+AVRO_READING = {"type": "record", "name": "Reading", "fields": [{"name": "celsius", "type": "double"}]}
+
+
+@pytest.fixture
+def tenant(services: object) -> Tenant:
+    # A slug of its own per test: registry subjects outlive the test's database rollback.
+    return make_tenant(f"sch-{secrets.token_hex(4)}")
+
+
+@pytest.fixture
+def admin(tenant: Tenant) -> APIClient:
+    return client_for(make_user(f"{tenant.slug}-admin", tenant=tenant))
+
+
+def url(tenant: Tenant, stream: Stream | None = None) -> str:
+    stream = stream or Stream.objects.get(tenant=tenant)
+    return f"/api/v1/tenants/{tenant.slug}/streams/{stream.pk}/schema"
+
+
+def test_register_then_read_the_latest_version(admin: APIClient, tenant: Tenant) -> None:
+    # given a stream without a schema
+    assert admin.get(url(tenant)).json()["error"]["code"] == "schema_not_found"
+    # when its admin registers a JSON Schema
+    created = admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    # then it is version 1 under the stream's value subject, and reading gives it back
+    assert created.status_code == 201, created.json()
+    subject = f"iot.{tenant.slug}.eu.temperature-value"
+    assert created.json() | {"id": 0} == {"id": 0, "version": 1, "type": "JSON", "schema": json.dumps(READING),
+                                          "subject": subject}  # fmt: skip
+    latest = admin.get(url(tenant))
+    assert latest.status_code == 200
+    assert latest.json() == created.json()
+    # and the registration is in the audit log
+    event = AuditEvent.objects.get(tenant=tenant, action="schema.register")
+    assert (event.object_repr, event.after["version"]) == (subject, 1)
+
+
+def test_a_compatible_change_is_the_next_version_and_the_same_schema_is_not_registered_twice(
+    admin: APIClient, tenant: Tenant
+) -> None:
+    admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING_WITH_SITE)}, format="json")
+    # when a compatible change follows (BACKWARD: dropping a property of an open object)
+    second = admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    # then it is version 2 and the latest
+    assert (second.status_code, second.json()["version"]) == (201, 2), second.json()
+    assert admin.get(url(tenant)).json()["version"] == 2
+    # when the first one is sent again, then nothing new is registered: 200 with version 1
+    again = admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING_WITH_SITE)}, format="json")
+    assert (again.status_code, again.json()["version"]) == (200, 1)
+    assert AuditEvent.objects.filter(tenant=tenant, action="schema.register").count() == 2
+
+
+def test_the_registrys_compatibility_refusal_is_a_409_with_its_reason_at_schema(
+    admin: APIClient, tenant: Tenant
+) -> None:
+    # given version 1, optional celsius
+    admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    # when the next version closes the object (old records with other properties would fail)
+    closed = {**READING, "additionalProperties": False}
+    refused = admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(closed)}, format="json")
+    # then the registry's BACKWARD rule refuses it, with its reason on /schema, and nothing changed
+    assert refused.status_code == 409, refused.json()
+    field = refused.json()["error"]["fields"][0]
+    assert (field["pointer"], field["code"]) == ("/schema", "incompatible_schema")
+    assert "incompatible" in field["message"]
+    assert admin.get(url(tenant)).json()["version"] == 1
+
+
+def test_avro_too(admin: APIClient, tenant: Tenant) -> None:
+    created = admin.post(url(tenant), {"schema_type": "AVRO", "schema": json.dumps(AVRO_READING)}, format="json")
+    assert created.status_code == 201, created.json()
+    assert admin.get(url(tenant)).json()["type"] == "AVRO"
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer", "code"),
+    [
+        ({"schema_type": "JSON", "schema": "{not json"}, "/schema", "invalid_schema"),
+        ({"schema_type": "JSON", "schema": json.dumps({"type": 12})}, "/schema", "invalid_schema"),
+        ({"schema_type": "AVRO", "schema": json.dumps({"type": "record"})}, "/schema", "invalid_schema"),
+        ({"schema_type": "PROTOBUF", "schema": "syntax = 'proto3';"}, "/schema_type", "invalid_choice"),
+        ({"schema_type": "JSON", "schema": {"type": "object"}}, "/schema", "invalid"),
+        ({"schema_type": "JSON"}, "/schema", "required"),
+    ],
+)
+def test_a_bad_schema_is_a_field_error_before_the_registry_is_asked(
+    admin: APIClient, tenant: Tenant, body: dict, pointer: str, code: str
+) -> None:
+    response = admin.post(url(tenant), body, format="json")
+    assert response.status_code == 400
+    assert (pointer, code) in [(f["pointer"], f["code"]) for f in response.json()["error"]["fields"]]
+    assert admin.get(url(tenant)).status_code == 404
+
+
+def test_viewers_read_admins_write_and_another_tenants_stream_does_not_exist(admin: APIClient,
+                                                                               tenant: Tenant) -> None:  # fmt: skip
+    admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    viewer = client_for(make_user(f"{tenant.slug}-viewer", tenant=tenant, role=Membership.Role.VIEWER))
+    assert viewer.get(url(tenant)).status_code == 200
+    refused = viewer.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING_WITH_SITE)}, format="json")
+    assert refused.status_code == 403
+    # another tenant's admin, by the other tenant's URL and by their own URL with this stream's id
+    other = make_tenant(f"oth-{secrets.token_hex(4)}")
+    outsider = client_for(make_user(f"{other.slug}-admin", tenant=other))
+    stream = Stream.objects.get(tenant=tenant)
+    for path in (url(tenant), f"/api/v1/tenants/{other.slug}/streams/{stream.pk}/schema"):
+        for verb in ("get", "post"):
+            answer = getattr(outsider, verb)(path, {"schema_type": "JSON", "schema": "{}"}, format="json")
+            assert answer.status_code == 404, (verb, path)
+
+
+def test_an_unreachable_registry_is_a_503_with_retry_after(admin: APIClient, tenant: Tenant, settings: object,
+                                                          runtime: object) -> None:  # fmt: skip
+    # given the registry's address pointing at a closed port
+    from dataclasses import replace
+
+    closed = replace(runtime, ports=replace(runtime.ports, registry=9))  # type: ignore[attr-defined]
+    settings.SLUICE_RUNTIME = closed  # type: ignore[attr-defined]
+    # when reading or registering
+    for response in (
+        admin.get(url(tenant)),
+        admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json"),
+    ):
+        # then 503 with Retry-After, and a code that says which dependency
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "registry_unavailable"
+        assert int(response["Retry-After"]) > 0
+
+
+def test_a_stream_keeps_its_schema_type(admin: APIClient, tenant: Tenant) -> None:
+    # given a stream whose records are described by JSON Schema
+    admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    # when an Avro schema is sent as its next version
+    switched = admin.post(url(tenant), {"schema_type": "AVRO", "schema": json.dumps(AVRO_READING)}, format="json")
+    # then the stream's state refuses it, naming the field, and version 1 stays the latest
+    assert switched.status_code == 409, switched.json()
+    assert switched.json()["error"]["fields"][0]["code"] == "type_mismatch"
+    assert admin.get(url(tenant)).json()["version"] == 1
