@@ -16,6 +16,12 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Group and other lose every permission on what a Sluice process creates: the state directory
+# holds the database (sessions, token hashes), every tenant's telemetry (Kafka's log), keys
+# and secrets.  The few paths that are public by design are opened on purpose, in one place
+# (platform/sluicectl/private_state.py).
+PRIVATE_UMASK = 0o077
+
 DEVELOPMENT = "development"
 PRODUCTION = "production"
 TEST = "test"
@@ -118,8 +124,15 @@ class Runtime:
         return f"http://{self.public_hostnames[0]}:{self.ports.crl}/crl/{name}.crl"
 
     @property
+    def public_socket_dir(self) -> Path:
+        """Sockets nginx's workers connect to (another user when nginx starts as root), so
+        this directory is public; the web app trusts a request on it only when it carries
+        the proxy secret."""
+        return self.state_dir / "public-sockets"
+
+    @property
     def web_socket(self) -> Path:
-        return self.run_dir / "web.sock"
+        return self.public_socket_dir / "web.sock"
 
     @property
     def static_root(self) -> Path:
@@ -195,6 +208,13 @@ class Runtime:
         value = read_or_create_secret(self, name, variable)
         self._secrets[name] = value
         return value
+
+
+def use_private_umask() -> None:
+    """From now on this process creates files 0600 and directories 0700 (``PRIVATE_UMASK``).
+    Called first thing by the launcher, so every process it starts inherits it, and by the
+    Django settings, so ``manage.py``, Celery and pytest started by hand do the same."""
+    os.umask(PRIVATE_UMASK)
 
 
 def read_or_create_secret(runtime: Runtime, name: str, variable: str) -> str:

@@ -52,7 +52,7 @@ class Context:
         return self.runtime.logs_dir / f"{name}.log"
 
 
-def render(template: Path, target: Path, mode: int = 0o644, **values: Any) -> None:
+def render(template: Path, target: Path, mode: int = 0o600, **values: Any) -> None:
     """Fill ``{{name}}`` placeholders; a placeholder without a value is an error."""
 
     def value(match: re.Match[str]) -> str:
@@ -64,6 +64,7 @@ def render(template: Path, target: Path, mode: int = 0o644, **values: Any) -> No
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)  # a file from an older version keeps its mode otherwise
         handle.write(text)
 
 
@@ -324,9 +325,9 @@ class Web(Component):
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
-        rt.run_dir.mkdir(parents=True, exist_ok=True)
-        # nginx workers (another user) must reach the socket in here.
-        os.chmod(rt.run_dir, 0o755)  # noqa: S103
+        # nginx's workers (another user) must reach the socket: its directory is public
+        # (sluicectl.private_state.PUBLIC); uvicorn makes the socket itself 0666.
+        rt.public_socket_dir.mkdir(parents=True, exist_ok=True)
         if rt.environment != TEST:
             # In the test stack pytest-django creates and migrates the shared database
             # file itself (and would otherwise replace it under a live connection).
@@ -377,12 +378,14 @@ class Web(Component):
 
 
 def _nginx_user_directive(ctx: Context) -> str:
-    """As root, nginx workers run as an unprivileged user, who must be able to reach the
-    socket and the static files; fall back to the launcher's user when a parent directory is
-    closed to others."""
+    """As root, nginx's workers run as ``nobody``: they parse whatever the network sends, so
+    they get only what they need -- the public paths of the state directory (CRLs, JWKS,
+    static files, the web socket; sluicectl.private_state.PUBLIC) and nothing else.  They reach
+    those through the state directory (0711) and its parents; when a parent is closed to
+    others, fall back to the launcher's user."""
     if os.geteuid() != 0:
         return ""
-    for path in [ctx.runtime.run_dir, *ctx.runtime.run_dir.parents]:
+    for path in [ctx.runtime.state_dir, *ctx.runtime.state_dir.parents]:
         if not os.stat(path).st_mode & stat.S_IXOTH:
             return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
     return "user nobody nogroup;"
@@ -405,11 +408,10 @@ class Nginx(Component):
         rt.static_root.mkdir(parents=True, exist_ok=True)
         rt.logs_dir.mkdir(parents=True, exist_ok=True)
         rt.crl_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(rt.crl_dir, 0o755)  # noqa: S103 - public CRLs, read by nginx workers
         # nginx serves the token-signing JWKS and the broker fetches it when it starts, so a
-        # signing key and the published JWKS must exist before either starts.
+        # signing key and the published JWKS must exist before either starts.  (The launcher
+        # opens the CRL, JWKS and static directories to nginx's workers after this.)
         ensure_signing_keys(rt)
-        os.chmod(jwks_path(rt).parent, 0o755)  # noqa: S103 - public keys, read by nginx workers
         render(
             TEMPLATES / "nginx" / "nginx.conf.in",
             prefix / "nginx.conf",
