@@ -163,7 +163,7 @@ class Platform:
         return parts
 
 
-PARTS = (("kafka.Kafka", "kafka"), ("quarkus-run", "registry"), ("redis-server", "redis"), ("celery", "celery"),
+PARTS = (("kafka.Kafka", "kafka"), ("GeneratedMain", "registry"), ("redis-server", "redis"), ("celery", "celery"),
          ("nginx", "nginx"), ("sluicectl", "launcher"))  # fmt: skip
 
 

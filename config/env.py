@@ -28,13 +28,14 @@ TEST = "test"
 ENVIRONMENTS = (DEVELOPMENT, PRODUCTION, TEST)
 
 # Default ports; SLUICE_PORT_OFFSET shifts all of them at once (the test stack uses +10000).
+# The registry has no TCP port for its API (``Runtime.registry_socket``); its management
+# port serves health and metrics only.
 DEFAULT_PORTS = {
     "web": 8443,
     "kafka": 9092,
     "kafka_controller": 9093,
     "kafka_internal": 9094,
     "kafka_oauth": 9095,
-    "registry": 8081,
     "registry_management": 8082,
     "redis": 6379,
     "crl": 8080,
@@ -54,7 +55,6 @@ class Ports:
     kafka_controller: int
     kafka_internal: int
     kafka_oauth: int
-    registry: int
     registry_management: int
     redis: int
     crl: int
@@ -167,8 +167,18 @@ class Runtime:
         return f"{self.web_url}/oauth"
 
     @property
+    def registry_socket(self) -> Path:
+        """Apicurio's only API listener: a Unix socket, owner-only, in the owner-only run
+        directory, so no process of another user can read or write schemas (there is no TCP
+        port to reach).  Clients come from ``ingest.registry_client``."""
+        return self.run_dir / "registry.sock"
+
+    @property
     def registry_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.registry}/apis/ccompat/v7"
+        """The Confluent-compatible API's base URL, spoken over ``registry_socket``.  Its host
+        is a reserved name no resolver answers (RFC 6761 ``.invalid``): a client that is not
+        bound to the socket fails instead of reaching whatever listens elsewhere."""
+        return "http://registry.invalid/apis/ccompat/v7"
 
     @property
     def web_url(self) -> str:

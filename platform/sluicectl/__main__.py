@@ -93,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
             lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
         if "registry" in names:
-            lines.append(f"  Schema Registry {rt.registry_url}")
+            lines.append(f"  Schema Registry unix:{rt.registry_socket}  (Confluent API; Sluice's user only)")
         if "redis" in names:
             lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
         print("\n".join(lines), flush=True)
