@@ -97,31 +97,27 @@ def _relative(runtime: Runtime, path: Path) -> str:
     return "." if path == runtime.state_dir else path.relative_to(runtime.state_dir).as_posix()
 
 
-def public_rule(relative: str) -> tuple[PublicPath, bool] | None:
+def public_rule(relative: str) -> PublicPath | None:
     """The PUBLIC entry that covers ``relative`` (a POSIX path under the state directory, "."
-    for the directory itself), and whether it covers it as the entry itself (True) or as a
-    path inside its tree (False)."""
+    for the directory itself): the entry itself, or a path inside its tree."""
     for entry in PUBLIC:
         if fnmatch.fnmatchcase(relative, entry.pattern):
-            return entry, True
+            return entry
     for entry in PUBLIC:
         if entry.tree and relative.startswith(f"{entry.pattern}/"):
-            return entry, False
+            return entry
     return None
 
 
 def allowed_group_other_bits(relative: str, mode: int) -> int:
     """Which group/other permission bits a path of this kind may have: none, unless PUBLIC
     says otherwise."""
-    found = public_rule(relative)
-    if found is None:
+    entry = public_rule(relative)
+    if entry is None:
         return 0
-    entry, itself = found
     if stat.S_ISSOCK(mode) and entry.tree:
         return GROUP_OTHER  # connecting to a socket needs write permission on it
-    if stat.S_ISDIR(mode):
-        return entry.dir_mode & GROUP_OTHER if (itself or entry.tree) else 0
-    return entry.file_mode & GROUP_OTHER
+    return (entry.dir_mode if stat.S_ISDIR(mode) else entry.file_mode) & GROUP_OTHER
 
 
 def walk(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
@@ -192,7 +188,8 @@ def open_public_paths(runtime: Runtime) -> None:
     for entry in PUBLIC:
         if not entry.open_at_start:
             continue
-        for path in sorted(runtime.state_dir.glob(entry.pattern)) if entry.pattern != "." else [runtime.state_dir]:
+        matches = [runtime.state_dir] if entry.pattern == "." else sorted(runtime.state_dir.glob(entry.pattern))
+        for path in matches:
             if path.is_symlink() or not path.is_dir():
                 continue
             os.chmod(path, entry.dir_mode)
