@@ -51,7 +51,8 @@ def check_kafka() -> str | None:
 def check_registry() -> str | None:
     from ingest.registry_client import registry_client_for
 
-    registry_client_for(_runtime(), timeout=2).get_subjects()
+    with registry_client_for(_runtime(), timeout=2) as client:
+        client.get_subjects()
     return None
 
 

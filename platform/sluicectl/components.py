@@ -350,7 +350,8 @@ class Registry(Component):
         if not ctx.runtime.registry_socket.exists():
             return "API socket not there yet"
         try:
-            registry_client_for(ctx.runtime, timeout=2, max_retries=0).get_subjects()
+            with registry_client_for(ctx.runtime, timeout=2, max_retries=0) as client:
+                client.get_subjects()
         except (SchemaRegistryError, httpx.HTTPError) as exc:
             return f"Confluent API: {exc}"
         return None
@@ -362,7 +363,8 @@ class Registry(Component):
 
         # Apicurio's default compatibility is NONE; Confluent's (and Sluice's) is BACKWARD.
         try:
-            registry_client_for(ctx.runtime, timeout=10).set_compatibility(level="BACKWARD")
+            with registry_client_for(ctx.runtime, timeout=10) as client:
+                client.set_compatibility(level="BACKWARD")
         except (SchemaRegistryError, httpx.HTTPError) as exc:
             raise LaunchError(f"registry: could not set global compatibility BACKWARD: {exc}") from None
 
