@@ -43,10 +43,17 @@ def _locked(runtime: Runtime) -> Iterator[None]:
         yield
 
 
-def _atomic_write(path: Path, data: bytes, *, newer_than_before: bool = False) -> None:
+# CRLs are public by design (signed; nginx's workers serve them; see the PUBLIC list in
+# platform/sluicectl/private_state.py).  The bundle is read by nginx's master alone (ssl_crl,
+# at start and on SIGHUP), so it stays owner-only like the rest of the state directory.
+PUBLIC_CRL_MODE = 0o644
+BUNDLE_MODE = 0o600
+
+
+def _atomic_write(path: Path, data: bytes, *, mode: int, newer_than_before: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)
     if newer_than_before and path.exists():
         # The JDK's CRL fetcher (URICertStore) keeps its cached CRL whenever the served
         # Last-Modified equals the previous one; HTTP dates have one-second granularity, so
@@ -89,14 +96,14 @@ def write_crl(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) 
 def _write_unlocked(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
     for suffix, data in ((".crl", crl.public_bytes(serialization.Encoding.DER)),
                          (".pem", crl.public_bytes(serialization.Encoding.PEM))):  # fmt: skip
-        _atomic_write(runtime.crl_dir / f"{name}{suffix}", data, newer_than_before=True)
+        _atomic_write(runtime.crl_dir / f"{name}{suffix}", data, mode=PUBLIC_CRL_MODE, newer_than_before=True)
     _write_bundle(runtime)
     reload_nginx(runtime)
 
 
 def _write_bundle(runtime: Runtime) -> None:
     parts = [p.read_bytes() for p in sorted(runtime.crl_dir.glob("*.pem"))]
-    _atomic_write(bundle_path(runtime), b"".join(parts))
+    _atomic_write(bundle_path(runtime), b"".join(parts), mode=BUNDLE_MODE)
 
 
 def _children(pid: int) -> set[int]:

@@ -35,6 +35,7 @@ from jsonschema.validators import validator_for
 from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
+from ingest.registry_client import registry_client_for
 
 # How long ingest trusts its copy of a subject's latest schema (seconds).
 LATEST_SCHEMA_TTL = 30.0
@@ -52,9 +53,7 @@ def value_subject(topic: str) -> str:
 
 def registry_client() -> SchemaRegistryClient:
     # Bounded: callers may hold a database transaction while they wait for the registry.
-    return SchemaRegistryClient(
-        {"url": settings.SLUICE_RUNTIME.registry_url, "timeout": 5, "max.retries": 1, "retries.wait.ms": 200}
-    )
+    return registry_client_for(settings.SLUICE_RUNTIME, timeout=5, max_retries=1)
 
 
 def _sentence(text: str) -> str:
@@ -215,7 +214,7 @@ def latest_schema(subject: str) -> LatestSchema:
     request is not at fault, the group's configuration is.  Raises ``RegistryUnavailable``
     when the registry cannot answer.  Only answers are cached, never failures, so a schema
     registered after a refusal is used at the next request."""
-    key = (settings.SLUICE_RUNTIME.registry_url, subject)
+    key = (str(settings.SLUICE_RUNTIME.registry_socket), subject)
     now = time.monotonic()
     with _latest_lock:
         cached = _latest.get(key)
