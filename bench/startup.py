@@ -65,7 +65,7 @@ def one_run(state: Path, offset: int, idle: float) -> tuple[float, float, dict[s
         except psutil.NoSuchProcess:
             continue
         part = next(
-            (name for key, name in (("kafka.Kafka", "kafka"), ("quarkus-run", "registry"), ("redis-server", "redis"),
+            (name for key, name in (("kafka.Kafka", "kafka"), ("GeneratedMain", "registry"), ("redis-server", "redis"),
              ("nginx", "nginx"), ("uvicorn", "web"), ("multiprocessing", "web"), ("worker", "celery worker"),
              ("beat", "celery beat"), ("sluicectl", "launcher")) if key in cmd),
             "other",

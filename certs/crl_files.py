@@ -57,10 +57,17 @@ def _locked(runtime: Runtime) -> Iterator[None]:
         yield
 
 
-def _atomic_write(path: Path, data: bytes, *, newer_than_before: bool = False) -> None:
+# CRLs are public by design (signed; nginx's workers serve them; see the PUBLIC list in
+# platform/sluicectl/private_state.py).  The bundle is read by nginx's master alone (ssl_crl,
+# at start and on SIGHUP), so it stays owner-only like the rest of the state directory.
+PUBLIC_CRL_MODE = 0o644
+BUNDLE_MODE = 0o600
+
+
+def _atomic_write(path: Path, data: bytes, *, mode: int, newer_than_before: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)
     if newer_than_before and path.exists():
         # The JDK's CRL fetcher (URICertStore) keeps its cached CRL whenever the served
         # Last-Modified equals the previous one; HTTP dates have one-second granularity, so
@@ -103,7 +110,7 @@ def write_crl(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) 
 def _write_published(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
     for suffix, data in ((".crl", crl.public_bytes(serialization.Encoding.DER)),
                          (".pem", crl.public_bytes(serialization.Encoding.PEM))):  # fmt: skip
-        _atomic_write(runtime.crl_dir / f"{name}{suffix}", data, newer_than_before=True)
+        _atomic_write(runtime.crl_dir / f"{name}{suffix}", data, mode=PUBLIC_CRL_MODE, newer_than_before=True)
 
 
 def anchor_crl(issuer: ca.Issuer, *, valid_until: dt.datetime) -> x509.CertificateRevocationList:
@@ -117,7 +124,9 @@ def write_anchor(runtime: Runtime, name: str, crl: x509.CertificateRevocationLis
     """Add a CA's anchor to nginx's bundle (a new tenant CA), and have nginx re-read it."""
     with _locked(runtime):
         anchor_dir(runtime).mkdir(parents=True, exist_ok=True)
-        _atomic_write(anchor_dir(runtime) / f"{name}.pem", crl.public_bytes(serialization.Encoding.PEM))
+        # Read by nginx's master only (through the bundle): owner-only like the bundle.
+        _atomic_write(anchor_dir(runtime) / f"{name}.pem", crl.public_bytes(serialization.Encoding.PEM),
+                      mode=BUNDLE_MODE)  # fmt: skip
         _write_bundle(runtime)
     reload_nginx(runtime)
 
@@ -138,7 +147,7 @@ def _write_bundle(runtime: Runtime, drop: Sequence[str] = ()) -> None:
     # one (certs.rotation): without any CRL for it nginx would refuse its whole chain.
     parts += [p.read_bytes() for p in sorted(runtime.crl_dir.glob("*.pem"))
               if p.stem != ROOT_CRL_NAME and p.stem not in anchors and p.stem not in drop]  # fmt: skip
-    _atomic_write(bundle_path(runtime), b"".join(parts))
+    _atomic_write(bundle_path(runtime), b"".join(parts), mode=BUNDLE_MODE)
 
 
 def _children(pid: int) -> set[int]:

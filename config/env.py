@@ -16,19 +16,26 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Group and other lose every permission on what a Sluice process creates: the state directory
+# holds the database (sessions, token hashes), every tenant's telemetry (Kafka's log), keys
+# and secrets.  The few paths that are public by design are opened on purpose, in one place
+# (platform/sluicectl/private_state.py).
+PRIVATE_UMASK = 0o077
+
 DEVELOPMENT = "development"
 PRODUCTION = "production"
 TEST = "test"
 ENVIRONMENTS = (DEVELOPMENT, PRODUCTION, TEST)
 
 # Default ports; SLUICE_PORT_OFFSET shifts all of them at once (the test stack uses +10000).
+# The registry has no TCP port for its API (``Runtime.registry_socket``); its management
+# port serves health and metrics only.
 DEFAULT_PORTS = {
     "web": 8443,
     "kafka": 9092,
     "kafka_controller": 9093,
     "kafka_internal": 9094,
     "kafka_oauth": 9095,
-    "registry": 8081,
     "registry_management": 8082,
     "redis": 6379,
     "crl": 8080,
@@ -48,7 +55,6 @@ class Ports:
     kafka_controller: int
     kafka_internal: int
     kafka_oauth: int
-    registry: int
     registry_management: int
     redis: int
     crl: int
@@ -135,13 +141,20 @@ class Runtime:
         return f"http://{self.public_hostnames[0]}:{self.ports.crl}/crl/{name}.crl"
 
     @property
+    def public_socket_dir(self) -> Path:
+        """Sockets nginx's workers connect to (another user when nginx starts as root), so
+        this directory is public; the web app trusts a request on it only when it carries
+        the proxy secret."""
+        return self.state_dir / "public-sockets"
+
+    @property
     def web_socket(self) -> Path:
-        return self.run_dir / "web.sock"
+        return self.public_socket_dir / "web.sock"
 
     def ingest_socket(self, index: int) -> Path:
         """Each ingest worker listens on its own socket: nginx sends every request of one
         device to the same worker (ingest.ratelimit keeps its bucket there)."""
-        return self.run_dir / f"ingest-{index}.sock"
+        return self.public_socket_dir / f"ingest-{index}.sock"
 
     @property
     def static_root(self) -> Path:
@@ -176,8 +189,18 @@ class Runtime:
         return f"{self.web_url}/oauth"
 
     @property
+    def registry_socket(self) -> Path:
+        """Apicurio's only API listener: a Unix socket, owner-only, in the owner-only run
+        directory, so no process of another user can read or write schemas (there is no TCP
+        port to reach).  Clients come from ``ingest.registry_client``."""
+        return self.run_dir / "registry.sock"
+
+    @property
     def registry_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.registry}/apis/ccompat/v7"
+        """The Confluent-compatible API's base URL, spoken over ``registry_socket``.  Its host
+        is a reserved name no resolver answers (RFC 6761 ``.invalid``): a client that is not
+        bound to the socket fails instead of reaching whatever listens elsewhere."""
+        return "http://registry.invalid/apis/ccompat/v7"
 
     @property
     def web_url(self) -> str:
@@ -217,6 +240,13 @@ class Runtime:
         value = read_or_create_secret(self, name, variable)
         self._secrets[name] = value
         return value
+
+
+def use_private_umask() -> None:
+    """From now on this process creates files 0600 and directories 0700 (``PRIVATE_UMASK``).
+    Called first thing by the launcher, so every process it starts inherits it, and by the
+    Django settings, so ``manage.py``, Celery and pytest started by hand do the same."""
+    os.umask(PRIVATE_UMASK)
 
 
 def read_or_create_secret(runtime: Runtime, name: str, variable: str) -> str:

@@ -49,9 +49,10 @@ def check_kafka() -> str | None:
 
 
 def check_registry() -> str | None:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from ingest.registry_client import registry_client_for
 
-    SchemaRegistryClient({"url": _runtime().registry_url, "timeout": 2}).get_subjects()
+    with registry_client_for(_runtime(), timeout=2) as client:
+        client.get_subjects()
     return None
 
 

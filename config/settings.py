@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from config.env import BASE_DIR, PRODUCTION, TEST, load_runtime
+from config.env import BASE_DIR, PRODUCTION, TEST, load_runtime, use_private_umask
 
 SLUICE_RUNTIME = load_runtime()
+use_private_umask()  # whatever this process writes under the state directory is owner-only
 RUNTIME = SLUICE_RUNTIME
 
 SECRET_KEY = RUNTIME.secret_key

@@ -44,6 +44,7 @@ from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
 from ingest.avro_json import AVRO_CODES, avro_json_schema
+from ingest.registry_client import registry_client_for
 
 log = logging.getLogger("sluice.ingest")
 
@@ -66,9 +67,7 @@ def value_subject(topic: str) -> str:
 
 def registry_client() -> SchemaRegistryClient:
     # Bounded: callers may hold a database transaction while they wait for the registry.
-    return SchemaRegistryClient(
-        {"url": settings.SLUICE_RUNTIME.registry_url, "timeout": 5, "max.retries": 1, "retries.wait.ms": 200}
-    )
+    return registry_client_for(settings.SLUICE_RUNTIME, timeout=5, max_retries=1)
 
 
 def _sentence(text: str) -> str:
@@ -308,7 +307,7 @@ def latest_schema(subject: str) -> LatestSchema:
     Raises ``Conflict`` (code ``schema_not_found``) when the subject has no schema: the
     request is not at fault, the group's configuration is.  Raises ``RegistryUnavailable``
     when the registry cannot answer.  Only answers are cached, never failures."""
-    key = (settings.SLUICE_RUNTIME.registry_url, subject)
+    key = (str(settings.SLUICE_RUNTIME.registry_socket), subject)
     now = time.monotonic()
     with _latest_lock:
         cached = _latest.get(key)

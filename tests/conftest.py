@@ -49,7 +49,7 @@ def services(runtime: Runtime) -> Runtime:
         for name, port in (
             ("redis", runtime.ports.redis),
             ("kafka", runtime.ports.kafka),
-            ("registry", runtime.ports.registry),
+            ("registry", runtime.ports.registry_management),  # its API is on a Unix socket
         )
         if not _listening(port)
     ]

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from config.env import BASE_DIR
+from config.env import BASE_DIR, use_private_umask
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
 from sluicectl.launcher import (
@@ -93,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
             lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
         if "registry" in names:
-            lines.append(f"  Schema Registry {rt.registry_url}")
+            lines.append(f"  Schema Registry unix:{rt.registry_socket}  (Confluent API; Sluice's user only)")
         if "redis" in names:
             lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
         print("\n".join(lines), flush=True)
@@ -194,6 +194,9 @@ def cmd_down(_args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: every file this launcher and every process it starts creates (the state
+    # directory, Kafka's log, the registry's database, Redis's dump, logs) is owner-only.
+    use_private_umask()
     parser = argparse.ArgumentParser(prog="sluice", description="Run and test the Sluice platform.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring up the whole platform; Ctrl-C stops it")

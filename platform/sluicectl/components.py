@@ -52,7 +52,7 @@ class Context:
         return self.runtime.logs_dir / f"{name}.log"
 
 
-def render(template: Path, target: Path, mode: int = 0o644, **values: Any) -> None:
+def render(template: Path, target: Path, mode: int = 0o600, **values: Any) -> None:
     """Fill ``{{name}}`` placeholders; a placeholder without a value is an error."""
 
     def value(match: re.Match[str]) -> str:
@@ -64,6 +64,7 @@ def render(template: Path, target: Path, mode: int = 0o644, **values: Any) -> No
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)  # a file from an older version keeps its mode otherwise
         handle.write(text)
 
 
@@ -247,28 +248,76 @@ class Kafka(Component):
         return kafka_cluster_check(ctx.runtime)
 
 
+# A Unix socket's path must fit sockaddr_un.sun_path (108 bytes with its terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
 class Registry(Component):
+    """Apicurio Registry 3.3 (Quarkus), its API on a Unix socket only.
+
+    Vert.x binds a Unix socket only through Netty's native epoll transport, which Apicurio's
+    archive lacks, and Quarkus's fast-jar launcher (``quarkus-run.jar``) loads classes only
+    from the jars its build indexed (``quarkus/quarkus-application.dat``).  So the JVM runs
+    the same application from a plain class path -- the generated and transformed classes
+    ahead of the originals they replace, then the app, its libraries and the epoll jars --
+    with the two properties ``QuarkusEntryPoint`` would set.  The TCP listener is off
+    (``quarkus.http.host-enabled=false``); the management interface (health, metrics; a
+    build-time feature that cannot be turned off at run time) stays on loopback.
+    """
+
     name = "registry"
-    ports = ("registry", "registry_management")
+    ports = ("registry_management",)
     startup_timeout = 150.0
 
     def prepare(self, ctx: Context) -> None:
-        fetch.apicurio_home(ctx.runtime)
-        fetch.registry_java(ctx.runtime.registry_java)
-        ctx.runtime.registry_data_dir.mkdir(parents=True, exist_ok=True)
+        rt = ctx.runtime
+        home = fetch.apicurio_home(rt)
+        fetch.netty_epoll_jars(rt, home)
+        fetch.registry_java(rt.registry_java)
+        rt.registry_data_dir.mkdir(parents=True, exist_ok=True)
+        rt.run_dir.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(rt.registry_socket)) > MAX_SOCKET_PATH:
+            raise LaunchError(
+                f"the registry's socket path {rt.registry_socket} is longer than a Unix socket path "
+                f"may be ({MAX_SOCKET_PATH} bytes); choose a shorter SLUICE_STATE_DIR"
+            )
+        # Left by a registry that did not stop cleanly; Vert.x will not bind over it (the
+        # launcher has made sure no other instance runs on this state directory).
+        rt.registry_socket.unlink(missing_ok=True)
 
     def process(self, ctx: Context) -> Process:
         rt = ctx.runtime
         java = str(fetch.registry_java(rt.registry_java))
         home = fetch.apicurio_home(rt)
+        classpath = [
+            home / "quarkus" / "generated-bytecode.jar",
+            home / "quarkus" / "transformed-bytecode.jar",
+            *sorted((home / "app").glob("*.jar")),
+            home / "lib" / "boot" / "*",
+            home / "lib" / "main" / "*",
+            *fetch.netty_epoll_jars(rt, home),
+        ]
         data = rt.registry_data_dir
         argv = [
             java,
             f"-Xmx{rt.registry_heap}",
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
-            "-Dquarkus.http.host=127.0.0.1",
-            f"-Dquarkus.http.port={rt.ports.registry}",
+            # What quarkus-run.jar's manifest and QuarkusEntryPoint would set.
+            "--enable-native-access=ALL-UNNAMED",
+            "-Djava.util.logging.manager=org.jboss.logmanager.LogManager",
+            "-Djava.util.concurrent.ForkJoinPool.common.threadFactory="
+            "io.quarkus.bootstrap.forkjoin.QuarkusForkJoinWorkerThreadFactory",
+            # The API on an owner-only Unix socket (umask 077), no TCP listener.
+            "-Dquarkus.vertx.prefer-native-transport=true",
+            f"-Dio.netty.native.workdir={data}",
+            "-Dquarkus.http.host-enabled=false",
+            "-Dquarkus.http.domain-socket-enabled=true",
+            f"-Dquarkus.http.domain-socket={rt.registry_socket}",
+            # A Unix socket has no peer address, which Apicurio's audit filter reads; Sluice's
+            # client names one (ingest.registry_client.FORWARDED_FOR).
+            "-Dquarkus.http.proxy.proxy-address-forwarding=true",
+            "-Dquarkus.http.proxy.allow-x-forwarded=true",
             "-Dquarkus.management.host=127.0.0.1",
             f"-Dquarkus.management.port={rt.ports.registry_management}",
             "-Dapicurio.storage.kind=sql",
@@ -281,35 +330,43 @@ class Registry(Component):
             f"-Dapicurio.storage.snapshot.location={data}",
             f"-Dapicurio.import.work-dir={data}",
             "-Dquarkus.http.access-log.enabled=false",
-            "-jar",
-            str(home / "quarkus-run.jar"),
+            "-cp",
+            os.pathsep.join(str(part) for part in classpath),
+            "io.quarkus.runner.GeneratedMain",
         ]
         return Process(self.name, argv, ctx.log(self.name), cwd=data)
 
     def check(self, ctx: Context) -> str | None:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        from ingest.registry_client import httpx, registry_client_for
+
         try:
             status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.ports.registry_management}/health/ready")
-            if status != 200:
-                return f"health/ready answered {status}"
-            status, _ = http_get(f"{ctx.runtime.registry_url}/subjects")
         except OSError as exc:
             return str(getattr(exc, "reason", exc))
-        return None if status == 200 else f"ccompat API answered {status}"
+        if status != 200:
+            return f"health/ready answered {status}"
+        if not ctx.runtime.registry_socket.exists():
+            return "API socket not there yet"
+        try:
+            with registry_client_for(ctx.runtime, timeout=2, max_retries=0) as client:
+                client.get_subjects()
+        except (SchemaRegistryError, httpx.HTTPError) as exc:
+            return f"Confluent API: {exc}"
+        return None
 
     def after_healthy(self, ctx: Context) -> None:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        from ingest.registry_client import httpx, registry_client_for
+
         # Apicurio's default compatibility is NONE; Confluent's (and Sluice's) is BACKWARD.
-        request = urllib.request.Request(  # noqa: S310
-            f"{ctx.runtime.registry_url}/config",
-            data=json.dumps({"compatibility": "BACKWARD"}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="PUT",
-        )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                if response.status != 200:
-                    raise LaunchError(f"registry refused global compatibility BACKWARD ({response.status})")
-        except urllib.error.URLError as exc:
-            raise LaunchError(f"registry: could not set global compatibility: {exc}") from None
+            with registry_client_for(ctx.runtime, timeout=10) as client:
+                client.set_compatibility(level="BACKWARD")
+        except (SchemaRegistryError, httpx.HTTPError) as exc:
+            raise LaunchError(f"registry: could not set global compatibility BACKWARD: {exc}") from None
 
 
 def _django(ctx: Context, *args: str) -> list[str]:
@@ -324,9 +381,9 @@ class Web(Component):
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
-        rt.run_dir.mkdir(parents=True, exist_ok=True)
-        # nginx workers (another user) must reach the socket in here.
-        os.chmod(rt.run_dir, 0o755)  # noqa: S103
+        # nginx's workers (another user) must reach the socket: its directory is public
+        # (sluicectl.private_state.PUBLIC); uvicorn makes the socket itself 0666.
+        rt.public_socket_dir.mkdir(parents=True, exist_ok=True)
         if rt.environment != TEST:
             # In the test stack pytest-django creates and migrates the shared database
             # file itself (and would otherwise replace it under a live connection).
@@ -385,7 +442,7 @@ class Ingest(Component):
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
-        rt.run_dir.mkdir(parents=True, exist_ok=True)
+        rt.public_socket_dir.mkdir(parents=True, exist_ok=True)
         for index in range(rt.ingest.workers):
             rt.ingest_socket(index).unlink(missing_ok=True)
 
@@ -400,12 +457,14 @@ class Ingest(Component):
 
 
 def _nginx_user_directive(ctx: Context) -> str:
-    """As root, nginx workers run as an unprivileged user, who must be able to reach the
-    socket and the static files; fall back to the launcher's user when a parent directory is
-    closed to others."""
+    """As root, nginx's workers run as ``nobody``: they parse whatever the network sends, so
+    they get only what they need -- the public paths of the state directory (CRLs, JWKS,
+    static files, the web socket; sluicectl.private_state.PUBLIC) and nothing else.  They reach
+    those through the state directory (0711) and its parents; when a parent is closed to
+    others, fall back to the launcher's user."""
     if os.geteuid() != 0:
         return ""
-    for path in [ctx.runtime.run_dir, *ctx.runtime.run_dir.parents]:
+    for path in [ctx.runtime.state_dir, *ctx.runtime.state_dir.parents]:
         if not os.stat(path).st_mode & stat.S_IXOTH:
             return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
     return "user nobody nogroup;"
@@ -428,11 +487,10 @@ class Nginx(Component):
         rt.static_root.mkdir(parents=True, exist_ok=True)
         rt.logs_dir.mkdir(parents=True, exist_ok=True)
         rt.crl_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(rt.crl_dir, 0o755)  # noqa: S103 - public CRLs, read by nginx workers
         # nginx serves the token-signing JWKS and the broker fetches it when it starts, so a
-        # signing key and the published JWKS must exist before either starts.
+        # signing key and the published JWKS must exist before either starts.  (The launcher
+        # opens the CRL, JWKS and static directories to nginx's workers after this.)
         ensure_signing_keys(rt)
-        os.chmod(jwks_path(rt).parent, 0o755)  # noqa: S103 - public keys, read by nginx workers
         render(
             TEMPLATES / "nginx" / "nginx.conf.in",
             prefix / "nginx.conf",

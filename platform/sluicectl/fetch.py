@@ -2,16 +2,23 @@
 
 * Kafka: the runtime closure of ``platform/kafka/pom.xml`` into ``<dist>/kafka-<hash>/libs``.
 * Apicurio Registry: the ``tar.gz:all`` Quarkus app, unpacked into ``<dist>/apicurio-<version>``.
+* Netty's native epoll transport for the registry (``<dist>/netty-epoll-<version>-<arch>``):
+  Vert.x binds a Unix domain socket only through it, and Apicurio's archive does not ship it.
 
-A finished fetch leaves a ``.complete`` marker, so a half-finished download is redone.
+A finished fetch leaves a ``.complete`` marker, so a half-finished download is redone.  Maven
+runs in a temporary working directory: without a project it resolves
+``${project.basedir}`` to nothing and would leave a directory of that literal name (with
+``dependency:unpack``'s markers) wherever it ran, the checkout included.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from config.env import BASE_DIR, Runtime
@@ -32,13 +39,15 @@ def _mvn(args: list[str], what: str) -> None:
     if mvn is None:
         raise LaunchError("Maven (mvn) is not installed; install it with: apt-get install maven")
     try:
-        result = subprocess.run(
-            [mvn, "-q", "-B", *args],
-            capture_output=True,
-            text=True,
-            timeout=MAVEN_TIMEOUT,
-            check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="sluice-mvn-") as workdir:
+            result = subprocess.run(
+                [mvn, "-q", "-B", *args],
+                capture_output=True,
+                text=True,
+                timeout=MAVEN_TIMEOUT,
+                check=False,
+                cwd=workdir,
+            )
     except subprocess.TimeoutExpired:
         raise LaunchError(f"mvn did not fetch {what} within {MAVEN_TIMEOUT} s; check the network") from None
     if result.returncode != 0:
@@ -67,19 +76,58 @@ def kafka_libs(runtime: Runtime) -> Path:
     return target / "libs"
 
 
+def unpack(artifact: str, target: Path, what: str) -> None:
+    """Unpack a Maven artifact (``group:artifact:version[:type[:classifier]]``) into ``target``."""
+    _mvn(["dependency:unpack", f"-Dartifact={artifact}", f"-DoutputDirectory={target}"], what)
+
+
 def apicurio_home(runtime: Runtime) -> Path:
     target = runtime.dist_dir / f"apicurio-{APICURIO_VERSION}"
     if not (target / ".complete").exists():
         _say(f"fetching Apicurio Registry {APICURIO_VERSION} with mvn (first run only, ~160 MB)")
         shutil.rmtree(target, ignore_errors=True)
-        _mvn(
-            ["dependency:unpack", f"-Dartifact={APICURIO_ARTIFACT}", f"-DoutputDirectory={target}"],
-            "Apicurio Registry",
-        )
+        unpack(APICURIO_ARTIFACT, target, "Apicurio Registry")
         if not (target / "quarkus-run.jar").exists():
             raise LaunchError(f"the Apicurio archive has no quarkus-run.jar at its root ({target})")
         (target / ".complete").touch()
     return target
+
+
+# Netty's classifiers for its native transports, by machine (os.uname().machine).
+NETTY_NATIVE_ARCH = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch_64", "riscv64": "linux-riscv64"}
+
+
+def netty_version(apicurio: Path) -> str:
+    """The Netty version Apicurio ships (from its ``lib/main`` jar names): the native
+    transport must match it exactly."""
+    found = sorted((apicurio / "lib" / "main").glob("io.netty.netty-transport-[0-9]*.jar"))
+    if not found:
+        raise LaunchError(f"no Netty transport jar in {apicurio / 'lib' / 'main'}; fetch Apicurio again")
+    return found[0].name.removeprefix("io.netty.netty-transport-").removesuffix(".jar")
+
+
+def netty_epoll_jars(runtime: Runtime, apicurio: Path) -> list[Path]:
+    """Netty's epoll transport (its classes and the native library for this machine) in the
+    version Apicurio ships, fetched once into ``<dist>``."""
+    machine = os.uname().machine
+    if os.uname().sysname != "Linux" or machine not in NETTY_NATIVE_ARCH:
+        raise LaunchError(
+            f"the registry listens on a Unix socket through Netty's epoll transport, which has no "
+            f"build for {os.uname().sysname} {machine}"
+        )
+    version = netty_version(apicurio)
+    classifier = NETTY_NATIVE_ARCH[machine]
+    target = runtime.dist_dir / f"netty-epoll-{version}-{classifier}"
+    if not (target / ".complete").exists():
+        _say(f"fetching Netty's epoll transport {version} with mvn (first run only)")
+        shutil.rmtree(target, ignore_errors=True)
+        for artifact in (
+            f"io.netty:netty-transport-classes-epoll:{version}",
+            f"io.netty:netty-transport-native-epoll:{version}:jar:{classifier}",
+        ):
+            _mvn(["dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={target}"], artifact)
+        (target / ".complete").touch()
+    return sorted(target.glob("*.jar"))
 
 
 # Apicurio Registry 3.3 is compiled for Java 21 (class file version 65); Kafka runs on 17+.

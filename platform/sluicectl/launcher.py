@@ -15,6 +15,7 @@ from pathlib import Path
 from config.env import BASE_DIR, ConfigurationError, load_runtime
 from sluicectl.components import ALL, Component, Context, platform_health
 from sluicectl.errors import LaunchError
+from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
 from sluicectl.supervisor import Process, last_error
 
 # Start order; stop is the reverse.  Only Redis and nginx are waited for before the next
@@ -153,6 +154,9 @@ class Launcher:
 
     def _start(self, component: Component) -> None:
         component.prepare(self.ctx)
+        # What prepare created under umask 077 is private; the few public paths (CRLs, the
+        # JWKS, static files, the web socket's directory) are opened here, before nginx needs them.
+        open_public_paths(self.ctx.runtime)
         process = component.process(self.ctx)
         process.start()
         self.processes[component.name] = process
@@ -162,7 +166,11 @@ class Launcher:
         """Start everything in order and wait until each is healthy; on any failure stop
         what was started and raise."""
         rt = self.ctx.runtime
-        for directory in (rt.state_dir, rt.logs_dir, rt.run_dir):
+        # Before anything is started or written: state left open by an earlier version (or
+        # by hand) stops the start with the command that fixes it.
+        refuse_open_state(rt)
+        make_state_dir(rt)
+        for directory in (rt.logs_dir, rt.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
         try:
             rt.ensure_secrets()

@@ -122,6 +122,8 @@ def publish_jwks(runtime: Runtime, keys: list[SigningKey] | None = None) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(jwks_document(keys), indent=1))
+    # Public keys, public by design: nginx's workers serve them (the PUBLIC list in
+    # platform/sluicectl/private_state.py); the launcher opens their directory.
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path

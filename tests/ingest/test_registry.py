@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -16,6 +16,7 @@ from config.env import Runtime
 from config.errors import Conflict, InvalidInput
 from ingest import registry
 from ingest.registry import RegistryUnavailable, schema_check, schema_register, value_subject
+from ingest.registry_client import registry_client_for
 from tests.conftest import unique_slug
 
 READING_V1 = {
@@ -143,7 +144,7 @@ def test_register_then_an_incompatible_version_is_a_conflict(services: Runtime) 
     # then it has an id, the registry serves it under that id, and registering it again is idempotent
     assert isinstance(schema_id, int)
     assert schema_id > 0
-    client = SchemaRegistryClient({"url": services.registry_url})
+    client = registry_client_for(services)
     assert json.loads(client.get_schema(schema_id).schema_str) == READING_V1
     assert schema_register(subject=subject, schema_str=json.dumps(READING_V1), schema_type="AVRO") == schema_id
 
@@ -178,5 +179,5 @@ def test_a_malformed_schema_never_reaches_the_registry(services: Runtime, monkey
 def test_a_json_schema_registers(services: Runtime) -> None:
     subject = value_subject(f"iot.{unique_slug('t')}.eu.vibration")
     schema_id = schema_register(subject=subject, schema_str=json.dumps(READING_JSON), schema_type="JSON")
-    fetched = SchemaRegistryClient({"url": services.registry_url}).get_schema(schema_id)
+    fetched = registry_client_for(services).get_schema(schema_id)
     assert json.loads(fetched.schema_str) == READING_JSON

@@ -39,3 +39,18 @@ def test_a_configured_java_must_exist_and_be_new_enough(tmp_path: Path) -> None:
         fetch.find_java(21, override=str(old))
     with pytest.raises(LaunchError, match="does not exist"):
         fetch.find_java(21, override=str(tmp_path / "nope" / "java"))
+
+
+def test_fetching_leaves_nothing_where_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a checkout to run from, and a small artifact to unpack with the real mvn
+    # (Maven without a project writes dependency:unpack's markers under a literal
+    # "${project.basedir}/target" in its working directory)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    target = tmp_path / "dist" / "epoll"
+    # when it is fetched
+    fetch.unpack("io.netty:netty-transport-native-epoll:4.1.136.Final:jar:linux-x86_64", target, "a test artifact")
+    # then the artifact is unpacked where asked, and the checkout is as it was
+    assert (target / "META-INF" / "native" / "libnetty_transport_native_epoll_x86_64.so").is_file()
+    assert list(checkout.iterdir()) == []

@@ -258,3 +258,14 @@ def test_pytest_options_pass_through_in_order(monkeypatch: pytest.MonkeyPatch) -
     assert seen == [["-k", "kafka", "-x"], ["tests/api", "-q"]]
     with pytest.raises(SystemExit):
         cli.main(["status", "-x"])
+
+
+def test_a_registry_socket_path_too_long_is_one_clear_line(tmp_path: Path) -> None:
+    # given a state directory so deep that the registry's socket path cannot fit a sockaddr_un
+    state = tmp_path / ("d" * 60) / ("e" * 60)
+    # when the registry is started, then one line says so before any JVM starts
+    result = run_sluicectl(["up", "--components", "registry"], launcher_env(state, 23700), timeout=120)
+    assert result.returncode == 1
+    assert f"the registry's socket path {state / 'run' / 'registry.sock'} is longer than" in result.stdout
+    assert "choose a shorter SLUICE_STATE_DIR" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

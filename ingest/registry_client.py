@@ -1,0 +1,44 @@
+"""The one place that builds schema registry clients.
+
+Django-free, like ``ingest.kafka``: the launcher (health check, global compatibility), the
+web app's ``/healthz``, ``ingest.registry`` and the tests all build their client here.
+
+Apicurio listens on a Unix socket only (``Runtime.registry_socket``, owner-only), so only
+processes of Sluice's own user reach it.  ``confluent_kafka``'s ``SchemaRegistryClient`` builds
+its own httpx client from a URL and has no option for a Unix socket; Sluice replaces that
+client with one whose transport is the socket (``_rest_client.session``, the attribute every
+request goes through in confluent-kafka 2.16; the registry's integration tests fail at once
+if a new version moves it).
+"""
+
+from __future__ import annotations
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+# The registry client's own HTTP library (httpx2, or httpx).
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
+
+from config.env import Runtime
+
+# Apicurio records every request's source address (its audit filter calls
+# HttpServletRequest.getRemoteAddr), which a Unix socket does not have: Undertow then fails
+# the request ("hostname can't be null").  The registry trusts X-Forwarded-For
+# (quarkus.http.proxy.proxy-address-forwarding), and only Sluice's user can reach the socket,
+# so every request names loopback as its source.  A port is required: without one Undertow
+# fails again ("port out of range:-1").
+FORWARDED_FOR = "127.0.0.1:0"
+
+
+def registry_client_for(runtime: Runtime, *, timeout: float = 5.0, max_retries: int = 1) -> SchemaRegistryClient:
+    """A Confluent API client for this runtime's registry, over its Unix socket."""
+    client = SchemaRegistryClient(
+        {"url": runtime.registry_url, "timeout": timeout, "max.retries": max_retries, "retries.wait.ms": 200}
+    )
+    rest = client._rest_client
+    rest.session.close()
+    rest.session = httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(runtime.registry_socket)),
+        timeout=timeout,
+        headers={"X-Forwarded-For": FORWARDED_FOR},
+    )
+    return client
