@@ -69,7 +69,7 @@ class Floor:
         floor.runtime.run_dir.mkdir(parents=True, exist_ok=True)
         floor.runtime.public_socket_dir.mkdir(parents=True, exist_ok=True)
         # As the launcher's public paths (sluicectl.private_state): nginx's workers reach the sockets.
-        os.chmod(floor.runtime.state_dir, 0o711)
+        os.chmod(floor.runtime.state_dir, 0o711)  # noqa: S103
         os.chmod(floor.runtime.public_socket_dir, 0o755)  # noqa: S103
         floor_values = {
             key: _move(value, moves, platform.runtime.ports.named(), floor.runtime.ports.named())
