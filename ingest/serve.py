@@ -101,6 +101,10 @@ class Supervisor:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
+        # Nothing listens on them any more; a stopped platform leaves no socket behind.
+        for socket in self.sockets:
+            socket.unlink(missing_ok=True)
         return 0
 
     def _stop(self, _signum: int, _frame: object) -> None:
