@@ -34,7 +34,8 @@ temporary state directory and ``--offset`` ports; stopped at the end, also on er
    nginx template values and web command, the app swapped) before and after Sluice's
    single-record keep-alive runs, and Sluice with a new TLS handshake per request.
 4. P3: Sluice paced at half the single-record keep-alive maximum just measured, latency from
-   the scheduled send time.
+   the scheduled send time; then the same paced run while ``--api-procs`` processes keep
+   the REST API busy (``ingestbench/apiload.py``: authenticated list requests back to back).
 5. P8: single-record and 100-record runs, then tenants and devices added through the
    services up to ``--p8-tenants`` / ``--p8-devices`` (Celery's provisioning waited for),
    then the same runs again.
@@ -69,6 +70,7 @@ sys.path[:] = [
 ]
 
 from bench.ingestbench import provision as prov_mod  # noqa: E402
+from bench.ingestbench.apiload import ApiLoad  # noqa: E402
 from bench.ingestbench.ceiling import ProducerLoad  # noqa: E402
 from bench.ingestbench.clients import ClientLoad  # noqa: E402
 from bench.ingestbench.floor import Floor, asgi_components  # noqa: E402
@@ -393,6 +395,8 @@ def main() -> None:
             summary.rows.append(
                 ("P3 p99 pooled over the clean windows", f"{paced.pooled_latency(0.99):.1f} ms", "-", "")
             )
+            if args.api_procs:
+                runs.append(p3_with_api_load(ctx, summary, facts, rate))
 
         if "p8" in args.only:
             runs += p8(ctx, summary, facts)
@@ -410,6 +414,47 @@ def main() -> None:
     write_report(args, runs, summary, facts, command, started)
     if failure is not None:
         raise failure
+
+
+def p3_with_api_load(ctx: Context, summary: Summary, facts: list[str], rate: float) -> Run:
+    """P3 again while the REST API is kept busy (issue 9, item 7): ingest has its own pool."""
+    api_token, paths = prov_mod.api_token(ctx.prov.tenant)
+    load = ApiLoad(
+        host="127.0.0.1",
+        port=ctx.prov.port,
+        server_hostname=ctx.prov.hostname,
+        ca_file=ctx.prov.ca_file,
+        token=api_token,
+        user_agent=f"{ctx.token} api-load",
+        paths=paths,
+        procs=ctx.args.api_procs,
+        connections=ctx.args.api_connections,
+    )
+    with load:
+        ctx.sources.trees["api-load"] = load.pids
+        try:
+            paced = run_load(
+                ctx,
+                "P3 json 1 paced, REST API busy",
+                "sluice",
+                clients(ctx, "json", 1, "paced", rate=rate, connections=ctx.args.paced_clients),
+                fmt="json",
+                rpr=1,
+                mode="paced keep-alive, REST API busy",
+            )
+        finally:
+            ctx.sources.trees.pop("api-load", None)
+    paced.extra["REST API load"] = load.describe()
+    facts.append(f"P3 with the REST API busy: {load.describe()}.")
+    summary.add(
+        f"P3 json at {rate:,.0f} requests/s while the REST API is busy: p99",
+        paced.spread("p99"),
+        50.0,
+        ".1f",
+        at_most=True,
+        unit=" ms",
+    )
+    return paced
 
 
 def write_report(
@@ -527,6 +572,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections (one device each)")
     parser.add_argument("--client-procs", type=int, default=2, help="processes the connections are spread over")
     parser.add_argument("--paced-clients", type=int, default=16, help="P3: connections sharing the paced rate")
+    parser.add_argument("--api-procs", type=int, default=2, help="P3 again with the REST API busy (0: skip)")
+    parser.add_argument("--api-connections", type=int, default=4, help="keep-alive connections per API process")
     parser.add_argument("--p3-rate", type=float, help="P3: requests/s (default: half the P2 json maximum)")
     parser.add_argument("--ceiling-run", type=int, default=100, help="ceiling: records per key run (as a request)")
     parser.add_argument("--p8-tenants", type=int, default=1000, help="P8: tenants on the platform")

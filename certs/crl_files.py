@@ -3,9 +3,19 @@ client chains against, and the platform root's CRL.
 
 Pure files-and-crypto (no Django), shared by the launcher and the application:
 
-* ``<state>/crl/<name>.crl`` and ``.pem``: one CRL per CA, DER and PEM, served over HTTP.
-* ``<state>/crl-bundle.pem``: every CRL in one file for nginx's ``ssl_crl`` (nginx checks
-  the whole chain, so every CA in it needs a CRL there); nginx re-reads it on SIGHUP.
+* ``<state>/crl/<name>.crl`` and ``.pem``: one CRL per CA, DER and PEM, served over HTTP
+  at the distribution points every certificate names; the broker's JDK checks them, and
+  so may any verifier.  A leaf revocation rewrites its CA's files at once.
+* ``<state>/crl-bundle.pem``: what nginx's ``ssl_crl`` checks: the **CA level** only.  nginx
+  checks a CRL for every certificate of a chain (OpenSSL's CRL_CHECK_ALL), so the bundle
+  holds the root's CRL (which revokes tenant CAs: tenant deletion) and, per tenant CA, its
+  *anchor*: a CRL with no entries, valid as long as the CA (``anchor_crl``), made once when
+  the CA is created.  Leaf revocations are enforced by the application instead (the
+  ingest data plane's pushed identity cache, the certificate row for EST), at once and
+  without touching nginx: re-reading the bundle means a reload, and a reload ends every
+  device's keep-alive connection, so one tenant's revocation would disturb every tenant.
+  nginx reloads only when a CA appears (a new tenant, a CA rotation) or the root CRL
+  changes (a tenant deleted; a refresh every few weeks).
 * The root CRL is its own record of revoked issuing CAs: republishing merges the entries of
   the current file, so a restart never forgets a revocation.
 """
@@ -33,6 +43,10 @@ ROOT_CRL_VALIDITY = dt.timedelta(days=30)
 
 def bundle_path(runtime: Runtime) -> Path:
     return runtime.state_dir / "crl-bundle.pem"
+
+
+def anchor_dir(runtime: Runtime) -> Path:
+    return runtime.state_dir / "crl-anchors"
 
 
 @contextlib.contextmanager
@@ -89,20 +103,50 @@ def write_crl(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) 
     with _locked(runtime):
         if crl_number(crl) <= _published_number(runtime, name):
             return False
-        _write_unlocked(runtime, name, crl)
+        _write_published(runtime, name, crl)
         return True
 
 
-def _write_unlocked(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
+def _write_published(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
     for suffix, data in ((".crl", crl.public_bytes(serialization.Encoding.DER)),
                          (".pem", crl.public_bytes(serialization.Encoding.PEM))):  # fmt: skip
         _atomic_write(runtime.crl_dir / f"{name}{suffix}", data, mode=PUBLIC_CRL_MODE, newer_than_before=True)
-    _write_bundle(runtime)
+
+
+def anchor_crl(issuer: ca.Issuer, *, valid_until: dt.datetime) -> x509.CertificateRevocationList:
+    """A tenant CA's CRL for nginx's bundle: no entries, valid until the CA itself expires
+    (leaf revocations are the application's to enforce; see the module docstring)."""
+    valid_for = max(dt.timedelta(days=1), valid_until - dt.datetime.now(dt.UTC))
+    return ca.build_crl(issuer=issuer, revoked=[], number=1, valid_for=valid_for)
+
+
+def write_anchor(runtime: Runtime, name: str, crl: x509.CertificateRevocationList) -> None:
+    """Add a CA's anchor to nginx's bundle (a new tenant CA), and have nginx re-read it."""
+    with _locked(runtime):
+        anchor_dir(runtime).mkdir(parents=True, exist_ok=True)
+        # Read by nginx's master only (through the bundle): owner-only like the bundle.
+        _atomic_write(anchor_dir(runtime) / f"{name}.pem", crl.public_bytes(serialization.Encoding.PEM),
+                      mode=BUNDLE_MODE)  # fmt: skip
+        _write_bundle(runtime)
     reload_nginx(runtime)
 
 
-def _write_bundle(runtime: Runtime) -> None:
-    parts = [p.read_bytes() for p in sorted(runtime.crl_dir.glob("*.pem"))]
+def has_anchor(runtime: Runtime, name: str) -> bool:
+    return (anchor_dir(runtime) / f"{name}.pem").exists()
+
+
+def _write_bundle(runtime: Runtime, drop: Sequence[str] = ()) -> None:
+    """The root CRL and every anchor, in one file for ``ssl_crl``."""
+    for name in drop:
+        (anchor_dir(runtime) / f"{name}.pem").unlink(missing_ok=True)
+    root = runtime.crl_dir / f"{ROOT_CRL_NAME}.pem"
+    parts = [root.read_bytes()] if root.exists() else []
+    anchors = {p.stem: p for p in anchor_dir(runtime).glob("*.pem")}
+    parts += [anchors[name].read_bytes() for name in sorted(anchors)]
+    # A CA from before anchors existed keeps its published CRL here until rotation gives it
+    # one (certs.rotation): without any CRL for it nginx would refuse its whole chain.
+    parts += [p.read_bytes() for p in sorted(runtime.crl_dir.glob("*.pem"))
+              if p.stem != ROOT_CRL_NAME and p.stem not in anchors and p.stem not in drop]  # fmt: skip
     _atomic_write(bundle_path(runtime), b"".join(parts), mode=BUNDLE_MODE)
 
 
@@ -167,10 +211,11 @@ def root_crl_entries(runtime: Runtime) -> list[ca.Revoked]:
 
 
 def publish_root_crl(
-    runtime: Runtime, root: ca.Issuer, revoke: Sequence[ca.Revoked] = ()
+    runtime: Runtime, root: ca.Issuer, revoke: Sequence[ca.Revoked] = (), drop_anchors: Sequence[str] = ()
 ) -> x509.CertificateRevocationList:
     """Re-sign the root CRL with a fresh nextUpdate, keeping every earlier entry and adding
-    ``revoke``.  Called at every platform start, on CA revocation, and on a schedule."""
+    ``revoke`` (revoked CAs' anchors, ``drop_anchors``, leave nginx's bundle).  Called at
+    every platform start, on CA revocation, and on a schedule; nginx re-reads it."""
     with _locked(runtime):
         entries = {e.serial: e for e in root_crl_entries(runtime)}
         for item in revoke:
@@ -178,5 +223,7 @@ def publish_root_crl(
         # CRL numbers must increase (RFC 5280 §5.2.3); the clock does that across restarts.
         crl = ca.build_crl(issuer=root, revoked=list(entries.values()), number=time.time_ns() // 1000,
                            valid_for=ROOT_CRL_VALIDITY)  # fmt: skip
-        _write_unlocked(runtime, ROOT_CRL_NAME, crl)
+        _write_published(runtime, ROOT_CRL_NAME, crl)
+        _write_bundle(runtime, drop=drop_anchors)
+    reload_nginx(runtime)
     return crl

@@ -151,6 +151,13 @@ def _refresh_crls(now: dt.datetime, report: RotationReport) -> None:
         services.crl_publish(authority=authority)
         report.crls_refreshed.append(services.crl_name(authority))
     runtime = settings.SLUICE_RUNTIME
+    # A CA made before nginx's bundle held anchors (an older state directory) gets one.
+    trusted = CertificateAuthority.objects.exclude(status=CertificateAuthority.Status.RETIRED)
+    for authority in trusted.select_related("tenant"):
+        if not crl_files.has_anchor(runtime, services.crl_name(authority)):
+            with transaction.atomic():
+                services.anchor_publish(authority=authority)
+            report.crls_refreshed.append(f"{services.crl_name(authority)} (anchor)")
     root_path = runtime.crl_dir / f"{crl_files.ROOT_CRL_NAME}.crl"
     if root_path.exists():
         from cryptography import x509

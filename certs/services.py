@@ -76,7 +76,16 @@ def tenant_ca_create(*, actor: Actor, tenant: Tenant) -> CertificateAuthority:
                      after={"subject": authority.subject, "serial": authority.serial,
                             "not_after": authority.not_after.isoformat()})  # fmt: skip
         crl_publish(authority=authority)
+        anchor_publish(authority=authority)
     return authority
+
+
+def anchor_publish(*, authority: CertificateAuthority) -> None:
+    """After the commit, give nginx the CA's anchor CRL (certs.crl_files: the CA-level CRL
+    nginx checks chains against; leaf revocations are enforced by the application)."""
+    name = crl_name(authority)
+    anchor = crl_files.anchor_crl(ca_issuer(authority), valid_until=authority.not_after)
+    transaction.on_commit(lambda: crl_files.write_anchor(settings.SLUICE_RUNTIME, name, anchor))
 
 
 def active_ca(tenant: Tenant) -> CertificateAuthority:
@@ -312,12 +321,15 @@ def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
     """Revoke every issuing CA of ``tenant`` in the platform root's CRL (tenant deletion):
     every certificate they issued stops validating at once, on Kafka and at nginx alike."""
     now = timezone.now()
-    serials = list(CertificateAuthority.objects.filter(tenant=tenant).values_list("serial", flat=True))
+    authorities = list(CertificateAuthority.objects.filter(tenant=tenant).select_related("tenant"))
+    serials = [authority.serial for authority in authorities]
+    anchors = [crl_name(authority) for authority in authorities]
     entries = [ca.Revoked(int(s, 16), now, x509.ReasonFlags.cessation_of_operation) for s in serials]
     audit_record(actor=actor, tenant=tenant, action="ca.revoke", object_type="certs.certificateauthority",
                  object_repr=f"{len(serials)} issuing CA(s)", after={"serials": serials})  # fmt: skip
     runtime = settings.SLUICE_RUNTIME
-    transaction.on_commit(lambda: crl_files.publish_root_crl(runtime, ensure_root(runtime), revoke=entries))
+    transaction.on_commit(lambda: crl_files.publish_root_crl(runtime, ensure_root(runtime), revoke=entries,
+                                                             drop_anchors=anchors))  # fmt: skip
     return serials
 
 

@@ -63,6 +63,22 @@ class Ports:
         return {name: getattr(self, name) for name in DEFAULT_PORTS}
 
 
+COMPRESSIONS = ("none", "lz4", "snappy", "zstd", "gzip")
+INGEST_SERVERS = ("uvicorn", "granian")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The data plane's processes and its Kafka producer (chosen by measurement: see the
+    README's benchmark section)."""
+
+    workers: int = 2
+    server: str = "uvicorn"
+    compression: str = "lz4"
+    linger_ms: int = 5
+    batch_bytes: int = 1_000_000
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how this Sluice instance runs, resolved once from the environment."""
@@ -82,6 +98,7 @@ class Runtime:
     debug: bool
     default_partitions: int
     default_replication_factor: int
+    ingest: IngestSettings = field(default_factory=IngestSettings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     _secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -133,6 +150,11 @@ class Runtime:
     @property
     def web_socket(self) -> Path:
         return self.public_socket_dir / "web.sock"
+
+    def ingest_socket(self, index: int) -> Path:
+        """Each ingest worker listens on its own socket: nginx sends every request of one
+        device to the same worker (ingest.ratelimit keeps its bucket there)."""
+        return self.public_socket_dir / f"ingest-{index}.sock"
 
     @property
     def static_root(self) -> Path:
@@ -271,6 +293,27 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _ingest_settings(env: Mapping[str, str]) -> IngestSettings:
+    defaults = IngestSettings()
+    workers = _int(env, "SLUICE_INGEST_WORKERS", defaults.workers)
+    if not 1 <= workers <= 64:
+        raise ConfigurationError(f"SLUICE_INGEST_WORKERS={workers}; use 1 to 64")
+    server = env.get("SLUICE_INGEST_SERVER", defaults.server)
+    if server not in INGEST_SERVERS:
+        raise ConfigurationError(f"SLUICE_INGEST_SERVER={server!r}; use one of {', '.join(INGEST_SERVERS)}")
+    compression = env.get("SLUICE_INGEST_COMPRESSION", defaults.compression)
+    if compression not in COMPRESSIONS:
+        raise ConfigurationError(f"SLUICE_INGEST_COMPRESSION={compression!r}; use one of {', '.join(COMPRESSIONS)}")
+    linger = _int(env, "SLUICE_INGEST_LINGER_MS", defaults.linger_ms)
+    if not 0 <= linger <= 1000:
+        raise ConfigurationError(f"SLUICE_INGEST_LINGER_MS={linger}; use 0 to 1000")
+    batch = _int(env, "SLUICE_INGEST_BATCH_BYTES", defaults.batch_bytes)
+    if not 1_000 <= batch <= 16_000_000:
+        raise ConfigurationError(f"SLUICE_INGEST_BATCH_BYTES={batch}; use 1000 to 16000000")
+    return IngestSettings(workers=workers, server=server, compression=compression, linger_ms=linger,
+                          batch_bytes=batch)  # fmt: skip
+
+
 def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
     """Build the Runtime from ``environ`` (default: ``os.environ``)."""
     env = os.environ if environ is None else environ
@@ -303,5 +346,6 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
         # The brief's 100+ partitions for ingestion topics; the test stack keeps it small.
         default_partitions=_int(env, "SLUICE_DEFAULT_PARTITIONS", 3 if environment == TEST else 100),
         default_replication_factor=_int(env, "SLUICE_DEFAULT_REPLICATION_FACTOR", 1),
+        ingest=_ingest_settings(env),
         environ=dict(env),
     )

@@ -34,8 +34,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.request_id.RequestIdMiddleware",
-    # Device ingest skips the browser middleware below (ingest/middleware.py says which and why).
-    "ingest.middleware.IngestRouteMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

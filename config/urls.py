@@ -22,7 +22,6 @@ urlpatterns = [
     path("oauth/", include("tenants.oauth.urls")),
     path("admin/", admin.site.urls),
     path("onboarding/", include("tenants.onboarding_urls")),
-    path("ingest/", include("ingest.urls")),
     path("api/v1/", include("tenants.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

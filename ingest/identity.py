@@ -1,77 +1,53 @@
-"""Who writes, and where to: everything ingest needs about a request's certificate, device,
-group, stream and tenant, read fresh from the database in **one** query per request.
+"""Who writes, and where to: the data plane's per-worker cache of identities.
 
-Ingest re-reads identity on every request (a revocation or suspension applies at the next
-one), so this read is on the hot path of every request.  Building that query through the
-ORM costs about 1 ms of CPU per request (compiling a five-table join), against some 50 µs
-to run it.  So each lookup is compiled by the ORM once per process (``CompiledLookup``:
-the same SQL, the same database converters) and then only executed, with the request's
-value as its one parameter.  The rows are as fresh as before: only the SQL text is reused.
+A request names its credential (the client certificate nginx verified, by serial number,
+or an OAuth2 client through its access token); ingest needs that credential's state and its
+device, group, stream and tenant as the database has them.  Reading them on every request
+would cost a query per request, so each worker keeps what it read in an ``IdentityCache``:
+
+* every change that can take a right away is pushed to all workers at once
+  (``tenants.rights``: published on Redis after the commit; ``ingest.rights_listener``
+  applies it here), and each entry names the scopes it depends on (tenant, group, device,
+  certificate serial, OAuth client) so a change drops exactly the entries it touches;
+* every entry also expires after ``IDENTITY_TTL`` seconds, a backstop for a lost message;
+* while the worker is not subscribed (starting, or its Redis connection broke) the cache
+  is ``live = False``: nothing is served from it and nothing is stored, so every request
+  re-reads the database until the subscription is back (fail closed: never a stale grant);
+* a read that raced with a change (the change arrived while the database was being read)
+  is used for its own request, as a per-request read would be, but never stored.
+
+Only facts are cached, never verdicts: whether a credential may write *now* (expiry,
+renewal overlap) is decided per request from the cached rows (``ingest.services``).
+The loaders below are the only place the data plane reads the database for identity.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import QuerySet
-
 from certs.models import Certificate
-from devices.models import Device, Stream
-from tenants.models import Tenant
+from devices.models import Device
+from tenants.oauth.models import OAuthClient
+from tenants.rights import RightsChange
+
+IDENTITY_TTL = 30.0  # seconds: the backstop; pushed changes apply within milliseconds
+MAX_ENTRIES = 200_000  # per worker; a full cache is cleared rather than grown
 
 
-class CompiledLookup:
-    """A ``values_list`` query the ORM compiles once per database alias, then run with new
-    parameter values: ``build(*sentinels)`` must return the queryset, and its SQL must take
-    exactly the sentinels as parameters, each once, in any order (checked when compiling, so
-    a query whose SQL would embed anything else fails loudly rather than run with wrong
-    values)."""
-
-    def __init__(self, build: Callable[..., QuerySet[Any, Any]], sentinels: Sequence[object]) -> None:
-        self._build = build
-        self._sentinels = tuple(sentinels)
-        self._compiled: dict[str, tuple[str, list[int], Any, list[Any]]] = {}
-        self._lock = threading.Lock()
-
-    def _compile(self, using: str) -> tuple[str, list[int], Any, list[Any]]:
-        with self._lock:
-            compiled = self._compiled.get(using)
-            if compiled is None:
-                compiler = self._build(*self._sentinels).query.get_compiler(using=using)
-                sql, params = compiler.as_sql()
-                if sorted(map(repr, params)) != sorted(map(repr, self._sentinels)):
-                    raise RuntimeError(f"compiled lookup takes parameters {params!r}, not {self._sentinels!r}")
-                order = [self._sentinels.index(param) for param in params]
-                selected = [column[0] for column in compiler.select[: compiler.col_count]]
-                compiled = (sql, order, compiler, compiler.get_converters(selected))
-                self._compiled[using] = compiled
-            return compiled
-
-    def first(self, *values: object, using: str = DEFAULT_DB_ALIAS) -> tuple[Any, ...] | None:
-        """The first row for ``values`` (converted as the ORM would), or None."""
-        sql, order, compiler, converters = self._compiled.get(using) or self._compile(using)
-        with connections[using].cursor() as cursor:
-            cursor.execute(sql, [values[i] for i in order])
-            row = cursor.fetchone()
-        if row is None:
-            return None
-        if converters:
-            (row,) = compiler.apply_converters([row], converters)
-        return tuple(row)
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
 class Writer:
-    """A device that may be allowed to write, with its group, stream and tenant as read now.
+    """A device that may be allowed to write, with its group, stream and tenant as read.
 
-    The attribute names follow the models (``device_id`` is the device's own id, ``pk``
-    its database key)."""
+    ``headers`` and ``key`` are what every record of this device carries to Kafka (the
+    request id header is added per request)."""
 
     pk: int
     device_id: str
@@ -81,6 +57,7 @@ class Writer:
     tenant_status: str
     tenant_max_records_per_second: int
     tenant_max_bytes_per_second: int
+    group_id: int
     group_slug: str
     group_tenant_id: int
     credential_policy: str
@@ -88,80 +65,238 @@ class Writer:
     schema_subject: str
     stream_tenant_id: int
     topic: str
+    # Computed once (the writer is cached): what every record of this device carries.
+    key: bytes = field(init=False, compare=False)
+    identity_headers: tuple[tuple[str, bytes], ...] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.device_id.encode())
+        object.__setattr__(self, "identity_headers", (
+            ("sluice-tenant", self.tenant_slug.encode()),
+            ("sluice-group", self.group_slug.encode()),
+            ("sluice-device", self.device_id.encode()),
+        ))  # fmt: skip
 
     @classmethod
     def from_device(cls, device: Device) -> Writer:
-        """From a model instance (with ``tenant`` and ``group__stream__tenant`` loaded)."""
-        group, tenant = device.group, device.tenant
-        return cls(device.pk, device.device_id, device.status, device.tenant_id, tenant.slug, tenant.status,
-                   tenant.max_records_per_second, tenant.max_bytes_per_second, group.slug, group.tenant_id,
-                   group.credential_policy, group.rate_limit_per_second, group.schema_subject,
-                   group.stream.tenant_id, group.stream.topic)  # fmt: skip
+        """From a model instance with ``tenant`` and ``group__stream__tenant`` loaded."""
+        group, tenant, stream = device.group, device.tenant, device.group.stream
+        return cls(
+            pk=device.pk,
+            device_id=device.device_id,
+            status=device.status,
+            tenant_id=device.tenant_id,
+            tenant_slug=tenant.slug,
+            tenant_status=tenant.status,
+            tenant_max_records_per_second=tenant.max_records_per_second,
+            tenant_max_bytes_per_second=tenant.max_bytes_per_second,
+            group_id=group.pk,
+            group_slug=group.slug,
+            group_tenant_id=group.tenant_id,
+            credential_policy=group.credential_policy,
+            rate_limit_per_second=group.rate_limit_per_second,
+            schema_subject=group.schema_subject,
+            stream_tenant_id=stream.tenant_id,
+            topic=stream.topic,
+        )
 
-
-# The device, group, stream and tenant columns of a Writer, relative to a Device.
-_DEVICE_FIELDS = ("pk", "device_id", "status", "tenant_id", "tenant__slug", "tenant__status",
-                  "tenant__max_records_per_second", "tenant__max_bytes_per_second", "group__slug",
-                  "group__tenant_id", "group__credential_policy", "group__rate_limit_per_second",
-                  "group__schema_subject", "group__stream__tenant_id", "group__stream__tenant__slug",
-                  "group__stream__region", "group__stream__type", "group__stream__retention_class")  # fmt: skip
-
-
-@functools.lru_cache(maxsize=4096)
-def _topic(tenant_slug: str, region: str, type_: str, retention_class: str) -> str:
-    # The model's own rule (Stream.topic), applied to the values read in this request; only
-    # the derivation is cached, never what it is derived from.
-    return Stream(tenant=Tenant(slug=tenant_slug), region=region, type=type_, retention_class=retention_class).topic
-
-
-def _writer(row: Sequence[Any]) -> Writer:
-    *fields, stream_tenant_slug, region, type_, retention_class = row
-    return Writer(*fields, topic=_topic(stream_tenant_slug, region, type_, retention_class))
+    def scopes(self) -> tuple[tuple[str, Any], ...]:
+        return (("tenant", self.tenant_id), ("group", self.group_id), ("device", self.pk))
 
 
 @dataclass(frozen=True, slots=True)
-class CertificateRow:
-    """The columns of a Certificate that ingest checks (same names as the model's)."""
+class CertificateGrant:
+    """The columns of a Certificate that ingest checks, times as epoch seconds."""
 
-    status: str
-    revoked_at: dt.datetime | None
-    overlap_until: dt.datetime | None
-    not_after: dt.datetime
     serial: str
+    status: str
+    revoked_at: float | None
+    overlap_until: float | None
+    not_after: float
     tenant_id: int
-    device_id: int | None
+    device_pk: int | None
+    issuer: str  # the issuing CA's subject (RFC 4514), to match what nginx saw
 
 
-_CERTIFICATE_FIELDS = ("status", "revoked_at", "overlap_until", "not_after", "serial", "tenant_id", "device_id")
-_FINGERPRINT = "\x00sluice-fingerprint"
-_TENANT_SLUG = "\x00sluice-tenant"
-_DEVICE_ID = "\x00sluice-device"
+@dataclass(frozen=True, slots=True)
+class ClientGrant:
+    """The columns of an OAuthClient that ingest checks."""
 
-_by_fingerprint = CompiledLookup(
-    lambda fingerprint: Certificate.objects.filter(fingerprint_sha256=fingerprint).values_list(
-        *_CERTIFICATE_FIELDS, *(f"device__{name}" for name in _DEVICE_FIELDS)
-    )[:1],
-    [_FINGERPRINT],
-)
-_by_device_id = CompiledLookup(
-    lambda tenant, device_id: Device.objects.filter(tenant__slug=tenant, device_id=device_id).values_list(
-        *_DEVICE_FIELDS
-    )[:1],
-    [_TENANT_SLUG, _DEVICE_ID],
-)
+    client_id: str
+    status: str
+    kind: str
+    scopes: frozenset[str]
+    tenant_id: int
+    tenant_slug: str
+    device_pk: int | None
 
 
-def certificate_writer(fingerprint_sha256: str) -> tuple[CertificateRow, Writer | None] | None:
-    """The certificate with this fingerprint and its device (None when the certificate has
-    no device any more), in one query; None when no certificate has this fingerprint."""
-    row = _by_fingerprint.first(fingerprint_sha256)
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A credential and the device it speaks for (None: no device any more)."""
+
+    grant: CertificateGrant | ClientGrant
+    writer: Writer | None
+
+
+# -- the loaders: the data plane's only identity reads ----------------------------------
+
+_WRITER_RELATED = ("tenant", "group__stream__tenant")
+
+
+def load_certificate(serial: str) -> Identity | None:
+    """The certificate with this serial (lowercase hex, no leading zeros) and its device."""
+    row = (
+        Certificate.objects.select_related("ca", *(f"device__{name}" for name in _WRITER_RELATED))
+        .filter(serial=serial)
+        .first()
+    )
     if row is None:
         return None
-    split = len(_CERTIFICATE_FIELDS)
-    certificate = CertificateRow(*row[:split])
-    return certificate, (_writer(row[split:]) if certificate.device_id is not None else None)
+    grant = CertificateGrant(
+        serial=row.serial,
+        status=row.status,
+        revoked_at=_epoch(row.revoked_at),
+        overlap_until=_epoch(row.overlap_until),
+        not_after=row.not_after.timestamp(),
+        tenant_id=row.tenant_id,
+        device_pk=row.device_id,
+        issuer=row.ca.subject,
+    )
+    return Identity(grant, Writer.from_device(row.device) if row.device is not None else None)
 
 
-def device_writer_by_id(*, tenant_slug: str, device_id: str) -> Writer | None:
-    row = _by_device_id.first(tenant_slug, device_id)
-    return None if row is None else _writer(row)
+def load_client(*, client_id: str, tenant_slug: str) -> Identity | None:
+    """The OAuth client with this id in this tenant, and its device (device clients)."""
+    row = (
+        OAuthClient.objects.select_related("tenant", *(f"device__{name}" for name in _WRITER_RELATED))
+        .filter(client_id=client_id, tenant__slug=tenant_slug)
+        .first()
+    )
+    if row is None:
+        return None
+    grant = ClientGrant(
+        client_id=row.client_id,
+        status=row.status,
+        kind=row.kind,
+        scopes=frozenset(row.scopes),
+        tenant_id=row.tenant_id,
+        tenant_slug=row.tenant.slug,
+        device_pk=row.device_id,
+    )
+    return Identity(grant, Writer.from_device(row.device) if row.device is not None else None)
+
+
+# -- the cache -----------------------------------------------------------------------------
+
+
+def certificate_key(serial: str) -> tuple[str, str]:
+    return ("certificate", serial)
+
+
+def client_key(client_id: str) -> tuple[str, str]:
+    return ("client", client_id)
+
+
+def identity_scopes(identity: Identity) -> tuple[tuple[str, Any], ...]:
+    grant = identity.grant
+    own: tuple[tuple[str, Any], ...]
+    if isinstance(grant, CertificateGrant):
+        own = (("certificate", grant.serial), ("tenant", grant.tenant_id))
+    else:
+        own = (("client", grant.client_id), ("tenant", grant.tenant_id))
+    if grant.device_pk is not None:
+        own += (("device", grant.device_pk),)
+    return own + (identity.writer.scopes() if identity.writer is not None else ())
+
+
+def change_scopes(change: RightsChange) -> Iterable[tuple[str, Any]]:
+    if change.whole_tenant:
+        yield ("tenant", change.tenant_id)
+    yield from (("group", g) for g in change.groups)
+    yield from (("device", d) for d in change.devices)
+    yield from (("certificate", s) for s in change.certificates)
+    yield from (("client", c) for c in change.clients)
+
+
+@dataclass(slots=True)
+class _Entry:
+    identity: Identity | None  # None: the credential is unknown to the database
+    expires: float
+    scopes: tuple[tuple[str, Any], ...]
+
+
+class IdentityCache:
+    """Identities by credential key, dropped by scope (see the module docstring).  Used from
+    one event loop only (no locks): loaders run in threads, but ``get``/``put``/``apply``
+    run on the loop."""
+
+    def __init__(self, *, ttl: float = IDENTITY_TTL, max_entries: int = MAX_ENTRIES) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.live = False
+        self.generation = 0
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._by_scope: dict[tuple[str, Any], set[tuple[str, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str], now: float | None = None) -> _Entry | None:
+        """The entry for ``key`` if it may be used now (the cache is live and it has not
+        expired); an entry holding ``identity=None`` means "unknown credential"."""
+        if not self.live:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= (time.monotonic() if now is None else now):
+            self._drop(key)
+            return None
+        return entry
+
+    def put(self, key: tuple[str, str], identity: Identity | None, *, read_at_generation: int) -> None:
+        """Keep what a loader read, unless the cache is not live or a change arrived
+        while it was reading (``read_at_generation`` is ``generation`` before the read)."""
+        if not self.live or read_at_generation != self.generation:
+            return
+        if len(self._entries) >= self.max_entries:
+            self.clear()  # a crude but safe bound: everything is re-read on demand
+        if key in self._entries:
+            self._drop(key)
+        scopes = identity_scopes(identity) if identity is not None else ((key[0], key[1]),)
+        self._entries[key] = _Entry(identity, time.monotonic() + self.ttl, scopes)
+        for scope in scopes:
+            self._by_scope.setdefault(scope, set()).add(key)
+
+    def apply(self, change: RightsChange) -> int:
+        """Drop every entry in the scopes ``change`` names; returns how many were dropped."""
+        self.generation += 1
+        dropped = 0
+        for scope in change_scopes(change):
+            for key in self._by_scope.pop(scope, ()):
+                dropped += self._drop(key)
+        return dropped
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._by_scope.clear()
+
+    def set_live(self, live: bool) -> None:
+        """Going live or losing the subscription both start from an empty cache: changes
+        published while nobody listened are unknown."""
+        self.clear()
+        self.live = live
+
+    def _drop(self, key: tuple[str, str]) -> int:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return 0
+        for scope in entry.scopes:
+            keys = self._by_scope.get(scope)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_scope[scope]
+        return 1

@@ -6,20 +6,19 @@ admin certificate (``User:sluice-admin``, a super user).  Tenant credentials are
 name by default (``ssl.endpoint.identification.algorithm=https``).
 
 Ingest produces through one idempotent producer per process (``ingest_producer``), created
-at first use so a forked worker never inherits another process's librdkafka threads.  A
-background thread serves its delivery callbacks, so each request waits for the reports of
-its own records only (``IngestProducer.produce_and_wait``), never for a global flush.
+at first use so a forked worker never inherits another process's librdkafka threads.  Its
+event loop serves the delivery reports, so each request waits for the reports of its own
+records only (``IngestProducer.produce_and_wait_async``), never for a global flush.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,10 @@ _admin: dict[str, AdminClient] = {}
 # every record it produced has its final report by the time it answers.
 DELIVERY_TIMEOUT_MS = 10_000
 DELIVERY_WAIT_SECONDS = DELIVERY_TIMEOUT_MS / 1000 + 5
+# How often the event loop collects delivery reports while a request waits (seconds), and
+# otherwise.
+POLL_INTERVAL = 0.001
+IDLE_POLL_INTERVAL = 0.2
 
 
 def admin_config(runtime: Runtime) -> dict[str, Any]:
@@ -115,150 +118,166 @@ def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
     implies ``acks=all`` and ``max.in.flight.requests.per.connection<=5``; both are spelled
     out so a reader (and a changed default) cannot get them wrong.  ``acks=all`` is what
     makes a 2xx from ingest mean "written to every in-sync replica" (the broker's
-    ``min.insync.replicas`` decides how many that must be)."""
+    ``min.insync.replicas`` decides how many that must be).  Compression, linger and batch
+    size come from ``SLUICE_INGEST_*`` (config/env.py), chosen by measurement."""
+    settings = runtime.ingest
     return {
         **admin_config(runtime),
         "enable.idempotence": True,
         "acks": "all",
         "max.in.flight.requests.per.connection": 5,
         # Small: requests wait for their records, so batching must not add visible latency.
-        "linger.ms": 5,
+        "linger.ms": settings.linger_ms,
+        "batch.size": settings.batch_bytes,
+        "compression.type": settings.compression,
         "message.timeout.ms": DELIVERY_TIMEOUT_MS,
     }
 
 
-@dataclass(frozen=True)
-class OutgoingRecord:
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One request's records for Kafka: every record of a request has the same key (the
+    device id) and headers (identity and request id), only the values differ."""
+
     key: bytes
-    value: bytes
     headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class Delivered:
-    partition: int
-    offset: int
+    values: list[bytes]
 
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """What Kafka said about each record of one request, in order (None: no report yet)."""
+    """What Kafka said about each record of one request, in order: ``delivered[i]`` is its
+    (partition, offset), or None when no report came (``errors[i]`` says why, if Kafka said)."""
 
-    delivered: list[Delivered | None]
+    delivered: list[tuple[int, int] | None]
     errors: list[KafkaError | None]
     queued: int  # how many of the records reached the producer's queue at all
 
     @property
     def complete(self) -> bool:
-        return all(d is not None for d in self.delivered)
+        return None not in self.delivered
 
 
 class _Waiter:
-    """Collects the delivery reports of one request's records; callbacks run on the poll thread.
+    """Collects the delivery reports of one request's records, on the event loop's thread
+    (``IngestProducer`` serves librdkafka's reports there), and completes ``future`` once
+    every queued record has its report and ``seal`` was called."""
 
-    ``notify`` is called once, on the poll thread or the producing thread, when every queued
-    record has its report and ``seal`` was called: it wakes the request's event loop."""
+    __slots__ = ("delivered", "errors", "future", "pending", "sealed")
 
-    def __init__(self, count: int, notify: Callable[[], None]) -> None:
-        self.delivered: list[Delivered | None] = [None] * count
+    def __init__(self, count: int, future: asyncio.Future[None]) -> None:
+        self.delivered: list[tuple[int, int] | None] = [None] * count
         self.errors: list[KafkaError | None] = [None] * count
+        self.future = future
         self.pending = 0
-        self._sealed = False
-        self._notify: Callable[[], None] | None = notify
-        self._done = threading.Lock()
-
-    def expect(self) -> None:
-        with self._done:
-            self.pending += 1
+        self.sealed = False
 
     def seal(self) -> None:
         """No more records will be produced for this request."""
-        with self._done:
-            self._sealed = True
-            self._maybe_notify()
+        self.sealed = True
+        self._maybe_done()
 
-    def _maybe_notify(self) -> None:
-        if self._sealed and self.pending <= 0 and self._notify is not None:
-            notify, self._notify = self._notify, None
-            notify()
+    def expire(self) -> None:
+        """The request's deadline: answer with whatever reports have arrived."""
+        if not self.future.done():
+            self.future.set_result(None)
 
-    def callback(self, index: int) -> Any:
+    def _maybe_done(self) -> None:
+        if self.sealed and self.pending <= 0 and not self.future.done():
+            self.future.set_result(None)
+
+    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(error: KafkaError | None, message: Message) -> None:
-            with self._done:
-                if error is None:
-                    self.delivered[index] = Delivered(partition=message.partition(), offset=message.offset())
-                else:
-                    self.errors[index] = error
-                self.pending -= 1
-                self._maybe_notify()
+            if error is None:
+                self.delivered[index] = (message.partition(), message.offset())
+            else:
+                self.errors[index] = error
+            self.pending -= 1
+            self._maybe_done()
 
         return on_delivery
 
 
 class IngestProducer:
-    """One librdkafka producer and the thread that serves its delivery callbacks."""
+    """One librdkafka producer, served on the event loop that produces with it.
+
+    librdkafka hands delivery reports to whoever calls ``poll``.  A thread polling for them
+    would cost a hand-over of the GIL and a cross-thread wake-up of the event loop for every
+    report; instead the loop itself polls -- without blocking, every ``POLL_INTERVAL`` while
+    a request waits for Kafka, and every ``IDLE_POLL_INTERVAL`` otherwise (librdkafka's logs
+    and errors come the same way) -- so a report costs one callback on the loop, and a
+    request's acknowledgement arrives at most ``POLL_INTERVAL`` after librdkafka has it."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._producer = Producer(config)
-        self._stopped = threading.Event()
         self.broken = False
-        self._thread = threading.Thread(target=self._serve_callbacks, name="sluice-ingest-producer", daemon=True)
-        self._thread.start()
-
-    def _serve_callbacks(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                # librdkafka raises a fatal error (e.g. a fenced idempotent producer) from
-                # poll(); the producer cannot continue, and a dead poll thread would leave
-                # every later request waiting out its deadline.  Mark it for replacement.
-                _quiet.error("ingest producer: %s; it will be replaced", exc)
-                self.broken = True
-                return
-            except Exception:  # noqa: BLE001 — a delivery callback failed: never let the thread die silently
-                _quiet.exception("ingest producer: delivery-report thread failed; it will be replaced")
-                self.broken = True
-                return
+        self._waiting = 0
+        self._ticker: asyncio.Task[None] | None = None
 
     @property
     def usable(self) -> bool:
-        return not self.broken and self._thread.is_alive()
+        return not self.broken
+
+    def _serve(self) -> None:
+        try:
+            self._producer.poll(0)
+        except KafkaException as exc:
+            # librdkafka raises a fatal error (e.g. a fenced idempotent producer) from poll();
+            # the producer cannot continue: mark it for replacement (see ingest_producer).
+            _quiet.error("ingest producer: %s; it will be replaced", exc)
+            self.broken = True
+
+    async def _tick(self) -> None:
+        while not self.broken:
+            self._serve()
+            await asyncio.sleep(POLL_INTERVAL if self._waiting else IDLE_POLL_INTERVAL)
+
+    def _ensure_ticking(self) -> None:
+        ticker = self._ticker
+        if ticker is None or ticker.done() or ticker.get_loop() is not asyncio.get_running_loop():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sluice-ingest-producer")
 
     async def produce_and_wait_async(
-        self, topic: str, records: Sequence[OutgoingRecord], *, timeout: float = DELIVERY_WAIT_SECONDS
+        self, topic: str, outgoing: Outgoing, *, timeout: float = DELIVERY_WAIT_SECONDS
     ) -> DeliveryOutcome:
         """Produce ``records`` to ``topic`` and wait (at most ``timeout`` s) for Kafka's
         report on each.  Never raises for Kafka's sake: the outcome says what happened.  The
-        wait is an ``await``, so one web worker has many requests in flight (their records
-        share librdkafka's batches) instead of blocking a thread per request."""
+        wait is an ``await``, so one worker has many requests in flight (their records share
+        librdkafka's batches)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            # Runs on the poll thread: it must never raise there (that thread would stop).
-            with contextlib.suppress(RuntimeError):  # the loop is gone (worker shutting down)
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-
-        waiter = _Waiter(len(records), notify=wake)
+        self._ensure_ticking()
+        values = outgoing.values
+        waiter = _Waiter(len(values), loop.create_future())
         deadline = time.monotonic() + timeout
         queued = 0
-        for index, record in enumerate(records):
+        produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.callback
+        for index, value in enumerate(values):
             try:
-                while not self._try_produce(topic, record, waiter, index):
-                    # The local queue is full: the poll thread drains it; wait a moment,
-                    # within this request's deadline, rather than refusing at once.
-                    if time.monotonic() + 0.05 >= deadline:
-                        raise BufferError("the producer's local queue stayed full")
-                    await asyncio.sleep(0.05)
+                while True:
+                    try:
+                        produce(topic, value, key, headers=headers, on_delivery=callback(index))
+                        break
+                    except BufferError:
+                        # The local queue is full: let librdkafka drain it, within this
+                        # request's deadline, rather than refusing at once.
+                        if time.monotonic() + 0.01 >= deadline:
+                            raise
+                        self._serve()
+                        await asyncio.sleep(0.01)
             except (BufferError, KafkaException) as exc:
-                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(records), topic, exc)
+                _quiet.warning("ingest: record %d of %d to %s not queued: %s", index, len(values), topic, exc)
                 self._note_fatal(exc)
                 break
+            waiter.pending += 1
             queued += 1
         waiter.seal()
-        with contextlib.suppress(TimeoutError):  # the outcome says which reports are missing
-            await asyncio.wait_for(done, max(0.0, deadline - time.monotonic()))
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), waiter.expire)
+        self._waiting += 1
+        try:
+            await waiter.future
+        finally:
+            self._waiting -= 1
+            timer.cancel()
         return self._outcome(waiter, queued)
 
     def _outcome(self, waiter: _Waiter, queued: int) -> DeliveryOutcome:
@@ -267,19 +286,7 @@ class IngestProducer:
                 # A fatal idempotence error leaves this producer unusable; the next request
                 # builds a new one (a new producer id), see ingest_producer.
                 self.broken = True
-        return DeliveryOutcome(delivered=list(waiter.delivered), errors=list(waiter.errors), queued=queued)
-
-    def _try_produce(self, topic: str, record: OutgoingRecord, waiter: _Waiter, index: int) -> bool:
-        """Hand one record to librdkafka; False when its local queue is full."""
-        try:
-            self._producer.produce(topic, key=record.key, value=record.value, headers=record.headers,
-                                   on_delivery=waiter.callback(index))  # fmt: skip
-        except BufferError:
-            return False
-        # Counted after produce() returned: the report can only come later, and if the
-        # poll thread is faster, the count dips below zero for a moment and ends right.
-        waiter.expect()
-        return True
+        return DeliveryOutcome(delivered=waiter.delivered, errors=waiter.errors, queued=queued)
 
     def _note_fatal(self, exc: Exception) -> None:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
@@ -287,8 +294,14 @@ class IngestProducer:
             self.broken = True
 
     def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (blocking)."""
         self._producer.flush(timeout)
-        self._stopped.set()
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop serving on this loop and deliver what is queued, off the loop."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await asyncio.to_thread(self._producer.flush, timeout)
 
 
 _producer_lock = threading.Lock()

@@ -1,5 +1,5 @@
 """Pure record handling for ingest: parse a request body, validate its records against a
-schema, encode them in the Confluent wire format.  No ORM, no network, no settings.
+compiled schema, encode them in the Confluent wire format.  No ORM, no network, no settings.
 
 Body shapes (``Content-Type: application/json``, UTF-8):
 
@@ -8,6 +8,12 @@ Body shapes (``Content-Type: application/json``, UTF-8):
   with a ``records`` key is always a batch envelope, so a record that itself has a
   ``records`` field is sent inside a batch.
 
+Parsing is orjson's (RFC 8259 strict: no NaN or Infinity, no number that overflows a 64-bit
+float, at most 1024 levels of nesting, UTF-8 only; an integer beyond 64 bits is read as a
+float, as most JSON consumers would).  Validation is the schema's compiled validator
+(``ingest.registry.LatestSchema``, jsonschema-rs): one call per valid record; the full list
+of failures is built only for a request that fails.
+
 Wire format (what Confluent's serializers write and deserializers expect): magic byte 0, the
 schema id as 4 bytes big-endian, then the payload -- Avro binary (schemaless) for AVRO,
 UTF-8 JSON for JSON Schema.
@@ -15,29 +21,26 @@ UTF-8 JSON for JSON Schema.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import fastavro
-import fastavro.validation
-import referencing.exceptions
+import orjson
 
-from config.errors import Conflict, InvalidInput, PayloadTooLarge, SchemaValidationFailed, UnsupportedMediaType
+from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, UnsupportedMediaType
 from ingest.registry import AVRO, LatestSchema
 
 MAX_BODY_BYTES = 2**20  # 1 MiB per request
 MAX_RECORDS = 500  # per batch
 MAX_FIELD_ERRORS = 100  # reported per request; more are summarised
-MAGIC_BYTE = 0
 BATCH_KEY = "records"
+_DEPTH_LIMIT = "depth limit exceeded"  # orjson's words for nesting beyond 1024 levels
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Parsed:
     """The records of one request and where they sit in the body (for error pointers)."""
 
@@ -57,11 +60,16 @@ def _field(pointer: str, code: str, message: str) -> dict[str, str]:
     return {"pointer": pointer or "/", "code": code, "message": message}
 
 
+_JSON_MEDIA = re.compile(r"^\s*application/json\s*(;|$)", re.IGNORECASE)
+_CHARSET = re.compile(r"charset\s*=\s*\"?([\w-]+)", re.IGNORECASE)
+
+
 def check_content_type(content_type: str) -> None:
     """Only JSON, in UTF-8 (RFC 8259 §8.1): anything else is 415."""
-    media, _, params = content_type.partition(";")
-    charset = re.search(r"charset\s*=\s*\"?([\w-]+)", params, re.IGNORECASE)
-    if media.strip().lower() != "application/json" or (charset and charset.group(1).lower() not in ("utf-8", "utf8")):
+    if content_type == "application/json":
+        return
+    charset = _CHARSET.search(content_type.partition(";")[2])
+    if not _JSON_MEDIA.match(content_type) or (charset and charset.group(1).lower() not in ("utf-8", "utf8")):
         raise UnsupportedMediaType(
             f"Send records as 'Content-Type: application/json' (UTF-8), not '{content_type or 'nothing'}'."
         )
@@ -74,39 +82,19 @@ def check_size(length: int) -> None:
         )
 
 
-def _reject_constant(name: str) -> Any:
-    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259 §6).
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    # A literal like 1e400 overflows to inf, which no JSON consumer can read back.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is out of range for a 64-bit float")
-    return value
-
-
 def parse_body(body: bytes) -> Parsed:
     """The records in ``body``, or ``InvalidInput`` / ``PayloadTooLarge`` saying where it is wrong."""
     check_size(len(body))
-    if not body.strip():
-        raise InvalidInput("The request body is empty; send one JSON object or {\"records\": [...]}.",
-                           code="empty_body")  # fmt: skip
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"The body is not UTF-8 (byte {exc.start}).", code="malformed_json") from None
-    try:
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except RecursionError:
-        message = "The body nests arrays or objects too deeply."
-        raise InvalidInput(message, code="malformed_json", fields=[_field("", "too_deep", message)]) from None
-    except json.JSONDecodeError as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if not body.strip():
+            raise InvalidInput("The body is empty; send one JSON object or {\"records\": [...]}.",
+                               code="empty_body") from None  # fmt: skip
+        if exc.msg == _DEPTH_LIMIT:
+            message = "The body nests arrays or objects too deeply."
+            raise InvalidInput(message, code="malformed_json", fields=[_field("", "too_deep", message)]) from None
         message = f"The body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
-        raise InvalidInput(message, code="malformed_json", fields=[_field("", "malformed_json", message)]) from None
-    except ValueError as exc:
-        message = f"The body is not valid JSON: {exc}."
         raise InvalidInput(message, code="malformed_json", fields=[_field("", "malformed_json", message)]) from None
     if not isinstance(document, dict):
         message = 'Send one JSON object (one record) or {"records": [object, ...]} (a batch).'
@@ -151,28 +139,15 @@ def _batch(document: dict[str, Any]) -> list[dict[str, Any]]:
 def validate(parsed: Parsed, schema: LatestSchema) -> None:
     """Raise ``SchemaValidationFailed`` naming every failing field of every record (up to
     ``MAX_FIELD_ERRORS``), so one refusal tells the device all that is wrong."""
+    is_valid = schema.validator.is_valid
+    if all(is_valid(record) for record in parsed.records):
+        return
     errors: list[dict[str, str]] = []
     failing = 0
     for index, record in enumerate(parsed.records):
-        base = parsed.pointer(index)
-        try:
-            if schema.schema_type == AVRO:
-                named = schema.parsed.get("__named_schemas", {}) if isinstance(schema.parsed, dict) else {}
-                found = avro_errors(record, schema.parsed, base, named)
-            else:
-                found = json_schema_errors(record, schema.validator, base)
-        except RecursionError:
-            found = [_field(base, "too_deep", "The record nests too deeply to validate.")]
-        except referencing.exceptions.Unresolvable as exc:
-            raise Conflict(
-                f"Schema '{schema.subject}' version {schema.version} refers to '{exc.ref}', which Sluice cannot "
-                "resolve (only references inside the schema are supported); register a self-contained schema.",
-                code="schema_not_supported",
-            ) from None
+        found = record_errors(record, schema, parsed.pointer(index))
         failing += bool(found)
         errors += found
-    if not errors:
-        return
     shown = errors[:MAX_FIELD_ERRORS]
     more = f" ({len(errors) - len(shown)} more errors not listed)" if len(errors) > len(shown) else ""
     what = f"{failing} of {len(parsed.records)} records do" if parsed.batch else "The record does"
@@ -182,19 +157,39 @@ def validate(parsed: Parsed, schema: LatestSchema) -> None:
     )
 
 
-def json_schema_errors(record: Any, validator: Any, base: str) -> list[dict[str, str]]:
+def record_errors(record: Any, schema: LatestSchema, base: str) -> list[dict[str, str]]:
+    """Every failure of one record, as JSON pointers into what the device sent, sorted by
+    pointer (devices read them in field order).  A missing field is pointed at itself, and
+    so is each field a closed object does not allow."""
     out = []
-    for error in validator.iter_errors(record):
-        pointer = base + "".join(f"/{escape_pointer(str(p))}" for p in error.absolute_path)
-        if error.validator == "required" and isinstance(error.instance, dict):
-            # Point at the missing field itself, not at the object that lacks it.
-            missing = next((name for name in error.validator_value
-                            if name not in error.instance and error.message.startswith(repr(name))), None)  # fmt: skip
-            if missing is not None:
-                pointer += f"/{escape_pointer(str(missing))}"
-        out.append(_field(pointer, str(error.validator), error.message))
-    # jsonschema yields errors in schema-keyword order; devices read them in field order.
-    return sorted(out, key=lambda field: field["pointer"])
+    for error in schema.validator.iter_errors(record):
+        here = base + "".join(f"/{escape_pointer(str(token))}" for token in error.instance_path)
+        kind = error.kind
+        keyword = kind.name
+        code = schema.codes.get(keyword, keyword)
+        if keyword == "required":
+            out.append(_field(f"{here}/{escape_pointer(str(kind.property))}", code,
+                              f"'{kind.property}' is required."))  # fmt: skip
+        elif keyword == "additionalProperties":
+            for name in kind.unexpected:
+                out.append(
+                    _field(f"{here}/{escape_pointer(str(name))}", code, f"'{name}' is not a field allowed here.")
+                )
+        else:
+            out.append(_field(here, code, _message(error, schema)))
+    return sorted(out, key=lambda item: item["pointer"])
+
+
+def _message(error: Any, schema: LatestSchema) -> str:
+    if schema.schema_type == AVRO:
+        if error.kind.name in ("minimum", "maximum") and isinstance(error.instance, float):
+            return f"{_short(error.instance)} does not fit an Avro float (32 bits); use double."
+        if error.kind.name in ("minimum", "maximum"):
+            return f"{_short(error.instance)} is outside the range of this Avro integer type."
+        if error.kind.name == "not":
+            return "JSON has no bytes: this Avro bytes or fixed field cannot be sent as JSON."
+    text = error.message
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
@@ -213,67 +208,6 @@ def _type_name(schema: Any) -> str:
     if isinstance(schema, dict):
         return str(schema.get("name") or schema.get("logicalType") or schema.get("type"))
     return str(schema)
-
-
-def avro_errors(datum: Any, schema: Any, pointer: str, named: dict[str, Any]) -> list[dict[str, str]]:
-    """Every place ``datum`` (a record as JSON gives it) does not fit the parsed Avro
-    ``schema``, as JSON pointers.  fastavro's own validator stops at the first problem and
-    names fields by dotted Avro names; devices need pointers into what they sent."""
-    if isinstance(schema, str) and schema in named:
-        schema = named[schema]
-    if isinstance(schema, list):
-        if any(not avro_errors(datum, branch, pointer, named) for branch in schema):
-            return []
-        return [_field(pointer, "type", f"{_json_type(datum).capitalize()} matches none of {_type_name(schema)}.")]
-    kind = schema.get("type") if isinstance(schema, dict) else schema
-    if kind == "record":
-        if not isinstance(datum, dict):
-            return [_field(pointer, "type", f"Expected an object ({_type_name(schema)}), got {_json_type(datum)}.")]
-        out: list[dict[str, str]] = []
-        known = set()
-        for field in schema["fields"]:
-            name = field["name"]
-            known.add(name)
-            here = f"{pointer}/{escape_pointer(name)}"
-            if name in datum:
-                out += avro_errors(datum[name], field["type"], here, named)
-            elif "default" not in field:
-                out.append(_field(here, "required", f"'{name}' is required ({_type_name(field['type'])})."))
-        # The Avro writer would drop unknown fields without a word; refuse them instead.
-        for name in datum:
-            if name not in known:
-                message = f"'{name}' is not a field of {_type_name(schema)}."
-                out.append(_field(f"{pointer}/{escape_pointer(str(name))}", "unknown_field", message))
-        return out
-    if kind == "array":
-        if not isinstance(datum, list):
-            return [_field(pointer, "type", f"Expected an array, got {_json_type(datum)}.")]
-        out = []
-        for index, item in enumerate(datum):
-            out += avro_errors(item, schema["items"], f"{pointer}/{index}", named)
-        return out
-    if kind == "map":
-        if not isinstance(datum, dict):
-            return [_field(pointer, "type", f"Expected an object (map), got {_json_type(datum)}.")]
-        out = []
-        for key, value in datum.items():
-            out += avro_errors(value, schema["values"], f"{pointer}/{escape_pointer(str(key))}", named)
-        return out
-    if kind == "enum":
-        if datum not in schema["symbols"]:
-            return [_field(pointer, "enum", f"{json.dumps(datum)} is not one of {', '.join(schema['symbols'])}.")]
-        return []
-    if kind in ("int", "long") and isinstance(datum, bool):
-        return [_field(pointer, "type", f"Expected {kind}, got a boolean.")]
-    if kind == "float" and isinstance(datum, int | float) and not isinstance(datum, bool) and abs(datum) > FLOAT32_MAX:
-        # The Avro writer would store this as infinity without a word.
-        return [_field(pointer, "range", f"{_short(datum)} does not fit an Avro float (32 bits); use double.")]
-    if not fastavro.validation.validate(datum, schema, raise_errors=False):
-        return [_field(pointer, "type", f"Expected {_type_name(schema)}, got {_json_type(datum)} {_short(datum)}.")]
-    return []
-
-
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _short(value: Any) -> str:
@@ -521,9 +455,4 @@ def _json_number(schema: dict[str, Any], *, integer: bool) -> int | float:
 
 def wire_value(record: dict[str, Any], schema: LatestSchema) -> bytes:
     """The Confluent wire format of ``record`` under ``schema``."""
-    header = struct.pack(">bI", MAGIC_BYTE, schema.schema_id)
-    if schema.schema_type == AVRO:
-        buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, schema.parsed, record)
-        return header + buffer.getvalue()
-    return header + json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    return schema.encode(record)

@@ -16,13 +16,21 @@ A new schema version therefore applies to ingest within that time.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
+import struct
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import fastavro
+import jsonschema_rs
+import orjson
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 # The registry client's own HTTP library (httpx2, or httpx): a transport error (connection
@@ -35,10 +43,16 @@ from jsonschema.validators import validator_for
 from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
+from ingest.avro_json import AVRO_CODES, avro_json_schema
 from ingest.registry_client import registry_client_for
 
-# How long ingest trusts its copy of a subject's latest schema (seconds).
+log = logging.getLogger("sluice.ingest")
+
+# How long ingest trusts its copy of a subject's latest schema (seconds), and how long it
+# keeps using it while the registry cannot be reached.
 LATEST_SCHEMA_TTL = 30.0
+MAX_STALE = 3600.0
+MAGIC_BYTE = 0
 
 AVRO = "AVRO"
 JSON = "JSON"
@@ -113,6 +127,15 @@ def _check_json_schema(parsed: Any) -> None:
     except SchemaError as exc:
         where = f" at {exc.json_path}" if exc.json_path != "$" else ""
         raise _invalid(f"Not a valid JSON Schema{where}: {exc.message}") from None
+    # What ingest will compile: a pattern the linear-time engine cannot run (lookaround,
+    # backreferences) or a reference outside the schema is refused now, not at every POST.
+    try:
+        compile_json_schema(parsed)
+    except (ValueError, jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
+        raise _invalid(
+            f"Ingest cannot validate with this JSON Schema: {_first_line(exc)} (patterns run on a linear-time "
+            "engine without lookaround or backreferences; references must stay inside the schema)"
+        ) from None
 
 
 def schema_register(*, subject: str, schema_str: str, schema_type: str) -> int:
@@ -189,10 +212,35 @@ def _registry_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     return _invalid(f"The registry refused this schema for subject '{subject}': {reason}")
 
 
+JSON_SCHEMA_OPTIONS = {
+    # Formats are asserted on every draft (2019-09 and 2020-12 make them annotations by
+    # default; a stream that says "date-time" means it).
+    "validate_formats": True,
+    # Tenants write these schemas: their "pattern"s run on the shared ingest workers, so
+    # they run on the linear-time engine (no lookaround, no backreferences: refused when
+    # the schema is registered, see schema_check), never a backtracking one.
+    "pattern_options": jsonschema_rs.RegexOptions(),
+}
+
+
+def _no_remote(uri: str) -> Any:
+    # Sluice registers self-contained schemas; fetching a $ref from the network would let a
+    # schema make the ingest workers call out (and stall) on every compile.
+    raise ValueError(f"references outside the schema are not supported: {uri}")
+
+
+def compile_json_schema(document: Any) -> Any:
+    """The compiled jsonschema-rs validator of ``document`` (raises on a schema it refuses)."""
+    return jsonschema_rs.validator_for(document, retriever=_no_remote, **JSON_SCHEMA_OPTIONS)
+
+
 @dataclass(frozen=True)
 class LatestSchema:
-    """The latest version of a subject, parsed once: ``parsed`` is the fastavro schema (AVRO)
-    or the JSON Schema document (JSON), ``validator`` the compiled JSON Schema validator."""
+    """The latest version of a subject, compiled once: ``validator`` checks the JSON records
+    devices send (the stream's JSON Schema, or for AVRO the JSON Schema equivalent to the
+    Avro schema, ``ingest.avro_json``), ``parsed`` is the fastavro schema (AVRO) or the JSON
+    Schema document (JSON), ``codes`` renames validation keywords into the refusal codes of
+    this schema type."""
 
     subject: str
     schema_id: int
@@ -201,25 +249,34 @@ class LatestSchema:
     schema_str: str
     parsed: Any
     validator: Any = None
+    codes: dict[str, str] = field(default_factory=dict)
+    prefix: bytes = b""  # the Confluent wire format's magic byte and schema id
+
+    def encode(self, record: Any) -> bytes:
+        """The Confluent wire format of one validated record."""
+        if self.schema_type == AVRO:
+            buffer = io.BytesIO()
+            fastavro.schemaless_writer(buffer, self.parsed, record)
+            return self.prefix + buffer.getvalue()
+        return self.prefix + orjson.dumps(record)
+
+    def encode_all(self, records: list[Any]) -> list[bytes]:
+        if self.schema_type == AVRO:
+            out = []
+            buffer = io.BytesIO()
+            write, parsed, prefix = fastavro.schemaless_writer, self.parsed, self.prefix
+            for record in records:
+                buffer.seek(0)
+                buffer.truncate()
+                write(buffer, parsed, record)
+                out.append(prefix + buffer.getvalue())
+            return out
+        prefix, dumps = self.prefix, orjson.dumps
+        return [prefix + dumps(record) for record in records]
 
 
-_latest_lock = threading.Lock()
-_latest: dict[tuple[str, str], tuple[float, LatestSchema]] = {}
-
-
-def latest_schema(subject: str) -> LatestSchema:
-    """The latest schema registered under ``subject`` (cached ``LATEST_SCHEMA_TTL`` s).
-
-    Raises ``Conflict`` (code ``schema_not_found``) when the subject has no schema: the
-    request is not at fault, the group's configuration is.  Raises ``RegistryUnavailable``
-    when the registry cannot answer.  Only answers are cached, never failures, so a schema
-    registered after a refusal is used at the next request."""
-    key = (str(settings.SLUICE_RUNTIME.registry_socket), subject)
-    now = time.monotonic()
-    with _latest_lock:
-        cached = _latest.get(key)
-    if cached is not None and cached[0] > now:
-        return cached[1]
+def _fetch(subject: str) -> LatestSchema:
+    """Ask the registry for ``subject``'s latest version and compile it (blocking)."""
     try:
         registered = registry_client().get_latest_version(subject)
     except SchemaRegistryError as exc:
@@ -236,16 +293,95 @@ def latest_schema(subject: str) -> LatestSchema:
         ) from None
     except httpx.HTTPError as exc:
         raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
-    latest = _compile(subject, registered.schema_id, registered.version, registered.schema)
+    return _compile(subject, registered.schema_id, registered.version, registered.schema)
+
+
+_latest_lock = threading.Lock()
+_latest: dict[tuple[str, str], tuple[float, LatestSchema]] = {}
+
+
+def latest_schema(subject: str) -> LatestSchema:
+    """The latest schema registered under ``subject`` (cached ``LATEST_SCHEMA_TTL`` s per
+    process; blocking).  The data plane uses ``SchemaCache`` instead.
+
+    Raises ``Conflict`` (code ``schema_not_found``) when the subject has no schema: the
+    request is not at fault, the group's configuration is.  Raises ``RegistryUnavailable``
+    when the registry cannot answer.  Only answers are cached, never failures."""
+    key = (str(settings.SLUICE_RUNTIME.registry_socket), subject)
+    now = time.monotonic()
+    with _latest_lock:
+        cached = _latest.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    latest = _fetch(subject)
     with _latest_lock:
         _latest[key] = (now + LATEST_SCHEMA_TTL, latest)
     return latest
 
 
 def latest_schema_forget() -> None:
-    """Drop every cached schema (tests, and operators after a registry restore)."""
+    """Drop every cached schema of this process (tests, and operators after a registry restore)."""
     with _latest_lock:
         _latest.clear()
+    for cache in list(SchemaCache.instances):
+        cache.forget()
+
+
+class SchemaCache:
+    """The data plane's schemas, per worker, by subject, read without blocking the event loop.
+
+    A subject's schema is fetched once and used for ``LATEST_SCHEMA_TTL`` seconds; after that
+    the next request still uses it while one refresh runs in the background
+    (stale-while-revalidate), so a request never waits for the registry once its subject is
+    known, and a new schema version applies within about ``LATEST_SCHEMA_TTL`` seconds.
+    While the registry is away, ingest keeps validating against the version it holds for
+    up to ``MAX_STALE`` seconds (an outage of the registry must not stop telemetry);
+    only a subject it never read gets 503 ``registry_unavailable``.  A subject that has no
+    schema (409) is not remembered: the next request asks again."""
+
+    instances: ClassVar[weakref.WeakSet[SchemaCache]] = weakref.WeakSet()
+
+    def __init__(self, fetch: Callable[[str], LatestSchema] = _fetch, *, ttl: float = LATEST_SCHEMA_TTL,
+                 max_stale: float = MAX_STALE) -> None:  # fmt: skip
+        self._fetch = fetch
+        self.ttl = ttl
+        self.max_stale = max_stale
+        self._known: dict[str, tuple[float, float, LatestSchema]] = {}  # subject -> (fresh until, read at, schema)
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        SchemaCache.instances.add(self)
+
+    def forget(self) -> None:
+        self._known.clear()
+
+    async def get(self, subject: str) -> LatestSchema:
+        now = time.monotonic()
+        known = self._known.get(subject)
+        if known is not None:
+            fresh_until, read_at, schema = known
+            if now < fresh_until:
+                return schema
+            if now - read_at < self.max_stale:
+                if subject not in self._refreshing:
+                    self._refreshing[subject] = asyncio.get_running_loop().create_task(self._refresh(subject))
+                return schema
+        schema = await asyncio.to_thread(self._fetch, subject)
+        self._keep(subject, schema)
+        return schema
+
+    def _keep(self, subject: str, schema: LatestSchema) -> None:
+        now = time.monotonic()
+        self._known[subject] = (now + self.ttl, now, schema)
+
+    async def _refresh(self, subject: str) -> None:
+        try:
+            self._keep(subject, await asyncio.to_thread(self._fetch, subject))
+        except Conflict:
+            # The subject lost its schemas (deleted in the registry): stop using the old one.
+            self._known.pop(subject, None)
+        except SluiceError as exc:
+            log.warning("ingest: keeping schema of %s while the registry is away (%s)", subject, exc.message)
+        finally:
+            self._refreshing.pop(subject, None)
 
 
 def _compile(subject: str, schema_id: int | None, version: int | None, schema: Schema) -> LatestSchema:
@@ -256,13 +392,27 @@ def _compile(subject: str, schema_id: int | None, version: int | None, schema: S
             code="schema_not_supported",
         )
     document = json.loads(schema.schema_str)
-    if schema_type == AVRO:
-        # References to other subjects are not resolved: Sluice registers self-contained schemas.
-        return LatestSchema(subject, int(schema_id), int(version or 0), AVRO, schema.schema_str,
-                            fastavro.parse_schema(document))  # fmt: skip
-    cls = validator_for(document)
-    return LatestSchema(subject, int(schema_id), int(version or 0), JSON, schema.schema_str, document,
-                        cls(document, format_checker=cls.FORMAT_CHECKER))  # fmt: skip
+    prefix = struct.pack(">bI", MAGIC_BYTE, int(schema_id))
+    try:
+        if schema_type == AVRO:
+            # References to other subjects are not resolved: Sluice registers self-contained schemas.
+            parsed = fastavro.parse_schema(document)
+            validator = compile_json_schema(avro_json_schema(parsed))
+            return LatestSchema(subject, int(schema_id), int(version or 0), AVRO, schema.schema_str, parsed,
+                                validator, AVRO_CODES, prefix)  # fmt: skip
+        return LatestSchema(subject, int(schema_id), int(version or 0), JSON, schema.schema_str, document,
+                            compile_json_schema(document), {}, prefix)  # fmt: skip
+    except (ValueError, jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
+        raise Conflict(
+            f"Schema '{subject}' version {version} cannot be used for validation ({_first_line(exc)}); only "
+            "self-contained schemas whose patterns need no lookaround or backreferences are supported. "
+            "Register a version that is.",
+            code="schema_not_supported",
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def subjects_delete(*, prefix: str = "", subjects: list[str] | tuple[str, ...] = ()) -> list[str]:

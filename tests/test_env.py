@@ -50,9 +50,12 @@ def test_production_refuses_to_invent_secrets(tmp_path: Path) -> None:
 
 def test_concurrent_first_reads_agree_on_one_secret(tmp_path: Path) -> None:
     # given several processes that all start at once on an empty state directory
+    # (spawned, not forked: a fork copies whatever locks other threads of the test process hold,
+    # such as a Kafka client's, and the child can hang on one forever)
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=4) as pool:
+    with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
         keys = list(pool.map(_secret_key_of, [str(tmp_path)] * 8))
     # then every one of them sees the same secret, and no temporary file is left behind
     assert len(set(keys)) == 1

@@ -67,7 +67,10 @@ class Floor:
         for sub in (platform.runtime.state_dir / "nginx" / "tmp").iterdir():
             (floor.runtime.state_dir / "nginx" / "tmp" / sub.name).mkdir(parents=True, exist_ok=True)
         floor.runtime.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(floor.runtime.run_dir, 0o755)  # noqa: S103 - as Web.prepare: nginx workers reach the socket
+        floor.runtime.public_socket_dir.mkdir(parents=True, exist_ok=True)
+        # As the launcher's public paths (sluicectl.private_state): nginx's workers reach the sockets.
+        os.chmod(floor.runtime.state_dir, 0o711)  # noqa: S103
+        os.chmod(floor.runtime.public_socket_dir, 0o755)  # noqa: S103
         floor_values = {
             key: _move(value, moves, platform.runtime.ports.named(), floor.runtime.ports.named())
             for key, value in values.items()
@@ -141,6 +144,7 @@ def _moves(platform: Any, floor: Any) -> list[tuple[Path, Path]]:
     """Where the platform writes -> where the floor writes."""
     return [
         (platform.run_dir, floor.run_dir),
+        (platform.public_socket_dir, floor.public_socket_dir),
         (platform.logs_dir, floor.logs_dir),
         (platform.state_dir / "nginx", floor.state_dir / "nginx"),
     ]
@@ -152,10 +156,15 @@ def _move(value: Any, moves: list[tuple[Path, Path]], ports: dict[str, int], flo
             if value == port:
                 return floor_ports[name]
         return value
-    if isinstance(value, str | Path):
+    if isinstance(value, Path):
         text = str(value)
         for source, destination in moves:
             if text == str(source) or text.startswith(str(source) + os.sep):
-                moved = str(destination) + text[len(str(source)) :]
-                return Path(moved) if isinstance(value, Path) else moved
+                return Path(str(destination) + text[len(str(source)) :])
+    if isinstance(value, str):
+        # Strings may hold paths anywhere (e.g. nginx's upstream lines "server unix:<path>;").
+        for source, destination in moves:
+            if value == str(source):
+                return str(destination)
+            value = value.replace(str(source) + os.sep, str(destination) + os.sep)
     return value

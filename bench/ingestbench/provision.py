@@ -285,3 +285,17 @@ def wait_for_background(*, topics_expected: int, say: Callable[[str], None], tim
             last_said = time.monotonic()
         time.sleep(2.0)
     raise RuntimeError("background provisioning did not finish in time")
+
+
+def api_token(tenant_slug: str) -> tuple[str, list[str]]:
+    """An API token of a platform operator made for the benchmark, and REST API list paths
+    of the benchmark's tenant (each one a token lookup and tenant-scoped queries)."""
+    from django.contrib.auth import get_user_model
+
+    from tenants.audit import Actor
+    from tenants.services import api_token_create
+
+    user = get_user_model().objects.create_superuser(f"bench-api-{secrets.token_hex(3)}", password=None)
+    _, secret = api_token_create(actor=Actor.system("bench"), user=user, name="bench api load")
+    base = f"/api/v1/tenants/{tenant_slug}"
+    return secret, [f"{base}/devices/?page_size=50", f"{base}/groups/", f"{base}/streams/", "/api/v1/tenants/"]

@@ -433,6 +433,29 @@ class Web(Component):
         return None if ctx.runtime.web_socket.exists() else "socket not there yet"
 
 
+class Ingest(Component):
+    """The device data plane (ingest.app): ``SLUICE_INGEST_WORKERS`` ASGI server processes,
+    each on its own Unix socket that only nginx talks to, supervised by ingest.serve."""
+
+    name = "ingest"
+    startup_timeout = 60.0
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        rt.public_socket_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(rt.ingest.workers):
+            rt.ingest_socket(index).unlink(missing_ok=True)
+
+    def process(self, ctx: Context) -> Process:
+        argv = [sys.executable, "-m", "ingest.serve", "config.asgi:application"]
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+
+    def check(self, ctx: Context) -> str | None:
+        rt = ctx.runtime
+        missing = [i for i in range(rt.ingest.workers) if not rt.ingest_socket(i).exists()]
+        return f"worker socket(s) {missing} not there yet" if missing else None
+
+
 def _nginx_user_directive(ctx: Context) -> str:
     """As root, nginx's workers run as ``nobody``: they parse whatever the network sends, so
     they get only what they need -- the public paths of the state directory (CRLs, JWKS,
@@ -478,6 +501,7 @@ class Nginx(Component):
             prefix=prefix,
             mime_types="/etc/nginx/mime.types",
             socket=rt.web_socket,
+            ingest_servers="\n        ".join(f"server unix:{rt.ingest_socket(i)};" for i in range(rt.ingest.workers)),
             bind=rt.web_bind,
             port=rt.ports.web,
             server_names=" ".join(rt.public_hostnames),
@@ -578,9 +602,9 @@ class CeleryBeat(Component):
 
 
 ALL: dict[str, Component] = {
-    c.name: c for c in (Redis(), Kafka(), Registry(), Web(), Nginx(), CeleryWorker(), CeleryBeat())
+    c.name: c for c in (Redis(), Kafka(), Registry(), Web(), Ingest(), Nginx(), CeleryWorker(), CeleryBeat())
 }
 # What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
 # TLS, and the web app behind it on the test database).  Tests start their own Celery
 # workers and launchers where they need them.
-TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry", "web")
+TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry", "web", "ingest")

@@ -23,7 +23,7 @@ from sluicectl.supervisor import Process, last_error
 # meanwhile.  With
 # web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
-ORDER = ("redis", "nginx", "kafka", "registry", "web", "worker", "beat")
+ORDER = ("redis", "nginx", "kafka", "registry", "web", "ingest", "worker", "beat")
 # nginx serves the CRLs the broker checks every TLS peer against, and the token-signing
 # JWKS the broker's OAUTHBEARER listener fetches while it starts (Nginx.prepare creates
 # the first signing key and publishes the JWKS), so it comes first.
@@ -193,7 +193,7 @@ class Launcher:
         for component in started:
             if component.name not in WAIT_BEFORE_NEXT:
                 self.wait_healthy(component)
-        if {"web", "nginx", "worker", "beat"} <= {c.name for c in self.components}:
+        if {"web", "ingest", "nginx", "worker", "beat"} <= {c.name for c in self.components}:
             self.wait_platform()
 
     def wait_platform(self) -> None:

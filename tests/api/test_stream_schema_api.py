@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
@@ -129,11 +130,11 @@ def test_viewers_read_admins_write_and_another_tenants_stream_does_not_exist(adm
 
 
 def test_an_unreachable_registry_is_a_503_with_retry_after(admin: APIClient, tenant: Tenant, settings: object,
-                                                          runtime: object) -> None:  # fmt: skip
-    # given the registry's address pointing at a closed port
+                                                          runtime: object, tmp_path: Path) -> None:  # fmt: skip
+    # given the registry's socket looked for in a state directory where nothing listens
     from dataclasses import replace
 
-    closed = replace(runtime, ports=replace(runtime.ports, registry=9))  # type: ignore[attr-defined]
+    closed = replace(runtime, state_dir=tmp_path)  # type: ignore[arg-type]
     settings.SLUICE_RUNTIME = closed  # type: ignore[attr-defined]
     # when reading or registering
     for response in (

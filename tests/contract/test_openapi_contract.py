@@ -208,6 +208,13 @@ def _point_at(body: Any, world: World) -> None:
         for key, value in world.body.items():
             if key in body and not (key == "device" and body.get("kind") != "device"):
                 body[key] = value
+        # The coverage phase may pair one branch's schema text with the other branch's type
+        # (a JSON Schema sent as AVRO): valid by the spec's shapes, which cannot say "valid
+        # Avro"; keep text and type together.
+        if body.get("schema_type") == "AVRO" and body.get("schema") in JSON_SCHEMAS:
+            body["schema"] = AVRO_SCHEMAS[0]
+        elif body.get("schema_type") == "JSON" and body.get("schema") in AVRO_SCHEMAS:
+            body["schema"] = JSON_SCHEMAS[0]
         items = body.get("items")
         if isinstance(items, list):
             for item in items:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from typing import Any
 
 import fastavro
@@ -119,10 +120,10 @@ def test_avro_failures_point_at_each_field_and_refuse_unknown_fields() -> None:
     bad = {"site": 5, "tags": ["ok", 7], "unit": "K", "extra": True}
     assert failures({"records": [{"celsius": 1.5}, bad]}, schema) == [
         ("/records/1/celsius", "required"),
+        ("/records/1/extra", "unknown_field"),
         ("/records/1/site", "type"),
         ("/records/1/tags/1", "type"),
         ("/records/1/unit", "enum"),
-        ("/records/1/extra", "unknown_field"),
     ]
 
 
@@ -176,7 +177,36 @@ def test_a_top_level_avro_union_or_primitive_refuses_objects_cleanly() -> None:
 
 
 def test_a_json_schema_with_an_unresolvable_reference_is_a_409_not_a_500() -> None:
-    schema = compiled("JSON", {"type": "object", "properties": {"v": {"$ref": "https://example.invalid/v.json"}}})
+    # (compiled when the worker reads the schema: nothing is fetched from the network)
     with pytest.raises(SluiceError) as refused:
-        records.validate(records.parse_body(b'{"v": 1}'), schema)
+        compiled("JSON", {"type": "object", "properties": {"v": {"$ref": "https://example.invalid/v.json"}}})
     assert (refused.value.status, refused.value.code) == (409, "schema_not_supported")
+
+
+def test_a_pattern_that_needs_backtracking_is_refused_and_a_slow_one_runs_in_linear_time() -> None:
+    # a lookahead cannot run on the linear-time engine: the schema is refused, not run
+    with pytest.raises(SluiceError) as refused:
+        compiled("JSON", {"type": "object", "properties": {"v": {"type": "string", "pattern": "^(?=a)a+$"}}})
+    assert refused.value.code == "schema_not_supported"
+    # the classic catastrophic pattern is answered at once, whatever the input's length
+    schema = compiled("JSON", {"type": "object", "properties": {"v": {"type": "string", "pattern": "^(a+)+$"}}})
+    began = time.perf_counter()
+    with pytest.raises(SchemaValidationFailed):
+        records.validate(records.parse_body(json.dumps({"v": "a" * 50_000 + "!"}).encode()), schema)
+    assert time.perf_counter() - began < 1.0  # a backtracking engine takes longer than the universe has
+
+
+def test_formats_are_checked() -> None:
+    schema = compiled("JSON", {"type": "object", "properties": {"at": {"type": "string", "format": "date-time"}}})
+    records.validate(records.parse_body(b'{"at": "2026-12-03T10:00:00Z"}'), schema)
+    assert failures({"at": "yesterday"}, schema) == [("/at", "format")]
+
+
+def test_avro_integers_and_floats_are_range_checked_and_bytes_refused() -> None:
+    avro = {"type": "record", "name": "R", "fields": [
+        {"name": "i", "type": "int"}, {"name": "l", "type": "long"}, {"name": "b", "type": ["null", "bytes"],
+                                                                       "default": None}]}  # fmt: skip
+    schema = compiled("AVRO", avro)
+    records.validate(records.parse_body(b'{"i": 2147483647, "l": -9223372036854775808}'), schema)
+    assert failures({"i": 2**31, "l": 1, "b": "AAE="}, schema) == [("/b", "type"), ("/i", "range")]
+    assert failures({"i": True, "l": 1}, schema) == [("/i", "type")]

@@ -157,7 +157,7 @@ def exercise(platform: Platform, tmp_path: Path) -> None:
     subject = f"{topic}-value"
     registry_client_for(rt).register_schema(subject, Schema(json.dumps(SCHEMA), "JSON"))
     group = {"slug": "thermo", "region": "eu", "device_type": "temp", "stream": stream["id"],
-             "schema_subject": subject, "credential_policy": "both"}  # fmt: skip
+             "schema_subject": subject, "credential_policy": "both", "kafka_direct": True}  # fmt: skip
     assert api("POST", f"/api/v1/tenants/{tenant}/groups/", group, headers=admin)[0] == 201
     device_body = {"device_id": "d1", "group": "thermo"}
     assert api("POST", f"/api/v1/tenants/{tenant}/devices/", device_body, headers=admin)[0] == 201

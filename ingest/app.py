@@ -1,0 +1,337 @@
+"""The ingest data plane: a plain ASGI application for ``/ingest/v1/*``, beside Django.
+
+``POST /ingest/v1/records``: devices send telemetry, authenticated by their mTLS client
+certificate (nginx verifies the chain and forwards its verdict, serial number and issuer)
+or by an OAuth2 access token (``Authorization: Bearer``, RFC 6750), never both.
+
+No Django request cycle runs here (no middleware, signals, ``HttpRequest``): a request
+costs what ingest itself must do.  In the steady state it touches neither the database nor
+Redis: identity comes from the worker's cache (``ingest.identity``, emptied by pushed
+changes of rights), rate limits from local buckets and leased slices of the tenant's
+(``ingest.ratelimit``), the schema from the worker's compiled copy (``ingest.registry``),
+and the wait for Kafka's acknowledgement is an ``await`` on the worker's one producer.
+Counters and ``last_seen_at`` are flushed in the background (``ingest.metrics``).
+
+Every refusal is a ``SluiceError`` rendered as the platform's one error body; success is
+**200**, sent only once Kafka has acknowledged every record with ``acks=all``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from certs.tls_identity import VERIFY_REASONS
+from config.errors import InvalidInput, MethodNotAllowed, NotFound, SluiceError, Unauthenticated, error_body
+from ingest import identity, metrics, records, services
+from ingest.identity import Identity, IdentityCache, Writer
+from ingest.kafka import IngestProducer, ingest_producer
+from ingest.ratelimit import Budget, RateLimiter, Verdict, policy_header, remaining_header
+from ingest.registry import SchemaCache
+from ingest.rights_listener import listen
+from tenants.oauth import tokens
+
+log = logging.getLogger("sluice.ingest")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+PREFIX = "/ingest/"
+RECORDS_PATH = "/ingest/v1/records"
+MAX_TOKENS_CACHED = 100_000
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{8,64}$")
+_BASE_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class Worker:
+    """What one ingest worker holds between requests; created on its event loop."""
+
+    def __init__(self) -> None:
+        runtime = settings.SLUICE_RUNTIME
+        self.runtime = runtime
+        self.cache = IdentityCache()
+        self.limiter = RateLimiter(runtime.redis_url())
+        self.schemas = SchemaCache()
+        self.outcomes = metrics.Outcomes()
+        self.tokens: dict[str, tuple[float, tokens.AccessClaims]] = {}
+        self._producer: IngestProducer | None = None
+        loop = asyncio.get_running_loop()
+        self.tasks = [
+            loop.create_task(listen(self.cache, runtime.redis_url()), name="sluice-rights-listener"),
+            loop.create_task(self._flush_forever(), name="sluice-ingest-metrics"),
+        ]
+
+    @property
+    def producer(self) -> IngestProducer:
+        if self._producer is None or not self._producer.usable:
+            self._producer = ingest_producer(self.runtime)
+        return self._producer
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._flush()
+        await self.limiter.close()
+        if self._producer is not None:
+            await self._producer.aclose()
+
+    # -- identity ----------------------------------------------------------------------
+
+    async def identity(self, key: tuple[str, str], load: Callable[[], Identity | None]) -> Identity | None:
+        entry = self.cache.get(key)
+        if entry is not None:
+            return entry.identity
+        generation = self.cache.generation
+        found = await asyncio.to_thread(_with_connection, load)
+        self.cache.put(key, found, read_at_generation=generation)
+        return found
+
+    async def certificate_writer(self, headers: dict[bytes, bytes]) -> Writer:
+        verdict = headers.get(b"x-sluice-client-verify", b"NONE")
+        if verdict != b"SUCCESS":
+            reason = verdict.decode("latin-1").removeprefix("FAILED:")
+            code, error, message = VERIFY_REASONS.get(
+                reason, ("certificate_invalid", Unauthenticated, f"The client certificate was not accepted: {reason}.")
+            )
+            raise error(message, code=code)
+        serial = services.certificate_serial(headers.get(b"x-sluice-client-serial", b"").decode("latin-1"))
+        found = await self.identity(identity.certificate_key(serial), lambda: identity.load_certificate(serial))
+        issuer = headers.get(b"x-sluice-client-issuer", b"").decode("utf-8", "replace")
+        return services.certificate_verdict(found, issuer=issuer, now=time.time())
+
+    async def token_writer(self, authorization: bytes) -> Writer:
+        token = services.bearer_token(authorization.decode("latin-1"))
+        claims = await self._claims(token)
+        services.token_scope_check(claims)
+        key = identity.client_key(claims.client_id)
+        found = await self.identity(key, lambda: identity.load_client(client_id=claims.client_id,
+                                                                       tenant_slug=claims.tenant))  # fmt: skip
+        try:
+            return services.token_verdict(claims, found)
+        except LookupError:
+            # The token does not match its client (rare: only a token minted wrongly); read
+            # whether the device it names exists, to say why it is refused.
+            exists = await asyncio.to_thread(_with_connection, lambda: _device_exists(claims.tenant, claims.device))
+            return services.token_verdict(claims, found, device_exists=exists)
+
+    async def _claims(self, token: str) -> tokens.AccessClaims:
+        """The token's verified claims; a verified token is remembered until it expires
+        (the signature and times cannot change; the client is re-read separately)."""
+        now = time.time()
+        known = self.tokens.get(token)
+        if known is not None and known[0] > now:
+            return known[1]
+        try:
+            claims = await asyncio.to_thread(
+                tokens.verify_access_token, self.runtime, token, audience=tokens.AUD_INGEST
+            )
+        except Unauthenticated as exc:
+            raise services.TokenRefused(exc.message, code=exc.code, error="invalid_token") from None
+        if len(self.tokens) >= MAX_TOKENS_CACHED:
+            self.tokens = {t: v for t, v in self.tokens.items() if v[0] > now}
+            if len(self.tokens) >= MAX_TOKENS_CACHED:
+                self.tokens.clear()
+        self.tokens[token] = (claims.expires_at.timestamp() + tokens.LEEWAY_SECONDS, claims)
+        return claims
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(metrics.FLUSH_SECONDS)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        counts = self.outcomes.take_counts()
+        seen = self.outcomes.take_due_sightings()
+        try:
+            if counts:
+                await asyncio.to_thread(metrics.flush_counts, _counter_client(), counts)
+            if seen:
+                await asyncio.to_thread(metrics.write_last_seen, seen)
+        except Exception:
+            log.warning("ingest: could not flush counters or last_seen", exc_info=True)
+
+
+def _with_connection(load: Callable[[], Any]) -> Any:
+    """Run a database read on a worker thread, dropping a connection an earlier error left
+    unusable (what Django does around a request)."""
+    from django.db import close_old_connections
+
+    close_old_connections()
+    return load()
+
+
+def _device_exists(tenant_slug: str, device_id: str | None) -> bool:
+    from devices.models import Device
+
+    return Device.objects.filter(tenant__slug=tenant_slug, device_id=device_id).exists()
+
+
+_counter_redis: Any = None
+
+
+def _counter_client() -> Any:
+    global _counter_redis
+    if _counter_redis is None:
+        from ingest.ratelimit import redis_client
+
+        _counter_redis = redis_client()
+    return _counter_redis
+
+
+class IngestApp:
+    """The ASGI application for everything under ``/ingest/``."""
+
+    def __init__(self) -> None:
+        self._worker: Worker | None = None
+        self._proxy_secret = settings.SLUICE_PROXY_SECRET.encode()
+        # Request ids made here: this worker's random prefix and a counter (unique without a
+        # system call per request).
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
+
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None:
+            self._worker = Worker()
+        return self._worker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._worker is not None:
+                    await self._worker.close()
+                    self._worker = None
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        offered = headers.get(b"x-request-id", b"")
+        request_id = offered if _REQUEST_ID.match(offered) else f"{self._id_prefix}{next(self._ids):016x}".encode()
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            if scope["path"] != RECORDS_PATH:
+                raise NotFound(f"No ingest endpoint at {scope['path'][:100]}; devices POST to {RECORDS_PATH}.")
+            if scope["method"] != "POST":
+                extra.append((b"allow", b"POST"))
+                raise MethodNotAllowed("Send records with POST.", code="method_not_allowed")
+            status, body = await self.records(headers, receive, request_id, extra)
+        except SluiceError as error:
+            status, body = error.status, orjson.dumps(error_body(error.code, error.message, error.fields))
+            self._refused(error, extra)
+        except Exception:
+            log.exception("ingest: unexpected failure (request %s)", request_id.decode())
+            status, body = 500, orjson.dumps(error_body("internal_error", "Ingest failed unexpectedly; nothing is "
+                                                        "known to have been written. Try again."))  # fmt: skip
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_BASE_HEADERS, (b"content-length", str(len(body)).encode()),
+                                (b"x-request-id", request_id), *extra]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    def _refused(self, error: SluiceError, extra: list[tuple[bytes, bytes]]) -> None:
+        if self._worker is not None:
+            self._worker.outcomes.refused(error.code)
+        if error.retry_after is not None:
+            extra.append((b"retry-after", str(error.retry_after).encode()))
+        challenge = services.www_authenticate(error)
+        if challenge is not None:
+            extra.append((b"www-authenticate", challenge.encode()))
+
+    async def records(
+        self, headers: dict[bytes, bytes], receive: Receive, request_id: bytes, extra: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes]:
+        """Everything a POST goes through, in the order the refusals are promised: who
+        (401/403), then the body's size (413), type (415), shape (400), the rate limits
+        (429), the schema (409/503) and the records (422); then Kafka (503 or 200)."""
+        worker = self.worker
+        writer = await self.authenticate(worker, headers)
+        body = await _read_body(headers, receive)
+        records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
+        parsed = records.parse_body(body)
+        budget = Budget(writer.tenant_id, writer.pk, writer.rate_limit_per_second, writer.tenant_max_records_per_second,
+                        writer.tenant_max_bytes_per_second, len(parsed.records), len(body))  # fmt: skip
+        extra.append((b"ratelimit-policy", policy_header(budget).encode()))
+        try:
+            verdict = await worker.limiter.take(budget)
+        except SluiceError:
+            extra.append((b"ratelimit", remaining_header(Verdict(0, 1, 0)).encode()))
+            raise
+        extra.append((b"ratelimit", remaining_header(verdict).encode()))
+        schema = await worker.schemas.get(writer.schema_subject)
+        prepared = services.records_prepare(writer=writer, parsed=parsed, schema=schema,
+                                            request_id=request_id.decode())  # fmt: skip
+        accepted = await services.records_produce(worker.producer, prepared)
+        worker.outcomes.accepted(len(accepted.offsets), writer.pk)
+        return 200, accepted.as_json()
+
+    async def authenticate(self, worker: Worker, headers: dict[bytes, bytes]) -> Writer:
+        """The device a request may write for, proven by exactly one credential."""
+        # Only nginx knows the secret: anyone else reaching the socket is treated as having
+        # presented no certificate, whatever headers it sends.
+        from_nginx = hmac.compare_digest(headers.get(b"x-sluice-proxy-secret", b""), self._proxy_secret)
+        presented = from_nginx and headers.get(b"x-sluice-client-verify", b"NONE") != b"NONE"
+        authorization = headers.get(b"authorization")
+        if authorization:
+            if presented:
+                raise services.ambiguous_credentials()
+            return await worker.token_writer(authorization)
+        if not presented:
+            raise services.no_credential()
+        return await worker.certificate_writer(headers)
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    """The body, refused by its declared length before it is read, and read to at most one
+    byte more than the limit (so a body without a length cannot fill memory either)."""
+    declared = headers.get(b"content-length")
+    if declared:
+        try:
+            records.check_size(int(declared))
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number.", code="invalid_content_length") from None
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("The client went away before the body was read.", code="client_disconnected")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > records.MAX_BODY_BYTES:
+                records.check_size(size)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
