@@ -39,7 +39,7 @@ from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from django.conf import settings
 from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
+from jsonschema.validators import Draft7Validator, validator_for
 from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
@@ -123,7 +123,7 @@ def _check_json_schema(parsed: Any) -> None:
     if not isinstance(parsed, dict | bool):
         raise _invalid("Not a valid JSON Schema: it must be a JSON object (or true/false).")
     try:
-        validator_for(parsed).check_schema(parsed)
+        validator_for(parsed, default=Draft7Validator).check_schema(parsed)  # as compile_json_schema
     except SchemaError as exc:
         where = f" at {exc.json_path}" if exc.json_path != "$" else ""
         raise _invalid(f"Not a valid JSON Schema{where}: {exc.message}") from None
@@ -230,7 +230,14 @@ def _no_remote(uri: str) -> Any:
 
 
 def compile_json_schema(document: Any) -> Any:
-    """The compiled jsonschema-rs validator of ``document`` (raises on a schema it refuses)."""
+    """The compiled jsonschema-rs validator of ``document`` (raises on a schema it refuses).
+
+    A schema that names no ``$schema`` is read as draft-07, the draft the registry and the
+    Confluent serializers assume, so a consumer validating with them agrees with ingest
+    (the libraries' own default, the latest draft, reads tuple ``items`` and
+    ``dependencies`` differently)."""
+    if isinstance(document, dict) and "$schema" not in document:
+        return jsonschema_rs.Draft7Validator(document, retriever=_no_remote, **JSON_SCHEMA_OPTIONS)
     return jsonschema_rs.validator_for(document, retriever=_no_remote, **JSON_SCHEMA_OPTIONS)
 
 

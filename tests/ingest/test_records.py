@@ -202,6 +202,19 @@ def test_formats_are_checked() -> None:
     assert failures({"at": "yesterday"}, schema) == [("/at", "format")]
 
 
+def test_a_schema_without_a_draft_is_read_as_draft_07_like_the_registry_reads_it() -> None:
+    # tuple "items" and "dependencies" mean what draft-07 says (2020-12 reads both otherwise)
+    schema = compiled("JSON", {"type": "object", "properties": {"pair": {"type": "array", "items": [
+        {"type": "integer"}, {"type": "string"}]}}, "dependencies": {"lat": ["lon"]}})  # fmt: skip
+    records.validate(records.parse_body(b'{"pair": [1, "x"], "lat": 1, "lon": 2}'), schema)
+    assert failures({"pair": ["x", 1]}, schema) == [("/pair/0", "type"), ("/pair/1", "type")]
+    assert failures({"lat": 1}, schema) == [("/lon", "required")]  # a missing field is pointed at itself
+    # a schema that names its draft gets that draft
+    named = compiled("JSON", {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+                              "properties": {"pair": {"prefixItems": [{"type": "integer"}]}}})  # fmt: skip
+    assert failures({"pair": ["x"]}, named) == [("/pair/0", "type")]
+
+
 def test_avro_integers_and_floats_are_range_checked_and_bytes_refused() -> None:
     avro = {"type": "record", "name": "R", "fields": [
         {"name": "i", "type": "int"}, {"name": "l", "type": "long"}, {"name": "b", "type": ["null", "bytes"],
