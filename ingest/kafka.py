@@ -206,13 +206,18 @@ class IngestProducer:
     report; instead the loop itself polls -- without blocking, every ``POLL_INTERVAL`` while
     a request waits for Kafka, and every ``IDLE_POLL_INTERVAL`` otherwise (librdkafka's logs
     and errors come the same way) -- so a report costs one callback on the loop, and a
-    request's acknowledgement arrives at most ``POLL_INTERVAL`` after librdkafka has it."""
+    request's acknowledgement arrives at most ``POLL_INTERVAL`` after librdkafka has it.
+    The polls are timer callbacks, not a task: a request that starts waiting while the
+    timer is set for the idle interval moves it to ``POLL_INTERVAL`` at once (a sleeping
+    task could not be woken, and the request would wait for the idle interval)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._producer = Producer(config)
         self.broken = False
         self._waiting = 0
-        self._ticker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_idle = False
 
     @property
     def usable(self) -> bool:
@@ -227,15 +232,26 @@ class IngestProducer:
             _quiet.error("ingest producer: %s; it will be replaced", exc)
             self.broken = True
 
-    async def _tick(self) -> None:
-        while not self.broken:
-            self._serve()
-            await asyncio.sleep(POLL_INTERVAL if self._waiting else IDLE_POLL_INTERVAL)
+    def _schedule(self, loop: asyncio.AbstractEventLoop, idle: bool) -> None:
+        self._timer = loop.call_later(IDLE_POLL_INTERVAL if idle else POLL_INTERVAL, self._on_timer)
+        self._timer_idle = idle
+
+    def _on_timer(self) -> None:
+        self._serve()
+        if self.broken or self._loop is None:
+            self._timer = None
+            return
+        self._schedule(self._loop, idle=not self._waiting)
 
     def _ensure_ticking(self) -> None:
-        ticker = self._ticker
-        if ticker is None or ticker.done() or ticker.get_loop() is not asyncio.get_running_loop():
-            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sluice-ingest-producer")
+        """Poll every ``POLL_INTERVAL`` from now on (a request is about to wait)."""
+        loop = asyncio.get_running_loop()
+        if self._timer is not None and self._loop is loop and not self._timer_idle:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop = loop
+        self._schedule(loop, idle=False)
 
     async def produce_and_wait_async(
         self, topic: str, outgoing: Outgoing, *, timeout: float = DELIVERY_WAIT_SECONDS
@@ -299,8 +315,10 @@ class IngestProducer:
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop serving on this loop and deliver what is queued, off the loop."""
-        if self._ticker is not None:
-            self._ticker.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None
         await asyncio.to_thread(self._producer.flush, timeout)
 
 

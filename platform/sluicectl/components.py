@@ -36,6 +36,11 @@ from tenants.oauth.keys import ensure_signing_keys, jwks_path
 TEMPLATES = BASE_DIR / "platform"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
+# The console, the REST API and Celery run at a lower CPU priority than the data plane (nginx,
+# the ingest workers, Kafka, Redis): on a machine short of CPU, a busy console or a reconcile
+# slows down itself, not the devices' requests.
+BACKGROUND_NICE = 5
+
 
 @dataclass
 class Context:
@@ -427,7 +432,7 @@ class Web(Component):
             "--log-level",
             "warning",
         ]
-        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR, nice=BACKGROUND_NICE)
 
     def check(self, ctx: Context) -> str | None:
         return None if ctx.runtime.web_socket.exists() else "socket not there yet"
@@ -578,7 +583,7 @@ class CeleryWorker(Component):
             "--loglevel", "INFO", "--concurrency", concurrency,
             "--hostname", f"worker@{socket.gethostname()}-{ctx.runtime.ports.web}",
         ]  # fmt: skip
-        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR, nice=BACKGROUND_NICE)
 
     def check(self, ctx: Context) -> str | None:
         return None  # judged through /healthz (celery_worker), which pings over Redis
@@ -595,7 +600,7 @@ class CeleryBeat(Component):
             "--loglevel", "INFO", "--schedule", str(schedule),
             "--pidfile", str(ctx.runtime.run_dir / "beat.pid"),
         ]  # fmt: skip
-        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR, nice=BACKGROUND_NICE)
 
     def check(self, ctx: Context) -> str | None:
         return None  # judged through /healthz (celery_beat), which reads beat's heartbeat

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -24,6 +25,13 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def _child_setup(nice: int) -> None:
+    """preexec hook: die with the launcher, and run at ``nice`` (0: as the launcher)."""
+    _die_with_parent()
+    if nice:
+        os.nice(nice)
 
 
 def last_error(path: Path) -> str:
@@ -68,6 +76,8 @@ class Process:
     log_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
+    # Scheduling priority below the data plane's (see components.BACKGROUND_NICE).
+    nice: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -84,7 +94,7 @@ class Process:
                     env=dict(self.env) if self.env is not None else None,
                     cwd=self.cwd,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=functools.partial(_child_setup, self.nice),
                 )
             except FileNotFoundError as exc:
                 from sluicectl.errors import LaunchError

@@ -315,6 +315,30 @@ def test_records_kafka_did_not_acknowledge_are_503_and_said_to_be_uncertain() ->
     assert "may or may not have been written" in error.message
 
 
+def test_a_request_that_finds_the_producer_idle_does_not_wait_for_the_idle_poll() -> None:
+    # given a producer that has been idle long enough to poll at its idle interval
+    from ingest.kafka import IDLE_POLL_INTERVAL, POLL_INTERVAL
+
+    producer = IngestProducer({"bootstrap.servers": f"127.0.0.1:{CLOSED_PORT}", "log_level": 0})
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        producer._ensure_ticking()
+        await asyncio.sleep(5 * POLL_INTERVAL)  # nobody waits: the next poll is an idle one
+        assert producer._timer is not None and producer._timer_idle
+        idle_in = producer._timer.when() - loop.time()
+        # when a request starts waiting for Kafka
+        producer._ensure_ticking()
+        busy_in = producer._timer.when() - loop.time()
+        await producer.aclose(timeout=0)
+        return idle_in, busy_in
+
+    idle_in, busy_in = asyncio.run(scenario())
+    # then the next poll moves from the idle interval to the short one at once
+    assert idle_in > 10 * POLL_INTERVAL
+    assert busy_in <= POLL_INTERVAL < IDLE_POLL_INTERVAL
+
+
 def test_nginx_serial_numbers_are_read_as_sluice_stores_them() -> None:
     assert services.certificate_serial("00AB0F") == "ab0f"
     assert services.certificate_serial("7F") == "7f"

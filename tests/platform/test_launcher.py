@@ -83,6 +83,13 @@ def test_ctrl_c_stops_the_whole_process_tree(running_platform: tuple[subprocess.
     assert "redis-server" in names
     assert "celery" in names
     assert len(tree) >= 4, names  # redis, worker + its pool processes, beat
+    # and the data plane's parts run at the launcher's priority, the background ones below it
+    from sluicectl.components import BACKGROUND_NICE
+
+    base = psutil.Process(proc.pid).nice()
+    nices = {" ".join(p.cmdline()[:4]): p.nice() for p in tree}
+    assert all(n == base for c, n in nices.items() if "redis-server" in c), nices
+    assert all(n == base + BACKGROUND_NICE for c, n in nices.items() if "celery" in c), nices
 
     # and status reports each component
     status = run_sluicectl(["status"], env)
