@@ -325,7 +325,8 @@ def test_a_request_that_finds_the_producer_idle_does_not_wait_for_the_idle_poll(
         loop = asyncio.get_running_loop()
         producer._ensure_ticking()
         await asyncio.sleep(5 * POLL_INTERVAL)  # nobody waits: the next poll is an idle one
-        assert producer._timer is not None and producer._timer_idle
+        assert producer._timer is not None
+        assert producer._timer_idle
         idle_in = producer._timer.when() - loop.time()
         # when a request starts waiting for Kafka
         producer._ensure_ticking()
