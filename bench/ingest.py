@@ -3,16 +3,15 @@ direct producer writing the same bytes) and its floor (the same nginx + ASGI ser
 of a do-nothing app): issue 9's P1, P2, P3, P5 and P8.  P4 is ``bench/validation.py``.
 
 The final measurement, in a quiet window (nothing else running on the machine: no test
-suite, no other benchmark, no other platform left up), is one command of about 35 minutes:
-~13 for the measured runs and ~20 for P8's population (adding 999 tenants through
-``tenant_create`` took 15.5 minutes on the shared machine, each one rewriting the CRL
-bundle and reloading nginx, then ~4 minutes for Celery to create their 2,000 topics):
+suite, no other benchmark, no other platform left up), is one command of about 20 minutes:
+~11 for the measured runs and ~9 for P8 (adding 999 tenants through ``tenant_create`` took
+434 s on 2026-12-03, each a tenant CA and its anchor CRL; Celery's 2,000 topics follow):
 
     .venv/bin/python bench/ingest.py --out bench/results/ingest.md
 
-Without P8, about 13 minutes: ``--only p1,p2,p3,p5``.  Smoke run (2 s windows, 60 tenants
-for P8, about 6 minutes; the report is marked SMOKE and goes to
-``bench/results/ingest-smoke.md``):
+Without P8, about 11 minutes: ``--only p1,p2,p3,p5``; P8 alone: ``--only p8 --formats json``.
+Smoke run (2 s windows, 60 tenants for P8, about 6 minutes; the report is marked SMOKE and
+goes to ``bench/results/ingest-smoke.md``):
 
     .venv/bin/python bench/ingest.py --smoke
 
