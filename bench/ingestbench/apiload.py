@@ -9,7 +9,6 @@ of answered requests and of non-200 answers is read back when the load stops.
 
 from __future__ import annotations
 
-import http.client
 import multiprocessing
 import ssl
 import threading
@@ -17,42 +16,35 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class _Connection(http.client.HTTPSConnection):
-    """Connects to an address, verifies the certificate for another name (SNI)."""
-
-    def __init__(self, host: str, port: int, *, sni: str, context: ssl.SSLContext) -> None:
-        super().__init__(host, port, context=context, timeout=30)
-        self.sni = sni
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.sni)  # type: ignore[attr-defined]
+from bench.ingestbench.clients import Connection
 
 
 def _api_process(spec: dict[str, Any], stop: Any, results: Any) -> None:
     context = ssl.create_default_context(cafile=spec["ca_file"])
+    head = "".join(f"{name}: {value}\r\n" for name, value in spec["headers"].items())
+    requests = [f"GET {path} HTTP/1.1\r\n{head}\r\n".encode() for path in spec["paths"]]
     counts = {"answered": 0, "not_200": 0, "errors": 0}
     lock = threading.Lock()
 
     def run(offset: int) -> None:
-        conn: _Connection | None = None
-        paths = spec["paths"]
+        conn: Connection | None = None
         i = offset
         while not stop.is_set():
-            if conn is None:
-                conn = _Connection(spec["host"], spec["port"], sni=spec["server_hostname"], context=context)
             try:
-                conn.request("GET", paths[i % len(paths)], headers=spec["headers"])
-                response = conn.getresponse()
-                response.read()
+                if conn is None:
+                    conn = Connection(context, spec["host"], spec["port"], spec["server_hostname"])
+                status, closes, _ = conn.exchange(requests[i % len(requests)])
                 with lock:
                     counts["answered"] += 1
-                    counts["not_200"] += response.status != 200
-            except (OSError, http.client.HTTPException):
+                    counts["not_200"] += status != 200
+                if closes:
+                    conn.close()
+                    conn = None
+            except (OSError, ValueError):
                 with lock:
                     counts["errors"] += 1
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 conn = None
                 time.sleep(0.05)
             i += 1
@@ -62,7 +54,7 @@ def _api_process(spec: dict[str, Any], stop: Any, results: Any) -> None:
         thread.start()
     stop.wait()
     for thread in threads:
-        thread.join(timeout=35)
+        thread.join(timeout=65)
     results.put(counts)
 
 
