@@ -23,15 +23,20 @@ makes an HTTP error status fail the command (``fail-with-body``) without a chara
 blocks changing.
 
 The platform's Celery worker (topics, ACLs) is started as ``sluice up`` would, and its first
-admin account is created by the same command ``sluice up`` runs."""
+admin account is created by the same command ``sluice up`` runs.
+
+Ingest's error table is checked against the code: every error code raised on ingest's path
+(found by reading the modules' syntax trees) must be in it."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from markdown_it import MarkdownIt
 
 from certs import ca
 from certs.models import Certificate
+from config import errors
 from config.env import BASE_DIR, Runtime
 from tests.conftest import unique_slug
 from tests.integration.test_ingest import consume, wire
@@ -165,6 +171,83 @@ def test_a_block_that_fails_is_named_by_its_readme_line(tmp_path: Path) -> None:
     assert "@@block 1 start@@\nhello\n" in result.stdout
     assert "unreachable" not in result.stdout
     assert [b.line for b in blocks] == [1, 7, 13]
+
+
+# -- ingest's error table ---------------------------------------------------------------
+
+# Where the data plane's refusals are raised (the modules ``ingest/app.py`` runs a request
+# through), and the codes among them that ingest never answers, with the reason.
+INGEST_PATH = ("ingest/app.py", "ingest/services.py", "ingest/records.py", "ingest/ratelimit.py",
+               "ingest/registry.py", "certs/tls_identity.py", "tenants/oauth/tokens.py")  # fmt: skip
+NOT_INGEST = {
+    "invalid": "registry.py: a schema registration refused (REST API), 400 with field errors",
+    "invalid_schema": "registry.py: a schema registration refused (REST API), as a field code",
+    "invalid_choice": "registry.py: a schema registration's schema_type (REST API), as a field code",
+    "required": "registry.py: a schema registration without a schema (REST API), as a field code",
+    "conflict": "registry.py: the registry's compatibility verdict on a registration (REST API)",
+}
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def raised_codes(source: str) -> set[str]:
+    """The error codes ``source`` can raise: ``code=`` arguments, the ``code`` parameter of
+    helpers that build an error (passed or defaulted), the codes of error classes raised
+    without one, and ``(code, ErrorClass, message)`` tables."""
+    default_codes = {c.__name__: c.code for c in [errors.SluiceError, *_subclasses(errors.SluiceError)]}
+    tree = ast.parse(source)
+    helpers: dict[str, tuple[int, str | None]] = {}  # function -> (position of ``code``, its default)
+    for node in ast.walk(tree):
+        # a helper that builds an error (annotated to return one), not a field error's dict
+        returns_error = isinstance(node, ast.FunctionDef) and getattr(node.returns, "id", None) in default_codes
+        if isinstance(node, ast.FunctionDef) and returns_error:
+            names = [a.arg for a in node.args.args]
+            if "code" in names:
+                position = names.index("code")
+                defaults = dict(zip(names[len(names) - len(node.args.defaults) :], node.args.defaults, strict=True))
+                default = defaults.get("code")
+                helpers[node.name] = (position, default.value if isinstance(default, ast.Constant) else None)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            code: ast.expr | None = next((k.value for k in node.keywords if k.arg == "code"), None)
+            if code is None and name in helpers:
+                position, default = helpers[name]
+                code = node.args[position] if len(node.args) > position else ast.Constant(default)
+            if code is None and name in default_codes:
+                code = ast.Constant(default_codes[name])
+            if name == "error_body" and node.args:
+                code = node.args[0]
+            if isinstance(code, ast.Constant) and isinstance(code.value, str):
+                found.add(code.value)
+        elif isinstance(node, ast.Tuple) and len(node.elts) == 3:
+            first, second = node.elts[:2]
+            if isinstance(first, ast.Constant) and isinstance(second, ast.Name) and second.id in default_codes:
+                found.add(first.value)
+    return found
+
+
+def ingest_error_table(markdown: str) -> str:
+    table = markdown[markdown.index("| status | code | when |") :]
+    return table[: table.index("\n\n")]
+
+
+def test_every_code_ingest_answers_is_in_the_readmes_error_table() -> None:
+    # given every error code raised on ingest's path
+    raised = set().union(*(raised_codes((BASE_DIR / module).read_text()) for module in INGEST_PATH))
+    assert {"certificate_invalid", "token_expired", "rate_limited", "internal_error"} <= raised  # the scan sees them
+
+    # then the README's table names each one ingest can answer
+    listed = set(re.findall(r"`([a-z][a-z_]+)`", ingest_error_table(README.read_text())))
+    missing = raised - listed - set(NOT_INGEST)
+    assert not missing, f"add {sorted(missing)} to the README's ingest error table (or to NOT_INGEST, with why)"
+    # and the exceptions are still raised somewhere (a stale one would hide a new code)
+    assert set(NOT_INGEST) <= raised
 
 
 # -- the README, run against this test stack ---------------------------------------------
