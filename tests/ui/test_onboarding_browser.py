@@ -364,3 +364,33 @@ def test_the_credentials_page_says_so_when_the_registry_is_unreachable(
     assert "The schema registry is not reachable" in page
     assert 'id="curl-ingest"' in page
     assert Certificate.objects.get(device_ref="thermo-1").status == "active"
+
+
+def test_the_group_step_keeps_region_and_type_in_agreement_with_the_stream(client: Client, db: None) -> None:
+    # given an operator at the group step of acme's stream iot.acme.eu.temperature
+    tenant = make_tenant("acme")
+    stream = Stream.objects.get(tenant=tenant)
+    client.force_login(make_staff_user("operator", operator=True))
+    url = f"/onboarding/acme/streams/{stream.pk}/group/"
+    form = {"slug": "shakers", "name": "", "stream": stream.pk, "schema_subject": f"{stream.topic}-value",
+            "credential_policy": "mtls"}  # fmt: skip
+
+    # when they name us/vibration for it
+    refused = client.post(url, {**form, "region": "us", "device_type": "vibration"})
+
+    # then each field says what it must be, and no group was created
+    assert refused.status_code == 200
+    errors = refused.context["form"].errors
+    assert errors["region"] == ["Must be 'eu', the region of the stream iot.acme.eu.temperature (or left empty)."]
+    assert errors["device_type"] == [
+        "Must be 'temperature', the type of the stream iot.acme.eu.temperature (or left empty)."
+    ]
+    assert not DeviceGroup.objects.filter(slug="shakers").exists()
+
+    # when they clear both fields
+    created = client.post(url, {**form, "region": "", "device_type": ""})
+
+    # then the group is created with the stream's region and type
+    assert (created.status_code, created["Location"]) == (302, "/onboarding/acme/groups/shakers/device/")
+    group = DeviceGroup.objects.get(tenant=tenant, slug="shakers")
+    assert (group.region, group.device_type) == ("eu", "temperature")
