@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,15 @@ def test_the_first_post_the_credentials_page_shows_works_as_shown(
     (message,) = consume(topic, services, expected=1)
     assert message.key() == device_id.encode()
     assert message.value() == records.wire_value(sample, latest_schema(value_subject(topic)))
+
+
+def test_nginx_serves_the_root_ca_over_plain_http_beside_the_crls(services: Runtime) -> None:
+    # when anyone fetches the root CA from the URL the credentials page and the README give
+    with urllib.request.urlopen(services.root_ca_url, timeout=10) as response:  # noqa: S310 - our own http URL
+        status, headers, body = response.status, response.headers, response.read()
+
+    # then it is the platform root's certificate, as a PEM attachment, readable by nginx's workers
+    assert status == 200
+    assert headers["Content-Type"] == "application/pem-certificate-chain"
+    assert headers["Content-Disposition"] == 'attachment; filename="root-ca.crt"'
+    assert body == PlatformPki(services.pki_dir).root_cert.read_bytes()
