@@ -440,7 +440,7 @@ def test_the_credentials_url_opened_again_explains_the_key_was_shown_once(client
         page = response.content.decode()
         assert response.status_code == 410
         assert "no-store" in response["Cache-Control"]
-        assert "The key of this certificate was shown once" in page
+        assert "The key Sluice generated for this device was shown once" in page
         assert certificate.serial in page
         assert "How to get a new one" in page
         assert "/.well-known/est/acme/simplereenroll" in page
