@@ -20,6 +20,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import struct
 import threading
 import time
@@ -27,6 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import fastavro
 import jsonschema_rs
@@ -148,7 +150,7 @@ def schema_register(*, subject: str, schema_str: str, schema_type: str) -> int:
     except SchemaRegistryError as exc:
         raise _registry_error(exc, subject) from None
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+        raise _unreachable(exc) from None
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def schema_latest(*, subject: str) -> RegisteredVersion | None:
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+        raise _unreachable(exc) from None
 
 
 def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> RegisteredVersion | None:
@@ -197,16 +199,95 @@ def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> Registe
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+        raise _unreachable(exc) from None
+
+
+def _unreachable(exc: httpx.HTTPError) -> RegistryUnavailable:
+    return RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.")
+
+
+def schema_versions(*, subject: str) -> list[int]:
+    """The version numbers under ``subject``, oldest first (empty when it has none)."""
+    try:
+        return sorted(int(v) for v in registry_client().get_versions(subject))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            return []
+        raise _read_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(exc) from None
+
+
+def schema_version(*, subject: str, version: int) -> RegisteredVersion | None:
+    """Version ``version`` of ``subject``, or None when the subject has no such version."""
+    try:
+        return _version(subject, registry_client().get_version(subject, version))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            return None
+        raise _read_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(exc) from None
+
+
+def schema_compatibility(*, subject: str, schema_str: str, schema_type: str) -> list[str] | None:
+    """Ask the registry whether ``subject``'s compatibility rule would accept this schema as
+    its next version, without registering it (Confluent API ``POST /compatibility/subjects/
+    <subject>/versions/latest?verbose=true``).  None: it would; else the registry's reasons
+    (the Confluent registry names them with ``verbose``; Apicurio answers the verdict only,
+    so the list is empty).  A subject without versions accepts anything."""
+    schema_check(schema_str=schema_str, schema_type=schema_type)
+    client = registry_client()
+    # The client's test_compatibility keeps only the verdict; the reasons are in the same answer.
+    path = f"compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true"
+    try:
+        answer = client._rest_client.post(path, body=Schema(schema_str, schema_type).to_dict())
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            return None
+        raise _registry_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(exc) from None
+    if answer.get("is_compatible"):
+        return None
+    return [str(message) for message in answer.get("messages") or []]
+
+
+# Apicurio words a compatibility refusal as "..., list of diff types: [<reason> at <pointer>,
+# <reason> at <pointer>]"; each reason becomes a field error of its own.
+_DIFF_LIST = re.compile(r"list of diff types: \[(?P<diffs>.*)\]\s*$", re.DOTALL)
+_DIFF = re.compile(r"(?P<reason>.+?) at (?P<where>/\S*)(?:, |$)")
+
+
+def incompatible(subject: str, reasons: list[str]) -> Conflict:
+    """The domain's answer to "the subject's compatibility rule refuses this schema": 409,
+    one field error at ``/schema`` (code ``incompatible_schema``) per reason the registry gave."""
+    summary = _sentence(
+        f"The registry refused this schema for subject '{subject}' as incompatible with its latest version "
+        "(the subject's compatibility rule is BACKWARD: consumers using the new schema must read every record "
+        "written with the latest one)"
+    )
+    messages = [_sentence(f"Incompatible with the latest version: {reason}") for reason in reasons] or [summary]
+    fields = [{"pointer": SCHEMA_POINTER, "code": "incompatible_schema", "message": m} for m in messages]
+    return Conflict(summary, fields=fields)
+
+
+def incompatibility_reasons(message: str) -> list[str]:
+    """The registry's reasons out of its 409 message: Apicurio's diff list, one per reason
+    ("Additional properties are no longer allowed (at /additionalProperties)"), or the
+    whole message when it is worded some other way."""
+    found = _DIFF_LIST.search(message)
+    if found:
+        reasons = [f"{m['reason']} (at {m['where']} in the schema)" for m in _DIFF.finditer(found["diffs"])]
+        if reasons:
+            return reasons
+    return [message.split("RuleViolationException: ", 1)[-1]]
 
 
 def _registry_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     reason = exc.error_message or "no reason given"
     if exc.http_status_code == status.HTTP_409_CONFLICT:
-        message = _sentence(f"The registry refused this schema for subject '{subject}' as incompatible: {reason}")
-        return Conflict(
-            message, fields=[{"pointer": SCHEMA_POINTER, "code": "incompatible_schema", "message": message}]
-        )
+        return incompatible(subject, incompatibility_reasons(reason))
     if exc.http_status_code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
         return RegistryUnavailable(_sentence(f"The schema registry failed: {reason}"))
     return _invalid(f"The registry refused this schema for subject '{subject}': {reason}")
