@@ -193,7 +193,7 @@ class SchemaVerdictOutput(serializers.Serializer):
     )  # fmt: skip
 
 
-MAX_SCHEMA_CHARS = 65_536
+MAX_SCHEMA_CHARS = registry.MAX_SCHEMA_CHARS
 SCHEMA_TYPE_CHOICE = serializers.ChoiceField(
     registry.SCHEMA_TYPES, help_text="JSON (JSON Schema) or AVRO. Protobuf is not supported by Sluice yet.",
     error_messages={"invalid_choice": '"{input}" is not a schema type Sluice supports: JSON or AVRO '

@@ -60,6 +60,8 @@ AVRO = "AVRO"
 JSON = "JSON"
 SCHEMA_TYPES = (AVRO, JSON)
 SCHEMA_POINTER = "/schema"
+# The longest schema text Sluice accepts (the API and the console).
+MAX_SCHEMA_CHARS = 65_536
 
 
 def value_subject(topic: str) -> str:
