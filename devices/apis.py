@@ -321,7 +321,8 @@ class StreamSchemaVersionApi(ScopedApi):
     def get(self, request: Request, tenant: str, pk: int, version: int) -> Response:
         stream = tenant_stream(self, pk)
         number = path_id(version, "version")
-        found = selectors.stream_schema_version(stream=stream, version=number) if number >= 1 else None
+        # Registry versions are 32-bit (the Confluent API's); no other number can name one.
+        found = selectors.stream_schema_version(stream=stream, version=number) if 1 <= number < 2**31 else None
         if found is None:
             raise NotFound(f"Stream {pk} has no schema version {number}.", code="schema_version_not_found")
         return Response(StreamSchemaVersionOutput(found).data)

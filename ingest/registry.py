@@ -225,7 +225,8 @@ def schema_version(*, subject: str, version: int) -> RegisteredVersion | None:
     try:
         return _version(subject, registry_client().get_version(subject, version))
     except SchemaRegistryError as exc:
-        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+        # 422: a number the registry cannot take as a version (Confluent: 42202).
+        if exc.http_status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY):
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:
