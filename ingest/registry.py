@@ -265,11 +265,12 @@ _DIFF = re.compile(r"(?P<reason>.+?) at (?P<where>/\S*)(?:, |$)")
 def incompatible(subject: str, reasons: list[str]) -> Conflict:
     """The domain's answer to "the subject's compatibility rule refuses this schema": 409,
     one field error at ``/schema`` (code ``incompatible_schema``) per reason the registry gave."""
-    summary = _sentence(
-        f"The registry refused this schema for subject '{subject}' as incompatible with its latest version "
-        "(the subject's compatibility rule is BACKWARD: consumers using the new schema must read every record "
-        "written with the latest one)"
-    )
+    refused = f"The registry refused this schema for subject '{subject}' as incompatible with its latest version"
+    why = (": " + "; ".join(reasons)) if reasons else (
+        " (the subject's rule is BACKWARD: consumers using the new schema must read every record written with the "
+        "latest one)"
+    )  # fmt: skip
+    summary = _sentence(refused + why)
     messages = [_sentence(f"Incompatible with the latest version: {reason}") for reason in reasons] or [summary]
     fields = [{"pointer": SCHEMA_POINTER, "code": "incompatible_schema", "message": m} for m in messages]
     return Conflict(summary, fields=fields)

@@ -261,3 +261,21 @@ def test_a_stream_created_with_its_schema_is_audited_like_any_registration(tenan
     assert event.actor_label == operator.get_username()
     assert event.after == {"subject": subject, "schema_id": schema_id, "version": 1, "schema_type": "JSON",
                            "stream": stream.pk, "topic": stream.topic}  # fmt: skip
+
+
+def test_the_readmes_check_closing_the_object_is_refused_without_registering(admin: APIClient,
+                                                                             tenant: Tenant) -> None:  # fmt: skip
+    # given the README's first version: celsius required
+    first = {"type": "object", "properties": {"celsius": {"type": "number"}}, "required": ["celsius"]}
+    admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(first)}, format="json")
+    # when the README checks a version that drops "required" but closes the object
+    closed = {"type": "object", "properties": {"celsius": {"type": "number"}}, "additionalProperties": False}
+    check = admin.post(f"{url(tenant)}/compatibility", {"schema_type": "JSON", "schema": json.dumps(closed)},
+                       format="json")  # fmt: skip
+    # then 409 incompatible_schema at /schema, and the README's version list still holds version 1 only
+    assert (check.status_code, check.json()["error"]["fields"][0]["code"]) == (409, "incompatible_schema")
+    assert [v["version"] for v in admin.get(f"{url(tenant)}/versions").json()["results"]] == [1]
+    # and without the closing, the same change is accepted
+    opened = {"type": "object", "properties": {"celsius": {"type": "number"}}}
+    assert admin.post(f"{url(tenant)}/compatibility", {"schema_type": "JSON", "schema": json.dumps(opened)},
+                      format="json").status_code == 200  # fmt: skip
