@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.test import Client
 from playwright.sync_api import Page, expect
 
+from config.env import Runtime
 from devices.models import Stream
 from tenants.models import AuditEvent, Membership, Tenant
 from tests.conftest import make_tenant
@@ -26,6 +30,7 @@ Login = Callable[[str], None]
 READING_WITH_SITE = {"type": "object", "properties": {"celsius": {"type": "number"}, "site": {"type": "string"}}}
 READING = {"type": "object", "properties": {"celsius": {"type": "number"}}}
 CLOSED = {**READING_WITH_SITE, "additionalProperties": False}
+AVRO = {"type": "record", "name": "Humidity", "fields": [{"name": "percent", "type": "float"}]}
 
 
 @pytest.fixture
@@ -120,3 +125,57 @@ def test_tenant_viewer_sees_the_versions_but_no_form(
     expect(page.locator("#id_schema")).to_have_count(0)
     expect(page.locator("input[name=_save]")).to_have_count(0)
     screenshot("viewer")
+
+
+def add_form(tenant: Tenant, **schema: str) -> dict[str, str]:
+    return {"tenant": str(tenant.pk), "region": "us", "type": "humidity", "retention_class": "raw",
+            "custom_retention_hours": "", "partitions": "3", "replication_factor": "1", "compression": "zstd",
+            "cleanup_policy": "delete", **schema}  # fmt: skip
+
+
+@pytest.fixture
+def no_kafka_provisioning(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """stream_create queues the topic's provisioning on commit, through Celery: run tasks
+    in-process and make the Kafka call a no-op (tests/integration provisions for real)."""
+    from config.celery import app
+
+    monkeypatch.setattr("devices.services.stream_provision", lambda *, stream: [])
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+def test_a_stream_added_in_the_console_may_bring_its_first_schema_version(
+    client: Client, tenant: Tenant, no_kafka_provisioning: None
+) -> None:
+    # given the tenant's admin on the add form
+    user = make_staff_user(f"{tenant.slug}-admin")
+    Membership.objects.create(user=user, tenant=tenant, role=Membership.Role.ADMIN)
+    client.force_login(user)
+
+    # when a malformed Avro schema comes with the stream, then the form says so and no stream is made
+    refused = client.post("/admin/devices/stream/add/", add_form(tenant, schema_type="AVRO", schema='{"type": "recor'))
+    assert refused.status_code == 200
+    assert refused.context["adminform"].form.errors["schema"][0].startswith("Not valid JSON")
+    assert not Stream.objects.filter(tenant=tenant, type="humidity").exists()
+
+    # when a valid one comes with it, then the stream exists and its schema is version 1, audited
+    created = client.post("/admin/devices/stream/add/", add_form(tenant, schema_type="AVRO", schema=json.dumps(AVRO)))
+    assert created.status_code == 302, created.context and created.context["adminform"].form.errors
+    stream = Stream.objects.get(tenant=tenant, type="humidity")
+    event = AuditEvent.objects.get(tenant=tenant, action="schema.register")
+    assert (event.after["stream"], event.after["version"], event.after["schema_type"]) == (stream.pk, 1, "AVRO")
+
+
+def test_the_streams_page_says_so_when_the_registry_is_unreachable(
+    client: Client, tenant: Tenant, settings: Any, runtime: Runtime, tmp_path: Path
+) -> None:
+    # given the registry's socket looked for where nothing listens
+    settings.SLUICE_RUNTIME = replace(runtime, state_dir=tmp_path)
+    user = make_staff_user(f"{tenant.slug}-admin")
+    Membership.objects.create(user=user, tenant=tenant, role=Membership.Role.ADMIN)
+    client.force_login(user)
+    # when the admin opens the stream, then the page is served, with the reason instead of the schema
+    page = client.get(f"/admin/devices/stream/{Stream.objects.get(tenant=tenant).pk}/change/")
+    assert page.status_code == 200
+    assert "The schema registry is not reachable" in page.content.decode()
