@@ -237,8 +237,9 @@ def schema_compatibility(*, subject: str, schema_str: str, schema_type: str) -> 
     """Ask the registry whether ``subject``'s compatibility rule would accept this schema as
     its next version, without registering it (Confluent API ``POST /compatibility/subjects/
     <subject>/versions/latest?verbose=true``).  None: it would; else the registry's reasons
-    (the Confluent registry names them with ``verbose``; Apicurio answers the verdict only,
-    so the list is empty).  A subject without versions accepts anything."""
+    (the Confluent registry names them with ``verbose``; Apicurio's Confluent API answers the
+    verdict only, so its own API is asked for them; empty when neither says).  A subject
+    without versions accepts anything."""
     schema_check(schema_str=schema_str, schema_type=schema_type)
     client = registry_client()
     # The client's test_compatibility keeps only the verdict; the reasons are in the same answer.
@@ -253,7 +254,35 @@ def schema_compatibility(*, subject: str, schema_str: str, schema_type: str) -> 
         raise _unreachable(exc) from None
     if answer.get("is_compatible"):
         return None
-    return [str(message) for message in answer.get("messages") or []]
+    return [str(message) for message in answer.get("messages") or []] or _apicurio_reasons(client, subject, schema_str)
+
+
+CCOMPAT_PATH = "/apis/ccompat/v7"
+APICURIO_V3_PATH = "/apis/registry/v3"
+
+
+def _apicurio_reasons(client: SchemaRegistryClient, subject: str, schema_str: str) -> list[str]:
+    """Apicurio's reasons for refusing ``schema_str`` under ``subject``, which its Confluent API
+    does not give on a compatibility check (only when registering): its own API's dry run of a
+    new version (``POST /apis/registry/v3/groups/default/artifacts/<subject>/versions?dryRun=true``,
+    where the Confluent API keeps its subjects) answers them, as ``causes`` of description and
+    place, and registers nothing.  Empty when the registry is not Apicurio or does not say."""
+    rest = client._rest_client
+    base = str(rest.base_urls[0]).rstrip("/")
+    if not base.endswith(CCOMPAT_PATH):
+        return []
+    url = f"{base.removesuffix(CCOMPAT_PATH)}{APICURIO_V3_PATH}/groups/default/artifacts/{quote(subject, safe='')}"
+    version = {"content": {"content": schema_str, "contentType": "application/json"}}
+    try:
+        answer = rest.session.post(f"{url}/versions", params={"dryRun": "true"}, json=version)
+        body = answer.json() if answer.is_client_error else None
+    except (httpx.HTTPError, ValueError):
+        return []
+    causes = body.get("causes") if isinstance(body, dict) else None
+    if not isinstance(causes, list):
+        return []
+    return [f"{c['description']} (at {c['context']} in the schema)" if c.get("context") else str(c["description"])
+            for c in causes if isinstance(c, dict) and c.get("description")]  # fmt: skip
 
 
 # Apicurio words a compatibility refusal as "..., list of diff types: [<reason> at <pointer>,

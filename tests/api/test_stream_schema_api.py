@@ -226,8 +226,9 @@ def test_the_compatibility_check_answers_the_registrys_verdict_and_registers_not
     closed = {**READING_WITH_SITE, "additionalProperties": False}
     refused = admin.post(check, {"schema_type": "JSON", "schema": json.dumps(closed)}, format="json")
     assert refused.status_code == 409, refused.json()
-    fields = [(f["pointer"], f["code"]) for f in refused.json()["error"]["fields"]]
-    assert fields == [("/schema", "incompatible_schema")]
+    fields = [(f["pointer"], f["code"], f["message"]) for f in refused.json()["error"]["fields"]]
+    assert fields == [("/schema", "incompatible_schema", "Incompatible with the latest version: Additional "
+                       "properties are no longer allowed (at /additionalProperties in the schema).")]  # fmt: skip
     assert "incompatible with its latest version" in refused.json()["error"]["message"]
     # and a schema of another type is refused as registering it would be
     avro = admin.post(check, {"schema_type": "AVRO", "schema": json.dumps(AVRO_READING)}, format="json")
