@@ -7,29 +7,87 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from devices import services
+from config.errors import SluiceError
+from devices import selectors, services
 from devices.models import Device, DeviceGroup, Stream
+from ingest import registry
 from tenants.admin import status_badge
-from tenants.admin_scoping import ServiceForm, TenantScopedAdmin
+from tenants.admin_scoping import ServiceForm, ServiceRejected, TenantScopedAdmin
 from tenants.audit import Actor
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 
+SCHEMA_TYPE_LABELS = {registry.JSON: "JSON Schema", registry.AVRO: "Avro"}
+SCHEMA_VERSIONS_SHOWN = 20
+PRE_STYLE = "white-space: pre-wrap; background: #f6f8fa; padding: .5em; max-height: 24em; overflow: auto; margin: 0"
+
+
+class StreamForm(ServiceForm):
+    """The stream's form, plus a new version of its schema (registered through the same
+    service as the REST API, so the registry's verdict comes back as an error on ``schema``)."""
+
+    schema_type = forms.ChoiceField(
+        label="Schema type", required=False, choices=list(SCHEMA_TYPE_LABELS.items()),
+        help_text="Protobuf is not supported by Sluice yet. A stream keeps the type of its first version.",
+    )  # fmt: skip
+    schema = forms.CharField(
+        label="New schema version", required=False, strip=False, max_length=registry.MAX_SCHEMA_CHARS,
+        widget=forms.Textarea(attrs={"rows": 12, "cols": 90, "spellcheck": "false",
+                                     "style": "font-family: monospace"}),
+        help_text="The schema's text (a JSON Schema, or an Avro schema in its JSON form). Left empty, the schema "
+        "stays as it is. The registry's compatibility rule (BACKWARD) decides whether it may follow the latest.",
+    )  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "schema_type" in self.fields and self.instance.pk:
+            state = _schema_state(self.instance)
+            if state.versions:
+                self.fields["schema_type"].initial = state.versions[0].schema_type
+
+
+class _SchemaState:
+    """A stream's schema versions as the page shows them, read once per request."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.versions: list[selectors.SchemaVersion] = []
+        self.total = 0
+        self.error = ""
+        try:
+            found = selectors.stream_schema_versions(stream=stream)
+            self.total = len(found)
+            self.versions = found[:SCHEMA_VERSIONS_SHOWN]
+        except SluiceError as exc:
+            self.error = exc.message
+
+
+def _schema_state(stream: Stream) -> _SchemaState:
+    state = getattr(stream, "_sluice_schema_state", None)
+    if state is None:
+        state = _SchemaState(stream)
+        stream._sluice_schema_state = state  # type: ignore[attr-defined]
+    return state
+
 
 @admin.register(Stream)
 class StreamAdmin(TenantScopedAdmin):
+    form = StreamForm
     immutable_fields = ("tenant", "region", "type", "retention_class", "replication_factor")
     list_display = ("kafka_topic", "tenant", "status_display", "partitions", "replication_factor", "retention_class",
                     "compression", "provisioned_at", "error_summary")  # fmt: skip
     list_filter = ("status", "retention_class", TENANT_FILTER)
     search_fields = ("tenant__slug", "region", "type", "last_error")
     list_select_related = ("tenant",)
-    readonly_fields = ("kafka_topic", "status_display", "last_error", "provisioned_at", "created_at", "updated_at")
+    readonly_fields = ("kafka_topic", "status_display", "last_error", "provisioned_at", "created_at", "updated_at",
+                       "schema_current", "schema_versions")  # fmt: skip
+    SCHEMA_INPUT = ("schema_type", "schema")
 
     def get_fieldsets(self, request: HttpRequest, obj: Stream | None = None) -> list[tuple[str | None, dict]]:
         topic = ("retention_class", "custom_retention_hours", "partitions", "replication_factor", "compression",
@@ -40,13 +98,52 @@ class StreamAdmin(TenantScopedAdmin):
                         "description": "The topic is iot.&lt;tenant&gt;.&lt;region&gt;.&lt;type&gt; "
                                        "(.enriched for the enriched retention class)."}),
                 ("Kafka topic", {"fields": topic}),
+                ("Schema", {"fields": self.SCHEMA_INPUT,
+                            "description": "Optional: the first version of the records' schema, registered under "
+                                           "the stream's subject &lt;topic&gt;-value."}),
             ]  # fmt: skip
+        schema = ("schema_current", "schema_versions")
+        if self.has_change_permission(request, obj):
+            schema += self.SCHEMA_INPUT
         return [
             (None, {"fields": ("kafka_topic", "tenant", "region", "type")}),
             ("Provisioning", {"fields": ("status_display", "last_error", "provisioned_at")}),
             ("Kafka topic", {"fields": topic}),
+            ("Schema", {"fields": schema,
+                        "description": f"Subject {registry.value_subject(obj.topic)} in the schema registry; ingest "
+                                       "validates every record against its latest version."}),
             ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
-        ]
+        ]  # fmt: skip
+
+    @admin.display(description="current schema")
+    def schema_current(self, obj: Stream) -> str:
+        state = _schema_state(obj)
+        if state.error:
+            return format_html('<span class="errornote">{}</span>', state.error)
+        if not state.versions:
+            return "None yet: ingest refuses the stream's records (schema_not_found) until a version is registered."
+        latest = state.versions[0]
+        return format_html('<div id="schema-current"><p>Version {} (id {}, {})</p><pre style="{}">{}</pre></div>',
+                           latest.version, latest.schema_id, SCHEMA_TYPE_LABELS.get(latest.schema_type),
+                           PRE_STYLE, latest.schema_str)  # fmt: skip
+
+    @admin.display(description="versions")
+    def schema_versions(self, obj: Stream) -> str:
+        state = _schema_state(obj)
+        if state.error or not state.versions:
+            return "—"
+        rows = format_html_join(
+            "", '<tr class="schema-version"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+            '<td><details><summary>text</summary><pre style="{}">{}</pre></details></td></tr>',
+            ((v.version, v.schema_id, SCHEMA_TYPE_LABELS.get(v.schema_type),
+              f"{v.registered_at:%Y-%m-%d %H:%M:%S} UTC" if v.registered_at else "—",
+              v.registered_by or "outside Sluice", PRE_STYLE, v.schema_str) for v in state.versions),
+        )  # fmt: skip
+        more = state.total - len(state.versions)
+        note = format_html("<p>and {} older (all of them: the REST API's …/schema/versions).</p>", more) if more else ""
+        return format_html('<table id="schema-versions"><thead><tr><th>version</th><th>id</th><th>type</th>'
+                           "<th>registered</th><th>by</th><th>schema</th></tr></thead><tbody>{}</tbody></table>{}",
+                           rows, note)  # fmt: skip
 
     @admin.display(description="Kafka topic")
     def kafka_topic(self, obj: Stream) -> str:
@@ -61,10 +158,33 @@ class StreamAdmin(TenantScopedAdmin):
         return Truncator(obj.last_error).chars(80) if obj.last_error else ""
 
     def service_create(self, request: HttpRequest, actor: Actor, data: dict[str, Any]) -> Stream:
-        return services.stream_create(actor=actor, **data)
+        schema_type, schema = data.pop("schema_type", ""), data.pop("schema", "")
+        if not schema.strip():
+            return services.stream_create(actor=actor, **data)
+        stream, subject, schema_id = services.stream_with_schema_create(actor=actor, schema_type=schema_type,
+                                                                        schema=schema, **data)  # fmt: skip
+        self.message_user(request, f"Schema {schema_id} registered as version 1 under {subject}.")
+        return stream
 
     def service_update(self, request: HttpRequest, actor: Actor, obj: Stream, changes: dict[str, Any]) -> Stream:
-        return services.stream_update(actor=actor, stream=obj, **changes)
+        stream_changes = {name: value for name, value in changes.items() if name not in self.SCHEMA_INPUT}
+        return services.stream_update(actor=actor, stream=obj, **stream_changes) if stream_changes else obj
+
+    def save_model(self, request: HttpRequest, obj: Stream, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        schema = form.cleaned_data.get("schema") or ""
+        if not change or not schema.strip():
+            return
+        try:
+            registered, created = services.stream_schema_register(
+                actor=self.actor(request), stream=obj, schema_type=form.cleaned_data["schema_type"], schema=schema
+            )
+        except SluiceError as exc:
+            raise ServiceRejected(exc) from exc
+        if created:
+            self.message_user(request, f"Schema version {registered.version} registered under {registered.subject}.")
+        else:
+            self.message_user(request, f"Version {registered.version} already holds this schema; nothing changed.")
 
     def service_delete(self, request: HttpRequest, actor: Actor, obj: Stream) -> None:
         services.stream_delete(actor=actor, stream=obj)

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from devices import services
+from devices import selectors, services
 from devices.models import DEVICE_ID_RULE, Device, DeviceGroup, Stream
 from ingest import registry
 from tenants.api_base import MAX_ID, NulFreeCharField, ScopedApi, StrictSerializer, path_id, slug_field, slug_rule
@@ -174,11 +174,35 @@ class StreamSchemaOutput(serializers.Serializer):
     subject = serializers.CharField(help_text="The stream's value subject, '<topic>-value'.")
 
 
-MAX_SCHEMA_CHARS = 65_536
+class StreamSchemaVersionOutput(StreamSchemaOutput):
+    registered_at = serializers.DateTimeField(
+        allow_null=True, help_text="When it was registered through Sluice (null: registered some other way)."
+    )
+    registered_by = serializers.CharField(allow_null=True, help_text="Who registered it (null: as above).")
+
+
+class SchemaVerdictOutput(serializers.Serializer):
+    compatible = serializers.BooleanField(help_text="Always true here: an incompatible schema is a 409.")
+    subject = serializers.CharField(help_text="The stream's value subject, '<topic>-value'.")
+    latest_version = serializers.IntegerField(
+        source="latest", allow_null=True, help_text="The version it was checked against (null: none yet)."
+    )
+    registered_version = serializers.IntegerField(
+        source="held", allow_null=True,
+        help_text="The version that already holds exactly this schema (registering it again changes nothing).",
+    )  # fmt: skip
+
+
+MAX_SCHEMA_CHARS = registry.MAX_SCHEMA_CHARS
+SCHEMA_TYPE_CHOICE = serializers.ChoiceField(
+    registry.SCHEMA_TYPES, help_text="JSON (JSON Schema) or AVRO. Protobuf is not supported by Sluice yet.",
+    error_messages={"invalid_choice": '"{input}" is not a schema type Sluice supports: JSON or AVRO '
+                                      "(Protobuf is not supported yet)."},
+)  # fmt: skip
 
 
 class StreamSchemaInput(StrictSerializer):
-    schema_type = serializers.ChoiceField(registry.SCHEMA_TYPES, help_text="JSON (JSON Schema) or AVRO.")
+    schema_type = SCHEMA_TYPE_CHOICE
     schema = NulFreeCharField(
         max_length=MAX_SCHEMA_CHARS,
         help_text="The schema's text. JSON: a JSON Schema object with `properties` or `$schema` (the registry "
@@ -211,6 +235,12 @@ SCHEMA_REQUEST = PolymorphicProxySerializer(
     component_name="StreamSchemaRequest", serializers=[JsonSchemaInput, AvroSchemaInput],
     resource_type_field_name=None,
 )  # fmt: skip
+SCHEMA_ERRORS = (
+    "Field errors: `/schema` `invalid_schema` (not parsable as its type, or a JSON Schema ingest cannot run: a "
+    "`pattern` with lookaround or backreferences, a reference outside the schema), `/schema_type` "
+    "`invalid_choice` (Protobuf is not supported yet); 409 `/schema` `incompatible_schema` with the registry's "
+    "reasons, `/schema_type` `type_mismatch` (a stream keeps its schema type); 503 `registry_unavailable`."
+)
 
 
 class StreamSchemaApi(ScopedApi):
@@ -218,22 +248,22 @@ class StreamSchemaApi(ScopedApi):
 
     extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"get": (503,), "post": (503,)}
 
-    @extend_schema(responses=StreamSchemaOutput,
+    @extend_schema(responses=StreamSchemaVersionOutput,
                    description="The latest version (404 `schema_not_found` while there is none).")  # fmt: skip
     def get(self, request: Request, tenant: str, pk: int) -> Response:
         stream = tenant_stream(self, pk)
-        subject = registry.value_subject(stream.topic)
-        latest = registry.schema_latest(subject=subject)
+        latest = selectors.stream_schema_latest(stream=stream)
         if latest is None:
+            subject = selectors.stream_schema_subject(stream=stream)
             raise NotFound(f"No schema is registered for stream {pk} (subject '{subject}').", code="schema_not_found")
-        return Response(StreamSchemaOutput(latest).data)
+        return Response(StreamSchemaVersionOutput(latest).data)
 
     @extend_schema(
         request=SCHEMA_REQUEST,
         responses={201: OpenApiResponse(StreamSchemaOutput, description="A new version."),
                    200: OpenApiResponse(StreamSchemaOutput, description="The subject holds this schema already.")},
-        description="Registers a new version under the stream's value subject. The registry's compatibility "
-        "rule (BACKWARD) may refuse it: 409, its reason at /schema (`incompatible_schema`).",
+        description="Registers a new version under the stream's value subject (tenant admins). The registry's "
+        "compatibility rule (BACKWARD) may refuse it. " + SCHEMA_ERRORS,
     )  # fmt: skip
     def post(self, request: Request, tenant: str, pk: int) -> Response:
         stream = tenant_stream(self, pk)
@@ -244,6 +274,58 @@ class StreamSchemaApi(ScopedApi):
         )
         return Response(StreamSchemaOutput(registered).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)  # fmt: skip
+
+
+class StreamSchemaCompatibilityApi(ScopedApi):
+    """The registry's verdict on a schema as the stream's next version, registering nothing."""
+
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"post": (503,)}
+
+    @extend_schema(
+        request=SCHEMA_REQUEST,
+        responses={200: OpenApiResponse(SchemaVerdictOutput, description="Registering it would be accepted.")},
+        description="Asks the registry whether the stream's value subject would accept this schema as its next "
+        "version, without registering it (tenant admins). Answers exactly what registering it would: "
+        + SCHEMA_ERRORS,
+    )  # fmt: skip
+    def post(self, request: Request, tenant: str, pk: int) -> Response:
+        stream = tenant_stream(self, pk)
+        self.scope.require_admin(stream.tenant)
+        data = self.parse(StreamSchemaInput)
+        verdict = selectors.stream_schema_verdict(stream=stream, schema_type=data["schema_type"],
+                                                  schema=data["schema"])  # fmt: skip
+        return Response(SchemaVerdictOutput(verdict).data)
+
+
+class StreamSchemaVersionListApi(ScopedApi):
+    """Every version of a stream's schema, newest first."""
+
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"get": (503,)}
+
+    @extend_schema(responses=StreamSchemaVersionOutput(many=True),
+                   description="Newest first; an empty list while the stream has no schema.")  # fmt: skip
+    def get(self, request: Request, tenant: str, pk: int) -> Response:
+        stream = tenant_stream(self, pk)
+        return self.page(selectors.stream_schema_versions(stream=stream), StreamSchemaVersionOutput)  # type: ignore[arg-type]
+
+
+class StreamSchemaVersionApi(ScopedApi):
+    """One version of a stream's schema."""
+
+    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"get": (503,)}
+
+    @extend_schema(
+        responses=StreamSchemaVersionOutput,
+        description="404 `schema_version_not_found` when the stream's subject has no such version.",
+    )
+    def get(self, request: Request, tenant: str, pk: int, version: int) -> Response:
+        stream = tenant_stream(self, pk)
+        number = path_id(version, "version")
+        # Registry versions are 32-bit (the Confluent API's); no other number can name one.
+        found = selectors.stream_schema_version(stream=stream, version=number) if 1 <= number < 2**31 else None
+        if found is None:
+            raise NotFound(f"Stream {pk} has no schema version {number}.", code="schema_version_not_found")
+        return Response(StreamSchemaVersionOutput(found).data)
 
 
 # -- device groups ----------------------------------------------------------------------

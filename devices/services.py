@@ -16,7 +16,7 @@ from django.db.models import ProtectedError, Sum
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
-from devices import topics
+from devices import selectors, topics
 from devices.models import Device, DeviceGroup, Stream, min_insync_replicas
 from ingest import registry
 from tenants.audit import Actor, audit_record, snapshot
@@ -214,7 +214,8 @@ def topics_reconcile(*, tenant: Tenant | None = None, fix: bool) -> DriftReport:
 def stream_with_schema_create(
     *, actor: Actor, tenant: Tenant, schema_type: str, schema: str, **stream_values: Any
 ) -> tuple[Stream, str, int]:
-    """Create a stream and register its value schema under ``<topic>-value``.  The registry
+    """Create a stream and register its value schema under ``<topic>-value`` through
+    ``stream_schema_register``, the same service the API and the console use.  The registry
     is asked inside the stream's transaction, so its refusal (e.g. an incompatible version
     under an existing subject) rolls the stream and its audit row back and its Kafka
     provisioning, queued on commit, is never sent.  The schema text is checked before the
@@ -225,12 +226,9 @@ def stream_with_schema_create(
     registry.schema_check(schema_str=schema, schema_type=schema_type)
     with transaction.atomic():
         stream = stream_create(actor=actor, tenant=tenant, **stream_values)
-        subject = registry.value_subject(stream.topic)
-        schema_id = registry.schema_register(subject=subject, schema_str=schema, schema_type=schema_type)
-        audit_record(actor=actor, tenant=tenant, action="schema.register", object_type="schema",
-                     object_id=str(schema_id), object_repr=subject,
-                     after={"subject": subject, "schema_id": schema_id, "schema_type": schema_type})  # fmt: skip
-    return stream, subject, schema_id
+        registered, _created = stream_schema_register(actor=actor, stream=stream, schema_type=schema_type,
+                                                      schema=schema)  # fmt: skip
+    return stream, registered.subject, registered.schema_id
 
 
 def stream_schema_register(
@@ -239,26 +237,21 @@ def stream_schema_register(
     """Register ``schema`` as the next version of the stream's value subject (``<topic>-value``)
     and return it, with True when it is new.  The text is checked here first, so a typo never
     reaches the registry; the subject's compatibility rule decides the rest (``Conflict`` with
-    the registry's reason at ``/schema``).  A schema the subject already holds is not
-    registered again: its version is returned, with False, and nothing is audited."""
-    registry.schema_check(schema_str=schema, schema_type=schema_type)
-    subject = registry.value_subject(stream.topic)
-    latest = registry.schema_latest(subject=subject)
-    if latest is not None and latest.schema_type != schema_type:
-        message = f"The stream's schemas are {latest.schema_type}; a new version keeps that type."
-        raise Conflict(message, fields=[{"pointer": "/schema_type", "code": "type_mismatch", "message": message}])
-    existing = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
-    if existing is not None:
-        return existing, False
+    the registry's reasons at ``/schema``, code ``incompatible_schema``).  A schema the subject
+    already holds is not registered again: its version is returned, with False, and nothing is
+    audited.  Every new version is audited: who, tenant, stream, subject, version, id, type."""
+    subject, _latest, held = selectors.stream_schema_precheck(stream=stream, schema_type=schema_type, schema=schema)
+    if held is not None:
+        return held, False
     schema_id = registry.schema_register(subject=subject, schema_str=schema, schema_type=schema_type)
     registered = registry.schema_lookup(subject=subject, schema_str=schema, schema_type=schema_type)
     if registered is None:  # registered, then gone (deleted meanwhile): report what we know
         registered = registry.RegisteredVersion(subject, schema_id, 0, schema_type, schema)
     with transaction.atomic():
-        audit_record(actor=actor, tenant=stream.tenant, action="schema.register", object_type="schema",
+        audit_record(actor=actor, tenant=stream.tenant, action=selectors.SCHEMA_REGISTER, object_type="schema",
                      object_id=str(schema_id), object_repr=subject,
                      after={"subject": subject, "schema_id": schema_id, "version": registered.version,
-                            "schema_type": schema_type, "stream": stream.pk})  # fmt: skip
+                            "schema_type": schema_type, "stream": stream.pk, "topic": stream.topic})  # fmt: skip
     return registered, True
 
 

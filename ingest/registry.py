@@ -20,6 +20,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import struct
 import threading
 import time
@@ -27,6 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import fastavro
 import jsonschema_rs
@@ -58,6 +60,8 @@ AVRO = "AVRO"
 JSON = "JSON"
 SCHEMA_TYPES = (AVRO, JSON)
 SCHEMA_POINTER = "/schema"
+# The longest schema text Sluice accepts (the API and the console).
+MAX_SCHEMA_CHARS = 65_536
 
 
 def value_subject(topic: str) -> str:
@@ -148,7 +152,7 @@ def schema_register(*, subject: str, schema_str: str, schema_type: str) -> int:
     except SchemaRegistryError as exc:
         raise _registry_error(exc, subject) from None
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+        raise _unreachable(exc) from None
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def schema_latest(*, subject: str) -> RegisteredVersion | None:
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+        raise _unreachable(exc) from None
 
 
 def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> RegisteredVersion | None:
@@ -197,16 +201,126 @@ def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> Registe
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.") from None
+        raise _unreachable(exc) from None
+
+
+def _unreachable(exc: httpx.HTTPError) -> RegistryUnavailable:
+    return RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.")
+
+
+def schema_versions(*, subject: str) -> list[int]:
+    """The version numbers under ``subject``, oldest first (empty when it has none)."""
+    try:
+        return sorted(int(v) for v in registry_client().get_versions(subject))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            return []
+        raise _read_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(exc) from None
+
+
+def schema_version(*, subject: str, version: int) -> RegisteredVersion | None:
+    """Version ``version`` of ``subject``, or None when the subject has no such version."""
+    try:
+        return _version(subject, registry_client().get_version(subject, version))
+    except SchemaRegistryError as exc:
+        # 422: a number the registry cannot take as a version (Confluent: 42202).
+        if exc.http_status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY):
+            return None
+        raise _read_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(exc) from None
+
+
+def schema_compatibility(*, subject: str, schema_str: str, schema_type: str) -> list[str] | None:
+    """Ask the registry whether ``subject``'s compatibility rule would accept this schema as
+    its next version, without registering it (Confluent API ``POST /compatibility/subjects/
+    <subject>/versions/latest?verbose=true``).  None: it would; else the registry's reasons
+    (the Confluent registry names them with ``verbose``; Apicurio's Confluent API answers the
+    verdict only, so its own API is asked for them; empty when neither says).  A subject
+    without versions accepts anything."""
+    schema_check(schema_str=schema_str, schema_type=schema_type)
+    client = registry_client()
+    # The client's test_compatibility keeps only the verdict; the reasons are in the same answer.
+    path = f"compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true"
+    try:
+        answer = client._rest_client.post(path, body=Schema(schema_str, schema_type).to_dict())
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
+            return None
+        raise _registry_error(exc, subject) from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(exc) from None
+    if answer.get("is_compatible"):
+        return None
+    return [str(message) for message in answer.get("messages") or []] or _apicurio_reasons(client, subject, schema_str)
+
+
+CCOMPAT_PATH = "/apis/ccompat/v7"
+APICURIO_V3_PATH = "/apis/registry/v3"
+
+
+def _apicurio_reasons(client: SchemaRegistryClient, subject: str, schema_str: str) -> list[str]:
+    """Apicurio's reasons for refusing ``schema_str`` under ``subject``, which its Confluent API
+    does not give on a compatibility check (only when registering): its own API's dry run of a
+    new version (``POST /apis/registry/v3/groups/default/artifacts/<subject>/versions?dryRun=true``,
+    where the Confluent API keeps its subjects) answers them, as ``causes`` of description and
+    place, and registers nothing.  Empty when the registry is not Apicurio or does not say."""
+    rest = client._rest_client
+    base = str(rest.base_urls[0]).rstrip("/")
+    if not base.endswith(CCOMPAT_PATH):
+        return []
+    url = f"{base.removesuffix(CCOMPAT_PATH)}{APICURIO_V3_PATH}/groups/default/artifacts/{quote(subject, safe='')}"
+    version = {"content": {"content": schema_str, "contentType": "application/json"}}
+    try:
+        answer = rest.session.post(f"{url}/versions", params={"dryRun": "true"}, json=version)
+        body = answer.json() if answer.is_client_error else None
+    except (httpx.HTTPError, ValueError):
+        return []
+    causes = body.get("causes") if isinstance(body, dict) else None
+    if not isinstance(causes, list):
+        return []
+    return [f"{c['description']} (at {c['context']} in the schema)" if c.get("context") else str(c["description"])
+            for c in causes if isinstance(c, dict) and c.get("description")]  # fmt: skip
+
+
+# Apicurio words a compatibility refusal as "..., list of diff types: [<reason> at <pointer>,
+# <reason> at <pointer>]"; each reason becomes a field error of its own.
+_DIFF_LIST = re.compile(r"list of diff types: \[(?P<diffs>.*)\]\s*$", re.DOTALL)
+_DIFF = re.compile(r"(?P<reason>.+?) at (?P<where>/\S*)(?:, |$)")
+
+
+def incompatible(subject: str, reasons: list[str]) -> Conflict:
+    """The domain's answer to "the subject's compatibility rule refuses this schema": 409,
+    one field error at ``/schema`` (code ``incompatible_schema``) per reason the registry gave."""
+    refused = f"The registry refused this schema for subject '{subject}' as incompatible with its latest version"
+    why = (": " + "; ".join(reasons)) if reasons else (
+        " (the subject's rule is BACKWARD: consumers using the new schema must read every record written with the "
+        "latest one)"
+    )  # fmt: skip
+    summary = _sentence(refused + why)
+    messages = [_sentence(f"Incompatible with the latest version: {reason}") for reason in reasons] or [summary]
+    fields = [{"pointer": SCHEMA_POINTER, "code": "incompatible_schema", "message": m} for m in messages]
+    return Conflict(summary, fields=fields)
+
+
+def incompatibility_reasons(message: str) -> list[str]:
+    """The registry's reasons out of its 409 message: Apicurio's diff list, one per reason
+    ("Additional properties are no longer allowed (at /additionalProperties)"), or the
+    whole message when it is worded some other way."""
+    found = _DIFF_LIST.search(message)
+    if found:
+        reasons = [f"{m['reason']} (at {m['where']} in the schema)" for m in _DIFF.finditer(found["diffs"])]
+        if reasons:
+            return reasons
+    return [message.split("RuleViolationException: ", 1)[-1]]
 
 
 def _registry_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     reason = exc.error_message or "no reason given"
     if exc.http_status_code == status.HTTP_409_CONFLICT:
-        message = _sentence(f"The registry refused this schema for subject '{subject}' as incompatible: {reason}")
-        return Conflict(
-            message, fields=[{"pointer": SCHEMA_POINTER, "code": "incompatible_schema", "message": message}]
-        )
+        return incompatible(subject, incompatibility_reasons(reason))
     if exc.http_status_code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
         return RegistryUnavailable(_sentence(f"The schema registry failed: {reason}"))
     return _invalid(f"The registry refused this schema for subject '{subject}': {reason}")

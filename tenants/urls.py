@@ -21,6 +21,21 @@ urlpatterns = [
     path(f"{T}streams/", device_apis.StreamListApi.as_view(), name="stream-list"),
     path(f"{T}streams/<int:pk>/", device_apis.StreamDetailApi.as_view(), name="stream-detail"),
     path(f"{T}streams/<int:pk>/schema", device_apis.StreamSchemaApi.as_view(), name="stream-schema"),
+    path(
+        f"{T}streams/<int:pk>/schema/compatibility",
+        device_apis.StreamSchemaCompatibilityApi.as_view(),
+        name="stream-schema-compatibility",
+    ),
+    path(
+        f"{T}streams/<int:pk>/schema/versions",
+        device_apis.StreamSchemaVersionListApi.as_view(),
+        name="stream-schema-versions",
+    ),
+    path(
+        f"{T}streams/<int:pk>/schema/versions/<int:version>",
+        device_apis.StreamSchemaVersionApi.as_view(),
+        name="stream-schema-version",
+    ),
     path(f"{T}groups/", device_apis.GroupListApi.as_view(), name="group-list"),
     path(f"{T}groups/<slug:group>/", device_apis.GroupDetailApi.as_view(), name="group-detail"),
     path(f"{T}devices/", device_apis.DeviceListApi.as_view(), name="device-list"),

@@ -171,7 +171,7 @@ def _build_world() -> World:
     ApiToken.objects.create(user=operator, name="contract", prefix=TOKEN_PREFIX, secret_hash=hash_token(TOKEN))
     return World(
         path={"tenant": TENANT, "id": str(stream.pk), "group": "probes", "device_id": "probe-0001",
-              "serial": issued.certificate.serial, "client_id": client.client_id},
+              "serial": issued.certificate.serial, "client_id": client.client_id, "version": "1"},
         body={"stream": stream.pk, "group": "probes", "device": "meter-0001", "username": member.username},
     )  # fmt: skip
 

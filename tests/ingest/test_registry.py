@@ -130,6 +130,30 @@ def test_registry_refusals_become_domain_errors(
     assert reason in refused.value.message
 
 
+APICURIO_409 = (
+    "io.apicurio.registry.rules.violation.RuleViolationException: Incompatible artifact: s [AVRO], num of "
+    "incompatible diffs: {2}, list of diff types: [reader type: STRING not compatible with writer type: INT at "
+    "/fields/0/type, y at /fields/1]"
+)
+
+
+def test_apicurios_diff_list_becomes_one_field_error_per_reason() -> None:
+    error = registry.incompatible("s", registry.incompatibility_reasons(APICURIO_409))
+    assert [(f["pointer"], f["code"], f["message"]) for f in error.fields] == [
+        ("/schema", "incompatible_schema", "Incompatible with the latest version: reader type: STRING not compatible "
+                                           "with writer type: INT (at /fields/0/type in the schema)."),
+        ("/schema", "incompatible_schema", "Incompatible with the latest version: y (at /fields/1 in the schema)."),
+    ]  # fmt: skip
+    assert error.status == 409
+
+
+def test_a_refusal_worded_otherwise_is_kept_whole_and_no_reason_is_still_a_field_error() -> None:
+    assert registry.incompatibility_reasons("Schema being registered is incompatible") == [
+        "Schema being registered is incompatible"
+    ]
+    assert [f["code"] for f in registry.incompatible("s", []).fields] == ["incompatible_schema"]
+
+
 # -- the real registry ------------------------------------------------------------------
 
 

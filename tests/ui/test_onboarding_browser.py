@@ -99,6 +99,9 @@ class RecordingRegistry:
         return RegisteredSchema(subject=subject, version=version, schema_id=41, guid=None,
                                 schema=Schema(json.dumps(schema), kind))  # fmt: skip
 
+    def lookup_schema(self, subject: str, schema: Schema) -> RegisteredSchema:
+        raise SchemaRegistryError(404, 40403, "Schema not found.")  # every schema here is registered once
+
 
 @pytest.fixture
 def schema_registry(monkeypatch: pytest.MonkeyPatch) -> RecordingRegistry:
@@ -308,6 +311,12 @@ def test_signed_out_visitors_are_sent_to_the_login_page(client: Client, db: None
 
 class RefusingRegistry:
     """Answers ``register_schema`` like the registry does for an incompatible new version."""
+
+    def get_latest_version(self, subject: str) -> RegisteredSchema:
+        raise SchemaRegistryError(404, 40401, f"Subject '{subject}' not found.")
+
+    def lookup_schema(self, subject: str, schema: Schema) -> RegisteredSchema:
+        raise SchemaRegistryError(404, 40401, f"Subject '{subject}' not found.")
 
     def register_schema(self, subject: str, schema: Schema) -> int:
         raise SchemaRegistryError(409, 409, "Incompatible schema: field 'unit' has no default")
