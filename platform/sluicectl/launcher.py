@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certs.platform_pki import root_fingerprint
 from config.env import BASE_DIR, DEVELOPMENT, ConfigurationError, Runtime, load_runtime
 from sluicectl.components import ALL, Component, Context, platform_health
 from sluicectl.errors import LaunchError
@@ -79,8 +80,11 @@ def banner(ctx: Context, names: Sequence[str]) -> list[str]:
             f"a token: `{manage_command(rt, 'sluice_token', 'admin')}`)",
             f"  Health          {rt.web_url}/healthz",
             f"  OAuth2 tokens   {rt.web_url}/oauth/token  (keys: {rt.jwks_url})",
-            f"  CA certificate  {ctx.pki.root_cert}  (trust it: `curl --cacert {root_ca} {rt.web_url}/healthz`)",
+            f"  CA certificate  {ctx.pki.root_cert}  (trust it: `curl --cacert {root_ca} {rt.web_url}/healthz`; "
+            f"download: {rt.root_ca_url})",
         ]
+        if ctx.pki.root_cert.exists():  # nginx's prepare makes it; compare it with the download
+            lines.append(f"  CA fingerprint  SHA-256 {root_fingerprint(ctx.pki.root_cert.read_bytes())}")
     if "kafka" in names:
         lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
         lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
