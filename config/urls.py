@@ -2,9 +2,9 @@
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from certs import downloads, est
+from config.api_docs import ApiDocsView, ApiSchemaView
 from config.health import healthz
 from config.metrics import MetricsApi
 from tenants.oauth import views as oauth_views
@@ -24,6 +24,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("onboarding/", include("tenants.onboarding_urls")),
     path("api/v1/", include("tenants.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/schema/", ApiSchemaView.as_view(), name="api-schema"),
+    path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
 ]
