@@ -2,9 +2,9 @@
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from certs import downloads, est
+from config.api_docs import ApiDocsView, ApiSchemaView
 from config.health import healthz
 from config.metrics import MetricsApi
 from tenants.oauth import views as oauth_views
@@ -24,6 +24,13 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("onboarding/", include("tenants.onboarding_urls")),
     path("api/v1/", include("tenants.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/schema/", ApiSchemaView.as_view(), name="api-schema"),
+    path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+# What answers when no view does: JSON under /api/ (and OAuth, EST), the console's own
+# error page elsewhere; never Django's bare page.
+handler400 = "config.error_pages.bad_request"
+handler403 = "config.error_pages.permission_denied"
+handler404 = "config.error_pages.not_found"
+handler500 = "config.error_pages.server_error"

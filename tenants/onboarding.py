@@ -4,7 +4,7 @@ admin, a stream with its schema, a device group, a device, and a summary.
 Views are thin: parse a form, call one service, redirect.  What the flow has made so far is
 carried in the URL (tenant slug, stream id, group slug, device id), never in the session, so
 any step can be reloaded or bookmarked.  Only operators may use it: anyone else signed in
-gets a 404, like every other tenant-scoped page (``tenants.scoping``).
+gets a 403 on the console's own error page (``config.error_pages``), which says so.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -96,14 +97,17 @@ STEPS = (
 
 
 def operator_only(view: View) -> View:
-    """Signed-out visitors go to the login page; signed-in non-operators get a 404."""
+    """Signed-out visitors go to the login page; signed-in non-operators are refused (403)."""
 
     @wraps(view)
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path(), reverse("admin:login"))
         if not scope_for(request.user).is_operator:
-            raise Http404("No such page.")
+            raise PermissionDenied(
+                "Onboarding is for platform operators. Your account administers its own tenants: "
+                "manage their streams, groups and devices in the console."
+            )
         return view(request, *args, **kwargs)
 
     return guarded

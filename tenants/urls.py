@@ -5,12 +5,13 @@ from django.urls import path, re_path
 from certs import apis as cert_apis
 from devices import apis as device_apis
 from tenants import apis
-from tenants.api_base import NotFoundApi
+from tenants.api_base import ApiIndexApi, NotFoundApi
 from tenants.oauth import apis as oauth_apis
 
 T = "tenants/<slug:tenant>/"
 
 urlpatterns = [
+    path("", ApiIndexApi.as_view(), name="api-index"),
     path("tenants/", apis.TenantListApi.as_view(), name="tenant-list"),
     path(T, apis.TenantDetailApi.as_view(), name="tenant-detail"),
     path(f"{T}suspend", apis.TenantSuspendApi.as_view(), name="tenant-suspend"),

@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from certs.platform_pki import root_fingerprint
 from config.env import BASE_DIR, use_private_umask
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
@@ -20,9 +19,11 @@ from sluicectl.launcher import (
     ORDER,
     Interrupted,
     Launcher,
+    banner,
     child_env,
     install_signal_handlers,
     make_context,
+    manage_command,
     running_launcher,
     say,
     state_file,
@@ -76,29 +77,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                     "sluice_first_admin",
                     "--url",
                     f"{rt.web_url}/admin/",
+                    "--manage",
+                    manage_command(rt),
                 ],
                 env=ctx.env,
                 check=False,
             )
         say(f"ready in {time.monotonic() - began:.1f} s  (state: {rt.state_dir})")
-        lines = []
-        if "nginx" in names:
-            lines += [
-                f"  Admin UI        {rt.web_url}/admin/",
-                f"  REST API        {rt.web_url}/api/v1/",
-                f"  Health          {rt.web_url}/healthz",
-                f"  OAuth2 tokens   {rt.web_url}/oauth/token  (keys: {rt.jwks_url})",
-                f"  CA certificate  {ctx.pki.root_cert}  (trust it: curl --cacert ...; download: {rt.root_ca_url})",
-                f"  CA fingerprint  SHA-256 {root_fingerprint(ctx.pki.root_cert.read_bytes())}",
-            ]
-        if "kafka" in names:
-            lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
-            lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
-        if "registry" in names:
-            lines.append(f"  Schema Registry unix:{rt.registry_socket}  (Confluent API; Sluice's user only)")
-        if "redis" in names:
-            lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
-        print("\n".join(lines), flush=True)
+        print("\n".join(banner(ctx, names)), flush=True)
         say("press Ctrl-C to stop everything; `platform/bin/sluice status` reports each part")
         launcher.watch()
         return 0

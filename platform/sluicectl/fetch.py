@@ -5,10 +5,15 @@
 * Netty's native epoll transport for the registry (``<dist>/netty-epoll-<version>-<arch>``):
   Vert.x binds a Unix domain socket only through it, and Apicurio's archive does not ship it.
 
-A finished fetch leaves a ``.complete`` marker, so a half-finished download is redone.  Maven
-runs in a temporary working directory: without a project it resolves
-``${project.basedir}`` to nothing and would leave a directory of that literal name (with
-``dependency:unpack``'s markers) wherever it ran, the checkout included.
+A finished fetch leaves a ``.complete`` marker, so a half-finished download is redone.
+
+Maven writes nothing into the checkout.  ``dependency:unpack`` and ``dependency:copy`` run
+without a project (Maven's super-POM), where ``${project.basedir}`` has no value; their marker
+files default to ``${project.build.directory}/dependency-maven-plugin-markers``, so Maven left
+a directory literally named ``${project.basedir}`` wherever it ran -- the checkout, when the
+launcher ran there.  So every ``mvn`` here is given ``-Dproject.basedir`` (a temporary
+directory that is also its working directory, removed afterwards), and the Kafka POM's own
+project writes nothing beside it (``copy-dependencies`` writes only its ``outputDirectory``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def _mvn(args: list[str], what: str) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="sluice-mvn-") as workdir:
             result = subprocess.run(
-                [mvn, "-q", "-B", *args],
+                [mvn, "-q", "-B", f"-Dproject.basedir={workdir}", *args],
                 capture_output=True,
                 text=True,
                 timeout=MAVEN_TIMEOUT,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shlex
 import signal
 import socket
 import time
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.env import BASE_DIR, ConfigurationError, load_runtime
+from certs.platform_pki import root_fingerprint
+from config.env import BASE_DIR, DEVELOPMENT, ConfigurationError, Runtime, load_runtime
 from sluicectl.components import ALL, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
@@ -51,8 +54,55 @@ def say(message: str) -> None:
     print(f"sluice: {message}", flush=True)
 
 
+def manage_command(runtime: Runtime, *args: str) -> str:
+    """A ``manage.py`` command line that works as printed from the checkout's root, aimed at
+    ``runtime``'s platform: the virtualenv's Python (a bare ``python`` lacks Django), and the
+    environment and state directory when they are not the defaults.  Secrets (DATABASE_URL,
+    the production keys) are never printed: whoever started the platform has them set."""
+    words = []
+    if runtime.environment != DEVELOPMENT:
+        words.append(f"SLUICE_ENV={runtime.environment}")
+    if runtime.state_dir != (BASE_DIR / "var" / "data").resolve():
+        words.append(f"SLUICE_STATE_DIR={shlex.quote(str(runtime.state_dir))}")
+    return " ".join([*words, ".venv/bin/python", "manage.py", *(shlex.quote(arg) for arg in args)])
+
+
+def banner(ctx: Context, names: Sequence[str]) -> list[str]:
+    """What ``sluice up`` prints once the platform answers.  Every command in it is in
+    backticks and runs as written from the checkout's root (tests/platform runs them)."""
+    rt = ctx.runtime
+    lines = []
+    if "nginx" in names:
+        root_ca = shlex.quote(str(ctx.pki.root_cert))
+        lines += [
+            f"  Admin UI        {rt.web_url}/admin/",
+            f"  REST API        {rt.web_url}/api/v1/  (docs: {rt.web_url}/api/docs/; "
+            f"a token: `{manage_command(rt, 'sluice_token', 'admin')}`)",
+            f"  Health          {rt.web_url}/healthz",
+            f"  OAuth2 tokens   {rt.web_url}/oauth/token  (keys: {rt.jwks_url})",
+            f"  CA certificate  {ctx.pki.root_cert}  (trust it: `curl --cacert {root_ca} {rt.web_url}/healthz`; "
+            f"download: {rt.root_ca_url})",
+        ]
+        if ctx.pki.root_cert.exists():  # nginx's prepare makes it; compare it with the download
+            lines.append(f"  CA fingerprint  SHA-256 {root_fingerprint(ctx.pki.root_cert.read_bytes())}")
+    if "kafka" in names:
+        lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
+        lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
+    if "registry" in names:
+        lines.append(f"  Schema Registry unix:{rt.registry_socket}  (Confluent API; Sluice's user only)")
+    if "redis" in names:
+        lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
+    return lines
+
+
 def state_file(ctx: Context) -> Path:
     return ctx.runtime.run_dir / "launcher.json"
+
+
+def lock_file(ctx: Context) -> Path:
+    """Held (flock) by the one launcher that owns this state directory, for as long as it
+    runs; the kernel releases it when that process ends, however it ends."""
+    return ctx.runtime.run_dir / "launcher.lock"
 
 
 def running_launcher(ctx: Context) -> int | None:
@@ -100,6 +150,9 @@ class Launcher:
     names: Sequence[str]
     processes: dict[str, Process] = field(default_factory=dict)
     _stopping: bool = False
+    # The open, locked lock_file while this launcher owns the state directory; only then
+    # does it write or remove the state file.
+    _lock_fd: int | None = None
 
     @property
     def components(self) -> list[Component]:
@@ -113,10 +166,38 @@ class Launcher:
                     pending.append(required)
         return [ALL[name] for name in ORDER if name in wanted]
 
+    def _claim(self) -> None:
+        """Take the state directory, or raise if another launcher holds it.  Two launchers
+        started at once cannot both pass: the lock is taken, not just looked at."""
+        rt = self.ctx.runtime
+        fd = os.open(lock_file(self.ctx), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = running_launcher(self.ctx)
+            who = f"pid {other}" if other is not None else "starting"
+            raise LaunchError(
+                f"Sluice is already running from {rt.state_dir} ({who}); stop it with: platform/bin/sluice down"
+            ) from None
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        """Give the state directory up: the state file goes first, then the lock."""
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            state_file(self.ctx).unlink()
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
     def _write_state(self) -> None:
+        if self._lock_fd is None:
+            raise LaunchError("internal error: the launcher wrote its state without owning the state directory")
         path = state_file(self.ctx)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
+        # Written whole, then renamed: `status` never reads half a file.
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(
             json.dumps(
                 {
                     "pid": os.getpid(),
@@ -126,6 +207,7 @@ class Launcher:
                 indent=2,
             )
         )
+        partial.replace(path)
 
     def _raise_if_died(self, component: Component) -> None:
         process = self.processes[component.name]
@@ -170,17 +252,15 @@ class Launcher:
         # by hand) stops the start with the command that fixes it.
         refuse_open_state(rt)
         make_state_dir(rt)
-        for directory in (rt.logs_dir, rt.run_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        rt.run_dir.mkdir(parents=True, exist_ok=True)
+        # Nothing else is written before this launcher owns the state directory: a refused
+        # start leaves a running launcher's state file, secrets and logs as they were.
+        self._claim()
+        rt.logs_dir.mkdir(parents=True, exist_ok=True)
         try:
             rt.ensure_secrets()
         except ConfigurationError as exc:
             raise LaunchError(str(exc)) from None
-        other = running_launcher(self.ctx)
-        if other is not None and other != os.getpid():
-            raise LaunchError(
-                f"Sluice is already running from {rt.state_dir} (pid {other}); stop it with: platform/bin/sluice down"
-            )
         check_ports_free(self.ctx, self.components)
         self._write_state()
         started: list[Component] = []
@@ -223,8 +303,8 @@ class Launcher:
             if process.running():
                 say(f"stopping {name}")
             process.stop(timeout=ALL[name].stop_timeout)
-        with contextlib.suppress(OSError):
-            state_file(self.ctx).unlink()
+        # A launcher that never owned the state directory (it was refused) removes nothing.
+        self._release()
 
     def watch(self) -> None:
         """Block until a signal or until a component dies (then raise)."""

@@ -282,7 +282,9 @@ def test_operator_onboards_a_tenant_from_tenant_to_first_device(
     assert all(password not in json.dumps(event.after) for event in events)
 
 
-def test_a_tenant_admin_gets_404_on_onboarding(page: Page, transactional_db: None) -> None:
+def test_a_tenant_admin_is_refused_onboarding_on_the_consoles_page(
+    page: Page, transactional_db: None, screenshot: Callable[[str], Path]
+) -> None:
     # given a tenant admin, signed in to the console
     tenant = make_tenant("acme")
     user = make_staff_user("acme-admin")
@@ -297,9 +299,15 @@ def test_a_tenant_admin_gets_404_on_onboarding(page: Page, transactional_db: Non
     for path in ("/onboarding/", "/onboarding/acme/stream/"):
         response = page.goto(path)
 
-        # then it does not exist for them
+        # then the console's own page refuses it (403), says why, and leads back
         assert response is not None
-        assert response.status == 404, path
+        assert response.status == 403, path
+        expect(page.locator("h1")).to_have_text("Not allowed")
+        expect(page.locator(".errornote")).to_contain_text("Onboarding is for platform operators.")
+        expect(page.locator("#user-tools")).to_contain_text("acme-admin")
+    screenshot("onboarding-refused")
+    page.get_by_role("link", name="Back to the console").click()
+    expect(page).to_have_url(re.compile(r"/admin/$"))
     assert not Stream.objects.filter(tenant=tenant).exclude(type="temperature").exists()
 
 
