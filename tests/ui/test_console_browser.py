@@ -367,3 +367,8 @@ def test_labels_are_human_and_in_sentence_case(
     for label in labels:
         assert SENTENCE_CASE.match(label), label
     screenshot("certificate-detail")
+    # the save button too is shown as written ("Save"), not upper-cased by the stylesheet
+    page.goto(f"/admin/devices/device/{device.pk}/change/")
+    save = page.locator(".submit-row input.default")
+    expect(save).to_have_value("Save")
+    assert save.evaluate("e => getComputedStyle(e).textTransform") == "none"
