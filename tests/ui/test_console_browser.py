@@ -251,6 +251,24 @@ def test_bad_csr_is_refused_on_the_form_and_viewers_get_no_actions(
     screenshot("bad-csr")
     assert Certificate.objects.filter(device=device).count() == 1
 
+    # when they tick "generate" as well as giving a CSR, the form asks for one of them
+    page.fill("#id_csr", csr_pem().decode())
+    page.check("#id_generate")
+    page.click("input[name=issue]")
+    expect(page.locator(".errorlist.nonfield")).to_contain_text("one of them")
+    assert Certificate.objects.filter(device=device).count() == 1
+
+    # when they let Sluice generate the key, it is shown once, with the chain
+    page.fill("#id_csr", "")
+    page.click("input[name=issue]")
+    expect(page.locator("text=Copy these now.")).to_be_visible()
+    expect(page.locator("pre.sluice-key")).to_contain_text("BEGIN PRIVATE KEY")
+    screenshot("generated-key-shown-once")
+    generated = Certificate.objects.filter(device=device).order_by("-created_at").first()
+    assert generated is not None
+    assert generated.origin == "generated"
+    assert "PRIVATE KEY" not in generated.certificate_pem
+
     # and another tenant's device has no certificate pages for them
     response = page.goto(f"/admin/devices/device/{other.pk}/certificates/issue/")
     assert response is not None
@@ -261,11 +279,11 @@ def test_bad_csr_is_refused_on_the_form_and_viewers_get_no_actions(
     page.click("#logout-form button")
     login("acme-viewer")
     page.goto(f"/admin/devices/device/{device.pk}/change/")
-    expect(page.locator("#device-certificates tr.certificate")).to_have_count(1)
+    expect(page.locator("#device-certificates tr.certificate")).to_have_count(2)
     expect(page.locator("#renew-certificate")).to_have_count(0)
     expect(page.locator("a.revoke-certificate")).to_have_count(0)
     screenshot("viewer-device-page")
-    serial = Certificate.objects.get(device=device).serial
+    serial = Certificate.objects.filter(device=device).first().serial
     response = page.goto(f"/admin/devices/device/{device.pk}/certificates/{serial}/revoke/")
     assert response is not None
     assert response.status == 403
