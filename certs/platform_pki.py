@@ -56,6 +56,18 @@ class PlatformPki:
         return self.directory / f"{service}.keystore.pem"
 
 
+def public_root_cert(runtime: Runtime) -> Path:
+    """The copy of the root CA's certificate nginx serves at ``runtime.root_ca_url``."""
+    return runtime.public_pki_dir / "root-ca.crt"
+
+
+def root_fingerprint(certificate_pem: bytes) -> str:
+    """``AB:CD:...``: the SHA-256 fingerprint as ``openssl x509 -noout -fingerprint -sha256``
+    prints it, to compare a root CA fetched over plain HTTP with the one Sluice shows."""
+    digest = ca.fingerprint_sha256(ca.load_certificate(certificate_pem)).upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -184,5 +196,7 @@ def ensure_platform_pki(runtime: Runtime) -> PlatformPki:
         ip_addresses=loopback,
     )
     _write(pki.trust_bundle, ca.certificate_pem(root.certificate))
+    runtime.public_pki_dir.mkdir(parents=True, exist_ok=True)
+    _write(public_root_cert(runtime), ca.certificate_pem(root.certificate))
     publish_root_crl(runtime, root)
     return pki

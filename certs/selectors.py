@@ -1,5 +1,5 @@
-"""Reads of the PKI for the console: a device's certificates as a person sees them, and
-what expires soon.  Every read is scoped by the caller's tenants or device."""
+"""Reads of the PKI's records: a device's certificates as a person sees them, its active one,
+and what expires soon.  Every read is scoped by the caller's tenants or device."""
 
 from __future__ import annotations
 
@@ -62,4 +62,13 @@ def certificates_expiring(*, tenants: QuerySet[Tenant], within: dt.timedelta = E
     now = timezone.now()
     return Certificate.objects.filter(
         tenant__in=tenants, status=Certificate.Status.ACTIVE, not_after__gt=now, not_after__lte=now + within
+    )
+
+
+def device_active_certificate(*, device: Device) -> Certificate | None:
+    """The device's newest active certificate (its tenant is the device's), or None."""
+    return (
+        Certificate.objects.filter(tenant_id=device.tenant_id, device=device, status=Certificate.Status.ACTIVE)
+        .order_by("-not_before", "-pk")
+        .first()
     )

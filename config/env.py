@@ -141,6 +141,20 @@ class Runtime:
         return f"http://{self.public_hostnames[0]}:{self.ports.crl}/crl/{name}.crl"
 
     @property
+    def public_pki_dir(self) -> Path:
+        """The platform root CA's certificate, a copy that nginx's workers may read and serve
+        at ``root_ca_url`` (the ``pki`` directory itself, with the keys, stays owner-only)."""
+        return self.state_dir / "pki-public"
+
+    @property
+    def root_ca_url(self) -> str:
+        """Where anyone fetches the root CA's certificate: plain HTTP beside the CRLs, since a
+        newcomer needs it before they can verify Sluice's HTTPS (they compare its SHA-256
+        fingerprint with the one the console and ``sluice up`` show).  Also served over HTTPS
+        at ``<web_url>/pki/root-ca.crt``."""
+        return f"http://{self.public_hostnames[0]}:{self.ports.crl}/pki/root-ca.crt"
+
+    @property
     def public_socket_dir(self) -> Path:
         """Sockets nginx's workers connect to (another user when nginx starts as root), so
         this directory is public; the web app trusts a request on it only when it carries

@@ -190,6 +190,7 @@ STATE_FIELD_CODES: dict[str, tuple[int, str]] = {
     "device_disabled": (status.HTTP_409_CONFLICT, "conflict"),
     "group_mismatch": (status.HTTP_409_CONFLICT, "conflict"),
     "duplicate": (status.HTTP_409_CONFLICT, "conflict"),
+    "contradicts_stream": (status.HTTP_409_CONFLICT, "conflict"),
     "foreign_subject": (status.HTTP_403_FORBIDDEN, "permission_denied"),
 }
 

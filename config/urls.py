@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from certs import est
+from certs import downloads, est
 from config.health import healthz
 from config.metrics import MetricsApi
 from tenants.oauth import views as oauth_views
@@ -12,6 +12,7 @@ from tenants.oauth import views as oauth_views
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", MetricsApi.as_view(), name="metrics"),
+    path("pki/root-ca.crt", downloads.root_ca, name="root-ca"),
     path(".well-known/est/<slug:tenant>/cacerts", est.cacerts, name="est-cacerts"),
     path(".well-known/est/<slug:tenant>/simplereenroll", est.simplereenroll, name="est-simplereenroll"),
     path(".well-known/est/<slug:tenant>/serverkeygen", est.serverkeygen, name="est-serverkeygen"),

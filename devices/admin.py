@@ -15,7 +15,7 @@ from django.utils.text import Truncator
 from devices import services
 from devices.models import Device, DeviceGroup, Stream
 from tenants.admin import status_badge
-from tenants.admin_scoping import TenantScopedAdmin
+from tenants.admin_scoping import ServiceForm, TenantScopedAdmin
 from tenants.audit import Actor
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
@@ -70,8 +70,23 @@ class StreamAdmin(TenantScopedAdmin):
         services.stream_delete(actor=actor, stream=obj)
 
 
+class DeviceGroupForm(ServiceForm):
+    """Region and device type follow the stream (``DeviceGroup.follow_stream``): left empty
+    they are taken from it, and a group moved to another stream takes that stream's, unless
+    the same change names them (then they must match it)."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "stream" in self.changed_data and self.instance.pk is not None:
+            for name in DeviceGroup.FOLLOWS_STREAM:
+                if name not in self.changed_data:
+                    cleaned[name] = ""
+        return cleaned
+
+
 @admin.register(DeviceGroup)
 class DeviceGroupAdmin(TenantScopedAdmin):
+    form = DeviceGroupForm
     immutable_fields = ("tenant", "slug")
     list_display = ("slug", "tenant", "name", "stream", "credential_policy", "kafka_direct", "rate_limit_per_second",
                     "device_count")  # fmt: skip

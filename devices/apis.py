@@ -264,8 +264,14 @@ class GroupOutput(serializers.ModelSerializer):
 class GroupInput(StrictSerializer):
     slug = slug_field()
     name = NulFreeCharField(max_length=200, required=False, allow_blank=True)
-    region = slug_field()
-    device_type = slug_field()
+    region = slug_field(
+        required=False,
+        help_text="The stream's region (default); another one is refused (409, field code contradicts_stream).",
+    )
+    device_type = slug_field(
+        required=False,
+        help_text="The stream's type (default); another one is refused (409, field code contradicts_stream).",
+    )
     stream = serializers.IntegerField(min_value=1, max_value=MAX_ID, help_text="A stream of this tenant (404 if none).")
     schema_subject = NulFreeCharField(
         max_length=255, required=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
@@ -146,8 +147,21 @@ class DeviceGroup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="groups")
     slug = models.CharField(verbose_name="slug", max_length=40, validators=[slug_validator])
     name = models.CharField(max_length=200, blank=True)
-    region = models.CharField(verbose_name="region", max_length=40, validators=[slug_validator])
-    device_type = models.CharField(verbose_name="device type", max_length=40, validators=[slug_validator])
+    # The stream's region and type (``follow_stream``): blank means "take them from the stream".
+    region = models.CharField(
+        verbose_name="region",
+        max_length=40,
+        blank=True,
+        validators=[slug_validator],
+        help_text="The stream's region; leave empty to take it from the stream.",
+    )
+    device_type = models.CharField(
+        verbose_name="device type",
+        max_length=40,
+        blank=True,
+        validators=[slug_validator],
+        help_text="The stream's type; leave empty to take it from the stream.",
+    )
     stream = models.ForeignKey(Stream, on_delete=models.PROTECT, related_name="groups")
     schema_subject = models.CharField(verbose_name="schema subject", max_length=255)
     credential_policy = models.CharField(
@@ -181,6 +195,35 @@ class DeviceGroup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant.slug}/{self.slug}"
+
+    # The fields that follow the stream: a change of stream that does not name them re-derives them.
+    FOLLOWS_STREAM: ClassVar[tuple[str, ...]] = ("region", "device_type")
+
+    def clean(self) -> None:
+        super().clean()
+        self.follow_stream()
+
+    def follow_stream(self) -> None:
+        """A group's region and device type are its stream's (``iot.<tenant>.<region>.<type>``):
+        an empty one is taken from the stream, a different one is refused on its field with
+        the code ``contradicts_stream`` -- a group labelled ``us``/``vibration`` that writes to
+        ``eu.temperature`` would mislead every reader of the label.  The one place the rule
+        lives: ``full_clean`` runs it for the services (API, onboarding) and the console."""
+        if self.stream_id is None:
+            return
+        errors: dict[str, ValidationError] = {}
+        for field, expected, what in (("region", self.stream.region, "region"),
+                                      ("device_type", self.stream.type, "type")):  # fmt: skip
+            given = getattr(self, field)
+            if not given:
+                setattr(self, field, expected)
+            elif given != expected:
+                errors[field] = ValidationError(
+                    f"Must be '{expected}', the {what} of the stream {self.stream.topic} (or left empty).",
+                    code="contradicts_stream",
+                )
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def kafka_principal(self) -> str:

@@ -307,6 +307,10 @@ def group_update(*, actor: Actor, group: DeviceGroup, **changes: Any) -> DeviceG
     before = snapshot(group)
     if "stream" in changes:
         changes["stream"] = _own_stream(group.tenant, changes["stream"])
+        # A group moved to another stream takes that stream's region and type, unless the
+        # change names them (then they must match it: DeviceGroup.follow_stream).
+        for name in DeviceGroup.FOLLOWS_STREAM:
+            changes.setdefault(name, "")
     _apply(group, changes, GROUP_MUTABLE, "device group")
     _check_subject(group.tenant, group.schema_subject)
     validate_model(group)

@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
@@ -24,7 +25,11 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from certs.services import certificate_issue_generated
+from certs.downloads import PEM_CERTIFICATES, ROOT_CA_FILENAME
+from certs.models import Certificate
+from certs.platform_pki import PlatformPki, root_fingerprint
+from certs.selectors import device_active_certificate
+from certs.services import RENEWAL_OVERLAP, Issued, certificate_issue_generated
 from config.errors import NotFound, SluiceError
 from devices.models import Device, DeviceGroup, Stream
 from devices.services import device_create, group_create, stream_with_schema_create
@@ -45,6 +50,8 @@ from tenants.scoping import scope_for
 from tenants.services import tenant_create, user_create_tenant_admin
 
 T = TypeVar("T")
+# The key as PKCS#8 PEM (RFC 7468 §10); application/pkcs8 would be its DER form.
+PEM_KEY = "application/x-pem-file"
 View = Callable[..., HttpResponse]
 
 
@@ -53,6 +60,23 @@ class Step:
     number: int
     key: str
     title: str
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file the credentials page offers inside itself, as a ``data:`` URL with a file name
+    (``<a download>``): the private key is in that one response only, never stored or served
+    again, so there is nothing a second request could fetch."""
+
+    element_id: str
+    label: str
+    filename: str
+    media_type: str
+    content: bytes
+
+    @property
+    def href(self) -> str:
+        return f"data:{self.media_type};base64,{base64.b64encode(self.content).decode()}"
 
 
 STEPS = (
@@ -217,16 +241,24 @@ def _summary_page(request: HttpRequest, target: Tenant, found: Device, credentia
               .order_by("created_at"))  # fmt: skip
     return _page(request, "summary.html", 6, tenant=target, device=found, group=found.group,
                  stream=found.group.stream, admins=[m.user.get_username() for m in admins],
-                 credentials_form=credentials_form)  # fmt: skip
+                 credentials_form=credentials_form, certificate=device_active_certificate(device=found))  # fmt: skip
 
 
 @never_cache  # the success response carries the device's private key
 @operator_only
-@require_http_methods(["POST"])
+@require_http_methods(["GET", "POST"])
 def credentials(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
-    """Issue the device's first certificate (server-generated key, shown in this response only)."""
+    """Issue the device's first certificate (server-generated key, shown in this response
+    only).  Once the device holds an active certificate, this URL -- opened again, reloaded,
+    or posted a second time -- says that its key was shown once and how to get a new one
+    (410 Gone), and issues nothing."""
     target = _tenant(request, tenant)
     found = _device(target, device)
+    current = device_active_certificate(device=found)
+    if current is not None:
+        return _shown_once(request, target, found, current)
+    if request.method == "GET":
+        return redirect("onboarding:summary", tenant=target.slug, device=found.device_id)
     form = _bound(CredentialsForm, request)
     issued = _submit(request, form, lambda data: certificate_issue_generated(
         actor=_actor(request), device=found, passphrase=data["passphrase"]))  # fmt: skip
@@ -235,6 +267,26 @@ def credentials(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
     # The first POST is shown with a record to send: from the group's schema, as ingest
     # would validate it now (or a note saying why there is none).
     sample = record_sample_for(subject=found.group.schema_subject)
+    runtime = settings.SLUICE_RUNTIME
+    root_pem = PlatformPki(runtime.pki_dir).root_cert.read_bytes()
     return _page(request, "credentials.html", 6, tenant=target, device=found, issued=issued,
-                 pkcs12_base64=base64.b64encode(issued.pkcs12 or b"").decode(), host=request.get_host(),
-                 sample=sample)  # fmt: skip
+                 pkcs12_base64=base64.b64encode(issued.pkcs12 or b"").decode(), web_url=runtime.web_url,
+                 root_ca_url=runtime.root_ca_url, root_fingerprint=root_fingerprint(root_pem),
+                 root_ca_filename=ROOT_CA_FILENAME, downloads=_downloads(found, issued), sample=sample,
+                 overlap_hours=int(RENEWAL_OVERLAP.total_seconds() // 3600))  # fmt: skip
+
+
+def _downloads(found: Device, issued: Issued) -> list[Download]:
+    name = found.device_id
+    return [
+        Download("download-chain", "Certificate chain", f"{name}.crt", PEM_CERTIFICATES, issued.chain_pem.encode()),
+        Download("download-key", "Private key", f"{name}.key", PEM_KEY, (issued.key_pem or "").encode()),
+        Download("download-pkcs12", "PKCS#12 bundle", f"{name}.p12", "application/x-pkcs12", issued.pkcs12 or b""),
+    ]
+
+
+def _shown_once(request: HttpRequest, target: Tenant, found: Device, current: Certificate) -> HttpResponse:
+    response = _page(request, "credentials_shown.html", 6, tenant=target, device=found, certificate=current,
+                     web_url=settings.SLUICE_RUNTIME.web_url)  # fmt: skip
+    response.status_code = 410  # Gone: what this URL gave out once is not available again
+    return response

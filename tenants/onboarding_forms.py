@@ -109,8 +109,8 @@ class StreamChoiceField(forms.ModelChoiceField):
 class GroupForm(forms.Form):
     slug = forms.CharField(max_length=40, help_text=f"{SLUG_HELP} Part of the group's Kafka principal.")
     name = forms.CharField(max_length=200, required=False)
-    region = forms.CharField(max_length=40)
-    device_type = forms.CharField(max_length=40)
+    region = forms.CharField(max_length=40, required=False, help_text="The stream's region; empty takes it.")
+    device_type = forms.CharField(max_length=40, required=False, help_text="The stream's type; empty takes it.")
     stream = StreamChoiceField(queryset=Stream.objects.none(), empty_label=None, help_text="Where its devices write.")
     schema_subject = forms.CharField(max_length=255, help_text="The registry subject records are validated against.")
     credential_policy = forms.ChoiceField(

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from certs.platform_pki import root_fingerprint
 from config.env import BASE_DIR, use_private_umask
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
@@ -87,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"  REST API        {rt.web_url}/api/v1/",
                 f"  Health          {rt.web_url}/healthz",
                 f"  OAuth2 tokens   {rt.web_url}/oauth/token  (keys: {rt.jwks_url})",
-                f"  CA certificate  {ctx.pki.root_cert}  (trust it: curl --cacert ...)",
+                f"  CA certificate  {ctx.pki.root_cert}  (trust it: curl --cacert ...; download: {rt.root_ca_url})",
+                f"  CA fingerprint  SHA-256 {root_fingerprint(ctx.pki.root_cert.read_bytes())}",
             ]
         if "kafka" in names:
             lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")

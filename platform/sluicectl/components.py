@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.crl_files import bundle_path
-from certs.platform_pki import PlatformPki, ensure_platform_pki
+from certs.platform_pki import PlatformPki, ensure_platform_pki, public_root_cert
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
 from config.env import BASE_DIR, TEST, Runtime
 from sluicectl import fetch
@@ -518,6 +518,7 @@ class Nginx(Component):
             crl_dir=rt.crl_dir,
             crl_bundle=bundle_path(rt),
             jwks_file=jwks_path(rt),
+            root_ca_file=public_root_cert(rt),
             proxy_secret=rt.proxy_secret,
         )
 

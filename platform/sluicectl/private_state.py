@@ -55,6 +55,9 @@ PUBLIC: tuple[PublicPath, ...] = (
                    "distribution points every certificate names"),
     PublicPath("oauth-public", 0o755, 0o644, tree=True, open_at_start=True,
                why="the JWKS: the public keys that verify Sluice's tokens, served by nginx's workers"),
+    PublicPath("pki-public", 0o755, 0o644, tree=True, open_at_start=True,
+               why="a copy of the platform root CA's certificate (public by nature), served by "
+                   "nginx's workers at http://<host>:<crl port>/pki/root-ca.crt"),
     PublicPath("static", 0o755, 0o644, tree=True, open_at_start=True,
                why="the console's CSS, JavaScript and images, served by nginx's workers"),
     PublicPath("public-sockets", 0o755, 0o644, tree=True, open_at_start=True,

@@ -67,7 +67,7 @@ def test_stream_in_use_cannot_be_deleted(admin_client: APIClient, tenant: Tenant
 def test_group_cannot_target_another_tenants_stream(admin_client: APIClient, tenant: Tenant,
                                                     other_tenant: Tenant) -> None:  # fmt: skip
     foreign = Stream.objects.get(tenant=other_tenant)
-    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": foreign.pk, "schema_subject": "s"}
+    body = {"slug": "cams", "region": "eu", "device_type": "temperature", "stream": foreign.pk, "schema_subject": "s"}
     response = admin_client.post(f"{BASE}/groups/", body, format="json")
     assert response.status_code == 404  # exactly as for a stream that does not exist
     assert response.json()["error"]["fields"][0] == {
@@ -78,7 +78,7 @@ def test_group_cannot_target_another_tenants_stream(admin_client: APIClient, ten
 
 def test_group_lifecycle(admin_client: APIClient, tenant: Tenant) -> None:
     stream = Stream.objects.get(tenant=tenant)
-    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk}
+    body = {"slug": "cams", "region": "eu", "device_type": "temperature", "stream": stream.pk}
     created = admin_client.post(f"{BASE}/groups/", body, format="json")
     assert created.status_code == 201
     assert created.json()["kafka_principal"] == "User:acme.cams"
@@ -98,7 +98,7 @@ def test_a_group_cannot_validate_against_another_tenants_subject(
     admin_client: APIClient, tenant: Tenant, subject: str
 ) -> None:
     stream = Stream.objects.get(tenant=tenant)
-    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk, "schema_subject": subject}
+    body = {"slug": "cams", "stream": stream.pk, "schema_subject": subject}
     refused = admin_client.post(f"{BASE}/groups/", body, format="json")
     assert refused.status_code == 403
     assert (refused.json()["error"]["fields"][0]["pointer"], refused.json()["error"]["fields"][0]["code"]) == (
@@ -187,7 +187,7 @@ def test_any_other_write_race_is_a_409_not_a_500(
 ) -> None:
     # given a group created by a concurrent request after this one's checks ran
     stream = Stream.objects.get(tenant=tenant)
-    body = {"slug": "cams", "region": "eu", "device_type": "camera", "stream": stream.pk}
+    body = {"slug": "cams", "region": "eu", "device_type": "temperature", "stream": stream.pk}
     assert admin_client.post(f"{BASE}/groups/", body, format="json").status_code == 201
     monkeypatch.setattr("devices.services._refuse_duplicate", lambda *_: None)
     monkeypatch.setattr(DeviceGroup, "validate_unique", lambda *_, **__: None)

@@ -1,7 +1,8 @@
 """The onboarding flow's last page promises a first telemetry POST that works as shown.  This
 drives the flow as an operator (Django's test client, the real registry and Kafka, Celery
-tasks eager), then runs the page's own shell text -- the heredoc that writes reading.json and
-the curl -- with bash against the real nginx TLS listener, and reads the record back."""
+tasks eager), then runs the page's own shell text -- the curl that fetches the root CA, the
+heredoc that writes reading.json and the curl that POSTs it -- with bash against the real
+nginx listeners, and reads the record back."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
@@ -55,15 +56,6 @@ def _pre(page: str, element_id: str) -> str:
     found = re.search(rf'<pre[^>]*\bid="{element_id}"[^>]*>(.*?)</pre>', page, re.DOTALL)
     assert found is not None, f"no pre#{element_id} on the page"
     return html.unescape(found.group(1))
-
-
-def _to_test_nginx(command: str, web_url: str) -> str:
-    """``command`` with its URL's origin replaced by this test stack's nginx, if it differs
-    (the test client's host is ``testserver``); nothing else in the text changes."""
-    origins = set(re.findall(r"https://[^/\s]+", command))
-    assert len(origins) == 1, f"expected one URL in the command, found {origins}"
-    (origin,) = origins
-    return command if origin == web_url else command.replace(f"{origin}/", f"{web_url}/")
 
 
 def _onboard(client: Client, *, schema_type: str, schema: str) -> tuple[str, str, str]:
@@ -127,13 +119,14 @@ def test_the_first_post_the_credentials_page_shows_works_as_shown(
     curl = _pre(page, "curl-ingest")
 
     # when the device's files are saved under the names the page uses, and the page's shell
-    # text is run as displayed (only the host pointed at this test stack's nginx)
+    # text is run exactly as displayed: fetch the root CA, write the record, POST it (the
+    # page names the platform's own URLs, here this test stack's nginx)
     (tmp_path / f"{device_id}.crt").write_text(_pre(page, "chain-pem"))
     (tmp_path / f"{device_id}.key").write_text(_pre(page, "key-pem"))
-    (tmp_path / "root-ca.crt").write_bytes(PlatformPki(services.pki_dir).root_cert.read_bytes())
     (tmp_path / ".curlrc").write_text(CURLRC)
-    script = f"{reading}\n{_to_test_nginx(curl, services.web_url)}\n"
-    assert urlsplit(services.web_url).netloc in script
+    script = f"{_pre(page, 'curl-root-ca')}\n{reading}\n{curl}\n"
+    assert f"{services.web_url}/ingest/v1/records" in curl
+    assert services.root_ca_url in script
     result = subprocess.run(
         ["bash", "-c", script],
         cwd=tmp_path,
@@ -146,8 +139,11 @@ def test_the_first_post_the_credentials_page_shows_works_as_shown(
 
     # then nginx and ingest accepted the record, and Kafka acknowledged it
     assert result.returncode == 0, result.stderr
-    body, _, status_line = result.stdout.rstrip("\n").rpartition("\n")
-    assert status_line == "HTTP 200", result.stdout
+    assert (tmp_path / "root-ca.crt").read_bytes() == PlatformPki(services.pki_dir).root_cert.read_bytes()
+    # (each curl's body, then its status line: the root CA's, then the POST's)
+    answers = re.findall(r"(.*?)\nHTTP (\d{3})\n", result.stdout, re.DOTALL)
+    assert [status for _, status in answers] == ["200", "200"], result.stdout
+    body = answers[-1][0].strip().splitlines()[-1]  # after the fingerprint openssl printed
     answer: dict[str, Any] = json.loads(body)
     assert (answer["accepted"], answer["topic"]) == (1, topic), answer
     assert json.loads((tmp_path / "reading.json").read_text()) == sample
@@ -157,3 +153,15 @@ def test_the_first_post_the_credentials_page_shows_works_as_shown(
     (message,) = consume(topic, services, expected=1)
     assert message.key() == device_id.encode()
     assert message.value() == records.wire_value(sample, latest_schema(value_subject(topic)))
+
+
+def test_nginx_serves_the_root_ca_over_plain_http_beside_the_crls(services: Runtime) -> None:
+    # when anyone fetches the root CA from the URL the credentials page and the README give
+    with urllib.request.urlopen(services.root_ca_url, timeout=10) as response:  # noqa: S310 - our own http URL
+        status, headers, body = response.status, response.headers, response.read()
+
+    # then it is the platform root's certificate, as a PEM attachment, readable by nginx's workers
+    assert status == 200
+    assert headers["Content-Type"] == "application/pem-certificate-chain"
+    assert headers["Content-Disposition"] == 'attachment; filename="root-ca.crt"'
+    assert body == PlatformPki(services.pki_dir).root_cert.read_bytes()

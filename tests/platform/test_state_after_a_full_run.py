@@ -246,7 +246,7 @@ def test_a_full_run_leaves_nothing_private_open_to_other_users(platform: Platfor
 
     # then every part wrote there, and nothing but the public list is open to group or others
     assert {"db.sqlite3", "kafka", "registry", "redis", "secrets", "pki", "oauth", "logs", "crl", "static",
-            "oauth-public", "public-sockets"} <= seen, sorted(seen)  # fmt: skip
+            "oauth-public", "public-sockets", "pki-public"} <= seen, sorted(seen)  # fmt: skip
     assert any(name.startswith("celerybeat-schedule") for name in seen), sorted(seen)
     assert open_private == []
     # and the launcher would start on it again as it is
@@ -258,6 +258,8 @@ def test_a_full_run_leaves_nothing_private_open_to_other_users(platform: Platfor
     assert jwks["keys"]
     assert all("d" not in key for key in jwks["keys"])
     assert [p.name for p in (state / "public-sockets").iterdir()] in ([], ["web.sock"])
+    assert [p.name for p in (state / "pki-public").iterdir()] == ["root-ca.crt"]
+    assert (state / "pki-public" / "root-ca.crt").read_bytes() == (state / "pki" / "root-ca.crt").read_bytes()
 
     # and no log kept the secret sent in query strings
     for path, info in walk(state / "logs"):

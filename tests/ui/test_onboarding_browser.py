@@ -13,6 +13,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 import json
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,23 @@ import pytest
 from confluent_kafka.schema_registry import RegisteredSchema, Schema
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 from django.contrib.auth import get_user_model
 from django.test import Client
 from playwright.sync_api import Page, expect
 
 from certs.models import Certificate
+from certs.platform_pki import PlatformPki, ensure_platform_pki
+from config.env import Runtime
 from devices.models import Device, DeviceGroup, Stream
-from ingest.registry import latest_schema_forget
+from ingest.registry import AVRO, latest_schema_forget
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, AuditEvent, Membership, Tenant
+from tenants.onboarding_forms import AVRO_EXAMPLE
 from tenants.services import tenant_create
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, make_user, unique_slug
+from tests.integration.test_onboarding_first_post import CURLRC, PASSPHRASE, _onboard
+from tests.integration.test_topic_provisioning import eager_tasks  # noqa: F401 - fixture
 from tests.ui.conftest import PASSWORD, make_staff_user
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots" / "onboarding"
@@ -43,6 +50,7 @@ READING = {
 }
 
 Shot = Callable[[str], Path]
+DOWNLOADS = ("root-ca", "chain", "key", "pkcs12")
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +58,12 @@ def plain_http(settings: Any) -> None:
     """The live server speaks plain HTTP; production settings only send cookies over HTTPS."""
     settings.SESSION_COOKIE_SECURE = False
     settings.CSRF_COOKIE_SECURE = False
+
+
+@pytest.fixture(autouse=True)
+def platform_pki(settings: Any) -> None:
+    """The platform root CA the credentials page offers (the launcher makes it at first start)."""
+    ensure_platform_pki(settings.SLUICE_RUNTIME)
 
 
 @pytest.fixture
@@ -364,3 +378,201 @@ def test_the_credentials_page_says_so_when_the_registry_is_unreachable(
     assert "The schema registry is not reachable" in page
     assert 'id="curl-ingest"' in page
     assert Certificate.objects.get(device_ref="thermo-1").status == "active"
+
+
+def test_the_group_step_keeps_region_and_type_in_agreement_with_the_stream(client: Client, db: None) -> None:
+    # given an operator at the group step of acme's stream iot.acme.eu.temperature
+    tenant = make_tenant("acme")
+    stream = Stream.objects.get(tenant=tenant)
+    client.force_login(make_staff_user("operator", operator=True))
+    url = f"/onboarding/acme/streams/{stream.pk}/group/"
+    form = {"slug": "shakers", "name": "", "stream": stream.pk, "schema_subject": f"{stream.topic}-value",
+            "credential_policy": "mtls"}  # fmt: skip
+
+    # when they name us/vibration for it
+    refused = client.post(url, {**form, "region": "us", "device_type": "vibration"})
+
+    # then each field says what it must be, and no group was created
+    assert refused.status_code == 200
+    errors = refused.context["form"].errors
+    assert errors["region"] == ["Must be 'eu', the region of the stream iot.acme.eu.temperature (or left empty)."]
+    assert errors["device_type"] == [
+        "Must be 'temperature', the type of the stream iot.acme.eu.temperature (or left empty)."
+    ]
+    assert not DeviceGroup.objects.filter(slug="shakers").exists()
+
+    # when they clear both fields
+    created = client.post(url, {**form, "region": "", "device_type": ""})
+
+    # then the group is created with the stream's region and type
+    assert (created.status_code, created["Location"]) == (302, "/onboarding/acme/groups/shakers/device/")
+    group = DeviceGroup.objects.get(tenant=tenant, slug="shakers")
+    assert (group.region, group.device_type) == ("eu", "temperature")
+
+
+def test_the_credentials_url_opened_again_explains_the_key_was_shown_once(client: Client, db: None) -> None:
+    # given an operator at the end of the flow for a device that has no certificate yet
+    tenant = tenant_create(actor=Actor.system("test"), slug="acme", name="Acme")
+    stream = Stream.objects.create(tenant=tenant, region="eu", type="temperature", partitions=1)
+    group = DeviceGroup.objects.create(tenant=tenant, slug="sensors", region="eu", device_type="temperature",
+                                       stream=stream, schema_subject=f"{stream.topic}-value")  # fmt: skip
+    Device.objects.create(tenant=tenant, group=group, device_id="thermo-1")
+    client.force_login(make_staff_user("operator", operator=True))
+    url = "/onboarding/acme/devices/thermo-1/credentials/"
+
+    # when the credentials URL is opened before anything was issued
+    early = client.get(url)
+
+    # then it leads to the summary, where the certificate is issued
+    assert (early.status_code, early["Location"]) == (302, "/onboarding/acme/devices/thermo-1/")
+
+    # when the certificate is issued, and the same URL is then opened, and posted again
+    issued = client.post(url, {"passphrase": "a long passphrase"})
+    revisit = client.get(url)
+    again = client.post(url, {"passphrase": "a long passphrase"})
+
+    # then the first answer had the key; the others say it was shown once and how to get a new
+    # one, carry no key, are never cached, and issued nothing more
+    assert issued.status_code == 200
+    assert "BEGIN PRIVATE KEY" in issued.content.decode()
+    certificate = Certificate.objects.get(device_ref="thermo-1")
+    for response in (revisit, again):
+        page = response.content.decode()
+        assert response.status_code == 410
+        assert "no-store" in response["Cache-Control"]
+        assert "The key Sluice generated for this device was shown once" in page
+        assert certificate.serial in page
+        assert "How to get a new one" in page
+        assert "/.well-known/est/acme/simplereenroll" in page
+        assert "Revoke selected certificates" in page
+        assert "PRIVATE KEY" not in page
+    assert Certificate.objects.filter(device_ref="thermo-1").count() == 1
+
+    # and the summary says the credentials were issued instead of offering them again
+    summary = client.get("/onboarding/acme/devices/thermo-1/").content.decode()
+    assert 'id="credentials-issued"' in summary
+    assert 'id="credentials-form"' not in summary
+
+
+def test_the_platform_root_ca_downloads_from_its_documented_url(client: Client, settings: Any) -> None:
+    # when anyone, signed in or not, asks the web app for the root CA
+    response = client.get("/pki/root-ca.crt")
+
+    # then it is the platform root's certificate, as a PEM attachment
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/pem-certificate-chain"
+    assert response["Content-Disposition"] == 'attachment; filename="root-ca.crt"'
+    assert response.content == PlatformPki(settings.SLUICE_RUNTIME.pki_dir).root_cert.read_bytes()
+
+
+def _save_download(page: Page, selector: str, directory: Path) -> Path:
+    """Click a download on the page and save the file under the name the page gives it."""
+    with page.expect_download() as started:
+        page.click(selector)
+    download = started.value
+    target = directory / download.suggested_filename
+    download.save_as(target)
+    return target
+
+
+def _run(script: str, directory: Path) -> str:
+    """Run the page's shell text with bash in ``directory``; every curl reports its HTTP status
+    through ``$CURL_HOME/.curlrc`` (the commands themselves stay exactly as shown).  Its
+    standard output."""
+    (directory / ".curlrc").write_text(CURLRC)
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=directory, capture_output=True, text=True, timeout=120, check=False,
+        env={"PATH": os.environ["PATH"], "HOME": str(directory), "CURL_HOME": str(directory)},
+    )  # fmt: skip
+    assert result.returncode == 0, f"{script}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    return result.stdout
+
+
+def _answers(stdout: str) -> list[tuple[int, str]]:
+    """The HTTP status and body of each curl in ``_run``'s output, in order."""
+    return [(int(status), body) for body, status in re.findall(r"(.*?)\nHTTP (\d{3})\n", stdout, re.DOTALL)]
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("eager_tasks")
+def test_a_newcomer_follows_the_credentials_page_literally_and_gets_a_200_from_ingest(
+    page: Page, screenshot: Shot, transactional_db: None, services: Runtime, tmp_path: Path
+) -> None:
+    # given a tenant onboarded up to its first device against the real registry and Kafka,
+    # and its operator signed in on the device's summary page
+    operator = Client()
+    operator.force_login(make_user(unique_slug("operator"), operator=True))
+    slug, topic, device_id = _onboard(operator, schema_type=AVRO, schema=AVRO_EXAMPLE)
+    make_staff_user("newcomer", operator=True)
+    page.goto(f"/admin/login/?next=/onboarding/{slug}/devices/{device_id}/")
+    page.fill("#id_username", "newcomer")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+
+    # when they issue the credentials
+    page.fill("#id_passphrase", PASSPHRASE)
+    page.click("#issue-certificate")
+    expect(page.locator("#key-pem")).to_contain_text("BEGIN PRIVATE KEY")
+    screenshot("credentials-page")
+
+    # and save the four files with the page's download buttons
+    files = {name: _save_download(page, f"#download-{name}", tmp_path) for name in DOWNLOADS}
+
+    # then they arrive under the names the commands use, with the page's content and types
+    assert {name: path.name for name, path in files.items()} == {
+        "root-ca": "root-ca.crt", "chain": f"{device_id}.crt", "key": f"{device_id}.key", "pkcs12": f"{device_id}.p12"
+    }  # fmt: skip
+    assert files["chain"].read_text() == page.locator("#chain-pem").inner_text()
+    assert files["key"].read_text() == page.locator("#key-pem").inner_text()
+    assert files["root-ca"].read_bytes() == PlatformPki(services.pki_dir).root_cert.read_bytes()
+    types = {name: page.locator(f"#download-{name}").get_attribute("href").split(";", 1)[0]
+             for name in ("chain", "key", "pkcs12")}  # fmt: skip
+    assert types == {"chain": "data:application/pem-certificate-chain", "key": "data:application/x-pem-file",
+                     "pkcs12": "data:application/x-pkcs12"}  # fmt: skip
+    key, leaf, _ = pkcs12.load_key_and_certificates(files["pkcs12"].read_bytes(), PASSPHRASE.encode())
+    assert key is not None
+    assert leaf is not None
+    assert leaf.public_bytes(Encoding.PEM).decode() in files["chain"].read_text()
+    # and the PKCS#12 text decodes the way the page says to the same bundle
+    (tmp_path / f"{device_id}.p12.b64").write_text(page.locator("#pkcs12").inner_text())
+    decode = re.search(r"base64 -d \S+ > \S+", page.locator("#credentials").inner_text())
+    assert decode is not None
+    _run(decode.group(0), tmp_path)
+    assert (tmp_path / f"{device_id}.p12").read_bytes() == files["pkcs12"].read_bytes()
+
+    # when they run the page's commands as shown: fetch the root CA over plain HTTP and check
+    # its fingerprint, write the sample record, and POST it
+    root_ca = _run(page.locator("pre#curl-root-ca").inner_text(), tmp_path)
+    script = page.locator("pre#reading-json").inner_text() + "\n" + page.locator("pre#curl-ingest").inner_text()
+    first_post = _answers(_run(script, tmp_path))
+
+    # then the fetched root CA is the one downloaded, with the fingerprint the page shows, and
+    # ingest answered 200 for the record
+    assert [status for status, _ in _answers(root_ca)] == [200]
+    assert (tmp_path / "root-ca.crt").read_bytes() == PlatformPki(services.pki_dir).root_cert.read_bytes()
+    fingerprint = page.locator("#root-fingerprint").inner_text()
+    assert re.search(rf"^sha256 Fingerprint={fingerprint}$", root_ca, re.MULTILINE | re.IGNORECASE), root_ca
+    ((status, body),) = first_post
+    assert status == 200, body
+    assert (json.loads(body)["accepted"], json.loads(body)["topic"]) == (1, topic)
+
+    # when they renew as the page shows, and POST again with the same command
+    old_chain = (tmp_path / f"{device_id}.crt").read_text()
+    renewal = _answers(_run(page.locator("pre#curl-renew").inner_text(), tmp_path))
+    after_renewal = _answers(_run(page.locator("pre#curl-ingest").inner_text(), tmp_path))
+
+    # then the renewed certificate replaced the old one in the file, and it is accepted too
+    assert [status for status, _ in renewal] == [200]
+    assert (tmp_path / f"{device_id}.crt").read_text() != old_chain
+    ((status, body),) = after_renewal
+    assert status == 200, body
+    statuses = dict(Certificate.objects.filter(device_ref=device_id).values_list("origin", "status"))
+    assert statuses == {"generated": "superseded", "est_renewal": "active"}
+
+    # when they open the credentials page's address again
+    page.goto(f"/onboarding/{slug}/devices/{device_id}/credentials/")
+
+    # then it says the key was shown once, and how to get a new one
+    expect(page.locator("#shown-once-notice")).to_contain_text("shown once")
+    expect(page.locator("#shown-once-how")).to_contain_text("Revoke selected certificates")
+    screenshot("credentials-again")
