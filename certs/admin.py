@@ -8,15 +8,32 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from certs import services
+from certs import selectors, services
 from certs.models import Certificate, CertificateAuthority
 from config.errors import SluiceError
 from devices.admin import DeviceAdmin
 from devices.models import Device
 from tenants.admin import status_badge
 from tenants.admin_scoping import TenantScopedAdmin
+from tenants.models import Tenant
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
+
+
+class ExpiresFilter(admin.SimpleListFilter):
+    """Active certificates that expire soon (the console's index links here)."""
+
+    title = "expiry"
+    parameter_name = "expires"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("30d", "Within 30 days")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> QuerySet[Certificate]:
+        if self.value() == "30d":
+            expiring = selectors.certificates_expiring(tenants=Tenant.objects.all(), within=selectors.EXPIRING_WITHIN)
+            return queryset.filter(pk__in=expiring.values("pk"))
+        return queryset
 
 
 @admin.register(CertificateAuthority)
@@ -46,7 +63,7 @@ class CertificateAdmin(TenantScopedAdmin):
         "not_after",
         "serial",
     )
-    list_filter = ("status", "renewal_due", "origin", TENANT_FILTER)
+    list_filter = ("status", ExpiresFilter, "renewal_due", "origin", TENANT_FILTER)
     search_fields = ("device_ref", "serial", "fingerprint_sha256", "tenant__slug")
     list_select_related = ("tenant",)
     fields = ("tenant", "device_ref", "subject", "status", "renewal_due", "origin", "key_type", "serial",

@@ -19,18 +19,18 @@ class CertificateAuthority(models.Model):
         RETIRING = "retiring"  # still trusted, issues nothing (rotation overlap)
         RETIRED = "retired"
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="cas")
+    tenant = models.ForeignKey(Tenant, verbose_name="tenant", on_delete=models.CASCADE, related_name="cas")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    subject = models.CharField(max_length=300)
-    serial = models.CharField(max_length=64, unique=True)
-    certificate_pem = models.TextField()
-    encrypted_key_pem = models.TextField()
-    not_before = models.DateTimeField()
-    not_after = models.DateTimeField()
-    crl_number = models.PositiveBigIntegerField(default=0)
-    crl_der = models.BinaryField(default=bytes)
-    crl_next_update = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    subject = models.CharField(verbose_name="subject", max_length=300)
+    serial = models.CharField(verbose_name="serial number", max_length=64, unique=True)
+    certificate_pem = models.TextField(verbose_name="certificate (PEM)")
+    encrypted_key_pem = models.TextField(verbose_name="encrypted key (PEM)")
+    not_before = models.DateTimeField(verbose_name="valid from")
+    not_after = models.DateTimeField(verbose_name="valid until")
+    crl_number = models.PositiveBigIntegerField(verbose_name="CRL number", default=0)
+    crl_der = models.BinaryField(verbose_name="CRL (DER)", default=bytes)
+    crl_next_update = models.DateTimeField(verbose_name="next CRL update", null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
 
     class Meta:
         verbose_name_plural = "certificate authorities"
@@ -55,44 +55,52 @@ class Certificate(models.Model):
         REVOKED = "revoked"
 
     class Origin(models.TextChoices):
-        CSR = "csr"
-        GENERATED = "generated"
-        RENEWAL = "renewal"  # a successor the rotation task issued with a server-generated key
-        EST_RENEWAL = "est_renewal"  # the device renewed over EST with its own key
+        CSR = "csr", "CSR"
+        GENERATED = "generated", "Generated key"
+        RENEWAL = "renewal", "Rotation"  # a successor the rotation task issued with a server-generated key
+        EST_RENEWAL = "est_renewal", "EST renewal"  # the device renewed over EST with its own key
 
     # Certificates whose private key only the device holds: rotation can mark them due but
     # never renew them itself (it would have to generate and hand over a new key).
     DEVICE_KEY_ORIGINS = (Origin.CSR, Origin.EST_RENEWAL)
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="certificates")
-    device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates")
-    device_ref = models.CharField(max_length=128)  # the device id, kept after the device is deleted
-    ca = models.ForeignKey(CertificateAuthority, on_delete=models.PROTECT, related_name="issued")
-    serial = models.CharField(max_length=64, unique=True)
-    fingerprint_sha256 = models.CharField(max_length=64, unique=True)
+    device = models.ForeignKey(
+        Device, verbose_name="device", null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates"
+    )
+    device_ref = models.CharField(
+        verbose_name="device ID", max_length=128
+    )  # the device id, kept after the device is deleted
+    ca = models.ForeignKey(
+        CertificateAuthority, verbose_name="issuing CA", on_delete=models.PROTECT, related_name="issued"
+    )
+    serial = models.CharField(verbose_name="serial number", max_length=64, unique=True)
+    fingerprint_sha256 = models.CharField(verbose_name="SHA-256 fingerprint", max_length=64, unique=True)
     subject = models.CharField(max_length=300)
-    certificate_pem = models.TextField()
-    key_type = models.CharField(max_length=16)
-    origin = models.CharField(max_length=16, choices=Origin.choices)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    not_before = models.DateTimeField()
-    not_after = models.DateTimeField()
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revocation_reason = models.CharField(max_length=32, blank=True)
-    superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    certificate_pem = models.TextField(verbose_name="certificate (PEM)")
+    key_type = models.CharField(verbose_name="key type", max_length=16)
+    origin = models.CharField(verbose_name="origin", max_length=16, choices=Origin.choices)
+    status = models.CharField(verbose_name="status", max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    not_before = models.DateTimeField(verbose_name="valid from")
+    not_after = models.DateTimeField(verbose_name="valid until")
+    revoked_at = models.DateTimeField(verbose_name="revoked", null=True, blank=True)
+    revocation_reason = models.CharField(verbose_name="revocation reason", max_length=32, blank=True)
+    superseded_by = models.ForeignKey(
+        "self", verbose_name="renewed as", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # After a renewal the old certificate stays valid until then; rotation revokes it after.
-    overlap_until = models.DateTimeField(null=True, blank=True)
+    overlap_until = models.DateTimeField(verbose_name="still valid after renewal until", null=True, blank=True)
     # Inside its group's renewal window; a CSR-based certificate waits for the device to
     # re-enroll (EST simplereenroll).
-    renewal_due = models.BooleanField(default=False, db_index=True)
+    renewal_due = models.BooleanField(verbose_name="renewal due", default=False, db_index=True)
     # A successor that rotation issued for a server-generated certificate keeps its new key
     # here, encrypted with the KEK, until the device collects it once (EST serverkeygen).
-    pending_key_encrypted = models.TextField(blank=True)
+    pending_key_encrypted = models.TextField(verbose_name="pending key (encrypted)", blank=True)
     # ``User:<tenant>.<group>.<credential id>`` (certs.principals), what Kafka maps this
     # certificate's subject to; blank for certificates issued before credential ids, whose
     # principal no ACL names.
-    kafka_principal = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    kafka_principal = models.CharField(verbose_name="Kafka principal", max_length=200, blank=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
 
     class Meta:
         ordering: ClassVar = ["tenant", "-created_at"]

@@ -17,8 +17,8 @@ if RUNTIME.environment == TEST:
 CSRF_TRUSTED_ORIGINS = [f"https://{host}:{RUNTIME.ports.web}" for host in ALLOWED_HOSTS]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
-    "django.contrib.auth",
+    "config.console.SluiceAdminConfig",  # django.contrib.admin with the Sluice index
+    "config.console.SluiceAuthConfig",  # django.contrib.auth, named in sentence case
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",

@@ -60,25 +60,34 @@ class Stream(models.Model):
     RETENTION_MS: ClassVar[dict[str, int]] = {"raw": 6 * HOUR_MS, "enriched": 168 * HOUR_MS}
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="streams")
-    region = models.CharField(max_length=40, validators=[slug_validator])
-    type = models.CharField(max_length=40, validators=[slug_validator])
-    retention_class = models.CharField(max_length=16, choices=RetentionClass.choices, default=RetentionClass.RAW)
+    region = models.CharField(verbose_name="region", max_length=40, validators=[slug_validator])
+    type = models.CharField(verbose_name="device type", max_length=40, validators=[slug_validator])
+    retention_class = models.CharField(
+        verbose_name="retention class", max_length=16, choices=RetentionClass.choices, default=RetentionClass.RAW
+    )
     custom_retention_hours = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(24 * 3650)]
+        verbose_name="custom retention (hours)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 3650)],
     )
     partitions = models.PositiveIntegerField(
         default=default_partitions, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
     )
     replication_factor = models.PositiveSmallIntegerField(
-        default=default_replication_factor, validators=[MinValueValidator(1), MaxValueValidator(7)]
+        verbose_name="replication factor",
+        default=default_replication_factor,
+        validators=[MinValueValidator(1), MaxValueValidator(7)],
     )
     compression = models.CharField(max_length=16, choices=Compression.choices, default=Compression.ZSTD)
-    cleanup_policy = models.CharField(max_length=16, choices=CleanupPolicy.choices, default=CleanupPolicy.DELETE)
+    cleanup_policy = models.CharField(
+        verbose_name="cleanup policy", max_length=16, choices=CleanupPolicy.choices, default=CleanupPolicy.DELETE
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    last_error = models.TextField(blank=True)
-    provisioned_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    last_error = models.TextField(verbose_name="last error", blank=True)
+    provisioned_at = models.DateTimeField(verbose_name="provisioned", null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    updated_at = models.DateTimeField(verbose_name="updated", auto_now=True)
 
     class Meta:
         ordering: ClassVar = ["tenant", "region", "type", "retention_class"]
@@ -136,35 +145,47 @@ class DeviceGroup(models.Model):
         RSA_3072 = "rsa-3072", "RSA 3072"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="groups")
-    slug = models.CharField(max_length=40, validators=[slug_validator])
+    slug = models.CharField(verbose_name="slug", max_length=40, validators=[slug_validator])
     name = models.CharField(max_length=200, blank=True)
     # The stream's region and type (``follow_stream``): blank means "take them from the stream".
     region = models.CharField(
+        verbose_name="region",
         max_length=40,
         blank=True,
         validators=[slug_validator],
         help_text="The stream's region; leave empty to take it from the stream.",
     )
     device_type = models.CharField(
+        verbose_name="device type",
         max_length=40,
         blank=True,
         validators=[slug_validator],
         help_text="The stream's type; leave empty to take it from the stream.",
     )
     stream = models.ForeignKey(Stream, on_delete=models.PROTECT, related_name="groups")
-    schema_subject = models.CharField(max_length=255)
-    credential_policy = models.CharField(max_length=8, choices=CredentialPolicy.choices, default=CredentialPolicy.MTLS)
-    cert_lifetime_days = models.PositiveIntegerField(
-        default=365, validators=[MinValueValidator(1), MaxValueValidator(3650)]
+    schema_subject = models.CharField(verbose_name="schema subject", max_length=255)
+    credential_policy = models.CharField(
+        verbose_name="credential policy", max_length=8, choices=CredentialPolicy.choices, default=CredentialPolicy.MTLS
     )
-    cert_key_type = models.CharField(max_length=16, choices=KeyType.choices, default=KeyType.EC_P256)
-    cert_renewal_window_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
-    rate_limit_per_second = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    cert_lifetime_days = models.PositiveIntegerField(
+        verbose_name="certificate lifetime (days)",
+        default=365,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+    )
+    cert_key_type = models.CharField(
+        verbose_name="certificate key type", max_length=16, choices=KeyType.choices, default=KeyType.EC_P256
+    )
+    cert_renewal_window_days = models.PositiveIntegerField(
+        verbose_name="renewal window (days)", default=30, validators=[MinValueValidator(1)]
+    )
+    rate_limit_per_second = models.PositiveIntegerField(
+        verbose_name="rate limit (records per second)", default=10, validators=[MinValueValidator(1)]
+    )
     # Kafka-direct access is a privilege of its own: only then does each usable credential
     # of the group get its own ACL (ingest.acls).  HTTPS ingest produces as the platform.
-    kafka_direct = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    kafka_direct = models.BooleanField(verbose_name="Kafka-direct access", default=False)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    updated_at = models.DateTimeField(verbose_name="updated", auto_now=True)
 
     class Meta:
         ordering: ClassVar = ["tenant", "slug"]
@@ -221,13 +242,15 @@ class Device(models.Model):
         DISABLED = "disabled"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="devices")
-    group = models.ForeignKey(DeviceGroup, on_delete=models.PROTECT, related_name="devices")
-    device_id = models.CharField(max_length=128, validators=[device_id_validator])
+    group = models.ForeignKey(
+        DeviceGroup, verbose_name="device group", on_delete=models.PROTECT, related_name="devices"
+    )
+    device_id = models.CharField(verbose_name="device ID", max_length=128, validators=[device_id_validator])
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     labels = models.JSONField(default=dict, blank=True)
-    last_seen_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    last_seen_at = models.DateTimeField(verbose_name="last seen", null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    updated_at = models.DateTimeField(verbose_name="updated", auto_now=True)
 
     class Meta:
         ordering: ClassVar = ["tenant", "device_id"]

@@ -10,7 +10,7 @@ Redis: identity comes from the worker's cache (``ingest.identity``, emptied by p
 changes of rights), rate limits from local buckets and leased slices of the tenant's
 (``ingest.ratelimit``), the schema from the worker's compiled copy (``ingest.registry``),
 and the wait for Kafka's acknowledgement is an ``await`` on the worker's one producer.
-Counters and ``last_seen_at`` are flushed in the background (``ingest.metrics``).
+Counters, sightings and refusals are flushed in the background (``ingest.metrics``).
 
 Every refusal is a ``SluiceError`` rendered as the platform's one error body; success is
 **200**, sent only once Kafka has acknowledged every record with ``acks=all``.
@@ -117,7 +117,12 @@ class Worker:
         serial = services.certificate_serial(headers.get(b"x-sluice-client-serial", b"").decode("latin-1"))
         found = await self.identity(identity.certificate_key(serial), lambda: identity.load_certificate(serial))
         issuer = headers.get(b"x-sluice-client-issuer", b"").decode("utf-8", "replace")
-        return services.certificate_verdict(found, issuer=issuer, now=time.time())
+        try:
+            return services.certificate_verdict(found, issuer=issuer, now=time.time())
+        except SluiceError as error:
+            if found is not None:
+                self.refused_credential(found.grant.tenant_id, found.grant.device_pk, error)
+            raise
 
     async def token_writer(self, authorization: bytes) -> Writer:
         token = services.bearer_token(authorization.decode("latin-1"))
@@ -133,6 +138,16 @@ class Worker:
             # whether the device it names exists, to say why it is refused.
             exists = await asyncio.to_thread(_with_connection, lambda: _device_exists(claims.tenant, claims.device))
             return services.token_verdict(claims, found, device_exists=exists)
+        except SluiceError as error:
+            if found is not None:
+                self.refused_credential(found.grant.tenant_id, found.grant.device_pk, error)
+            raise
+
+    def refused_credential(self, tenant_id: int, device_pk: int | None, error: SluiceError) -> None:
+        """A credential of a known device was refused (revoked, device disabled, ...): the
+        console shows it on that device's page."""
+        if device_pk is not None:
+            self.outcomes.refused_device(tenant_id, device_pk, error.code)
 
     async def _claims(self, token: str) -> tokens.AccessClaims:
         """The token's verified claims; a verified token is remembered until it expires
@@ -162,15 +177,17 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
-        counts = self.outcomes.take_counts()
-        seen = self.outcomes.take_due_sightings()
+        flush = self.outcomes.take()
         try:
-            if counts:
-                await asyncio.to_thread(metrics.flush_counts, _counter_client(), counts)
-            if seen:
-                await asyncio.to_thread(metrics.write_last_seen, seen)
+            if flush:
+                await asyncio.to_thread(metrics.flush_to_redis, _counter_client(), flush)
         except Exception:
-            log.warning("ingest: could not flush counters or last_seen", exc_info=True)
+            log.warning("ingest: could not flush counters, sightings or refusals to Redis", exc_info=True)
+        try:
+            if flush.due_for_database:
+                await asyncio.to_thread(metrics.write_last_seen, flush.due_for_database)
+        except Exception:
+            log.warning("ingest: could not write last_seen_at", exc_info=True)
 
 
 def _with_connection(load: Callable[[], Any]) -> Any:
@@ -276,22 +293,29 @@ class IngestApp:
         (429), the schema (409/503) and the records (422); then Kafka (503 or 200)."""
         worker = self.worker
         writer = await self.authenticate(worker, headers)
-        body = await _read_body(headers, receive)
-        records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
-        parsed = records.parse_body(body)
-        budget = Budget(writer.tenant_id, writer.pk, writer.rate_limit_per_second, writer.tenant_max_records_per_second,
-                        writer.tenant_max_bytes_per_second, len(parsed.records), len(body))  # fmt: skip
-        extra.append((b"ratelimit-policy", policy_header(budget).encode()))
+        # A try block costs nothing until something is raised (CPython 3.11's zero-cost
+        # exceptions): only a refusal pays for its attribution to the device.
         try:
-            verdict = await worker.limiter.take(budget)
-        except SluiceError:
-            extra.append((b"ratelimit", remaining_header(Verdict(0, 1, 0)).encode()))
+            body = await _read_body(headers, receive)
+            records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
+            parsed = records.parse_body(body)
+            budget = Budget(writer.tenant_id, writer.pk, writer.rate_limit_per_second,
+                            writer.tenant_max_records_per_second, writer.tenant_max_bytes_per_second,
+                            len(parsed.records), len(body))  # fmt: skip
+            extra.append((b"ratelimit-policy", policy_header(budget).encode()))
+            try:
+                verdict = await worker.limiter.take(budget)
+            except SluiceError:
+                extra.append((b"ratelimit", remaining_header(Verdict(0, 1, 0)).encode()))
+                raise
+            extra.append((b"ratelimit", remaining_header(verdict).encode()))
+            schema = await worker.schemas.get(writer.schema_subject)
+            prepared = services.records_prepare(writer=writer, parsed=parsed, schema=schema,
+                                                request_id=request_id.decode())  # fmt: skip
+            accepted = await services.records_produce(worker.producer, prepared)
+        except SluiceError as error:
+            worker.outcomes.refused_device(writer.tenant_id, writer.pk, error.code)
             raise
-        extra.append((b"ratelimit", remaining_header(verdict).encode()))
-        schema = await worker.schemas.get(writer.schema_subject)
-        prepared = services.records_prepare(writer=writer, parsed=parsed, schema=schema,
-                                            request_id=request_id.decode())  # fmt: skip
-        accepted = await services.records_produce(worker.producer, prepared)
         worker.outcomes.accepted(len(accepted.offsets), writer.pk)
         return 200, accepted.as_json()
 

@@ -20,10 +20,7 @@ from tenants.admin_scoping import TenantScopedAdmin
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
 
-admin.site.site_header = "Sluice"
-admin.site.site_title = "Sluice console"
-admin.site.index_title = "Tenants, devices and Kafka streams"
-admin.site.site_url = None  # no public site behind the console; hide "View site"
+# The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
 
 QUOTA_FIELDS = ("max_devices", "max_streams", "max_partitions", "max_records_per_second", "max_bytes_per_second",
                 "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip

@@ -33,29 +33,45 @@ class Tenant(models.Model):
     slug = models.CharField(max_length=40, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    max_devices = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
-    max_records_per_second = models.PositiveIntegerField(default=10_000, validators=[MinValueValidator(1)])
-    max_bytes_per_second = models.PositiveIntegerField(default=10 * 2**20, validators=[MinValueValidator(1)])
+    max_devices = models.PositiveIntegerField(
+        verbose_name="maximum devices", default=100_000, validators=[MinValueValidator(1)]
+    )
+    max_records_per_second = models.PositiveIntegerField(
+        verbose_name="maximum records per second", default=10_000, validators=[MinValueValidator(1)]
+    )
+    max_bytes_per_second = models.PositiveIntegerField(
+        verbose_name="maximum bytes per second", default=10 * 2**20, validators=[MinValueValidator(1)]
+    )
     # What one tenant may ask of the shared Kafka cluster: every partition costs the brokers
     # file handles, memory and controller metadata, so both are capped (devices.services
     # checks them inside the writing transaction).  Operators set them; tenant admins cannot.
     max_streams = models.PositiveIntegerField(
-        default=50, validators=[MinValueValidator(1)], help_text="Streams (Kafka topics) this tenant may have."
+        verbose_name="maximum streams",
+        default=50,
+        validators=[MinValueValidator(1)],
+        help_text="Streams (Kafka topics) this tenant may have.",
     )
     max_partitions = models.PositiveIntegerField(
+        verbose_name="maximum partitions",
         default=1_000,
         validators=[MinValueValidator(1)],
         help_text="Partitions this tenant's streams may have in total.",
     )
-    topic_deletion_policy = models.CharField(max_length=8, choices=TopicPolicy.choices, default=TopicPolicy.DELETE)
+    topic_deletion_policy = models.CharField(
+        verbose_name="topic deletion policy", max_length=8, choices=TopicPolicy.choices, default=TopicPolicy.DELETE
+    )
     # Kafka client quotas of each Kafka-direct credential's principal (ingest.quotas): the
     # broker throttles a producer past them.  Operator-set, like the other limits.
-    kafka_producer_byte_rate = models.PositiveIntegerField(default=2**20, validators=[MinValueValidator(1024)])
-    kafka_request_percentage = models.FloatField(
-        default=10.0, validators=[MinValueValidator(0.1), MaxValueValidator(1000.0)]
+    kafka_producer_byte_rate = models.PositiveIntegerField(
+        verbose_name="Kafka producer byte rate (bytes per second)", default=2**20, validators=[MinValueValidator(1024)]
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    kafka_request_percentage = models.FloatField(
+        verbose_name="Kafka request percentage",
+        default=10.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(1000.0)],
+    )
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    updated_at = models.DateTimeField(verbose_name="updated", auto_now=True)
 
     class Meta:
         ordering: ClassVar = ["slug"]
@@ -108,7 +124,7 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
 
     class Meta:
         constraints: ClassVar = [models.UniqueConstraint(fields=["user", "tenant"], name="one_role_per_tenant")]
@@ -128,11 +144,14 @@ class ApiToken(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=12, unique=True)
-    secret_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    secret_hash = models.CharField(verbose_name="secret hash", max_length=64, unique=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    expires_at = models.DateTimeField(verbose_name="expires", null=True, blank=True)
+    last_used_at = models.DateTimeField(verbose_name="last used", null=True, blank=True)
+    revoked_at = models.DateTimeField(verbose_name="revoked", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -152,17 +171,17 @@ class AuditEvent(models.Model):
     (tenant deletion keeps them, with the tenant's slug)."""
 
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    tenant_slug = models.CharField(max_length=40, blank=True, db_index=True)
+    tenant_slug = models.CharField(verbose_name="tenant", max_length=40, blank=True, db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    actor_label = models.CharField(max_length=200)
+    actor_label = models.CharField(verbose_name="actor", max_length=200)
     action = models.CharField(max_length=64, db_index=True)
-    object_type = models.CharField(max_length=64)
-    object_id = models.CharField(max_length=64, blank=True)
-    object_repr = models.CharField(max_length=300, blank=True)
+    object_type = models.CharField(verbose_name="object type", max_length=64)
+    object_id = models.CharField(verbose_name="object ID", max_length=64, blank=True)
+    object_repr = models.CharField(verbose_name="object", max_length=300, blank=True)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
-    request_id = models.CharField(max_length=64, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    request_id = models.CharField(verbose_name="request ID", max_length=64, blank=True)
+    created_at = models.DateTimeField(verbose_name="time", auto_now_add=True, db_index=True)
 
     objects = AuditEventQuerySet.as_manager()
 

@@ -53,8 +53,8 @@ class OAuthClient(models.Model):
         REVOKED = "revoked"
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="oauth_clients")
-    client_id = models.CharField(max_length=40, unique=True, editable=False)
-    secret_hash = models.CharField(max_length=64, editable=False)
+    client_id = models.CharField(verbose_name="client ID", max_length=40, unique=True, editable=False)
+    secret_hash = models.CharField(verbose_name="secret hash", max_length=64, editable=False)
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     # CASCADE: a device's or group's credentials cannot outlive it (tenant deletion removes
@@ -67,10 +67,10 @@ class OAuthClient(models.Model):
     )
     scopes = models.JSONField(default=list)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    secret_rotated_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    last_used_at = models.DateTimeField(verbose_name="last used", null=True, blank=True)
+    secret_rotated_at = models.DateTimeField(verbose_name="secret rotated", null=True, blank=True)
+    revoked_at = models.DateTimeField(verbose_name="revoked", null=True, blank=True)
 
     class Meta:
         app_label = "tenants"

@@ -1,0 +1,66 @@
+"""The Sluice console's admin site: Django's admin with an index that shows what matters --
+a link to onboarding for operators, and counts scoped to what the user may see.
+
+The overview is a cross-app read (tenants, devices, certificates, ingest), so it is
+composed here, above the apps, from each app's own selectors; nothing here writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.admin import AdminSite
+from django.contrib.admin.apps import AdminConfig
+from django.contrib.auth.apps import AuthConfig
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The index's counts.  ``refusals_last_hour`` is None when Redis cannot be read."""
+
+    tenants: int
+    devices: int
+    certificates_expiring: int
+    refusals_last_hour: int | None
+    is_operator: bool
+
+
+def console_overview(*, user: Any) -> Overview:
+    from certs.selectors import certificates_expiring
+    from devices.models import Device
+    from ingest.selectors import refusals_last_hour
+    from tenants.scoping import scope_for
+
+    scope = scope_for(user)
+    tenants = scope.tenants()
+    return Overview(
+        tenants=tenants.count(),
+        devices=Device.objects.filter(tenant__in=tenants).count(),
+        certificates_expiring=certificates_expiring(tenants=tenants).count(),
+        refusals_last_hour=refusals_last_hour(tenant_ids=None if scope.is_operator else sorted(scope.roles)),
+        is_operator=scope.is_operator,
+    )
+
+
+class SluiceAdminSite(AdminSite):
+    site_header = "Sluice"
+    site_title = "Sluice console"
+    index_title = "Tenants, devices and Kafka streams"
+    site_url = None  # no public site behind the console; hide "View site"
+    index_template = "admin/sluice_index.html"
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
+        context = {**(extra_context or {}), "overview": console_overview(user=request.user)}
+        return super().index(request, context)
+
+
+class SluiceAdminConfig(AdminConfig):
+    default_site = "config.console.SluiceAdminSite"
+
+
+class SluiceAuthConfig(AuthConfig):
+    """Django's users and groups, named in the console's sentence case."""
+
+    verbose_name = "Users and groups"
