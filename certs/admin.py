@@ -3,10 +3,14 @@ and issuing certificates for selected devices (the private key is shown once).""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.formats import date_format
 
 from certs import selectors, services
 from certs.models import Certificate, CertificateAuthority
@@ -57,7 +61,7 @@ class CertificateAdmin(TenantScopedAdmin):
         "device_ref",
         "tenant",
         "status_display",
-        "renewal_due",
+        "renewal_display",
         "origin",
         "key_type",
         "not_after",
@@ -65,7 +69,7 @@ class CertificateAdmin(TenantScopedAdmin):
     )
     list_filter = ("status", ExpiresFilter, "renewal_due", "origin", TENANT_FILTER)
     search_fields = ("device_ref", "serial", "fingerprint_sha256", "tenant__slug")
-    list_select_related = ("tenant",)
+    list_select_related = ("tenant", "device__group")
     fields = ("tenant", "device_ref", "subject", "status", "renewal_due", "origin", "key_type", "serial",
               "fingerprint_sha256", "not_before", "not_after", "overlap_until", "revoked_at", "revocation_reason",
               "certificate_pem")  # fmt: skip
@@ -83,6 +87,19 @@ class CertificateAdmin(TenantScopedAdmin):
     @admin.display(description="status", ordering="status")
     def status_display(self, obj: Certificate) -> str:
         return status_badge(obj.status)
+
+    @admin.display(description="renewal", ordering="not_after")
+    def renewal_display(self, obj: Certificate) -> str:
+        """The column says "Due now" once rotation marked it, else when its group's renewal window opens."""
+        if obj.status != Certificate.Status.ACTIVE:
+            return "-"
+        if obj.renewal_due:
+            return "Due now"
+        group = obj.device.group if obj.device is not None else None
+        if group is None:
+            return "-"
+        opens = obj.not_after - dt.timedelta(days=group.cert_renewal_window_days)
+        return f"Due from {date_format(timezone.localtime(opens), 'DATE_FORMAT')}"
 
     @admin.action(description="Revoke selected certificates (key compromise)", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> None:

@@ -16,6 +16,7 @@ from django.utils.text import Truncator
 
 from config.errors import SluiceError
 from devices import selectors, services
+from devices.forms import LabelsField
 from devices.models import Device, DeviceGroup, Stream
 from ingest import registry
 from tenants.admin import status_badge
@@ -245,8 +246,15 @@ class DeviceGroupAdmin(TenantScopedAdmin):
         services.group_delete(actor=actor, group=obj)
 
 
+class DeviceForm(ServiceForm):
+    """The device's form; labels are ``key=value`` lines, as in onboarding."""
+
+    labels = LabelsField()
+
+
 @admin.register(Device)
 class DeviceAdmin(TenantScopedAdmin):
+    form = DeviceForm
     immutable_fields = ("tenant", "device_id")
     list_display = ("device_id", "tenant", "group", "status_display", "last_seen_at", "created_at")
     list_filter = ("status", TENANT_FILTER, ("group", admin.RelatedOnlyFieldListFilter))

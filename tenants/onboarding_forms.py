@@ -10,6 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 
 from config.errors import SluiceError
+from devices.forms import LabelsField
 from devices.models import DEVICE_ID_RULE, DeviceGroup, Stream, default_partitions
 from ingest.registry import AVRO, JSON
 from tenants.models import Tenant
@@ -129,24 +130,7 @@ class GroupForm(forms.Form):
 
 class DeviceForm(forms.Form):
     device_id = forms.CharField(max_length=128, label="Device ID", help_text=f"{DEVICE_ID_RULE}.")
-    labels = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "placeholder": "site=berlin-1\nfloor=3"}),
-        help_text="Optional: one key=value per line.",
-    )
-
-    def clean_labels(self) -> dict[str, str]:
-        labels: dict[str, str] = {}
-        for number, line in enumerate(self.cleaned_data["labels"].splitlines(), start=1):
-            if not line.strip():
-                continue
-            key, separator, value = line.partition("=")
-            if not separator or not key.strip():
-                raise forms.ValidationError(f"Line {number}: expected key=value, got '{line.strip()}'.")
-            if key.strip() in labels:
-                raise forms.ValidationError(f"Line {number}: the key '{key.strip()}' appears twice.")
-            labels[key.strip()] = value.strip()
-        return labels
+    labels = LabelsField()
 
 
 class CredentialsForm(forms.Form):
