@@ -110,8 +110,8 @@ def refused_on_every_worker_within(
 
 def switch_policy(group: DeviceGroup, policy: str) -> None:
     # (the shared fixtures write a one-letter device type straight to the table; the
-    # service validates the whole group, so give it a valid one first)
-    DeviceGroup.objects.filter(pk=group.pk).update(device_type="temperature")
+    # service validates the whole group, which must agree with its stream, so align it first)
+    DeviceGroup.objects.filter(pk=group.pk).update(region=group.stream.region, device_type=group.stream.type)
     group.refresh_from_db()
     group_update(actor=ACTOR, group=group, credential_policy=policy)
 
