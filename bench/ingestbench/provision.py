@@ -119,9 +119,7 @@ def provision(
             actor=actor,
             tenant=tenant,
             stream=stream,
-            slug=group,
-            region="eu",
-            device_type="airq",
+            slug=group,  # region and device type follow the stream
             schema_subject=subject,
             rate_limit_per_second=QUOTA,
         )
