@@ -88,18 +88,18 @@ class CertificateAdmin(TenantScopedAdmin):
     def status_display(self, obj: Certificate) -> str:
         return status_badge(obj.status)
 
-    @admin.display(description="renewal", ordering="not_after")
+    @admin.display(description="renewal due", ordering="not_after")
     def renewal_display(self, obj: Certificate) -> str:
-        """The column says "Due now" once rotation marked it, else when its group's renewal window opens."""
+        """The column says "Now" once rotation marked it, else from when its group's renewal window opens."""
         if obj.status != Certificate.Status.ACTIVE:
             return "-"
         if obj.renewal_due:
-            return "Due now"
+            return "Now"
         group = obj.device.group if obj.device is not None else None
         if group is None:
             return "-"
         opens = obj.not_after - dt.timedelta(days=group.cert_renewal_window_days)
-        return f"Due from {date_format(timezone.localtime(opens), 'DATE_FORMAT')}"
+        return f"From {date_format(timezone.localtime(opens), 'DATE_FORMAT')}"
 
     @admin.action(description="Revoke selected certificates (key compromise)", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> None:
