@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import fastavro
@@ -49,6 +49,7 @@ from ingest.avro_json import AVRO_CODES, avro_json_schema
 from ingest.registry_client import registry_client_for
 
 log = logging.getLogger("sluice.ingest")
+T = TypeVar("T")
 
 # How long ingest trusts its copy of a subject's latest schema (seconds), and how long it
 # keeps using it while the registry cannot be reached.
@@ -178,26 +179,13 @@ def _read_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     )
 
 
-def schema_latest(*, subject: str) -> RegisteredVersion | None:
-    """The latest version under ``subject``, read from the registry now (no cache), or None
-    when the subject has none.  Raises ``RegistryUnavailable`` when the registry cannot say."""
+def _read(subject: str, read: Callable[[], T], *, absent: tuple[int, ...] = (status.HTTP_404_NOT_FOUND,)) -> T | None:
+    """One registry read: None when the registry answers one of ``absent``; its other
+    refusals as ``_read_error``; ``RegistryUnavailable`` when it cannot be reached."""
     try:
-        return _version(subject, registry_client().get_latest_version(subject))
+        return read()
     except SchemaRegistryError as exc:
-        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
-            return None
-        raise _read_error(exc, subject) from None
-    except httpx.HTTPError as exc:
-        raise _unreachable(exc) from None
-
-
-def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> RegisteredVersion | None:
-    """The version of ``subject`` that holds exactly this schema, or None (also when the
-    registry cannot read it as the subject's type: then the subject cannot hold it)."""
-    try:
-        return _version(subject, registry_client().lookup_schema(subject, Schema(schema_str, schema_type)))
-    except SchemaRegistryError as exc:
-        if exc.http_status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY):
+        if exc.http_status_code in absent:
             return None
         raise _read_error(exc, subject) from None
     except httpx.HTTPError as exc:
@@ -208,29 +196,30 @@ def _unreachable(exc: httpx.HTTPError) -> RegistryUnavailable:
     return RegistryUnavailable(f"The schema registry is not reachable ({exc}); try again shortly.")
 
 
+def schema_latest(*, subject: str) -> RegisteredVersion | None:
+    """The latest version under ``subject``, read from the registry now (no cache), or None
+    when the subject has none.  Raises ``RegistryUnavailable`` when the registry cannot say."""
+    return _read(subject, lambda: _version(subject, registry_client().get_latest_version(subject)))
+
+
+def schema_lookup(*, subject: str, schema_str: str, schema_type: str) -> RegisteredVersion | None:
+    """The version of ``subject`` that holds exactly this schema, or None (also when the
+    registry cannot read it as the subject's type: then the subject cannot hold it)."""
+    schema = Schema(schema_str, schema_type)
+    return _read(subject, lambda: _version(subject, registry_client().lookup_schema(subject, schema)),
+                 absent=(status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY))  # fmt: skip
+
+
 def schema_versions(*, subject: str) -> list[int]:
     """The version numbers under ``subject``, oldest first (empty when it has none)."""
-    try:
-        return sorted(int(v) for v in registry_client().get_versions(subject))
-    except SchemaRegistryError as exc:
-        if exc.http_status_code == status.HTTP_404_NOT_FOUND:
-            return []
-        raise _read_error(exc, subject) from None
-    except httpx.HTTPError as exc:
-        raise _unreachable(exc) from None
+    return _read(subject, lambda: sorted(int(v) for v in registry_client().get_versions(subject))) or []
 
 
 def schema_version(*, subject: str, version: int) -> RegisteredVersion | None:
     """Version ``version`` of ``subject``, or None when the subject has no such version."""
-    try:
-        return _version(subject, registry_client().get_version(subject, version))
-    except SchemaRegistryError as exc:
-        # 422: a number the registry cannot take as a version (Confluent: 42202).
-        if exc.http_status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY):
-            return None
-        raise _read_error(exc, subject) from None
-    except httpx.HTTPError as exc:
-        raise _unreachable(exc) from None
+    # 422: a number the registry cannot take as a version (Confluent: 42202).
+    return _read(subject, lambda: _version(subject, registry_client().get_version(subject, version)),
+                 absent=(status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_ENTITY))  # fmt: skip
 
 
 def schema_compatibility(*, subject: str, schema_str: str, schema_type: str) -> list[str] | None:
