@@ -15,9 +15,10 @@ from django.utils import timezone
 from certs import ca, crl_files
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
-from certs.principals import credential_principal, device_subject, new_certificate_id
+from certs.principals import device_subject, new_certificate_id
 from config.errors import Conflict, InvalidInput, NotFound
 from devices.models import Device, DeviceGroup
+from devices.principals import credential_principal
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
 from tenants.rights import rights_changed

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import overload
 
 from config.errors import Conflict
+from devices import registry
 from devices.models import Stream
-from ingest import registry
 from tenants.models import AuditEvent
 
 SCHEMA_REGISTER = "schema.register"

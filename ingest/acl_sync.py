@@ -46,7 +46,6 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import LockError
@@ -66,6 +65,7 @@ from ingest.acls import (
     principal_parts,
     sorted_bindings,
 )
+from ingest.kafka_admin import admin_client
 from ingest.quota_sync import described as described_quotas
 from ingest.quota_sync import quotas_sync
 from ingest.quotas import (
@@ -147,8 +147,6 @@ def acl_lock() -> Iterator[redis.lock.Lock]:
 
 
 def _admin() -> AdminClient:
-    from ingest.kafka import admin_client
-
     return admin_client(settings.SLUICE_RUNTIME)
 
 
@@ -555,18 +553,3 @@ def kafka_scope(change: RightsChange, extra_principals: Iterable[str] = ()) -> K
     if len(principals) > MAX_PRINCIPALS_PER_SYNC:
         return KafkaScope(tenant.slug, None, tuple(tenant_topics(tenant.slug)))
     return KafkaScope(tenant.slug, tuple(sorted(principals)))
-
-
-def queue_kafka_sync(change: RightsChange, extra_principals: Iterable[str] = ()) -> None:
-    """Queue, after the current transaction commits, the Kafka work ``change`` needs."""
-    from devices.tasks import credential_acls_sync_task, tenant_acls_sync_task
-
-    scope = kafka_scope(change, extra_principals)
-    if scope is None:
-        return
-    if scope.principals is None:
-        slug, topics = scope.tenant_slug, list(scope.topics)
-        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug, topics))
-    else:
-        slug, principals = scope.tenant_slug, list(scope.principals)
-        transaction.on_commit(lambda: credential_acls_sync_task.delay(slug, principals))

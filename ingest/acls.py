@@ -50,7 +50,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from certs.principals import CREDENTIAL_ID, credential_principal, group_principal
+from devices.principals import CREDENTIAL_ID, credential_principal, group_principal
 
 ANY_HOST = "*"
 # Mirrors tenants.models.SLUG_REGEX (kept here so this module needs no Django): lowercase,

@@ -8,7 +8,7 @@ No Django request cycle runs here (no middleware, signals, ``HttpRequest``): a r
 costs what ingest itself must do.  In the steady state it touches neither the database nor
 Redis: identity comes from the worker's cache (``ingest.identity``, emptied by pushed
 changes of rights), rate limits from local buckets and leased slices of the tenant's
-(``ingest.ratelimit``), the schema from the worker's compiled copy (``ingest.registry``),
+(``ingest.ratelimit``), the schema from the worker's compiled copy (``devices.registry``),
 and the wait for Kafka's acknowledgement is an ``await`` on the worker's one producer.
 Counters, sightings and refusals are flushed in the background (``ingest.metrics``).
 
@@ -34,11 +34,11 @@ from django.conf import settings
 
 from certs.tls_identity import VERIFY_REASONS
 from config.errors import InvalidInput, MethodNotAllowed, NotFound, SluiceError, Unauthenticated, error_body
+from devices.registry import SchemaCache
 from ingest import identity, metrics, records, services
 from ingest.identity import Identity, IdentityCache, Writer
 from ingest.kafka import IngestProducer, ingest_producer
 from ingest.ratelimit import Budget, RateLimiter, Verdict, policy_header, remaining_header
-from ingest.registry import SchemaCache
 from ingest.rights_listener import listen
 from tenants.oauth import tokens
 

@@ -23,14 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient
 
 from certs.platform_pki import PlatformPki
 from config.env import Runtime
 
 _quiet = logging.getLogger("sluice.kafka.librdkafka")
-_admin_lock = threading.Lock()
-_admin: dict[str, AdminClient] = {}
 
 # librdkafka gives up on a record after this long (message.timeout.ms, alias
 # delivery.timeout.ms) and reports it failed; a request waits a little longer than that, so
@@ -87,28 +84,6 @@ def oauth_client_config(runtime: Runtime, *, oauth_cb: OAuthTokenCallback, ca_pe
         "ssl.ca.pem": ca_pem if ca_pem is not None else pki.trust_bundle.read_text(),
         "logger": _quiet,
     }
-
-
-def admin_client(runtime: Runtime) -> AdminClient:
-    """A process-wide AdminClient, created lazily (so never shared across a fork)."""
-    key = str(runtime.state_dir)
-    with _admin_lock:
-        client = _admin.get(key)
-        if client is None:
-            client = AdminClient(admin_config(runtime))
-            _admin[key] = client
-        return client
-
-
-def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
-    """None when the cluster answers a metadata request for the admin principal."""
-    try:
-        metadata = AdminClient(admin_config(runtime)).list_topics(timeout=timeout)
-    except KafkaException as exc:
-        return str(exc.args[0]) if exc.args else "Kafka did not answer"
-    if not metadata.brokers:
-        return "no brokers in metadata"
-    return None
 
 
 def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:

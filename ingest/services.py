@@ -32,10 +32,10 @@ from config.errors import (
     SluiceError,
     Unauthenticated,
 )
+from devices.registry import LatestSchema
 from ingest import records
 from ingest.identity import CertificateGrant, ClientGrant, Identity, Writer
 from ingest.kafka import DeliveryOutcome, IngestProducer, Outgoing
-from ingest.registry import LatestSchema
 from tenants.oauth.tokens import AccessClaims
 
 log = logging.getLogger("sluice.ingest")

@@ -112,6 +112,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         if lint.returncode != 0:
             say("ruff found problems (above); fix them, then run the tests again")
             return 1
+        say("lint-imports (the layer order, pyproject.toml [tool.importlinter])")
+        lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+        layers = subprocess.run([lint_imports], cwd=BASE_DIR, check=False)
+        if layers.returncode != 0:
+            say("lint-imports found imports against the layer order (above); fix them, then run the tests again")
+            return 1
 
     names = parse_components(args.components, TEST_COMPONENTS)
     launcher = Launcher(ctx, names)
@@ -192,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")
-    test.add_argument("--no-lint", action="store_true", help="skip `ruff check` (quick loops; CI always lints)")
+    test.add_argument("--no-lint", action="store_true", help="skip ruff, lint-imports (quick loops; CI lints)")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     test.set_defaults(func=cmd_test)
     sub.add_parser("status", help="report each component").set_defaults(func=cmd_status)

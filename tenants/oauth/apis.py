@@ -4,7 +4,7 @@ secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
@@ -12,13 +12,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFound
-from devices.models import Device, DeviceGroup
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import services
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.views import metadata_document
+
+if TYPE_CHECKING:  # devices is a layer above tenants: its models are named for types only
+    from devices.models import Device, DeviceGroup
 
 
 class OAuthClientOutput(serializers.ModelSerializer):
@@ -89,7 +91,7 @@ class OAuthClientInput(StrictSerializer):
     def validate_device(self, value: str | None) -> Device | None:
         if value is None:
             return None
-        device = Device.objects.filter(tenant=self.context["tenant"], device_id=value).select_related("group").first()
+        device = self.context["tenant"].devices.filter(device_id=value).select_related("group").first()
         if device is None:
             raise self._missing("device")
         return device
@@ -97,7 +99,7 @@ class OAuthClientInput(StrictSerializer):
     def validate_group(self, value: str | None) -> DeviceGroup | None:
         if value is None:
             return None
-        group = DeviceGroup.objects.filter(tenant=self.context["tenant"], slug=value).select_related("tenant").first()
+        group = self.context["tenant"].groups.filter(slug=value).select_related("tenant").first()
         if group is None:
             raise self._missing("device group")
         return group

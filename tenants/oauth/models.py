@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from django.db import models
 
-from tenants.models import hash_token
+from tenants.hashing import hash_token
 
 # Why a given client may not get (or use) a token right now; stable codes shared by the
 # token endpoint and every resource server that re-checks a token's client.

@@ -1,4 +1,10 @@
-"""Kafka topic operations for streams, through the platform admin client.
+"""Kafka admin I/O through the platform admin client: topics and their configs.
+
+It sits in ``ingest``, the app that owns everything Kafka (the producer, ACLs, client
+quotas), at the top of the app layers: ``devices`` declares streams, and ingest's services
+(``ingest.topic_sync``) make the topics follow them when devices fires its hooks
+(``devices.services.stream_saved`` / ``stream_deleted``), so devices never imports Kafka.
+ACL and client-quota I/O are still in ``ingest.acl_sync`` and ``ingest.quota_sync``.
 
 ``ensure_topic`` makes a topic match what the database says: creates it, adds partitions
 (Kafka cannot remove any), and sets the topic configs Sluice owns with an incremental
@@ -7,6 +13,7 @@ alter (KIP-339), leaving every other config alone.  ``topic_drift`` only reports
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +26,12 @@ from confluent_kafka.admin import (
     NewPartitions,
     NewTopic,
 )
+
+from config.env import Runtime
+from ingest.kafka import admin_config
+
+_admin: dict[str, AdminClient] = {}
+_admin_lock = threading.Lock()
 
 TIMEOUT = 30.0
 # Topic creation and deletion are acknowledged by the controller before every broker's
@@ -140,3 +153,29 @@ def delete_topics(admin: AdminClient, names: list[str]) -> list[str]:
 
 def topics_with_prefix(admin: AdminClient, prefix: str) -> list[str]:
     return sorted(t for t in admin.list_topics(timeout=TIMEOUT).topics if t.startswith(prefix))
+
+
+def topic_names(admin: AdminClient) -> set[str]:
+    return set(admin.list_topics(timeout=TIMEOUT).topics)
+
+
+def admin_client(runtime: Runtime) -> AdminClient:
+    """A process-wide AdminClient, created lazily (so never shared across a fork)."""
+    key = str(runtime.state_dir)
+    with _admin_lock:
+        client = _admin.get(key)
+        if client is None:
+            client = AdminClient(admin_config(runtime))
+            _admin[key] = client
+        return client
+
+
+def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
+    """None when the cluster answers a metadata request for the admin principal."""
+    try:
+        metadata = AdminClient(admin_config(runtime)).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return str(exc.args[0]) if exc.args else "Kafka did not answer"
+    if not metadata.brokers:
+        return "no brokers in metadata"
+    return None

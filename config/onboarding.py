@@ -32,13 +32,7 @@ from certs.platform_pki import PlatformPki, root_fingerprint
 from certs.selectors import device_active_certificate
 from certs.services import RENEWAL_OVERLAP, Issued, certificate_issue_generated
 from config.errors import NotFound, SluiceError
-from devices.models import Device, DeviceGroup, Stream
-from devices.services import device_create, group_create, stream_with_schema_create
-from ingest import registry
-from ingest.selectors import record_sample_for
-from tenants.audit import Actor
-from tenants.models import Membership, Tenant
-from tenants.onboarding_forms import (
+from config.onboarding_forms import (
     CredentialsForm,
     DeviceForm,
     GroupForm,
@@ -47,6 +41,12 @@ from tenants.onboarding_forms import (
     TenantForm,
     add_service_error,
 )
+from devices import registry
+from devices.models import Device, DeviceGroup, Stream
+from devices.services import device_create, group_create, stream_with_schema_create
+from ingest.selectors import record_sample_for
+from tenants.audit import Actor
+from tenants.models import Membership, Tenant
 from tenants.scoping import scope_for
 from tenants.services import tenant_create, user_create_tenant_admin
 
