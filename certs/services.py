@@ -16,7 +16,7 @@ from certs import ca, crl_files
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
 from certs.principals import device_subject, new_certificate_id
-from config.errors import Conflict, InvalidInput, NotFound
+from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied, Unauthenticated
 from devices.models import Device, DeviceGroup
 from devices.principals import credential_principal
 from tenants.audit import Actor, audit_record
@@ -341,8 +341,6 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
     """EST re-enrollment (RFC 7030 §4.2.2): a device proves itself with its current, valid
     certificate and gets a new one for the key in its CSR.  The old one stays valid for
     ``RENEWAL_OVERLAP`` and is then retired by the rotation task."""
-    from config.errors import PermissionDenied, Unauthenticated
-
     now = timezone.now()
     if presented.status == Certificate.Status.REVOKED:
         raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
@@ -389,8 +387,6 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
 def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificate, str]:
     """Hand a device the successor rotation issued for it, with its key, exactly once
     (EST serverkeygen).  The stored encrypted key is wiped in the same transaction."""
-    from config.errors import PermissionDenied
-
     if presented.status == Certificate.Status.REVOKED:
         raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
     device = presented.device
@@ -425,8 +421,6 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
     (device exists in ``tenant``, may hold a certificate, CSR acceptable) and every problem is
     reported with its item's JSON pointer; only a clean batch is issued.  An item is
     ``{"device_id", "csr"}`` or ``{"device_id"}`` with ``generate`` (key returned once)."""
-    from config.errors import PayloadTooLarge
-
     if len(items) > BULK_MAX:
         raise PayloadTooLarge(f"A bulk issuance takes at most {BULK_MAX} devices; this one has {len(items)}.")
     if not items:
