@@ -5,7 +5,7 @@ Scoping and permissions come from ``TenantScopedAdmin``; every write calls a ser
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db import models
@@ -19,6 +19,10 @@ from tenants import services
 from tenants.admin_scoping import TenantScopedAdmin
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
+
+if TYPE_CHECKING:
+    # django-stubs' names for what get_fields and get_fieldsets return.
+    from django.contrib.admin.options import _FieldsetSpec as FieldsetSpec
 
 # The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
 
@@ -40,7 +44,7 @@ def status_badge(value: str, label: str | None = None) -> str:
 
 
 @admin.register(Tenant)
-class TenantAdmin(TenantScopedAdmin):
+class TenantAdmin(TenantScopedAdmin[Tenant]):
     tenant_lookup = "pk"
     operator_only_add = True
     operator_only_delete = True
@@ -60,7 +64,7 @@ class TenantAdmin(TenantScopedAdmin):
             .annotate(device_total=Count("devices", distinct=True), stream_total=Count("streams", distinct=True))
         )
 
-    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> FieldsetSpec:
         if obj is None:
             return [
                 (None, {"fields": ("slug", "name")}),
@@ -162,7 +166,7 @@ class TenantAdmin(TenantScopedAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(TenantScopedAdmin):
+class MembershipAdmin(TenantScopedAdmin[Membership]):
     # Adding offers every user of the platform, so only operators add; tenant admins change
     # roles in their tenants (or add members by username through the API).  There is no
     # service that removes a membership, so the admin does not delete them either.
@@ -189,7 +193,7 @@ class MembershipAdmin(TenantScopedAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(TenantScopedAdmin):
+class ApiTokenAdmin(TenantScopedAdmin[ApiToken]):
     """Tokens are created through the API (the secret is shown once there); here they are
     only listed.  The secret's hash is never shown."""
 
@@ -223,7 +227,7 @@ class ApiTokenAdmin(TenantScopedAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(TenantScopedAdmin):
+class AuditEventAdmin(TenantScopedAdmin[AuditEvent]):
     """The append-only audit log: searchable, filterable, never editable.  Events of a
     deleted tenant (or of no tenant) are visible to operators only."""
 
