@@ -21,7 +21,7 @@ from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
 
 if TYPE_CHECKING:
-    # django-stubs' names for what get_fields and get_fieldsets return.
+    # django-stubs' name for what get_fieldsets returns.
     from django.contrib.admin.options import _FieldsetSpec as FieldsetSpec
 
 # The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
