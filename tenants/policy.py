@@ -229,8 +229,10 @@ def oauth_client_refusal(
 
 # -- the words: per use, what each refusal is answered with ------------------------------------
 
+Wording = dict[str, tuple[str, type[SluiceError], str]]  # reason -> (code, error class, message)
+
 # Ingest's wording (the README's error table lists these codes).
-_INGEST = {
+_INGEST: Wording = {
     "certificate_revoked": ("certificate_revoked", PermissionDenied, "The client certificate was revoked."),
     "certificate_superseded": (
         "certificate_superseded",
@@ -253,12 +255,12 @@ _INGEST = {
     ),
 }
 # What nginx's verdict on a certificate is answered with (certs.tls_identity.VERIFY_REASONS).
-_TLS = {
+_TLS: Wording = {
     "certificate_revoked": ("certificate_revoked", PermissionDenied, "The client certificate is revoked."),
     "certificate_expired": ("certificate_expired", Unauthenticated, "The client certificate has expired."),
     "certificate_not_yet_valid": _INGEST["certificate_not_yet_valid"],
 }
-_EST = {
+_EST: Wording = {
     "certificate_revoked": ("certificate_revoked", PermissionDenied, "This certificate is revoked."),
     "certificate_expired": ("certificate_expired", Unauthenticated, "This certificate has expired; enroll again."),
     "certificate_superseded": (
@@ -273,7 +275,7 @@ _EST = {
 # Token issuance (as the ``invalid_grant`` description) and the provisioning API (as the
 # code of a 401): the client's own words, no names (the token endpoint tells a client about
 # itself only).
-_CLIENT = {
+_CLIENT: Wording = {
     "client_revoked": ("client_revoked", Unauthenticated, "The OAuth client is revoked."),
     "tenant_suspended": ("tenant_suspended", Unauthenticated, "The client's tenant is suspended."),
     "device_disabled": ("device_disabled", Unauthenticated, "The client's device is disabled."),
@@ -285,7 +287,7 @@ _CLIENT = {
 }
 # Certificate issuance answers as InvalidInput, which the API maps to a 409 when its field
 # code is a state's (config.errors.STATE_FIELD_CODES).
-_ISSUANCE = {
+_ISSUANCE: Wording = {
     "device_disabled": ("invalid", InvalidInput, "Device '{device}' is {device_status}; enable it first."),
     "credential_not_allowed": (
         "invalid",
@@ -293,10 +295,12 @@ _ISSUANCE = {
         "Device group '{group}' uses OAuth2 tokens only; it issues no certificates.",
     ),
 }
-_REQUEST = {"device_disabled": ("device_disabled", Conflict, "Device '{device}' is {device_status}; enable it first.")}
+_REQUEST: Wording = {
+    "device_disabled": ("device_disabled", Conflict, "Device '{device}' is {device_status}; enable it first.")
+}
 _ISSUANCE_FIELDS = {"credential_not_allowed": (("/", "credential_policy", "The group's policy is OAuth2 only."),)}
 # The Kafka ACL is never answered to anyone: its refusals say why a credential holds no grant.
-_KAFKA = {
+_KAFKA: Wording = {
     **_INGEST,
     "tenant_suspended": ("tenant_suspended", PermissionDenied, "The tenant is suspended."),
     "device_disabled": ("device_disabled", PermissionDenied, "The device is disabled."),
@@ -308,7 +312,7 @@ _KAFKA = {
     "missing_scope": ("insufficient_scope", PermissionDenied, f"The client does not hold '{KAFKA_PRODUCE}'."),
 }
 
-WORDING: dict[str, dict[str, tuple[str, type[SluiceError], str]]] = {
+WORDING: dict[str, Wording] = {
     Use.INGEST_CERTIFICATE: _INGEST,
     Use.INGEST_TOKEN: _INGEST,
     Use.TLS_CLIENT: _TLS,
