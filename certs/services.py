@@ -16,9 +16,10 @@ from certs import ca, crl_files
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
 from certs.principals import device_subject, new_certificate_id
-from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied, Unauthenticated
+from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
 from devices.models import Device, DeviceGroup
 from devices.principals import credential_principal
+from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
 from tenants.rights import rights_changed
@@ -125,14 +126,14 @@ class Issued:
 
 
 def _usable_group(device: Device) -> DeviceGroup:
+    """The device's group, if the policy lets ``device`` get a certificate (an InvalidInput,
+    with the group's refusal as a field error, if not)."""
     group = device.group
-    if group.credential_policy == DeviceGroup.CredentialPolicy.OAUTH2:
-        raise InvalidInput(
-            f"Device group '{group.slug}' uses OAuth2 tokens only; it issues no certificates.",
-            fields=[{"pointer": "/", "code": "credential_policy", "message": "The group's policy is OAuth2 only."}],
-        )
-    if device.status != Device.Status.ACTIVE:
-        raise InvalidInput(f"Device '{device.device_id}' is {device.status}; enable it first.")
+    refusal = policy.holder_refusal(policy.Use.CERTIFICATE_ISSUANCE, tenant_status=device.tenant.status,
+                                    device_status=device.status, credential_policy=group.credential_policy,
+                                    tenant=device.tenant.slug, device=device.device_id, group=group.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
     return group
 
 
@@ -337,24 +338,31 @@ def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
 RENEWAL_OVERLAP = dt.timedelta(hours=24)
 
 
+def _presented_may_act(use: str, presented: Certificate, *, now: dt.datetime) -> None:
+    """What EST asks of the certificate a device presents (``tenants.policy``): the
+    certificate itself, that its device still exists, then its device and tenant."""
+    refusal = policy.certificate_refusal(use, status=presented.status, not_after=presented.not_after,
+                                         overlap_until=presented.overlap_until, now=now)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+    device = presented.device
+    if device is None:
+        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
+    refusal = policy.holder_refusal(use, tenant_status=device.tenant.status, device_status=device.status,
+                                    credential_policy=device.group.credential_policy, tenant=device.tenant.slug,
+                                    device=device.device_id, group=device.group.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+
+
 def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
     """EST re-enrollment (RFC 7030 §4.2.2): a device proves itself with its current, valid
     certificate and gets a new one for the key in its CSR.  The old one stays valid for
     ``RENEWAL_OVERLAP`` and is then retired by the rotation task."""
     now = timezone.now()
-    if presented.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
-    if presented.not_after <= now:
-        raise Unauthenticated("This certificate has expired; enroll again.", code="certificate_expired")
-    if presented.status == Certificate.Status.SUPERSEDED:
-        raise Conflict(
-            "This certificate was already renewed; renew with the newest one.", code="certificate_superseded"
-        )
+    _presented_may_act(policy.Use.EST_RENEWAL, presented, now=now)
     device = presented.device
-    if device is None:
-        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
-    if not device.tenant.is_active:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
+    assert device is not None  # _presented_may_act refused a certificate without one
     try:
         csr = ca.load_csr(csr_pem)
         key_type = ca.check_csr(csr)
@@ -387,19 +395,12 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
 def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificate, str]:
     """Hand a device the successor rotation issued for it, with its key, exactly once
     (EST serverkeygen).  The stored encrypted key is wiped in the same transaction."""
-    if presented.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
-    device = presented.device
-    if device is None:
-        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
-    if not device.tenant.is_active:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
-    if device.status != Device.Status.ACTIVE:
-        raise PermissionDenied(f"Device '{device.device_id}' is {device.status}.", code="device_disabled")
+    _presented_may_act(policy.Use.EST_COLLECT, presented, now=timezone.now())
     with transaction.atomic():
         successor = (
             Certificate.objects.select_for_update()
-            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)
+            # pk=None (no successor) matches no row: the NotFound below answers it.
+            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)  # type: ignore[misc]
             .exclude(pending_key_encrypted="")
             .first()
         )
@@ -453,9 +454,9 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
             except ca.CsrProblem as problem:
                 errors.append({"pointer": f"{pointer}/csr", "code": problem.code, "message": str(problem)})
                 continue
-            public_key = csr.public_key()
-            assert isinstance(public_key, ca.PublicKey)
-            plans.append((device, public_key, key_type))
+            csr_key = csr.public_key()
+            assert isinstance(csr_key, ca.PublicKey)
+            plans.append((device, csr_key, key_type))
         else:
             plans.append((device, None, ca.KeyType(device.group.cert_key_type)))
     if errors:

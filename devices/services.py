@@ -298,7 +298,7 @@ def _own_group(tenant: Tenant, group: Any, pointer: str = "/group") -> DeviceGro
     """A group reference (id, slug or object) inside ``tenant`` only."""
     if isinstance(group, DeviceGroup):
         group = group.pk
-    lookup = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
+    lookup: dict[str, int | str] = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
     found = DeviceGroup.objects.filter(tenant=tenant, **lookup).first()
     if found is None:
         raise InvalidInput(

@@ -54,6 +54,7 @@ from ingest.acls import (
     TenantSnapshot,
     acl_bindings_for,
     describe_binding,
+    enum_name,
     is_managed,
     managed_principal_tenant,
     managed_tenant_slugs,
@@ -182,9 +183,9 @@ def tenant_snapshot(tenant: Tenant, *, principals: Iterable[str] | None = None) 
         "client_id", "scopes", "device__group_id", "group_id", "device__status"
     ):
         device_active = None if device_status is None else device_status == Device.Status.ACTIVE
-        facts = ClientFacts(client_id=client_id, active=True, scopes=frozenset(scopes or ()),
-                            device_active=device_active)  # fmt: skip
-        by_group.setdefault(device_group_id or gateway_group_id, ([], []))[1].append(facts)
+        client = ClientFacts(client_id=client_id, active=True, scopes=frozenset(scopes or ()),
+                             device_active=device_active)  # fmt: skip
+        by_group.setdefault(device_group_id or gateway_group_id, ([], []))[1].append(client)
     groups = DeviceGroup.objects.filter(tenant=tenant).select_related("stream", "tenant").order_by("slug")
     return TenantSnapshot(
         slug=tenant.slug,
@@ -236,11 +237,11 @@ def _audit(actor: Actor, tenant_slug: str, action: str, bindings: list[AclBindin
         line = describe_binding(binding)
         record = {
             "principal": binding.principal,
-            "resource_type": binding.restype.name,
+            "resource_type": enum_name(binding.restype),
             "resource_name": binding.name,
-            "pattern_type": binding.resource_pattern_type.name,
-            "operation": binding.operation.name,
-            "permission": binding.permission_type.name,
+            "pattern_type": enum_name(binding.resource_pattern_type),
+            "operation": enum_name(binding.operation),
+            "permission": enum_name(binding.permission_type),
             "host": binding.host,
         }
         before, after = (record, None) if action == "acl.delete" else (None, record)

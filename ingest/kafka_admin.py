@@ -204,19 +204,22 @@ def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
 # Kafka filters match principals exactly, never by prefix, so a tenant's namespace
 # (``User:<slug>.*``, ``iot.<slug>.*``) cannot be asked for; reconcile lists every binding
 # once and classifies it here.
-ALL_ACLS = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
-                            AclPermissionType.ANY)  # fmt: skip
+# A filter's None matches any value (confluent-kafka's docs), though its annotations say str.
+ALL_ACLS = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 def principal_filter(principal: str) -> AclBindingFilter:
-    return AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None, AclOperation.ANY,
-                            AclPermissionType.ANY)  # fmt: skip
+    # None matches any value (see ALL_ACLS for the ignore).
+    return AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 def topic_filter(topic: str) -> AclBindingFilter:
     """Every binding on exactly this topic name (LITERAL: not prefixes that cover it)."""
-    return AclBindingFilter(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, None, None, AclOperation.ANY,
-                            AclPermissionType.ANY)  # fmt: skip
+    # None matches any value (see ALL_ACLS for the ignore).
+    return AclBindingFilter(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, None, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 def described(admin: AdminClient, filters: Iterable[AclBindingFilter]) -> set[AclBinding]:

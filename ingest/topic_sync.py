@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.utils import timezone
 
@@ -97,5 +98,5 @@ def subjects_release(*, prefix: str = "", subjects: list[str] | None = None) -> 
     return subjects_delete(prefix=prefix, subjects=[s for s in subjects or () if s not in used])
 
 
-def admin_client_for_platform() -> kafka_admin.AdminClient:
+def admin_client_for_platform() -> AdminClient:
     return kafka_admin.admin_client(settings.SLUICE_RUNTIME)

@@ -191,7 +191,7 @@ class AuditListApi(ScopedApi):
 class TokenOutput(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
+        fields: tuple[str, ...] = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
 
 
 class TokenSecretOutput(TokenOutput):
@@ -213,7 +213,9 @@ class TokenListApi(ScopedApi):
 
     @extend_schema(responses=TokenOutput(many=True))
     def get(self, request: Request) -> Response:
-        return self.page(ApiToken.objects.filter(user=request.user).order_by("-created_at"), TokenOutput)
+        # initial() let only user accounts through (never AnonymousUser).
+        tokens = ApiToken.objects.filter(user=request.user)  # type: ignore[misc]
+        return self.page(tokens.order_by("-created_at"), TokenOutput)
 
     @extend_schema(request=TokenInput, responses={201: TokenSecretOutput},
                    description="From a logged-in session only: a token cannot mint another (403).")  # fmt: skip
