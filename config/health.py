@@ -15,7 +15,7 @@ from django.http import HttpRequest, JsonResponse
 from config.celery import BEAT_KEY, app
 from config.env import Runtime
 from devices.registry_client import registry_client_for
-from ingest.kafka_admin import kafka_cluster_check
+from ingest.kafka import kafka_cluster_check
 
 # Beat schedules the heartbeat every 10 s; three missed beats mean it is down.
 BEAT_MAX_AGE = 35.0

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from certs.platform_pki import PlatformPki
 from config.env import Runtime
@@ -84,6 +85,19 @@ def oauth_client_config(runtime: Runtime, *, oauth_cb: OAuthTokenCallback, ca_pe
         "ssl.ca.pem": ca_pem if ca_pem is not None else pki.trust_bundle.read_text(),
         "logger": _quiet,
     }
+
+
+# The launcher's health check imports this before Django is set up: it must stay light (no
+# models, no DRF), hence here rather than in ingest.kafka_admin.
+def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
+    """None when the cluster answers a metadata request for the admin principal."""
+    try:
+        metadata = AdminClient(admin_config(runtime)).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return str(exc.args[0]) if exc.args else "Kafka did not answer"
+    if not metadata.brokers:
+        return "no brokers in metadata"
+    return None
 
 
 def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:

@@ -7,7 +7,8 @@ quotas), at the top of the app layers: ``devices`` declares streams, and ingest'
 (``ingest.topic_sync``) make the topics follow them when devices fires its hooks
 (``devices.services.stream_saved`` / ``stream_deleted``), so devices never imports Kafka.
 The reconciling services (``ingest.topic_sync``, ``ingest.acl_sync``) decide; this module only
-asks and waits.
+asks and waits.  (The health check's metadata ping, ``ingest.kafka.kafka_cluster_check``, stays
+with the client configs: the launcher runs it before Django is set up.)
 
 ``ensure_topic`` makes a topic match what the database says: creates it, adds partitions
 (Kafka cannot remove any), and sets the topic configs Sluice owns with an incremental
@@ -187,16 +188,6 @@ def admin_client(runtime: Runtime) -> AdminClient:
             _admin[key] = client
         return client
 
-
-def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
-    """None when the cluster answers a metadata request for the admin principal."""
-    try:
-        metadata = AdminClient(admin_config(runtime)).list_topics(timeout=timeout)
-    except KafkaException as exc:
-        return str(exc.args[0]) if exc.args else "Kafka did not answer"
-    if not metadata.brokers:
-        return "no brokers in metadata"
-    return None
 
 
 # -- ACLs ------------------------------------------------------------------------------------

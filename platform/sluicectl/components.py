@@ -248,7 +248,7 @@ class Kafka(Component):
             return "client listener not open yet"
         if not tcp_open(ctx.runtime.ports.kafka_oauth):
             return "OAUTHBEARER listener not open yet"
-        from ingest.kafka_admin import kafka_cluster_check
+        from ingest.kafka import kafka_cluster_check
 
         return kafka_cluster_check(ctx.runtime)
 
