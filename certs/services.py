@@ -310,13 +310,6 @@ def group_certificates_revoke(*, actor: Actor, group: DeviceGroup, reason: str) 
                         extra={"group": group.slug})  # fmt: skip
 
 
-def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
-    found = Certificate.objects.filter(tenant=tenant, serial=serial.lower()).select_related("ca", "tenant").first()
-    if found is None:
-        raise NotFound(f"No certificate {serial}.")
-    return found
-
-
 def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
     """Revoke every issuing CA of ``tenant`` in the platform root's CRL (tenant deletion):
     every certificate they issued stops validating at once, on Kafka and at nginx alike."""

@@ -15,7 +15,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError, Sum
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
+from config.errors import Conflict, InvalidInput, QuotaExceeded, from_django, validate_model
 from devices import selectors, topics
 from devices.models import Device, DeviceGroup, Stream, min_insync_replicas
 from ingest import registry
@@ -523,10 +523,3 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
         raise Conflict("Some of these devices were created meanwhile by another request; nothing was imported. "
                        "Retry to see which.", code="unique") from None  # fmt: skip
     return created
-
-
-def device_get(*, tenant: Tenant, device_id: str) -> Device:
-    device = Device.objects.filter(tenant=tenant, device_id=device_id).select_related("group").first()
-    if device is None:
-        raise NotFound(f"No device '{device_id}'.")
-    return device
