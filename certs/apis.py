@@ -12,10 +12,10 @@ from rest_framework.response import Response
 
 from certs import selectors, services
 from certs.models import Certificate, CertificateAuthority
-from config.errors import Conflict
 from devices.apis import device_id_field
 from devices.models import Device
 from devices.selectors import device_get
+from tenants import policy
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer
 
 MAX_CSR_CHARS = 32_768
@@ -105,8 +105,11 @@ class RevokeInput(StrictSerializer):
 
 
 def _issuable(device: Device) -> Device:
-    if device.status != Device.Status.ACTIVE:
-        raise Conflict(f"Device '{device.device_id}' is {device.status}; enable it first.", code="device_disabled")
+    refusal = policy.holder_refusal(policy.Use.CERTIFICATE_REQUEST, tenant_status=device.tenant.status,
+                                    device_status=device.status, credential_policy=device.group.credential_policy,
+                                    device=device.device_id)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
     return device
 
 

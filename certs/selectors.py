@@ -14,6 +14,7 @@ from django.utils import timezone
 from certs.models import Certificate, CertificateAuthority
 from config.errors import NotFound
 from devices.models import Device
+from tenants import policy
 from tenants.scoping import Scope, restrict
 
 EXPIRING_WITHIN = dt.timedelta(days=30)
@@ -27,8 +28,8 @@ def certificate_state(certificate: Certificate, *, now: dt.datetime) -> str:
         return Certificate.Status.REVOKED
     if certificate.not_after <= now:
         return EXPIRED
-    if certificate.status == Certificate.Status.SUPERSEDED and (
-        certificate.overlap_until is None or certificate.overlap_until <= now
+    if certificate.status == Certificate.Status.SUPERSEDED and not policy.certificate_in_overlap(
+        certificate.status, certificate.overlap_until, now
     ):
         return EXPIRED
     return certificate.status

@@ -16,9 +16,10 @@ from certs import ca, crl_files, selectors
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
 from certs.principals import credential_principal, device_subject, new_certificate_id
-from config.errors import Conflict, InvalidInput, NotFound
+from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from devices import selectors as device_selectors
 from devices.models import Device, DeviceGroup
+from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
 from tenants.rights import rights_changed
@@ -127,14 +128,14 @@ class Issued:
 
 
 def _usable_group(device: Device) -> DeviceGroup:
+    """The device's group, if the policy lets ``device`` get a certificate (an InvalidInput,
+    with the group's refusal as a field error, if not)."""
     group = device.group
-    if group.credential_policy == DeviceGroup.CredentialPolicy.OAUTH2:
-        raise InvalidInput(
-            f"Device group '{group.slug}' uses OAuth2 tokens only; it issues no certificates.",
-            fields=[{"pointer": "/", "code": "credential_policy", "message": "The group's policy is OAuth2 only."}],
-        )
-    if device.status != Device.Status.ACTIVE:
-        raise InvalidInput(f"Device '{device.device_id}' is {device.status}; enable it first.")
+    refusal = policy.holder_refusal(policy.Use.CERTIFICATE_ISSUANCE, tenant_status=device.tenant.status,
+                                    device_status=device.status, credential_policy=group.credential_policy,
+                                    tenant=device.tenant.slug, device=device.device_id, group=group.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
     return group
 
 
@@ -332,26 +333,31 @@ def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
 RENEWAL_OVERLAP = dt.timedelta(hours=24)
 
 
+def _presented_may_act(use: str, presented: Certificate, *, now: dt.datetime) -> None:
+    """What EST asks of the certificate a device presents (``tenants.policy``): the
+    certificate itself, that its device still exists, then its device and tenant."""
+    refusal = policy.certificate_refusal(use, status=presented.status, not_after=presented.not_after,
+                                         overlap_until=presented.overlap_until, now=now)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+    device = presented.device
+    if device is None:
+        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
+    refusal = policy.holder_refusal(use, tenant_status=device.tenant.status, device_status=device.status,
+                                    credential_policy=device.group.credential_policy, tenant=device.tenant.slug,
+                                    device=device.device_id, group=device.group.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+
+
 def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
     """EST re-enrollment (RFC 7030 §4.2.2): a device proves itself with its current, valid
     certificate and gets a new one for the key in its CSR.  The old one stays valid for
     ``RENEWAL_OVERLAP`` and is then retired by the rotation task."""
-    from config.errors import PermissionDenied, Unauthenticated
-
     now = timezone.now()
-    if presented.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
-    if presented.not_after <= now:
-        raise Unauthenticated("This certificate has expired; enroll again.", code="certificate_expired")
-    if presented.status == Certificate.Status.SUPERSEDED:
-        raise Conflict(
-            "This certificate was already renewed; renew with the newest one.", code="certificate_superseded"
-        )
+    _presented_may_act(policy.Use.EST_RENEWAL, presented, now=now)
     device = presented.device
-    if device is None:
-        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
-    if not device.tenant.is_active:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
+    assert device is not None  # _presented_may_act refused a certificate without one
     try:
         csr = ca.load_csr(csr_pem)
         key_type = ca.check_csr(csr)
@@ -384,17 +390,7 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
 def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificate, str]:
     """Hand a device the successor rotation issued for it, with its key, exactly once
     (EST serverkeygen).  The stored encrypted key is wiped in the same transaction."""
-    from config.errors import PermissionDenied
-
-    if presented.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
-    device = presented.device
-    if device is None:
-        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
-    if not device.tenant.is_active:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
-    if device.status != Device.Status.ACTIVE:
-        raise PermissionDenied(f"Device '{device.device_id}' is {device.status}.", code="device_disabled")
+    _presented_may_act(policy.Use.EST_COLLECT, presented, now=timezone.now())
     with transaction.atomic():
         successor = (
             Certificate.objects.select_for_update()

@@ -38,9 +38,10 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from tenants import policy
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import tokens
-from tenants.oauth.models import REFUSAL_MESSAGES, OAuthClient
+from tenants.oauth.models import OAuthClient
 
 GRANT_TYPE = "client_credentials"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
@@ -100,8 +101,8 @@ class OAuthClientAdapter(ClientMixin):
         # Intersected with the kind's scopes again, so a row edited by hand cannot widen them.
         return frozenset(self.row.scopes) & oauth_scopes.ALLOWED_FOR_KIND[self.row.kind]
 
-    def refusal(self) -> str | None:
-        return self.row.refusal()
+    def refusal(self) -> policy.Refusal | None:
+        return policy.oauth_client_refusal(policy.Use.TOKEN_ISSUANCE, **self.row.policy_facts())
 
     def mint(self, scopes: list[str]) -> tuple[str, int]:
         """A signed access token for ``scopes`` (a subset of ``allowed_scopes``)."""
@@ -149,7 +150,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         super().validate_token_request()
         refusal = self.adapter.refusal()
         if refusal is not None:
-            raise InvalidGrantError(description=REFUSAL_MESSAGES[refusal])
+            raise InvalidGrantError(description=refusal.message)
         self.request.scope = " ".join(self.granted_scopes())
 
     def granted_scopes(self) -> list[str]:
