@@ -8,6 +8,9 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -19,6 +22,7 @@ from tenants import selectors, services
 from tenants.admin_scoping import TenantScopedAdmin
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
+from tenants.scoping import scope_for
 
 # The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
 
@@ -252,6 +256,28 @@ def _pretty(value: Any) -> str:
         '<pre style="margin:0;white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2, sort_keys=True)
     )
 
+
+class OperatorsOnlyQueryset:
+    """Django's users and groups are the platform's: only operators see any.  With the stock
+    querysets a tenant admin got 403 for an existing user's history page and the "doesn't
+    exist" redirect for a free id, which told them who exists in other tenants."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)  # type: ignore[misc]
+        return queryset if scope_for(request.user).is_operator else queryset.none()
+
+
+class SluiceUserAdmin(OperatorsOnlyQueryset, UserAdmin):
+    pass
+
+
+class SluiceGroupAdmin(OperatorsOnlyQueryset, GroupAdmin):
+    pass
+
+
+for _model, _model_admin in ((get_user_model(), SluiceUserAdmin), (Group, SluiceGroupAdmin)):
+    admin.site.unregister(_model)
+    admin.site.register(_model, _model_admin)
 
 # OAuth clients live with the authorization server; importing registers their admin page.
 from tenants.oauth import admin as oauth_admin  # noqa: E402, F401
