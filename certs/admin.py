@@ -45,7 +45,7 @@ class ExpiresFilter(admin.SimpleListFilter):
 
 
 @admin.register(CertificateAuthority)
-class CertificateAuthorityAdmin(TenantScopedAdmin):
+class CertificateAuthorityAdmin(TenantScopedAdmin[CertificateAuthority]):
     read_only = True
     list_display = ("subject", "tenant", "status_display", "not_after", "crl_number", "crl_next_update")
     list_filter = ("status", TENANT_FILTER)
@@ -60,7 +60,7 @@ class CertificateAuthorityAdmin(TenantScopedAdmin):
 
 
 @admin.register(Certificate)
-class CertificateAdmin(TenantScopedAdmin):
+class CertificateAdmin(TenantScopedAdmin[Certificate]):
     list_display = (
         "device_ref",
         "tenant",
@@ -149,4 +149,5 @@ def issue_certificates(
     return response
 
 
-DeviceAdmin.actions = (*tuple(DeviceAdmin.actions or ()), issue_certificates)
+# A class attribute Django reads per instance; django-stubs types it per instance only.
+DeviceAdmin.actions = (*tuple(DeviceAdmin.actions or ()), issue_certificates)  # type: ignore[misc]

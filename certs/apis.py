@@ -36,7 +36,7 @@ class CertificateOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Certificate
-        fields = (
+        fields: tuple[str, ...] = (
             "serial", "device", "subject", "fingerprint_sha256", "key_type", "origin", "status", "not_before",
             "not_after", "revoked_at", "revocation_reason", "ca_serial", "certificate_pem", "created_at",
             "renewal_due", "overlap_until",
@@ -185,7 +185,8 @@ class BulkItem(StrictSerializer):
 
 
 class BulkIssueInput(StrictSerializer):
-    items = BulkItem(many=True, allow_empty=False, min_length=1, help_text=f"At most {services.BULK_MAX} (413 beyond).")
+    # many=True hands min_length to the ListSerializer; the stubs' Serializer.__init__ omits it.
+    items = BulkItem(many=True, allow_empty=False, min_length=1, help_text=f"At most {services.BULK_MAX} (413 beyond).")  # type: ignore[call-arg]
 
 
 class BulkIssuedItem(serializers.Serializer):

@@ -394,7 +394,8 @@ def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificat
     with transaction.atomic():
         successor = (
             Certificate.objects.select_for_update()
-            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)
+            # pk=None (no successor) matches no row: the NotFound below answers it.
+            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)  # type: ignore[misc]
             .exclude(pending_key_encrypted="")
             .first()
         )
@@ -450,9 +451,9 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
             except ca.CsrProblem as problem:
                 errors.append({"pointer": f"{pointer}/csr", "code": problem.code, "message": str(problem)})
                 continue
-            public_key = csr.public_key()
-            assert isinstance(public_key, ca.PublicKey)
-            plans.append((device, public_key, key_type))
+            csr_key = csr.public_key()
+            assert isinstance(csr_key, ca.PublicKey)
+            plans.append((device, csr_key, key_type))
         else:
             plans.append((device, None, ca.KeyType(device.group.cert_key_type)))
     if errors:

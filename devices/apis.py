@@ -490,7 +490,8 @@ class CsvParser(BaseParser):
 
     media_type = "text/csv"
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> list[dict[str, Any]]:
+    # The rows are a list, as a JSON array's request.data is; the stubs allow a parser a mapping only.
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> list[dict[str, Any]]:  # type: ignore[override]
         try:
             text = stream.read().decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -529,7 +530,8 @@ class DeviceRow(StrictSerializer):
 
 
 class BulkImportInput(StrictSerializer):
-    devices = DeviceRow(many=True, allow_empty=False, min_length=1,
+    # many=True hands min_length to the ListSerializer; the stubs' Serializer.__init__ omits it.
+    devices = DeviceRow(many=True, allow_empty=False, min_length=1,  # type: ignore[call-arg]
                         help_text=f"At most {settings.SLUICE_BULK_IMPORT_MAX_ROWS} (413 beyond).")  # fmt: skip
 
 

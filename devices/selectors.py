@@ -87,7 +87,7 @@ def _registrations(stream: Stream, subject: str) -> dict[int, AuditEvent]:
     name starts again at version 1."""
     events = AuditEvent.objects.filter(tenant=stream.tenant, action=SCHEMA_REGISTER, object_repr=subject,
                                        created_at__gte=stream.created_at).order_by("created_at")  # fmt: skip
-    return {int(e.after["version"]): e for e in events if isinstance((e.after or {}).get("version"), int)}
+    return {int((e.after or {})["version"]): e for e in events if isinstance((e.after or {}).get("version"), int)}
 
 
 def _with_registration(found: registry.RegisteredVersion, event: AuditEvent | None) -> SchemaVersion:

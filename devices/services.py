@@ -355,7 +355,7 @@ def _own_group(tenant: Tenant, group: Any, pointer: str = "/group") -> DeviceGro
     """A group reference (id, slug or object) inside ``tenant`` only."""
     if isinstance(group, DeviceGroup):
         group = group.pk
-    lookup = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
+    lookup: dict[str, int | str] = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
     found = selectors.group_list(scope=Scope.of_tenant(tenant)).filter(**lookup).first()
     if found is None:
         raise InvalidInput(

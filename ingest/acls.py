@@ -42,6 +42,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 from confluent_kafka.admin import (
     AclBinding,
@@ -112,15 +113,22 @@ class TenantSnapshot:
         return f"iot.{self.slug}."
 
 
+def enum_name(field: Enum | str | int) -> str:
+    """The name of a binding's enum field.  AclBinding's constructor turns a str or int into
+    the enum; confluent-kafka's annotations keep the union the constructor accepts."""
+    assert isinstance(field, Enum)
+    return field.name
+
+
 def binding_key(binding: AclBinding) -> tuple[str, ...]:
     """A total order on bindings by their readable fields (the enums have no order)."""
     return (
         binding.principal,
-        binding.restype.name,
+        enum_name(binding.restype),
         binding.name,
-        binding.resource_pattern_type.name,
-        binding.operation.name,
-        binding.permission_type.name,
+        enum_name(binding.resource_pattern_type),
+        enum_name(binding.operation),
+        enum_name(binding.permission_type),
         binding.host,
     )
 
@@ -133,8 +141,8 @@ def describe_binding(binding: AclBinding) -> str:
     """One line for reports and the audit log, e.g.
     ``ALLOW User:acme.sensors.crt_1f… WRITE TOPIC:LITERAL:iot.acme.eu.temperature host=*``."""
     return (
-        f"{binding.permission_type.name} {binding.principal} {binding.operation.name} "
-        f"{binding.restype.name}:{binding.resource_pattern_type.name}:{binding.name} host={binding.host}"
+        f"{enum_name(binding.permission_type)} {binding.principal} {enum_name(binding.operation)} "
+        f"{enum_name(binding.restype)}:{enum_name(binding.resource_pattern_type)}:{binding.name} host={binding.host}"
     )
 
 

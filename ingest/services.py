@@ -34,7 +34,7 @@ from config.errors import (
 )
 from ingest import records
 from ingest.identity import CertificateGrant, ClientGrant, Identity, Writer
-from ingest.kafka import DeliveryOutcome, IngestProducer, Outgoing
+from ingest.kafka import DeliveryOutcome, IngestProducer, KafkaHeaders, Outgoing
 from ingest.registry import LatestSchema
 from tenants import policy
 from tenants.oauth.tokens import AccessClaims
@@ -279,7 +279,7 @@ class Prepared:
 def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSchema, request_id: str) -> Prepared:
     """Validate (all or nothing) and encode one request's records for Kafka."""
     records.validate(parsed, schema)
-    headers = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
+    headers: KafkaHeaders = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
     try:
         values = schema.encode_all(parsed.records)
     except (ValueError, TypeError, OverflowError, struct.error) as exc:

@@ -5,7 +5,7 @@ Scoping and permissions come from ``TenantScopedAdmin``; every write calls a ser
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
@@ -23,6 +23,10 @@ from tenants.admin_scoping import TenantScopedAdmin
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
 from tenants.scoping import scope_for
+
+if TYPE_CHECKING:
+    # django-stubs' name for what get_fieldsets returns.
+    from django.contrib.admin.options import _FieldsetSpec as FieldsetSpec
 
 # The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
 
@@ -44,7 +48,7 @@ def status_badge(value: str, label: str | None = None) -> str:
 
 
 @admin.register(Tenant)
-class TenantAdmin(TenantScopedAdmin):
+class TenantAdmin(TenantScopedAdmin[Tenant]):
     tenant_lookup = "pk"
     operator_only_add = True
     operator_only_delete = True
@@ -64,7 +68,7 @@ class TenantAdmin(TenantScopedAdmin):
             .annotate(device_total=Count("devices", distinct=True), stream_total=Count("streams", distinct=True))
         )
 
-    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> FieldsetSpec:
         if obj is None:
             return [
                 (None, {"fields": ("slug", "name")}),
@@ -166,7 +170,7 @@ class TenantAdmin(TenantScopedAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(TenantScopedAdmin):
+class MembershipAdmin(TenantScopedAdmin[Membership]):
     # Adding offers every user of the platform, so only operators add; tenant admins change
     # roles in their tenants (or add members by username through the API).  There is no
     # service that removes a membership, so the admin does not delete them either.
@@ -193,7 +197,7 @@ class MembershipAdmin(TenantScopedAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(TenantScopedAdmin):
+class ApiTokenAdmin(TenantScopedAdmin[ApiToken]):
     """Tokens are created through the API (the secret is shown once there); here they are
     only listed.  The secret's hash is never shown."""
 
@@ -227,7 +231,7 @@ class ApiTokenAdmin(TenantScopedAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(TenantScopedAdmin):
+class AuditEventAdmin(TenantScopedAdmin[AuditEvent]):
     """The append-only audit log: searchable, filterable, never editable.  Events of a
     deleted tenant (or of no tenant) are visible to operators only."""
 

@@ -16,7 +16,7 @@ every selector applies it):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -32,6 +32,9 @@ from tenants.scoping import Scope, restrict, scope_for
 from tenants.selectors import tenant_list
 
 GENERIC_MESSAGES = {"Some fields are invalid."}
+
+# The model a TenantScopedAdmin pages over: its service hooks take and return that model.
+ModelT = TypeVar("ModelT", bound=models.Model)
 
 
 class ServiceRejected(Exception):
@@ -56,7 +59,7 @@ class ServiceForm(forms.ModelForm):
     sluice_error: SluiceError | None = None
 
     def _post_clean(self) -> None:
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # Django's hook after field cleaning; not in django-stubs
         error = self.sluice_error
         if error is None:
             return
@@ -74,7 +77,7 @@ class ServiceForm(forms.ModelForm):
             self.add_error(None, error.message)
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
     """Base of every Sluice ``ModelAdmin``.
 
     Subclasses set ``tenant_lookup`` (the ORM path from the model to its ``Tenant``;
@@ -151,7 +154,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
         tenant = self.tenant_of(obj)
         return tenant is not None and self.scope(request).can_admin(tenant)
 
-    def has_delete_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: ModelT | None = None) -> bool:
         if self.read_only:
             return False
         if self.operator_only_delete:
@@ -170,7 +173,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     # -- forms -------------------------------------------------------------------------
 
-    def get_readonly_fields(self, request: HttpRequest, obj: models.Model | None = None) -> tuple[str, ...]:
+    def get_readonly_fields(self, request: HttpRequest, obj: ModelT | None = None) -> tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))
         if obj is not None:
             fields += tuple(f for f in self.immutable_fields if f not in fields)
@@ -178,6 +181,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def formfield_for_foreignkey(self, db_field: models.ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
         related = db_field.related_model
+        assert not isinstance(related, str)  # "self" is resolved to the model once the apps are loaded
         if related is Tenant:
             kwargs["queryset"] = self.writable_tenants(request)
         elif any(f.name == "tenant" and f.related_model is Tenant for f in related._meta.fields):
@@ -195,17 +199,17 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     # -- writes through the services ---------------------------------------------------
 
-    def service_create(self, request: HttpRequest, actor: Actor, data: dict[str, Any]) -> models.Model:
+    def service_create(self, request: HttpRequest, actor: Actor, data: dict[str, Any]) -> ModelT:
         raise NotImplementedError
 
-    def service_update(self, request: HttpRequest, actor: Actor, obj: models.Model,
-                       changes: dict[str, Any]) -> models.Model:  # fmt: skip
+    def service_update(self, request: HttpRequest, actor: Actor, obj: ModelT,
+                       changes: dict[str, Any]) -> ModelT:  # fmt: skip
         raise NotImplementedError
 
-    def service_delete(self, request: HttpRequest, actor: Actor, obj: models.Model) -> None:
+    def service_delete(self, request: HttpRequest, actor: Actor, obj: ModelT) -> None:
         raise NotImplementedError
 
-    def save_model(self, request: HttpRequest, obj: models.Model, form: forms.ModelForm, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ModelT, form: forms.ModelForm, change: bool) -> None:
         actor = self.actor(request)
         try:
             if change:
@@ -226,13 +230,13 @@ class TenantScopedAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
         obj._state.adding = False
 
-    def delete_model(self, request: HttpRequest, obj: models.Model) -> None:
+    def delete_model(self, request: HttpRequest, obj: ModelT) -> None:
         try:
             self.service_delete(request, self.actor(request), obj)
         except SluiceError as exc:
             raise ServiceRejected(exc) from exc
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> None:
         for obj in queryset:
             self.delete_model(request, obj)
 

@@ -264,7 +264,8 @@ class FieldErrorSerializer(serializers.Serializer):
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable, for programs (e.g. invalid, not_found, quota_exceeded).")
     message = serializers.CharField(help_text="For people.")
-    fields = FieldErrorSerializer(many=True, required=False, help_text="One entry per failing input, when known.")
+    # A declared field named "fields": DRF's metaclass takes it off the class, Serializer.fields stays.
+    fields = FieldErrorSerializer(many=True, required=False, help_text="One entry per failing input, when known.")  # type: ignore[assignment]
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -315,7 +316,7 @@ def _at_least(schema: Any, field: serializers.Field) -> None:
     """Say in ``schema`` how few items a list of objects may have (drf-spectacular does for
     a ListField, not for a serializer with many=True)."""
     if isinstance(field, serializers.ListSerializer) and isinstance(schema, dict):
-        least = field.min_length or (0 if field.allow_empty else 1)
+        least = field.min_length or (0 if field.allow_empty else 1)  # type: ignore[attr-defined]  # not in the stubs
         if least:
             schema.setdefault("minItems", least)
 

@@ -230,7 +230,7 @@ def _boolean(request: Request, name: str, *, default: bool) -> bool:
 class TokenOutput(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
+        fields: tuple[str, ...] = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
 
 
 class TokenSecretOutput(TokenOutput):

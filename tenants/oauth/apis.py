@@ -30,7 +30,7 @@ class OAuthClientOutput(serializers.ModelSerializer):
 
     class Meta:
         model = OAuthClient
-        fields = (
+        fields: tuple[str, ...] = (
             "client_id",
             "name",
             "kind",
@@ -108,7 +108,7 @@ class OAuthClientInput(StrictSerializer):
         # A name a kind does not have is refused even as null: each kind's input is exactly
         # what the spec's CLIENT_REQUEST says.
         names = {OAuthClient.Kind.GATEWAY: ("device",), OAuthClient.Kind.SERVICE: ("device", "group")}
-        present = sorted(set(names.get(attrs.get("kind"), ())) & set(self.initial_data))
+        present = sorted(set(names.get(attrs.get("kind", ""), ())) & set(self.initial_data))
         if present:
             raise serializers.ValidationError({
                 name: [serializers.ErrorDetail(f"A {attrs['kind']} client has no {name}.", code="not_allowed")]
