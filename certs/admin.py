@@ -4,6 +4,7 @@ and issuing certificates for selected devices (the private key is shown once).""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -18,7 +19,6 @@ from config.errors import SluiceError
 from devices.admin import DeviceAdmin
 from devices.models import Device
 from tenants.admin_scoping import TenantScopedAdmin, status_badge
-from tenants.models import Tenant
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 
@@ -32,9 +32,13 @@ class ExpiresFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [("30d", "Within 30 days")]
 
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: TenantScopedAdmin) -> None:
+        super().__init__(request, params, model, model_admin)
+        self.scope = model_admin.scope(request)
+
     def queryset(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> QuerySet[Certificate]:
         if self.value() == "30d":
-            expiring = selectors.certificates_expiring(tenants=Tenant.objects.all(), within=selectors.EXPIRING_WITHIN)
+            expiring = selectors.certificates_expiring(scope=self.scope, within=selectors.EXPIRING_WITHIN)
             return queryset.filter(pk__in=expiring.values("pk"))
         return queryset
 

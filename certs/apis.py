@@ -10,11 +10,11 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from certs import services
+from certs import selectors, services
 from certs.models import Certificate, CertificateAuthority
 from devices.apis import device_id_field
 from devices.models import Device
-from devices.services import device_get
+from devices.selectors import device_get
 from tenants import policy
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer
 
@@ -116,12 +116,14 @@ def _issuable(device: Device) -> Device:
 class DeviceCertificatesApi(ScopedApi):
     @extend_schema(responses=CertificateOutput(many=True))
     def get(self, request: Request, tenant: str, device_id: str) -> Response:
-        device = device_get(tenant=self.tenant, device_id=device_id)
-        return self.page(Certificate.objects.filter(device=device).select_related("ca"), CertificateOutput)
+        scope = self.tenant_scope
+        device = device_get(scope=scope, device_id=device_id)
+        return self.page(selectors.device_certificate_list(scope=scope, device=device), CertificateOutput)
 
     @extend_schema(request=ISSUE_REQUEST, responses={201: IssuedOutput})
     def post(self, request: Request, tenant: str, device_id: str) -> Response:
-        device = device_get(tenant=self.writable_tenant(), device_id=device_id)
+        self.writable_tenant()
+        device = device_get(scope=self.tenant_scope, device_id=device_id)
         data = self.parse(IssueInput)
         _issuable(device)
         if data.get("csr"):
@@ -144,7 +146,8 @@ class DeviceCertificatesApi(ScopedApi):
 class CertificateRevokeApi(ScopedApi):
     @extend_schema(request=RevokeInput, responses=CertificateOutput)
     def post(self, request: Request, tenant: str, serial: str) -> Response:
-        certificate = services.certificate_get(tenant=self.writable_tenant(), serial=serial)
+        self.writable_tenant()
+        certificate = selectors.certificate_get(scope=self.tenant_scope, serial=serial)
         reason = self.parse(RevokeInput)["reason"]
         revoked = services.certificate_revoke(actor=self.actor, certificate=certificate, reason=reason)
         return Response(CertificateOutput(revoked).data)
@@ -153,7 +156,7 @@ class CertificateRevokeApi(ScopedApi):
 class CertificateDetailApi(ScopedApi):
     @extend_schema(responses=CertificateOutput)
     def get(self, request: Request, tenant: str, serial: str) -> Response:
-        return Response(CertificateOutput(services.certificate_get(tenant=self.tenant, serial=serial)).data)
+        return Response(CertificateOutput(selectors.certificate_get(scope=self.tenant_scope, serial=serial)).data)
 
 
 class CaOutput(serializers.ModelSerializer):
@@ -173,10 +176,7 @@ class CaOutput(serializers.ModelSerializer):
 class TenantCaApi(ScopedApi):
     @extend_schema(responses=CaOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
-        authorities = CertificateAuthority.objects.filter(tenant=self.tenant).exclude(
-            status=CertificateAuthority.Status.RETIRED
-        )
-        return self.page(authorities.select_related("tenant"), CaOutput)
+        return self.page(selectors.authority_list(scope=self.tenant_scope, current=True), CaOutput)
 
 
 class BulkItem(StrictSerializer):

@@ -12,17 +12,19 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from certs import ca, crl_files
+from certs import ca, crl_files, selectors
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
 from certs.principals import device_subject, new_certificate_id
 from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
+from devices import selectors as device_selectors
 from devices.models import Device, DeviceGroup
 from devices.principals import credential_principal
 from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
 from tenants.rights import rights_changed
+from tenants.scoping import Scope
 
 TENANT_CA_VALID_DAYS = 5 * 365
 CRL_VALIDITY = dt.timedelta(days=1)
@@ -91,7 +93,8 @@ def anchor_publish(*, authority: CertificateAuthority) -> None:
 
 
 def active_ca(tenant: Tenant) -> CertificateAuthority:
-    authority = CertificateAuthority.objects.filter(tenant=tenant, status=CertificateAuthority.Status.ACTIVE).first()
+    authorities = selectors.authority_list(scope=Scope.of_tenant(tenant))
+    authority = authorities.filter(status=CertificateAuthority.Status.ACTIVE).first()
     if authority is None:
         raise Conflict(f"Tenant '{tenant.slug}' has no active issuing CA.")
     return authority
@@ -312,18 +315,11 @@ def group_certificates_revoke(*, actor: Actor, group: DeviceGroup, reason: str) 
                         extra={"group": group.slug})  # fmt: skip
 
 
-def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
-    found = Certificate.objects.filter(tenant=tenant, serial=serial.lower()).select_related("ca", "tenant").first()
-    if found is None:
-        raise NotFound(f"No certificate {serial}.")
-    return found
-
-
 def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
     """Revoke every issuing CA of ``tenant`` in the platform root's CRL (tenant deletion):
     every certificate they issued stops validating at once, on Kafka and at nginx alike."""
     now = timezone.now()
-    authorities = list(CertificateAuthority.objects.filter(tenant=tenant).select_related("tenant"))
+    authorities = list(selectors.authority_list(scope=Scope.of_tenant(tenant)))
     serials = [authority.serial for authority in authorities]
     anchors = [crl_name(authority) for authority in authorities]
     entries = [ca.Revoked(int(s, 16), now, x509.ReasonFlags.cessation_of_operation) for s in serials]
@@ -427,7 +423,7 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
     if not items:
         raise InvalidInput("The request names no devices.")
     named = [str(i.get("device_id", "")) for i in items]
-    found = Device.objects.filter(tenant=tenant, device_id__in=named).select_related("group", "tenant")
+    found = device_selectors.device_list(scope=Scope.of_tenant(tenant)).filter(device_id__in=named)
     devices = {d.device_id: d for d in found}
     errors: list[dict[str, str]] = []
     plans: list[tuple[Device, ca.PublicKey | None, ca.KeyType]] = []

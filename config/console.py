@@ -31,17 +31,17 @@ class Overview:
 def console_overview(*, user: Any) -> Overview:
     # Imported here: this module holds AppConfigs (INSTALLED_APPS), loaded before any model.
     from certs.selectors import certificates_expiring
-    from devices.models import Device
+    from devices.selectors import device_list
     from ingest.selectors import refusals_last_hour
     from tenants.scoping import scope_for
+    from tenants.selectors import tenant_list
 
     scope = scope_for(user)
-    tenants = scope.tenants()
     return Overview(
-        tenants=tenants.count(),
-        devices=Device.objects.filter(tenant__in=tenants).count(),
-        certificates_expiring=certificates_expiring(tenants=tenants).count(),
-        refusals_last_hour=refusals_last_hour(tenant_ids=None if scope.is_operator else sorted(scope.roles)),
+        tenants=tenant_list(scope=scope).count(),
+        devices=device_list(scope=scope).count(),
+        certificates_expiring=certificates_expiring(scope=scope).count(),
+        refusals_last_hour=refusals_last_hour(scope=scope),
         is_operator=scope.is_operator,
     )
 

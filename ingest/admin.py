@@ -103,7 +103,7 @@ class DevicePageAdmin(DeviceAdmin):
         context = dict(extra_context or {})
         if device is not None:
             context.update(
-                certificates=cert_selectors.device_certificates(device=device),
+                certificates=cert_selectors.device_certificates(scope=self.scope(request), device=device),
                 activity=device_activity(device=device),
                 can_change_certificates=self.has_change_permission(request, device),
             )
@@ -167,7 +167,7 @@ class DevicePageAdmin(DeviceAdmin):
 
     def revoke_view(self, request: HttpRequest, object_id: str, serial: str) -> HttpResponse:
         device = self._writable_device(request, object_id)
-        certificate = cert_selectors.device_certificate_get(device=device, serial=serial)
+        certificate = cert_selectors.device_certificate_get(scope=self.scope(request), device=device, serial=serial)
         if certificate is None:
             raise Http404("No such certificate for this device.")
         form = RevokeForm(request.POST or None)

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from config.errors import SluiceError
-from tenants import services
+from tenants import selectors, services
 from tenants.admin_scoping import TenantScopedAdmin, status_badge
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
@@ -197,7 +197,7 @@ class ApiTokenAdmin(TenantScopedAdmin[ApiToken]):
 
     def scope_queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         # Tokens belong to users, not tenants: operators see all, everyone else their own.
-        return queryset if self.scope(request).is_operator else queryset.filter(user=request.user)
+        return selectors.api_token_list(scope=self.scope(request), own=False)
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_staff

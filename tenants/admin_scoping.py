@@ -1,7 +1,8 @@
 """The one tenant-scoping mixin every Sluice admin page builds on.
 
 The admin is a second door into the same data as the REST API, so it follows the same rules,
-from the same place (``tenants.scoping.scope_for``):
+from the same place (``tenants.scoping``: the user's ``Scope``, applied with ``restrict`` as
+every selector applies it):
 
 * lists and detail pages show only the tenants in the user's scope -- another tenant's
   object is "not found" (the admin's redirect with "doesn't exist"), never shown;
@@ -28,7 +29,8 @@ from django.utils.html import format_html
 from config.errors import SluiceError
 from tenants.audit import Actor
 from tenants.models import Membership, Tenant
-from tenants.scoping import Scope, scope_for
+from tenants.scoping import Scope, restrict, scope_for
+from tenants.selectors import tenant_list
 
 STATUS_COLOURS = {"active": "#2e7d32", "provisioned": "#2e7d32", "pending": "#b26a00", "suspended": "#b26a00",
                   "failed": "#c62828", "disabled": "#616161"}  # fmt: skip
@@ -119,10 +121,7 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
 
     def writable_tenants(self, request: HttpRequest) -> QuerySet[Tenant]:
         """The tenants this user may change: all for operators, else those they administer."""
-        scope = self.scope(request)
-        if scope.is_operator:
-            return Tenant.objects.all()
-        return Tenant.objects.filter(pk__in=[pk for pk, role in scope.roles.items() if role == Membership.Role.ADMIN])
+        return tenant_list(scope=self.scope(request).writable())
 
     def tenant_of(self, obj: models.Model) -> Tenant | None:
         if isinstance(obj, Tenant):
@@ -130,10 +129,7 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
         return getattr(obj, "tenant", None)
 
     def scope_queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        scope = self.scope(request)
-        if scope.is_operator:
-            return queryset
-        return queryset.filter(**{f"{self.tenant_lookup}__in": scope.tenants()})
+        return restrict(queryset, scope=self.scope(request), lookup=self.tenant_lookup)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return self.scope_queryset(request, super().get_queryset(request))
@@ -203,9 +199,8 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
         if related is Tenant:
             kwargs["queryset"] = self.writable_tenants(request)
         elif any(f.name == "tenant" and f.related_model is Tenant for f in related._meta.fields):
-            kwargs["queryset"] = related._default_manager.filter(
-                tenant__in=self.writable_tenants(request)
-            ).select_related("tenant")
+            writable = self.scope(request).writable()
+            kwargs["queryset"] = restrict(related._default_manager.select_related("tenant"), scope=writable)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request: HttpRequest, obj: models.Model | None = None, change: bool = False,
