@@ -13,9 +13,10 @@ from devices import apis as device_apis
 from ingest import apis as ingest_apis
 from tenants import apis
 from tenants.api_base import NotFoundApi
-from tenants.oauth import apis as oauth_apis
+from config import oauth_client_apis as oauth_apis
 
 T = "tenants/<slug:tenant>/"
+
 
 class ApiIndexApi(APIView):
     """``/api/v1/``: where the API's collections are, as URI templates (RFC 6570), and where
@@ -35,7 +36,6 @@ class ApiIndexApi(APIView):
             template = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
             collections[template.rstrip("/").rsplit("/", 1)[-1]] = f"/api/v1/{template}"
         return Response({"collections": collections, "openapi": "/api/schema/", "docs": "/api/docs/"})
-
 
 
 urlpatterns = [

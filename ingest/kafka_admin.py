@@ -189,7 +189,6 @@ def admin_client(runtime: Runtime) -> AdminClient:
         return client
 
 
-
 # -- ACLs ------------------------------------------------------------------------------------
 
 # Kafka filters match principals exactly, never by prefix, so a tenant's namespace

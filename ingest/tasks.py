@@ -17,7 +17,10 @@ from ingest import acl_sync, topic_sync
 from tenants.models import Tenant
 
 RETRY: dict[str, Any] = {
-    "autoretry_for": (KafkaException,), "retry_backoff": 2, "retry_backoff_max": 120, "max_retries": 10
+    "autoretry_for": (KafkaException,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 120,
+    "max_retries": 10,
 }
 
 

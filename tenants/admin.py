@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 QUOTA_FIELDS = ("max_devices", "max_streams", "max_partitions", "max_records_per_second", "max_bytes_per_second",
                 "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip
 OPERATOR_ONLY_FIELDS = ("status", *QUOTA_FIELDS, "topic_deletion_policy")
+
+
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdmin[Tenant]):
     tenant_lookup = "pk"

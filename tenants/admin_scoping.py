@@ -45,6 +45,7 @@ def status_badge(value: str, label: str | None = None) -> str:
         label or value,
     )
 
+
 GENERIC_MESSAGES = {"Some fields are invalid."}
 
 # The model a TenantScopedAdmin pages over: its service hooks take and return that model.

@@ -107,23 +107,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     shutil.rmtree(rt.state_dir, ignore_errors=True)
 
     if not args.no_lint:
-        say("ruff check")
-        lint = subprocess.run([sys.executable, "-m", "ruff", "check", str(BASE_DIR)], check=False)
-        if lint.returncode != 0:
-            say("ruff found problems (above); fix them, then run the tests again")
-            return 1
-        say("lint-imports (the layer order, pyproject.toml [tool.importlinter])")
-        lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
-        layers = subprocess.run([lint_imports], cwd=BASE_DIR, check=False)
-        if layers.returncode != 0:
-            say("lint-imports found imports against the layer order (above); fix them, then run the tests again")
-            return 1
-        # What it checks, and how strictly, is [tool.mypy] in pyproject.toml.  Its Django
-        # plugin loads config.settings, so it runs with the test environment.
-        say("mypy")
-        types = subprocess.run([sys.executable, "-m", "mypy"], env=ctx.env, cwd=BASE_DIR, check=False)
-        if types.returncode != 0:
-            say("mypy found type errors (above); fix them, then run the tests again")
+        failed = run_checks(ctx.env)
+        if failed is not None:
+            say(f"{failed} (above); fix them, then run the tests again")
             return 1
 
     names = parse_components(args.components, TEST_COMPONENTS)
@@ -143,6 +129,32 @@ def cmd_test(args: argparse.Namespace) -> int:
         return result.returncode
 
     return run_platform(launcher, run_pytest)
+
+
+# What `sluice test` checks before it starts anything (skipped with --no-lint): each command,
+# and what its failure means.  lint-imports holds the layer order ([tool.importlinter] in
+# pyproject.toml); mypy's plugin loads config.settings, so mypy and makemigrations run with the
+# test environment ([tool.mypy] says what mypy checks, and how strictly).
+def _checks() -> list[tuple[str, list[str], str]]:
+    python, tools = sys.executable, os.path.dirname(sys.executable)
+    return [
+        ("ruff check", [python, "-m", "ruff", "check", str(BASE_DIR)], "ruff found problems"),
+        ("ruff format --check", [python, "-m", "ruff", "format", "--check", str(BASE_DIR)],
+         "ruff format would change these files (run ruff format)"),
+        ("lint-imports", [os.path.join(tools, "lint-imports")], "lint-imports found imports against the layer order"),
+        ("mypy", [python, "-m", "mypy"], "mypy found type errors"),
+        ("makemigrations --check", [python, "manage.py", "makemigrations", "--check", "--dry-run"],
+         "a model changed without its migration (run manage.py makemigrations)"),
+    ]  # fmt: skip
+
+
+def run_checks(env: dict[str, str]) -> str | None:
+    """Run every check in order; the first that fails says what it found."""
+    for label, argv, failure in _checks():
+        say(label)
+        if subprocess.run(argv, env=env, cwd=BASE_DIR, check=False).returncode != 0:
+            return failure
+    return None
 
 
 def cmd_status(_args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 from tenants.oauth.models import OAuthClient
 from tenants.services import api_token_create, tenant_update
 from tests.conftest import make_tenant, make_user
-from tests.oauth.support import access_token, make_oauth_client
+from tests.tenants.oauth.support import access_token, make_oauth_client
 
 ACTOR = Actor.system("test")
 

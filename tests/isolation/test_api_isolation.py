@@ -10,7 +10,7 @@ from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor
 from tenants.services import tenant_update
 from tests.conftest import client_for, make_tenant, make_user
-from tests.oauth.support import make_oauth_client, service_api
+from tests.tenants.oauth.support import make_oauth_client, service_api
 
 pytestmark = pytest.mark.django_db
 

@@ -261,8 +261,8 @@ def test_pytest_options_pass_through_in_order(monkeypatch: pytest.MonkeyPatch) -
     seen: list[list[str]] = []
     monkeypatch.setattr(cli, "cmd_test", lambda args: seen.append(args.pytest_args) or 0)
     cli.main(["test", "-k", "kafka", "-x"])
-    cli.main(["test", "--no-lint", "tests/api", "-q"])
-    assert seen == [["-k", "kafka", "-x"], ["tests/api", "-q"]]
+    cli.main(["test", "--no-lint", "tests/devices", "-q"])
+    assert seen == [["-k", "kafka", "-x"], ["tests/devices", "-q"]]
     with pytest.raises(SystemExit):
         cli.main(["status", "-x"])
 

@@ -24,7 +24,7 @@ from tenants.oauth import selectors as oauth_selectors
 from tenants.scoping import Scope, scope_for
 from tenants.services import api_token_create
 from tests.conftest import make_tenant, make_user
-from tests.oauth.support import make_oauth_client
+from tests.tenants.oauth.support import make_oauth_client
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Route, expect
 
 from config.env import Runtime
-from tests.ui.conftest import SCREENSHOTS, TIMEOUT_MS
+from tests.browser.conftest import SCREENSHOTS, TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}

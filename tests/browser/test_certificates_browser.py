@@ -14,8 +14,8 @@ from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor
 from tenants.models import AuditEvent
 from tenants.services import tenant_create
-from tests.ui.conftest import make_staff_user
-from tests.ui.test_admin_browser import no_kafka_provisioning  # noqa: F401 - fixture
+from tests.browser.conftest import make_staff_user
+from tests.browser.test_admin_browser import no_kafka_provisioning  # noqa: F401 - fixture
 
 Shot = Callable[[str], Path]
 

@@ -19,7 +19,7 @@ from tenants.oauth.models import OAuthClient
 from tenants.oauth.resource import token_client
 from tenants.oauth.services import oauth_client_revoke
 from tenants.services import tenant_set_status
-from tests.oauth.support import access_token, bearer, make_oauth_client, service_api
+from tests.tenants.oauth.support import access_token, bearer, make_oauth_client, service_api
 
 pytestmark = pytest.mark.django_db
 

@@ -19,8 +19,8 @@ from playwright.sync_api import Page, expect
 from config.env import Runtime
 from devices.models import Stream
 from tenants.models import AuditEvent, Membership, Tenant
+from tests.browser.conftest import make_staff_user
 from tests.conftest import make_tenant
-from tests.ui.conftest import make_staff_user
 
 pytestmark = pytest.mark.integration
 

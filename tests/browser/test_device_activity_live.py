@@ -19,8 +19,8 @@ from config.env import Runtime
 from ingest import metrics
 from tenants.audit import Actor
 from tenants.models import Membership
+from tests.browser.conftest import make_staff_user
 from tests.integration.test_ingest import Sender, make_sender  # noqa: F401 - fixture
-from tests.ui.conftest import make_staff_user
 
 pytestmark = [pytest.mark.integration]
 

@@ -19,7 +19,7 @@ from tenants.oauth import keys, tokens
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.services import oauth_client_revoke, oauth_client_rotate_secret
 from tenants.services import tenant_set_status
-from tests.oauth.support import TOKEN_URL, decode_with_published_jwks, make_oauth_client, request_token
+from tests.tenants.oauth.support import TOKEN_URL, decode_with_published_jwks, make_oauth_client, request_token
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ from playwright.sync_api import Page, expect
 
 from devices.models import Device, DeviceGroup, Stream
 from tenants.models import SLUG_RULE, AuditEvent, Membership, Tenant
+from tests.browser.conftest import make_staff_user
 from tests.conftest import make_tenant
-from tests.ui.conftest import make_staff_user
 
 Shot = Callable[[str], Path]
 Login = Callable[[str], None]

@@ -12,7 +12,7 @@ from tenants.hashing import hash_token
 from tenants.models import AuditEvent, Tenant
 from tenants.oauth.models import OAuthClient
 from tests.conftest import make_user
-from tests.oauth.support import make_oauth_client, request_token, service_api
+from tests.tenants.oauth.support import make_oauth_client, request_token, service_api
 
 pytestmark = pytest.mark.django_db
 

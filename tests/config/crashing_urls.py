@@ -1,5 +1,5 @@
 """The real URL map plus one page under /api/ and one in the console that crash: only for
-tests/api/test_error_pages.py (Django looks its handler500 up on the root URL map)."""
+tests/config/test_error_pages.py (Django looks its handler500 up on the root URL map)."""
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import path

@@ -1,6 +1,6 @@
 """The operator's guided onboarding (/onboarding/), in a real browser: Debian's Chromium
 driven by Playwright against pytest-django's ``live_server``.  The browser and page fixtures
-come from tests/ui/conftest.py; screenshots of each step are saved under
+come from tests/browser/conftest.py; screenshots of each step are saved under
 ``test-artifacts/screenshots/onboarding/``."""
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from devices.registry import AVRO, latest_schema_forget
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, AuditEvent, Membership, Tenant
 from tenants.services import tenant_create
+from tests.browser.conftest import PASSWORD, make_staff_user
 from tests.conftest import make_tenant, make_user, unique_slug
 from tests.integration.test_onboarding_first_post import CURLRC, PASSPHRASE, _onboard
 from tests.integration.test_topic_provisioning import eager_tasks  # noqa: F401 - fixture
-from tests.ui.conftest import PASSWORD, make_staff_user
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots" / "onboarding"
 READING = {

@@ -1,10 +1,13 @@
 """OAuth clients over REST, under ``/api/v1/tenants/<tenant>/oauth-clients/``.  Members of
 the tenant read them, its admins (and operators) create, revoke and rotate them; the
-secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi``."""
+secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi``.
+
+In the top layer (beside ``config/api_urls.py``): a client is the tenants app's, but the body
+names the device or group it speaks for, read through devices' scoped selectors."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
@@ -13,15 +16,13 @@ from rest_framework.response import Response
 
 from config.errors import NotFound
 from devices import selectors as device_selectors
+from devices.models import Device, DeviceGroup
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import selectors, services
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.views import metadata_document
-
-if TYPE_CHECKING:  # devices is a layer above tenants: its models are named for types only
-    from devices.models import Device, DeviceGroup
 
 
 class OAuthClientOutput(serializers.ModelSerializer):

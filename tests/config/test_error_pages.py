@@ -54,7 +54,7 @@ def test_a_console_page_that_does_not_exist_is_the_consoles_404(db: None) -> Non
     assert "There is no page at /no/such/page." in console_page(response)
 
 
-@pytest.mark.urls("tests.api.crashing_urls")
+@pytest.mark.urls("tests.config.crashing_urls")
 def test_a_crash_under_api_is_a_json_500_and_in_the_console_its_page(db: None) -> None:
     client = Client(raise_request_exception=False)
     # under /api/: the API's error body, with the request id to quote
