@@ -236,7 +236,7 @@ def main() -> None:
         prov_mod.setup_django(platform.env)
         token = f"sluice-bench/{secrets.token_hex(6)}"
         began = time.monotonic()
-        devices = max(args.clients, args.paced_clients)
+        devices = max(args.clients, args.paced_clients, args.single_clients)
         prov = prov_mod.provision(root, devices, args.partitions, tuple(args.formats))
         prov_mod.wait_until_accepting(prov, token)
         written = {fmt: prov_mod.read_back(stream.topic) for fmt, stream in prov.streams.items()}
@@ -313,7 +313,7 @@ def main() -> None:
                     ctx,
                     f"P2 {fmt} 1 keep-alive",
                     "sluice",
-                    clients(ctx, fmt, 1, "keepalive"),
+                    clients(ctx, fmt, 1, "keepalive", connections=args.single_clients),
                     fmt=fmt,
                     rpr=1,
                     mode="keep-alive",
@@ -323,7 +323,7 @@ def main() -> None:
                         ctx,
                         "P5 json 1 new handshake",
                         "sluice",
-                        clients(ctx, fmt, 1, "handshake"),
+                        clients(ctx, fmt, 1, "handshake", connections=args.single_clients),
                         fmt=fmt,
                         rpr=1,
                         mode="new TLS handshake per request",
@@ -469,7 +469,7 @@ def write_report(
 
 
 def floor_run(ctx: Context, floor: Floor, parts: list[str], when: str) -> Run:
-    load = clients(ctx, "json", 1, "keepalive", port=floor.port)
+    load = clients(ctx, "json", 1, "keepalive", port=floor.port, connections=ctx.args.single_clients)
     return run_load(ctx, f"floor {when}", "floor", load, fmt="json", rpr=1, mode="keep-alive", server_parts=parts)
 
 
@@ -554,7 +554,8 @@ def describe(ctx: Context, written: dict[str, prov_mod.Written]) -> list[str]:
         + ", ".join(f"`{s.topic}` ({s.partitions} partitions)" for s in ctx.prov.streams.values())
         + "; replication 1, one broker.",
         f"Clients: {ctx.args.clients} connections (one device certificate each) over {ctx.args.client_procs} "
-        f"processes; P3 paced over {ctx.args.paced_clients} connections.",
+        f"processes for P1; {ctx.args.single_clients} for P2, P5 and the floor; P3 paced over "
+        f"{ctx.args.paced_clients} connections.",
         f"Windows: {ctx.plan.warmup:.0f} s warm-up, then {ctx.plan.windows} clean windows of {ctx.plan.seconds:.0f} s "
         f"wanted (at most {ctx.plan.max_windows} tried); a window is discarded above "
         f"{ctx.plan.max_foreign:.2f} cores used outside the benchmark, on any nginx reload or foreign request.",
@@ -569,6 +570,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--formats", default="json,avro", help="record formats for P1 and P2: json,avro")
     parser.add_argument("--shapes", default="100,500", help="P1 records per request, comma-separated")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections (one device each)")
+    parser.add_argument(
+        "--single-clients",
+        type=int,
+        default=32,
+        help="P2, P5 and the floor: concurrent connections (enough to keep the server busy: a single-record "
+        "request waits for Kafka's acknowledgement, so 8 connections leave Sluice's workers idle most of "
+        "the time and charge every request a wake-up that a busy server does not pay)",
+    )
     parser.add_argument("--client-procs", type=int, default=2, help="processes the connections are spread over")
     parser.add_argument("--paced-clients", type=int, default=16, help="P3: connections sharing the paced rate")
     parser.add_argument("--api-procs", type=int, default=2, help="P3 again with the REST API busy (0: skip)")
