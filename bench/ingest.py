@@ -299,7 +299,8 @@ def main() -> None:
                 floor = Floor(platform.env, root / "floor", args.offset + args.floor_offset, args.asgi_components)
                 floor.start()
                 for name, pid in floor.pid_groups().items():
-                    sources.trees[name] = lambda pid=pid: [pid]
+                    # The default binds this iteration's pid; mypy cannot infer such a lambda.
+                    sources.trees[name] = lambda pid=pid: [pid]  # type: ignore[misc]
                 meter.logs = [*logs, floor.logs]
                 facts.append(
                     f"Floor: nginx `{' '.join(floor.argv['nginx'])}`; ASGI "
@@ -401,7 +402,7 @@ def main() -> None:
             runs += p8(ctx, summary, facts)
     except BaseException as exc:  # noqa: BLE001 - reported, then raised again
         # Whatever was measured is still reported, marked incomplete; then the error.
-        failure = exc
+        failure: BaseException | None = exc
         facts.append(f"**INCOMPLETE**: the run stopped with {type(exc).__name__}: {str(exc)[:300]}")
     else:
         failure = None

@@ -4,6 +4,7 @@ and issuing certificates for selected devices (the private key is shown once).""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -19,7 +20,6 @@ from devices.admin import DeviceAdmin
 from devices.models import Device
 from tenants.admin import status_badge
 from tenants.admin_scoping import TenantScopedAdmin
-from tenants.models import Tenant
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 
@@ -33,15 +33,19 @@ class ExpiresFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [("30d", "Within 30 days")]
 
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: TenantScopedAdmin) -> None:
+        super().__init__(request, params, model, model_admin)
+        self.scope = model_admin.scope(request)
+
     def queryset(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> QuerySet[Certificate]:
         if self.value() == "30d":
-            expiring = selectors.certificates_expiring(tenants=Tenant.objects.all(), within=selectors.EXPIRING_WITHIN)
+            expiring = selectors.certificates_expiring(scope=self.scope, within=selectors.EXPIRING_WITHIN)
             return queryset.filter(pk__in=expiring.values("pk"))
         return queryset
 
 
 @admin.register(CertificateAuthority)
-class CertificateAuthorityAdmin(TenantScopedAdmin):
+class CertificateAuthorityAdmin(TenantScopedAdmin[CertificateAuthority]):
     read_only = True
     list_display = ("subject", "tenant", "status_display", "not_after", "crl_number", "crl_next_update")
     list_filter = ("status", TENANT_FILTER)
@@ -56,7 +60,7 @@ class CertificateAuthorityAdmin(TenantScopedAdmin):
 
 
 @admin.register(Certificate)
-class CertificateAdmin(TenantScopedAdmin):
+class CertificateAdmin(TenantScopedAdmin[Certificate]):
     list_display = (
         "device_ref",
         "tenant",
@@ -145,4 +149,5 @@ def issue_certificates(
     return response
 
 
-DeviceAdmin.actions = (*tuple(DeviceAdmin.actions or ()), issue_certificates)
+# A class attribute Django reads per instance; django-stubs types it per instance only.
+DeviceAdmin.actions = (*tuple(DeviceAdmin.actions or ()), issue_certificates)  # type: ignore[misc]

@@ -53,7 +53,7 @@ def generate_key(key_type: KeyType = KeyType.EC_P256) -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def _signature_hash(key: PrivateKey) -> hashes.HashAlgorithm:
+def _signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()

@@ -7,6 +7,7 @@ from typing import ClassVar
 from django.db import models
 
 from devices.models import Device
+from tenants import states
 from tenants.models import Tenant
 
 
@@ -50,9 +51,9 @@ class Certificate(models.Model):
     device (CSR) or is handed out once (server-generated)."""
 
     class Status(models.TextChoices):
-        ACTIVE = "active"
-        SUPERSEDED = "superseded"  # renewed; valid until its overlap ends
-        REVOKED = "revoked"
+        ACTIVE = states.ACTIVE
+        SUPERSEDED = states.SUPERSEDED  # renewed; valid until its overlap ends
+        REVOKED = states.REVOKED
 
     class Origin(models.TextChoices):
         CSR = "csr", "CSR"

@@ -1,5 +1,7 @@
-"""Reads of the PKI's records: a device's certificates as a person sees them, its active one,
-and what expires soon.  Every read is scoped by the caller's tenants or device."""
+"""Reads of the PKI's records: certificates and tenant CAs, a device's certificates as a
+person sees them, its active one, and what expires soon.  Every function takes the caller's
+``Scope`` (``tenants.scoping``) as a required keyword: a tenant scope never returns another
+tenant's rows, and a device outside the scope has no certificates."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from certs.models import Certificate
+from certs.models import Certificate, CertificateAuthority
+from config.errors import NotFound
 from devices.models import Device
-from tenants.models import Tenant
+from tenants import policy
+from tenants.scoping import Scope, restrict
 
 EXPIRING_WITHIN = dt.timedelta(days=30)
 EXPIRED = "expired"
@@ -24,8 +28,8 @@ def certificate_state(certificate: Certificate, *, now: dt.datetime) -> str:
         return Certificate.Status.REVOKED
     if certificate.not_after <= now:
         return EXPIRED
-    if certificate.status == Certificate.Status.SUPERSEDED and (
-        certificate.overlap_until is None or certificate.overlap_until <= now
+    if certificate.status == Certificate.Status.SUPERSEDED and not policy.certificate_in_overlap(
+        certificate.status, certificate.overlap_until, now
     ):
         return EXPIRED
     return certificate.status
@@ -41,34 +45,55 @@ class DeviceCertificate:
         return self.state in (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
 
 
-def device_certificates(*, device: Device, limit: int = 50) -> list[DeviceCertificate]:
+def certificate_list(*, scope: Scope) -> QuerySet[Certificate]:
+    return restrict(Certificate.objects.select_related("ca", "tenant"), scope=scope)
+
+
+def certificate_get(*, scope: Scope, serial: str) -> Certificate:
+    """The certificate with ``serial`` (any case) in ``scope``; NotFound otherwise."""
+    found = certificate_list(scope=scope).filter(serial=serial.lower()).first()
+    if found is None:
+        raise NotFound(f"No certificate {serial}.")
+    return found
+
+
+def _of_device(scope: Scope, device: Device) -> QuerySet[Certificate]:
+    return certificate_list(scope=scope).filter(tenant_id=device.tenant_id, device=device)
+
+
+def device_certificate_list(*, scope: Scope, device: Device) -> QuerySet[Certificate]:
+    """Every certificate of ``device`` (none when the device is outside ``scope``)."""
+    return _of_device(scope, device)
+
+
+def device_certificates(*, scope: Scope, device: Device, limit: int = 50) -> list[DeviceCertificate]:
     """``device``'s certificates, newest first, with their state now."""
     now = timezone.now()
-    rows = Certificate.objects.filter(tenant_id=device.tenant_id, device=device).order_by("-created_at")[:limit]
+    rows = _of_device(scope, device).order_by("-created_at")[:limit]
     return [DeviceCertificate(certificate=c, state=certificate_state(c, now=now)) for c in rows]
 
 
-def device_certificate_get(*, device: Device, serial: str) -> Certificate | None:
-    return (
-        Certificate.objects.filter(tenant_id=device.tenant_id, device=device, serial=serial.lower())
-        .select_related("ca", "tenant")
-        .first()
-    )
+def device_certificate_get(*, scope: Scope, device: Device, serial: str) -> Certificate | None:
+    return _of_device(scope, device).filter(serial=serial.lower()).first()
 
 
-def certificates_expiring(*, tenants: QuerySet[Tenant], within: dt.timedelta = EXPIRING_WITHIN) -> QuerySet:
-    """Usable certificates (active, not yet expired) of ``tenants`` whose validity ends
-    within ``within``."""
+def certificates_expiring(*, scope: Scope, within: dt.timedelta = EXPIRING_WITHIN) -> QuerySet[Certificate]:
+    """Usable certificates (active, not yet expired) of ``scope``'s tenants whose validity
+    ends within ``within``."""
     now = timezone.now()
-    return Certificate.objects.filter(
-        tenant__in=tenants, status=Certificate.Status.ACTIVE, not_after__gt=now, not_after__lte=now + within
+    return certificate_list(scope=scope).filter(
+        status=Certificate.Status.ACTIVE, not_after__gt=now, not_after__lte=now + within
     )
 
 
-def device_active_certificate(*, device: Device) -> Certificate | None:
+def device_active_certificate(*, scope: Scope, device: Device) -> Certificate | None:
     """The device's newest active certificate (its tenant is the device's), or None."""
-    return (
-        Certificate.objects.filter(tenant_id=device.tenant_id, device=device, status=Certificate.Status.ACTIVE)
-        .order_by("-not_before", "-pk")
-        .first()
-    )
+    return _of_device(scope, device).filter(status=Certificate.Status.ACTIVE).order_by("-not_before", "-pk").first()
+
+
+def authority_list(*, scope: Scope, current: bool = False) -> QuerySet[CertificateAuthority]:
+    """Tenant CAs of ``scope``; ``current``: without the retired ones."""
+    authorities = restrict(CertificateAuthority.objects.select_related("tenant"), scope=scope)
+    if current:
+        authorities = authorities.exclude(status=CertificateAuthority.Status.RETIRED)
+    return authorities

@@ -12,15 +12,18 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from certs import ca, crl_files
+from certs import ca, crl_files, selectors
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
 from certs.principals import credential_principal, device_subject, new_certificate_id
-from config.errors import Conflict, InvalidInput, NotFound
+from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from devices import selectors as device_selectors
 from devices.models import Device, DeviceGroup
+from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
 from tenants.rights import rights_changed
+from tenants.scoping import Scope
 
 TENANT_CA_VALID_DAYS = 5 * 365
 CRL_VALIDITY = dt.timedelta(days=1)
@@ -89,7 +92,8 @@ def anchor_publish(*, authority: CertificateAuthority) -> None:
 
 
 def active_ca(tenant: Tenant) -> CertificateAuthority:
-    authority = CertificateAuthority.objects.filter(tenant=tenant, status=CertificateAuthority.Status.ACTIVE).first()
+    authorities = selectors.authority_list(scope=Scope.of_tenant(tenant))
+    authority = authorities.filter(status=CertificateAuthority.Status.ACTIVE).first()
     if authority is None:
         raise Conflict(f"Tenant '{tenant.slug}' has no active issuing CA.")
     return authority
@@ -124,14 +128,14 @@ class Issued:
 
 
 def _usable_group(device: Device) -> DeviceGroup:
+    """The device's group, if the policy lets ``device`` get a certificate (an InvalidInput,
+    with the group's refusal as a field error, if not)."""
     group = device.group
-    if group.credential_policy == DeviceGroup.CredentialPolicy.OAUTH2:
-        raise InvalidInput(
-            f"Device group '{group.slug}' uses OAuth2 tokens only; it issues no certificates.",
-            fields=[{"pointer": "/", "code": "credential_policy", "message": "The group's policy is OAuth2 only."}],
-        )
-    if device.status != Device.Status.ACTIVE:
-        raise InvalidInput(f"Device '{device.device_id}' is {device.status}; enable it first.")
+    refusal = policy.holder_refusal(policy.Use.CERTIFICATE_ISSUANCE, tenant_status=device.tenant.status,
+                                    device_status=device.status, credential_policy=group.credential_policy,
+                                    tenant=device.tenant.slug, device=device.device_id, group=group.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
     return group
 
 
@@ -310,18 +314,11 @@ def group_certificates_revoke(*, actor: Actor, group: DeviceGroup, reason: str) 
                         extra={"group": group.slug})  # fmt: skip
 
 
-def certificate_get(*, tenant: Tenant, serial: str) -> Certificate:
-    found = Certificate.objects.filter(tenant=tenant, serial=serial.lower()).select_related("ca", "tenant").first()
-    if found is None:
-        raise NotFound(f"No certificate {serial}.")
-    return found
-
-
 def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
     """Revoke every issuing CA of ``tenant`` in the platform root's CRL (tenant deletion):
     every certificate they issued stops validating at once, on Kafka and at nginx alike."""
     now = timezone.now()
-    authorities = list(CertificateAuthority.objects.filter(tenant=tenant).select_related("tenant"))
+    authorities = list(selectors.authority_list(scope=Scope.of_tenant(tenant)))
     serials = [authority.serial for authority in authorities]
     anchors = [crl_name(authority) for authority in authorities]
     entries = [ca.Revoked(int(s, 16), now, x509.ReasonFlags.cessation_of_operation) for s in serials]
@@ -336,26 +333,31 @@ def tenant_cas_revoke(*, actor: Actor, tenant: Tenant) -> list[str]:
 RENEWAL_OVERLAP = dt.timedelta(hours=24)
 
 
+def _presented_may_act(use: str, presented: Certificate, *, now: dt.datetime) -> None:
+    """What EST asks of the certificate a device presents (``tenants.policy``): the
+    certificate itself, that its device still exists, then its device and tenant."""
+    refusal = policy.certificate_refusal(use, status=presented.status, not_after=presented.not_after,
+                                         overlap_until=presented.overlap_until, now=now)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+    device = presented.device
+    if device is None:
+        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
+    refusal = policy.holder_refusal(use, tenant_status=device.tenant.status, device_status=device.status,
+                                    credential_policy=device.group.credential_policy, tenant=device.tenant.slug,
+                                    device=device.device_id, group=device.group.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+
+
 def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
     """EST re-enrollment (RFC 7030 §4.2.2): a device proves itself with its current, valid
     certificate and gets a new one for the key in its CSR.  The old one stays valid for
     ``RENEWAL_OVERLAP`` and is then retired by the rotation task."""
-    from config.errors import PermissionDenied, Unauthenticated
-
     now = timezone.now()
-    if presented.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
-    if presented.not_after <= now:
-        raise Unauthenticated("This certificate has expired; enroll again.", code="certificate_expired")
-    if presented.status == Certificate.Status.SUPERSEDED:
-        raise Conflict(
-            "This certificate was already renewed; renew with the newest one.", code="certificate_superseded"
-        )
+    _presented_may_act(policy.Use.EST_RENEWAL, presented, now=now)
     device = presented.device
-    if device is None:
-        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
-    if not device.tenant.is_active:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
+    assert device is not None  # _presented_may_act refused a certificate without one
     try:
         csr = ca.load_csr(csr_pem)
         key_type = ca.check_csr(csr)
@@ -388,21 +390,12 @@ def certificate_renew(*, presented: Certificate, csr_pem: bytes) -> Issued:
 def certificate_collect_successor(*, presented: Certificate) -> tuple[Certificate, str]:
     """Hand a device the successor rotation issued for it, with its key, exactly once
     (EST serverkeygen).  The stored encrypted key is wiped in the same transaction."""
-    from config.errors import PermissionDenied
-
-    if presented.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("This certificate is revoked.", code="certificate_revoked")
-    device = presented.device
-    if device is None:
-        raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
-    if not device.tenant.is_active:
-        raise PermissionDenied(f"Tenant '{device.tenant.slug}' is suspended.", code="tenant_suspended")
-    if device.status != Device.Status.ACTIVE:
-        raise PermissionDenied(f"Device '{device.device_id}' is {device.status}.", code="device_disabled")
+    _presented_may_act(policy.Use.EST_COLLECT, presented, now=timezone.now())
     with transaction.atomic():
         successor = (
             Certificate.objects.select_for_update()
-            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)
+            # pk=None (no successor) matches no row: the NotFound below answers it.
+            .filter(pk=presented.superseded_by_id, status=Certificate.Status.ACTIVE)  # type: ignore[misc]
             .exclude(pending_key_encrypted="")
             .first()
         )
@@ -431,7 +424,7 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
     if not items:
         raise InvalidInput("The request names no devices.")
     named = [str(i.get("device_id", "")) for i in items]
-    found = Device.objects.filter(tenant=tenant, device_id__in=named).select_related("group", "tenant")
+    found = device_selectors.device_list(scope=Scope.of_tenant(tenant)).filter(device_id__in=named)
     devices = {d.device_id: d for d in found}
     errors: list[dict[str, str]] = []
     plans: list[tuple[Device, ca.PublicKey | None, ca.KeyType]] = []
@@ -458,9 +451,9 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
             except ca.CsrProblem as problem:
                 errors.append({"pointer": f"{pointer}/csr", "code": problem.code, "message": str(problem)})
                 continue
-            public_key = csr.public_key()
-            assert isinstance(public_key, ca.PublicKey)
-            plans.append((device, public_key, key_type))
+            csr_key = csr.public_key()
+            assert isinstance(csr_key, ca.PublicKey)
+            plans.append((device, csr_key, key_type))
         else:
             plans.append((device, None, ca.KeyType(device.group.cert_key_type)))
     if errors:

@@ -13,20 +13,20 @@ from urllib.parse import unquote
 from cryptography import x509
 from django.conf import settings
 from django.http import HttpRequest
+from django.utils import timezone
 
 from certs import ca
 from certs.models import Certificate
 from config.errors import PermissionDenied, Unauthenticated
+from tenants import policy
 
-# nginx's $ssl_client_verify reasons (OpenSSL's X509_verify_cert_error_string) -> stable codes.
+# nginx's $ssl_client_verify reasons (OpenSSL's X509_verify_cert_error_string) -> what
+# tenants.policy answers for them: (code, error class, message).
+_TLS = policy.WORDING[policy.Use.TLS_CLIENT]
 VERIFY_REASONS = {
-    "certificate has expired": ("certificate_expired", Unauthenticated, "The client certificate has expired."),
-    "certificate revoked": ("certificate_revoked", PermissionDenied, "The client certificate is revoked."),
-    "certificate is not yet valid": (
-        "certificate_not_yet_valid",
-        Unauthenticated,
-        "The client certificate is not valid yet.",
-    ),
+    "certificate has expired": _TLS["certificate_expired"],
+    "certificate revoked": _TLS["certificate_revoked"],
+    "certificate is not yet valid": _TLS["certificate_not_yet_valid"],
 }
 
 
@@ -73,6 +73,8 @@ def client_certificate_record(request: HttpRequest) -> Certificate:
         raise PermissionDenied("This certificate was not issued by Sluice.", code="unknown_certificate")
     # nginx refuses a revoked certificate once its CRL is loaded; the row is the authority in
     # the moments between a revocation's commit and nginx's reload.
-    if record.status == Certificate.Status.REVOKED:
-        raise PermissionDenied("The client certificate is revoked.", code="certificate_revoked")
+    refusal = policy.certificate_refusal(policy.Use.TLS_CLIENT, status=record.status, not_after=record.not_after,
+                                         overlap_until=record.overlap_until, now=timezone.now())  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
     return record

@@ -14,6 +14,7 @@ from django.contrib.admin.apps import AdminConfig
 from django.contrib.auth.apps import AuthConfig
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, URLResolver
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,17 @@ class Overview:
 
 def console_overview(*, user: Any) -> Overview:
     from certs.selectors import certificates_expiring
-    from devices.models import Device
+    from devices.selectors import device_list
     from ingest.selectors import refusals_last_hour
     from tenants.scoping import scope_for
+    from tenants.selectors import tenant_list
 
     scope = scope_for(user)
-    tenants = scope.tenants()
     return Overview(
-        tenants=tenants.count(),
-        devices=Device.objects.filter(tenant__in=tenants).count(),
-        certificates_expiring=certificates_expiring(tenants=tenants).count(),
-        refusals_last_hour=refusals_last_hour(tenant_ids=None if scope.is_operator else sorted(scope.roles)),
+        tenants=tenant_list(scope=scope).count(),
+        devices=device_list(scope=scope).count(),
+        certificates_expiring=certificates_expiring(scope=scope).count(),
+        refusals_last_hour=refusals_last_hour(scope=scope),
         is_operator=scope.is_operator,
     )
 
@@ -54,6 +55,12 @@ class SluiceAdminSite(AdminSite):
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         context = {**(extra_context or {}), "overview": console_overview(user=request.user)}
         return super().index(request, context)
+
+    def get_urls(self) -> list[URLPattern | URLResolver]:
+        # Without Django's "view on site" redirect (/admin/r/<content type>/<id>/): no Sluice
+        # model has a page outside the console, and its 404 told any signed-in user whether a
+        # row of any tenant exists ("has no get_absolute_url" against "doesn't exist").
+        return [url for url in super().get_urls() if getattr(url, "name", None) != "view_on_site"]
 
 
 class SluiceAdminConfig(AdminConfig):

@@ -24,7 +24,7 @@ class SluiceError(Exception):
     """Base of every expected failure; ``code`` is stable, ``status`` is the HTTP status."""
 
     code = "error"
-    status = status.HTTP_400_BAD_REQUEST
+    status: int = status.HTTP_400_BAD_REQUEST
     # Seconds a client should wait before trying again (sent as Retry-After, RFC 9110
     # §10.2.3); set on errors that say "not now" rather than "not like this".
     retry_after: int | None = None
@@ -146,6 +146,7 @@ def _one(item: Any, pointer: str) -> dict[str, str]:
 
 
 def from_django(error: DjangoValidationError, pointer: str = "") -> InvalidInput:
+    detail: dict[str, list[exceptions.ErrorDetail]] | list[exceptions.ErrorDetail]
     if hasattr(error, "error_dict"):
         detail = {k: [exceptions.ErrorDetail(m, code=e.code or "invalid") for e in v for m in e.messages]
                   for k, v in error.error_dict.items()}  # fmt: skip
@@ -227,7 +228,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response = exception_handler(exc, context)
     if response is not None and isinstance(exc, exceptions.APIException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        response.data = error_body(exc.get_codes() if isinstance(exc.get_codes(), str) else "error", detail)
+        codes = exc.get_codes()
+        response.data = error_body(codes if isinstance(codes, str) else "error", detail)
     return response
 
 

@@ -5,7 +5,7 @@ streams are provisioned in Kafka after the admin's transaction commits."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
@@ -22,6 +22,11 @@ from ingest import registry
 from tenants.admin import status_badge
 from tenants.admin_scoping import ServiceForm, ServiceRejected, TenantScopedAdmin
 from tenants.audit import Actor
+
+if TYPE_CHECKING:
+    # django-stubs' names for what get_fields and get_fieldsets return.
+    from django.contrib.admin.options import _FieldGroups as FieldGroups
+    from django.contrib.admin.options import _FieldsetSpec as FieldsetSpec
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 
@@ -78,7 +83,7 @@ def _schema_state(stream: Stream) -> _SchemaState:
 
 
 @admin.register(Stream)
-class StreamAdmin(TenantScopedAdmin):
+class StreamAdmin(TenantScopedAdmin[Stream]):
     form = StreamForm
     immutable_fields = ("tenant", "region", "type", "retention_class", "replication_factor")
     list_display = ("kafka_topic", "tenant", "status_display", "partitions", "replication_factor", "retention_class",
@@ -90,7 +95,7 @@ class StreamAdmin(TenantScopedAdmin):
                        "schema_current", "schema_versions")  # fmt: skip
     SCHEMA_INPUT = ("schema_type", "schema")
 
-    def get_fieldsets(self, request: HttpRequest, obj: Stream | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Stream | None = None) -> FieldsetSpec:
         topic = ("retention_class", "custom_retention_hours", "partitions", "replication_factor", "compression",
                  "cleanup_policy")  # fmt: skip
         if obj is None:
@@ -103,7 +108,7 @@ class StreamAdmin(TenantScopedAdmin):
                             "description": "Optional: the first version of the records' schema, registered under "
                                            "the stream's subject &lt;topic&gt;-value."}),
             ]  # fmt: skip
-        schema = ("schema_current", "schema_versions")
+        schema: tuple[str, ...] = ("schema_current", "schema_versions")
         if self.has_change_permission(request, obj):
             schema += self.SCHEMA_INPUT
         return [
@@ -197,7 +202,8 @@ class DeviceGroupForm(ServiceForm):
     the same change names them (then they must match it)."""
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data  # what ModelForm.clean returns (django-stubs allows None)
         if "stream" in self.changed_data and self.instance.pk is not None:
             for name in DeviceGroup.FOLLOWS_STREAM:
                 if name not in self.changed_data:
@@ -206,7 +212,7 @@ class DeviceGroupForm(ServiceForm):
 
 
 @admin.register(DeviceGroup)
-class DeviceGroupAdmin(TenantScopedAdmin):
+class DeviceGroupAdmin(TenantScopedAdmin[DeviceGroup]):
     form = DeviceGroupForm
     immutable_fields = ("tenant", "slug")
     list_display = ("slug", "tenant", "name", "stream", "credential_policy", "kafka_direct", "rate_limit_per_second",
@@ -219,16 +225,16 @@ class DeviceGroupAdmin(TenantScopedAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeviceGroup]:
         return super().get_queryset(request).annotate(device_total=Count("devices"))
 
-    def get_fieldsets(self, request: HttpRequest, obj: DeviceGroup | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: DeviceGroup | None = None) -> FieldsetSpec:
         identity = ("tenant", "slug", "name") if obj is None else ("tenant", "slug", "name", "kafka_principal")
-        fieldsets: list[tuple[str | None, dict]] = [
+        fieldsets: FieldsetSpec = [
             (None, {"fields": identity}),
             ("Data", {"fields": ("region", "device_type", "stream", "schema_subject", "rate_limit_per_second")}),
             ("Credentials", {"fields": ("credential_policy", "kafka_direct", "cert_key_type", "cert_lifetime_days",
                                         "cert_renewal_window_days")}),
         ]  # fmt: skip
         if obj is not None:
-            fieldsets.append(("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}))
+            fieldsets = [*fieldsets, ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)})]
         return fieldsets
 
     @admin.display(description="devices", ordering="device_total")
@@ -253,7 +259,7 @@ class DeviceForm(ServiceForm):
 
 
 @admin.register(Device)
-class DeviceAdmin(TenantScopedAdmin):
+class DeviceAdmin(TenantScopedAdmin[Device]):
     form = DeviceForm
     immutable_fields = ("tenant", "device_id")
     list_display = ("device_id", "tenant", "group", "status_display", "last_seen_at", "created_at")
@@ -263,8 +269,8 @@ class DeviceAdmin(TenantScopedAdmin):
     readonly_fields = ("last_seen_at", "created_at", "updated_at")
     show_full_result_count = False  # tenants have up to 100k devices; skip the second COUNT(*)
 
-    def get_fields(self, request: HttpRequest, obj: Device | None = None) -> list[str]:
-        fields = ["tenant", "device_id", "group", "status", "labels"]
+    def get_fields(self, request: HttpRequest, obj: Device | None = None) -> FieldGroups:
+        fields: FieldGroups = ["tenant", "device_id", "group", "status", "labels"]
         return fields if obj is None else [*fields, "last_seen_at", "created_at", "updated_at"]
 
     @admin.display(description="status", ordering="status")

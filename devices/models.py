@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from tenants import states
 from tenants.models import SLUG_REGEX, SLUG_RULE, Tenant, slug_validator
 
 HOUR_MS = 3_600_000
@@ -134,9 +135,9 @@ class DeviceGroup(models.Model):
     (``kafka_direct``; each credential then has its principal ``<tenant>.<group>.<id>``)."""
 
     class CredentialPolicy(models.TextChoices):
-        MTLS = "mtls", "mTLS client certificate"
-        OAUTH2 = "oauth2", "OAuth2 bearer token"
-        BOTH = "both", "either"
+        MTLS = states.MTLS, "mTLS client certificate"
+        OAUTH2 = states.OAUTH2, "OAuth2 bearer token"
+        BOTH = states.BOTH, "either"
 
     class KeyType(models.TextChoices):
         EC_P256 = "ec-p256", "ECDSA P-256"
@@ -238,8 +239,8 @@ class Device(models.Model):
     """One device of a tenant, in exactly one group of the same tenant."""
 
     class Status(models.TextChoices):
-        ACTIVE = "active"
-        DISABLED = "disabled"
+        ACTIVE = states.ACTIVE
+        DISABLED = states.DISABLED
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="devices")
     group = models.ForeignKey(

@@ -1,8 +1,9 @@
-"""Reads on streams that need more than one query: a stream's schema versions, as the
-registry holds them and as Sluice's audit log remembers who registered them.
+"""Reads of streams, device groups and devices, and of a stream's schema versions (as the
+registry holds them and as Sluice's audit log remembers who registered them).
 
-Every function takes the stream, already resolved inside the caller's tenant scope (the API's
-``tenant_stream``, the console's scoped queryset): a stream is never looked up by id here."""
+The list and get functions take the caller's ``Scope`` (``tenants.scoping``) as a required
+keyword: a tenant scope never returns another tenant's rows.  The schema reads take a stream
+already resolved inside that scope (``stream_get``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,55 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from config.errors import Conflict
-from devices.models import Stream
+from django.db.models import QuerySet
+
+from config.errors import Conflict, NotFound
+from devices.models import Device, DeviceGroup, Stream
 from ingest import registry
 from tenants.models import AuditEvent
+from tenants.scoping import Scope, restrict
 
 SCHEMA_REGISTER = "schema.register"
+
+
+# -- streams, groups, devices --------------------------------------------------------------
+
+
+def stream_list(*, scope: Scope) -> QuerySet[Stream]:
+    return restrict(Stream.objects.select_related("tenant"), scope=scope)
+
+
+def stream_get(*, scope: Scope, pk: int) -> Stream:
+    """The stream ``pk`` in ``scope``; NotFound for one outside it, as for none."""
+    stream = stream_list(scope=scope).filter(pk=pk).first()
+    if stream is None:
+        raise NotFound(f"No stream {pk}.")
+    return stream
+
+
+def group_list(*, scope: Scope) -> QuerySet[DeviceGroup]:
+    return restrict(DeviceGroup.objects.select_related("tenant", "stream__tenant"), scope=scope)
+
+
+def group_get(*, scope: Scope, slug: str) -> DeviceGroup:
+    group = group_list(scope=scope).filter(slug=slug).first()
+    if group is None:
+        raise NotFound(f"No device group '{slug}'.")
+    return group
+
+
+def device_list(*, scope: Scope) -> QuerySet[Device]:
+    return restrict(Device.objects.select_related("tenant", "group__stream__tenant"), scope=scope)
+
+
+def device_get(*, scope: Scope, device_id: str) -> Device:
+    device = device_list(scope=scope).filter(device_id=device_id).first()
+    if device is None:
+        raise NotFound(f"No device '{device_id}'.")
+    return device
+
+
+# -- a stream's schema -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -43,7 +87,7 @@ def _registrations(stream: Stream, subject: str) -> dict[int, AuditEvent]:
     name starts again at version 1."""
     events = AuditEvent.objects.filter(tenant=stream.tenant, action=SCHEMA_REGISTER, object_repr=subject,
                                        created_at__gte=stream.created_at).order_by("created_at")  # fmt: skip
-    return {int(e.after["version"]): e for e in events if isinstance((e.after or {}).get("version"), int)}
+    return {int((e.after or {})["version"]): e for e in events if isinstance((e.after or {}).get("version"), int)}
 
 
 def _with_registration(found: registry.RegisteredVersion, event: AuditEvent | None) -> SchemaVersion:

@@ -15,13 +15,14 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError, Sum
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, from_django, validate_model
+from config.errors import Conflict, InvalidInput, QuotaExceeded, from_django, validate_model
 from devices import selectors, topics
 from devices.models import Device, DeviceGroup, Stream, min_insync_replicas
 from ingest import registry
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.models import Tenant
 from tenants.rights import rights_changed
+from tenants.scoping import Scope
 
 STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_policy", "custom_retention_hours")
 GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
@@ -81,7 +82,7 @@ def _check_stream_quota(tenant: Tenant, *, stream: Stream, adding_stream: bool) 
         raise InvalidInput(message, fields=[{"pointer": "/partitions", "code": "max_value", "message": message}])
     locked = Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
     limits = locked if locked is not None else tenant
-    others = Stream.objects.filter(tenant=tenant).exclude(pk=stream.pk)
+    others = selectors.stream_list(scope=Scope.of_tenant(tenant)).exclude(pk=stream.pk)
     if adding_stream:
         count = others.count()
         if count + 1 > limits.max_streams:
@@ -149,7 +150,7 @@ def stream_delete(*, actor: Actor, stream: Stream) -> None:
             audit_record(actor=actor, tenant=stream.tenant, action="stream.delete", obj=stream, before=before)
             stream.delete()
             transaction.on_commit(lambda: topics_delete_task.delay([topic]))
-            if not DeviceGroup.objects.filter(tenant=stream.tenant, schema_subject=subject).exists():
+            if not selectors.group_list(scope=Scope.of_tenant(stream.tenant)).filter(schema_subject=subject).exists():
                 transaction.on_commit(lambda: subjects_delete_task.delay(subjects=[subject]))
     except ProtectedError:
         names = ", ".join(sorted(g.slug for g in stream.groups.all()))
@@ -262,7 +263,7 @@ def _own_stream(tenant: Tenant, stream: Any) -> Stream:
     """Resolve a stream reference inside ``tenant`` only; another tenant's stream is
     reported exactly like a missing one."""
     stream_id = stream.pk if isinstance(stream, Stream) else stream
-    found = Stream.objects.filter(tenant=tenant, pk=stream_id).first()
+    found = selectors.stream_list(scope=Scope.of_tenant(tenant)).filter(pk=stream_id).first()
     if found is None:
         raise InvalidInput(
             f"No stream {stream_id} in tenant '{tenant.slug}'.",
@@ -287,7 +288,8 @@ def group_create(*, actor: Actor, tenant: Tenant, stream: Any, **values: Any) ->
     values["schema_subject"] = values.get("schema_subject") or registry.value_subject(target.topic)
     group = DeviceGroup(tenant=tenant, stream=target, **values)
     slug = values.get("slug", "")
-    _refuse_duplicate(DeviceGroup.objects.filter(tenant=tenant, slug=slug), "/slug", f"Device group '{slug}'")
+    same_slug = selectors.group_list(scope=Scope.of_tenant(tenant)).filter(slug=slug)
+    _refuse_duplicate(same_slug, "/slug", f"Device group '{slug}'")
     _check_subject(tenant, group.schema_subject)
     validate_model(group)
     with transaction.atomic():
@@ -353,8 +355,8 @@ def _own_group(tenant: Tenant, group: Any, pointer: str = "/group") -> DeviceGro
     """A group reference (id, slug or object) inside ``tenant`` only."""
     if isinstance(group, DeviceGroup):
         group = group.pk
-    lookup = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
-    found = DeviceGroup.objects.filter(tenant=tenant, **lookup).first()
+    lookup: dict[str, int | str] = {"pk": group} if isinstance(group, int) else {"slug": str(group)}
+    found = selectors.group_list(scope=Scope.of_tenant(tenant)).filter(**lookup).first()
     if found is None:
         raise InvalidInput(
             f"No device group '{group}' in tenant '{tenant.slug}'.",
@@ -367,7 +369,7 @@ def _check_quota(tenant: Tenant, adding: int) -> None:
     """Call inside the writing transaction: the tenant row lock (PostgreSQL) or the
     IMMEDIATE transaction (SQLite) makes concurrent imports count one after the other."""
     Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
-    current = Device.objects.filter(tenant=tenant).count()
+    current = selectors.device_list(scope=Scope.of_tenant(tenant)).count()
     if current + adding > tenant.max_devices:
         raise QuotaExceeded(
             f"Tenant '{tenant.slug}' may have {tenant.max_devices} devices; it has {current} and this adds {adding}."
@@ -387,7 +389,8 @@ def device_create(*, actor: Actor, tenant: Tenant, group: Any, device_id: str, l
     labels = {} if labels is None else labels
     _check_labels(labels, "/labels")
     device = Device(tenant=tenant, group=_own_group(tenant, group), device_id=device_id, labels=labels, status=status)
-    _refuse_duplicate(Device.objects.filter(tenant=tenant, device_id=device_id), "/device_id", f"Device '{device_id}'")
+    same_id = selectors.device_list(scope=Scope.of_tenant(tenant)).filter(device_id=device_id)
+    _refuse_duplicate(same_id, "/device_id", f"Device '{device_id}'")
     validate_model(device)
     try:
         with transaction.atomic():
@@ -468,8 +471,9 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
         raise PayloadTooLarge(f"A bulk import takes at most {limit} devices; this one has {len(rows)}.")
     if not rows:
         raise InvalidInput("The import has no rows.")
-    groups = {g.slug: g for g in DeviceGroup.objects.filter(tenant=tenant)}
-    existing = set(Device.objects.filter(tenant=tenant, device_id__in=[str(r.get("device_id", "")) for r in rows])
+    scope = Scope.of_tenant(tenant)
+    groups = {g.slug: g for g in selectors.group_list(scope=scope)}
+    existing = set(selectors.device_list(scope=scope).filter(device_id__in=[str(r.get("device_id", "")) for r in rows])
                    .values_list("device_id", flat=True))  # fmt: skip
     errors: list[dict[str, str]] = []
     seen: dict[str, int] = {}
@@ -523,10 +527,3 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
         raise Conflict("Some of these devices were created meanwhile by another request; nothing was imported. "
                        "Retry to see which.", code="unique") from None  # fmt: skip
     return created
-
-
-def device_get(*, tenant: Tenant, device_id: str) -> Device:
-    device = Device.objects.filter(tenant=tenant, device_id=device_id).select_related("group").first()
-    if device is None:
-        raise NotFound(f"No device '{device_id}'.")
-    return device

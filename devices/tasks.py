@@ -14,7 +14,9 @@ from devices import services, topics
 from devices.models import Stream
 from tenants.models import Tenant
 
-RETRY = {"autoretry_for": (KafkaException,), "retry_backoff": 2, "retry_backoff_max": 120, "max_retries": 10}
+RETRY: dict[str, Any] = {
+    "autoretry_for": (KafkaException,), "retry_backoff": 2, "retry_backoff_max": 120, "max_retries": 10
+}
 
 
 @shared_task(name="devices.stream_provision", **RETRY)

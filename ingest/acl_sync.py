@@ -60,6 +60,7 @@ from ingest.acls import (
     TenantSnapshot,
     acl_bindings_for,
     describe_binding,
+    enum_name,
     is_managed,
     managed_principal_tenant,
     managed_tenant_slugs,
@@ -99,8 +100,9 @@ MAX_PRINCIPALS_PER_SYNC = 64
 # Kafka filters match principals exactly, never by prefix, so a tenant's namespace
 # (``User:<slug>.*``, ``iot.<slug>.*``) cannot be asked for; reconcile lists every binding
 # once and classifies it here.
-ALL_ACLS = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
-                            AclPermissionType.ANY)  # fmt: skip
+# A filter's None matches any value (confluent-kafka's docs), though its annotations say str.
+ALL_ACLS = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 @dataclass
@@ -186,9 +188,9 @@ def tenant_snapshot(tenant: Tenant, *, principals: Iterable[str] | None = None) 
         "client_id", "scopes", "device__group_id", "group_id", "device__status"
     ):
         device_active = None if device_status is None else device_status == Device.Status.ACTIVE
-        facts = ClientFacts(client_id=client_id, active=True, scopes=frozenset(scopes or ()),
-                            device_active=device_active)  # fmt: skip
-        by_group.setdefault(device_group_id or gateway_group_id, ([], []))[1].append(facts)
+        client = ClientFacts(client_id=client_id, active=True, scopes=frozenset(scopes or ()),
+                             device_active=device_active)  # fmt: skip
+        by_group.setdefault(device_group_id or gateway_group_id, ([], []))[1].append(client)
     groups = DeviceGroup.objects.filter(tenant=tenant).select_related("stream", "tenant").order_by("slug")
     return TenantSnapshot(
         slug=tenant.slug,
@@ -228,14 +230,16 @@ def tenant_topics(tenant_slug: str) -> list[str]:
 
 
 def principal_filter(principal: str) -> AclBindingFilter:
-    return AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None, AclOperation.ANY,
-                            AclPermissionType.ANY)  # fmt: skip
+    # None matches any value (see ALL_ACLS for the ignore).
+    return AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 def topic_filter(topic: str) -> AclBindingFilter:
     """Every binding on exactly this topic name (LITERAL: not prefixes that cover it)."""
-    return AclBindingFilter(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, None, None, AclOperation.ANY,
-                            AclPermissionType.ANY)  # fmt: skip
+    # None matches any value (see ALL_ACLS for the ignore).
+    return AclBindingFilter(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, None, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 def described(admin: AdminClient, filters: Iterable[AclBindingFilter]) -> set[AclBinding]:
@@ -314,11 +318,11 @@ def _audit(actor: Actor, tenant_slug: str, action: str, bindings: list[AclBindin
         line = describe_binding(binding)
         record = {
             "principal": binding.principal,
-            "resource_type": binding.restype.name,
+            "resource_type": enum_name(binding.restype),
             "resource_name": binding.name,
-            "pattern_type": binding.resource_pattern_type.name,
-            "operation": binding.operation.name,
-            "permission": binding.permission_type.name,
+            "pattern_type": enum_name(binding.resource_pattern_type),
+            "operation": enum_name(binding.operation),
+            "permission": enum_name(binding.permission_type),
             "host": binding.host,
         }
         before, after = (record, None) if action == "acl.delete" else (None, record)

@@ -16,6 +16,7 @@ What a tenant gets, and why (the broker runs ``StandardAuthorizer`` with
   and it cannot close a connection on request; it does authorize every request against the
   ACLs.  So ending one credential's right is removing its one binding, and an
   already-connected producer is refused at its next produce.
+  Who is usable is ``tenants.policy``'s to decide (``Use.KAFKA_CERTIFICATE``, ``Use.KAFKA_CLIENT``):
   - A certificate is usable while it is active (or superseded and inside its overlap), has
     not expired, its device is active and still in the group its principal names, and the
     group's credential policy admits certificates.
@@ -41,6 +42,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 from confluent_kafka.admin import (
     AclBinding,
@@ -51,6 +53,7 @@ from confluent_kafka.admin import (
 )
 
 from certs.principals import CREDENTIAL_ID, credential_principal, group_principal
+from tenants import policy
 
 ANY_HOST = "*"
 # Mirrors tenants.models.SLUG_REGEX (kept here so this module needs no Django): lowercase,
@@ -60,9 +63,6 @@ _SLUG = r"[a-z][a-z0-9-]{0,38}[a-z0-9]"
 _MANAGED_PRINCIPAL = re.compile(rf"^User:({_SLUG})\.({_SLUG})(?:\.({CREDENTIAL_ID}))?$")
 _TENANT_TOPIC = re.compile(rf"^iot\.({_SLUG})\.")
 CREDENTIAL_OPERATION = AclOperation.WRITE
-KAFKA_PRODUCE = "kafka:produce"  # tenants.oauth.scopes.KAFKA_PRODUCE (no Django here)
-CERTIFICATE_POLICIES = frozenset({"mtls", "both"})
-OAUTH_POLICIES = frozenset({"oauth2", "both"})
 
 
 @dataclass(frozen=True)
@@ -113,15 +113,22 @@ class TenantSnapshot:
         return f"iot.{self.slug}."
 
 
+def enum_name(field: Enum | str | int) -> str:
+    """The name of a binding's enum field.  AclBinding's constructor turns a str or int into
+    the enum; confluent-kafka's annotations keep the union the constructor accepts."""
+    assert isinstance(field, Enum)
+    return field.name
+
+
 def binding_key(binding: AclBinding) -> tuple[str, ...]:
     """A total order on bindings by their readable fields (the enums have no order)."""
     return (
         binding.principal,
-        binding.restype.name,
+        enum_name(binding.restype),
         binding.name,
-        binding.resource_pattern_type.name,
-        binding.operation.name,
-        binding.permission_type.name,
+        enum_name(binding.resource_pattern_type),
+        enum_name(binding.operation),
+        enum_name(binding.permission_type),
         binding.host,
     )
 
@@ -134,8 +141,8 @@ def describe_binding(binding: AclBinding) -> str:
     """One line for reports and the audit log, e.g.
     ``ALLOW User:acme.sensors.crt_1f… WRITE TOPIC:LITERAL:iot.acme.eu.temperature host=*``."""
     return (
-        f"{binding.permission_type.name} {binding.principal} {binding.operation.name} "
-        f"{binding.restype.name}:{binding.resource_pattern_type.name}:{binding.name} host={binding.host}"
+        f"{enum_name(binding.permission_type)} {binding.principal} {enum_name(binding.operation)} "
+        f"{enum_name(binding.restype)}:{enum_name(binding.resource_pattern_type)}:{binding.name} host={binding.host}"
     )
 
 
@@ -144,33 +151,60 @@ def credential_binding(principal: str, topic: str) -> AclBinding:
                       CREDENTIAL_OPERATION, AclPermissionType.ALLOW)  # fmt: skip
 
 
-def certificate_usable(certificate: CertificateFacts, *, tenant: str, group: str, now: dt.datetime) -> bool:
-    """Whether this certificate may still act for ``group`` now (its policy aside)."""
-    in_overlap = certificate.overlap_until is not None and certificate.overlap_until > now
-    live = certificate.status == "active" or (certificate.status == "superseded" and in_overlap)
+def _status(active: bool, inactive: str) -> str:
+    return policy.ACTIVE if active else inactive
+
+
+def certificate_usable(
+    certificate: CertificateFacts, *, tenant: str, group: GroupSnapshot, now: dt.datetime, tenant_active: bool = True
+) -> bool:
+    """Whether this certificate may hold a grant in ``group`` now (``tenants.policy``)."""
     # A certificate names the group it was issued for; a device that moved has its old
     # certificates revoked, and until then they act for no group.
-    prefix = group_principal(tenant=tenant, group=group) + "."
+    prefix = group_principal(tenant=tenant, group=group.slug) + "."
     named = certificate.principal.startswith(prefix) and bool(_MANAGED_PRINCIPAL.match(certificate.principal))
-    return live and certificate.not_after > now and certificate.device_active and named
+    own = policy.certificate_refusal(
+        policy.Use.KAFKA_CERTIFICATE,
+        status=certificate.status,
+        not_after=certificate.not_after,
+        overlap_until=certificate.overlap_until,
+        now=now,
+    )
+    holder = policy.holder_refusal(
+        policy.Use.KAFKA_CERTIFICATE,
+        tenant_status=_status(tenant_active, policy.SUSPENDED),
+        device_status=_status(certificate.device_active, policy.DISABLED),
+        credential_policy=group.credential_policy,
+    )
+    return named and own is None and holder is None
 
 
-def client_usable(client: ClientFacts) -> bool:
-    """Whether this OAuth client may produce on Kafka now (its policy aside)."""
-    return client.active and KAFKA_PRODUCE in client.scopes and client.device_active is not False
+def client_usable(client: ClientFacts, *, group: GroupSnapshot, tenant_active: bool = True) -> bool:
+    """Whether this OAuth client may produce on Kafka now (``tenants.policy``)."""
+    refusal = policy.oauth_client_refusal(
+        policy.Use.KAFKA_CLIENT,
+        status=_status(client.active, policy.REVOKED),
+        tenant_status=_status(tenant_active, policy.SUSPENDED),
+        device_status=None if client.device_active is None else _status(client.device_active, policy.DISABLED),
+        credential_policy=group.credential_policy,
+        scopes=client.scopes,
+    )
+    return refusal is None
 
 
-def group_bindings(tenant: str, group: GroupSnapshot, *, now: dt.datetime) -> list[AclBinding]:
-    """The bindings of one group of an active tenant (unsorted)."""
+def group_bindings(
+    tenant: str, group: GroupSnapshot, *, now: dt.datetime, tenant_active: bool = True
+) -> list[AclBinding]:
+    """The bindings of one group (unsorted)."""
     if not group.kafka_direct:
         return []
-    principals: list[str] = []
-    if group.credential_policy in CERTIFICATE_POLICIES:
-        principals += [c.principal for c in group.certificates
-                       if certificate_usable(c, tenant=tenant, group=group.slug, now=now)]  # fmt: skip
-    if group.credential_policy in OAUTH_POLICIES:
-        principals += [credential_principal(tenant=tenant, group=group.slug, credential_id=c.client_id)
-                       for c in group.clients if client_usable(c)]  # fmt: skip
+    principals = [
+        c.principal
+        for c in group.certificates
+        if certificate_usable(c, tenant=tenant, group=group, now=now, tenant_active=tenant_active)
+    ]
+    principals += [credential_principal(tenant=tenant, group=group.slug, credential_id=c.client_id)
+                   for c in group.clients if client_usable(c, group=group, tenant_active=tenant_active)]  # fmt: skip
     return [credential_binding(principal, group.topic) for principal in principals]
 
 
@@ -178,14 +212,14 @@ def acl_bindings_for(tenant: TenantSnapshot, *, now: dt.datetime) -> list[AclBin
     """Every binding ``tenant`` should have on the cluster at ``now``, sorted and without
     duplicates."""
     if not tenant.active:
-        return []
+        return []  # the policy refuses every credential of a suspended tenant
     bindings: list[AclBinding] = []
     for group in tenant.groups:
         # A grant outside the tenant's own namespace would be a cross-tenant leak; the
         # model cannot produce one (a group's stream is its tenant's), so refuse loudly.
         if not group.topic.startswith(tenant.topic_prefix):
             raise ValueError(f"{group.topic} is not a topic of tenant '{tenant.slug}'")
-        bindings += group_bindings(tenant.slug, group, now=now)
+        bindings += group_bindings(tenant.slug, group, now=now, tenant_active=tenant.active)
     for binding in bindings:
         if managed_tenant_slugs(binding) != {tenant.slug}:
             raise ValueError(f"{binding.principal} is not a credential principal of tenant '{tenant.slug}'")

@@ -10,7 +10,7 @@ on a page of its own and audited by the service."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,6 +27,10 @@ from config.errors import SluiceError
 from devices.admin import DeviceAdmin
 from devices.models import Device
 from ingest.selectors import device_activity
+
+if TYPE_CHECKING:
+    # django-stubs' name for what get_fields returns.
+    from django.contrib.admin.options import _FieldGroups as FieldGroups
 
 MAX_CSR_FILE_BYTES = MAX_CSR_CHARS
 
@@ -50,7 +54,8 @@ class IssueForm(forms.Form):
     )  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns (django-stubs allows None)
         upload = data.get("csr_file")
         if upload is not None:
             if upload.size > MAX_CSR_FILE_BYTES:
@@ -78,7 +83,7 @@ class RevokeForm(forms.Form):
 class DevicePageAdmin(DeviceAdmin):
     change_form_template = "admin/devices/device/sluice_change_form.html"
 
-    def get_fields(self, request: HttpRequest, obj: Device | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Device | None = None) -> FieldGroups:
         # The page shows when ingest last saw the device from ingest's own flush (1 s late),
         # not the database's copy, which is written at most once a minute.
         return [name for name in super().get_fields(request, obj) if name != "last_seen_at"]
@@ -98,7 +103,7 @@ class DevicePageAdmin(DeviceAdmin):
         context = dict(extra_context or {})
         if device is not None:
             context.update(
-                certificates=cert_selectors.device_certificates(device=device),
+                certificates=cert_selectors.device_certificates(scope=self.scope(request), device=device),
                 activity=device_activity(device=device),
                 can_change_certificates=self.has_change_permission(request, device),
             )
@@ -162,7 +167,7 @@ class DevicePageAdmin(DeviceAdmin):
 
     def revoke_view(self, request: HttpRequest, object_id: str, serial: str) -> HttpResponse:
         device = self._writable_device(request, object_id)
-        certificate = cert_selectors.device_certificate_get(device=device, serial=serial)
+        certificate = cert_selectors.device_certificate_get(scope=self.scope(request), device=device, serial=serial)
         if certificate is None:
             raise Http404("No such certificate for this device.")
         form = RevokeForm(request.POST or None)

@@ -134,13 +134,18 @@ def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+# Record headers in the type Producer.produce takes (a list is invariant: list[tuple[str, bytes]]
+# would not be accepted, though it is all Sluice ever sends).
+KafkaHeaders = list[tuple[str, str | bytes | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One request's records for Kafka: every record of a request has the same key (the
     device id) and headers (identity and request id), only the values differ."""
 
     key: bytes
-    headers: list[tuple[str, bytes]]
+    headers: KafkaHeaders
     values: list[bytes]
 
 
@@ -189,7 +194,8 @@ class _Waiter:
     def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(error: KafkaError | None, message: Message) -> None:
             if error is None:
-                self.delivered[index] = (message.partition(), message.offset())
+                # A delivered message has both (None is for messages not yet written).
+                self.delivered[index] = (message.partition(), message.offset())  # type: ignore[assignment]
             else:
                 self.errors[index] = error
             self.pending -= 1

@@ -185,4 +185,5 @@ def counters() -> dict[str, int]:
         raw = redis_client().hgetall(COUNTERS_KEY)
     except redis.RedisError:
         return {}
-    return {key.decode(): int(value) for key, value in raw.items()}
+    # A client without decode_responses answers bytes; redis-py types every answer bytes | str.
+    return {key.decode(): int(value) for key, value in raw.items()}  # type: ignore[union-attr]

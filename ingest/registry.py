@@ -128,7 +128,8 @@ def _check_json_schema(parsed: Any) -> None:
     if not isinstance(parsed, dict | bool):
         raise _invalid("Not a valid JSON Schema: it must be a JSON object (or true/false).")
     try:
-        validator_for(parsed, default=Draft7Validator).check_schema(parsed)  # as compile_json_schema
+        # As compile_json_schema.  true/false are schemas too (types-jsonschema says dict only).
+        validator_for(parsed, default=Draft7Validator).check_schema(parsed)  # type: ignore[arg-type]
     except SchemaError as exc:
         where = f" at {exc.json_path}" if exc.json_path != "$" else ""
         raise _invalid(f"Not a valid JSON Schema{where}: {exc.message}") from None
@@ -315,7 +316,7 @@ def _registry_error(exc: SchemaRegistryError, subject: str) -> SluiceError:
     return _invalid(f"The registry refused this schema for subject '{subject}': {reason}")
 
 
-JSON_SCHEMA_OPTIONS = {
+JSON_SCHEMA_OPTIONS: dict[str, Any] = {
     # Formats are asserted on every draft (2019-09 and 2020-12 make them annotations by
     # default; a stream that says "date-time" means it).
     "validate_formats": True,
@@ -501,16 +502,18 @@ def _compile(subject: str, schema_id: int | None, version: int | None, schema: S
             f"The schema under subject '{subject}' is of type {schema_type}; ingest validates AVRO and JSON only.",
             code="schema_not_supported",
         )
-    document = json.loads(schema.schema_str)
+    text = schema.schema_str
+    assert text is not None  # a registered schema always has its text; confluent-kafka types it optional
+    document = json.loads(text)
     prefix = struct.pack(">bI", MAGIC_BYTE, int(schema_id))
     try:
         if schema_type == AVRO:
             # References to other subjects are not resolved: Sluice registers self-contained schemas.
             parsed = fastavro.parse_schema(document)
             validator = compile_json_schema(avro_json_schema(parsed))
-            return LatestSchema(subject, int(schema_id), int(version or 0), AVRO, schema.schema_str, parsed,
+            return LatestSchema(subject, int(schema_id), int(version or 0), AVRO, text, parsed,
                                 validator, AVRO_CODES, prefix)  # fmt: skip
-        return LatestSchema(subject, int(schema_id), int(version or 0), JSON, schema.schema_str, document,
+        return LatestSchema(subject, int(schema_id), int(version or 0), JSON, text, document,
                             compile_json_schema(document), {}, prefix)  # fmt: skip
     except (ValueError, jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
         raise Conflict(

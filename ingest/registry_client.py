@@ -16,7 +16,7 @@ from __future__ import annotations
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 # The registry client's own HTTP library (httpx2, or httpx).
-from confluent_kafka.schema_registry.common._httpx_compat import httpx
+from confluent_kafka.schema_registry.common._httpx_compat import httpx as httpx  # re-exported for sluicectl
 
 from config.env import Runtime
 

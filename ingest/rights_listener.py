@@ -57,6 +57,7 @@ async def listen(cache: IdentityCache, redis_url: str, *, poll: float = 1.0) -> 
             confirmation = await pubsub.get_message(timeout=2.0)
             if confirmation is None or confirmation.get("type") != "subscribe":
                 raise redis.ConnectionError("no subscription confirmation")
+            assert pubsub.connection is not None  # subscribe() connected it
             pubsub.connection.register_connect_callback(reconnections.on_connect)
             cache.set_live(True)
             backoff = 0.05

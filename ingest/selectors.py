@@ -17,6 +17,7 @@ from devices.models import Device
 from ingest import metrics, records
 from ingest.ratelimit import redis_client
 from ingest.registry import latest_schema
+from tenants.scoping import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,17 @@ def device_activity(*, device: Device) -> DeviceActivity:
     return DeviceActivity(known=True, last_seen=seen, refusals=tuple(refusals))
 
 
-def refusals_last_hour(*, tenant_ids: list[int] | None, now: float | None = None) -> int | None:
+def refusals_last_hour(*, scope: Scope, now: float | None = None) -> int | None:
+    """Ingest requests refused in the last hour, of ``scope``'s tenants; the operator scope
+    counts them all, also those no device could be named for.  ``None`` when Redis cannot be
+    read."""
+    if not isinstance(scope, Scope):
+        raise TypeError(f"refusals_last_hour() needs a Scope, not {type(scope).__name__}")
+    ids = scope.tenant_ids
+    return refusals_counted(tenant_ids=None if ids is None else sorted(ids), now=now)
+
+
+def refusals_counted(*, tenant_ids: list[int] | None, now: float | None = None) -> int | None:
     """Ingest requests refused in the last hour (the last 60 one-minute buckets, the current
     one included): of the tenants ``tenant_ids``, or all of them (also those no device could
     be named for) when ``None``.  ``None`` when Redis cannot be read."""

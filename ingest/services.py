@@ -34,19 +34,13 @@ from config.errors import (
 )
 from ingest import records
 from ingest.identity import CertificateGrant, ClientGrant, Identity, Writer
-from ingest.kafka import DeliveryOutcome, IngestProducer, Outgoing
+from ingest.kafka import DeliveryOutcome, IngestProducer, KafkaHeaders, Outgoing
 from ingest.registry import LatestSchema
+from tenants import policy
 from tenants.oauth.tokens import AccessClaims
 
 log = logging.getLogger("sluice.ingest")
 
-# The values of the models' choices, spelled out: this module decides on every request and
-# compares plain strings (tests/ingest check them against the models).
-ACTIVE = "active"
-REVOKED = "revoked"
-SUPERSEDED = "superseded"
-MTLS_POLICIES = ("mtls", "both")
-OAUTH_POLICIES = ("oauth2", "both")
 INGEST_SCOPE = "ingest:write"
 BEARER_REALM = "sluice-ingest"
 KAFKA_RETRY_AFTER = 5
@@ -85,15 +79,15 @@ def certificate_verdict(identity: Identity | None, *, issuer: str, now: float) -
         # The serial is Sluice's, but the issuer nginx verified is another CA: not this row.
         log.warning("ingest: certificate %s presented with issuer %r, recorded %r", grant.serial, issuer, grant.issuer)
         raise PermissionDenied("This certificate was not issued by Sluice.", code="unknown_certificate")
-    if grant.status == REVOKED:
-        raise PermissionDenied("The client certificate was revoked.", code="certificate_revoked")
-    if grant.status == SUPERSEDED and (grant.overlap_until is None or grant.overlap_until <= now):
-        raise PermissionDenied(
-            "The client certificate was renewed and its overlap has ended; use the newest certificate.",
-            code="certificate_superseded",
-        )
-    if grant.not_after <= now:
-        raise Unauthenticated("The client certificate has expired.", code="certificate_expired")
+    refusal = policy.certificate_refusal(
+        policy.Use.INGEST_CERTIFICATE,
+        status=grant.status,
+        not_after=grant.not_after,
+        overlap_until=grant.overlap_until,
+        now=now,
+    )
+    if refusal is not None:
+        raise refusal.exception()
     writer = identity.writer
     if writer is None:
         raise PermissionDenied("The device of this certificate no longer exists.", code="unknown_device")
@@ -102,23 +96,20 @@ def certificate_verdict(identity: Identity | None, *, issuer: str, now: float) -
         # one tenant); refuse rather than write across tenants if the data ever says otherwise.
         log.error("ingest: tenant mismatch for certificate %s (device %s)", grant.serial, writer.pk)
         raise PermissionDenied("This certificate may not write here.", code="tenant_mismatch")
-    device_may_write(writer, policies=MTLS_POLICIES, credential="client certificates")
+    # What both credentials must pass: tenant active, device active, and the group's
+    # credential policy admits this kind of credential.
+    refusal = policy.holder_refusal(
+        policy.Use.INGEST_CERTIFICATE,
+        tenant_status=writer.tenant_status,
+        device_status=writer.status,
+        credential_policy=writer.credential_policy,
+        tenant=writer.tenant_slug,
+        device=writer.device_id,
+        group=writer.group_slug,
+    )
+    if refusal is not None:
+        raise refusal.exception()
     return writer
-
-
-def device_may_write(writer: Writer, *, policies: tuple[str, ...], credential: str) -> None:
-    """What both credentials must pass: tenant active, device active, and the group's
-    credential policy admits this kind of credential."""
-    if writer.tenant_status != ACTIVE:
-        raise PermissionDenied(f"Tenant '{writer.tenant_slug}' is suspended.", code="tenant_suspended")
-    if writer.status != ACTIVE:
-        raise PermissionDenied(f"Device '{writer.device_id}' is {writer.status}.", code="device_disabled")
-    if writer.credential_policy not in policies:
-        raise PermissionDenied(
-            f"Device group '{writer.group_slug}' does not accept {credential} "
-            f"(its credential policy is '{writer.credential_policy}').",
-            code="credential_not_allowed",
-        )
 
 
 _SERIAL = re.compile(r"^-?[0-9A-Fa-f]{1,64}$")
@@ -254,11 +245,22 @@ def token_verdict(claims: AccessClaims, identity: Identity | None, *, device_exi
             "The access token's Kafka principal is not its client's in the device group.",
             code="token_principal_mismatch",
         )
-    device_may_write(writer, policies=OAUTH_POLICIES, credential="OAuth2 tokens")
+    refusal = policy.holder_refusal(
+        policy.Use.INGEST_TOKEN,
+        tenant_status=writer.tenant_status,
+        device_status=writer.status,
+        credential_policy=writer.credential_policy,
+        tenant=writer.tenant_slug,
+        device=writer.device_id,
+        group=writer.group_slug,
+    )
+    if refusal is not None:
+        raise refusal.exception()
     # The token is only as good as its client: a revoked client (or one whose secret leaked
     # and was revoked) stops here at once, not when its tokens expire.
-    if grant.status != ACTIVE:
-        raise TokenRefused("The OAuth client is revoked.", code="client_revoked", error="invalid_token")
+    refusal = policy.client_refusal(policy.Use.INGEST_TOKEN, status=grant.status)
+    if refusal is not None:
+        raise TokenRefused(refusal.message, code=refusal.code, error="invalid_token")
     return writer
 
 
@@ -277,7 +279,7 @@ class Prepared:
 def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSchema, request_id: str) -> Prepared:
     """Validate (all or nothing) and encode one request's records for Kafka."""
     records.validate(parsed, schema)
-    headers = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
+    headers: KafkaHeaders = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
     try:
         values = schema.encode_all(parsed.records)
     except (ValueError, TypeError, OverflowError, struct.error) as exc:

@@ -5,9 +5,12 @@ Scoping and permissions come from ``TenantScopedAdmin``; every write calls a ser
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -15,10 +18,15 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from config.errors import SluiceError
-from tenants import services
+from tenants import selectors, services
 from tenants.admin_scoping import TenantScopedAdmin
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
+from tenants.scoping import scope_for
+
+if TYPE_CHECKING:
+    # django-stubs' name for what get_fieldsets returns.
+    from django.contrib.admin.options import _FieldsetSpec as FieldsetSpec
 
 # The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
 
@@ -40,7 +48,7 @@ def status_badge(value: str, label: str | None = None) -> str:
 
 
 @admin.register(Tenant)
-class TenantAdmin(TenantScopedAdmin):
+class TenantAdmin(TenantScopedAdmin[Tenant]):
     tenant_lookup = "pk"
     operator_only_add = True
     operator_only_delete = True
@@ -60,7 +68,7 @@ class TenantAdmin(TenantScopedAdmin):
             .annotate(device_total=Count("devices", distinct=True), stream_total=Count("streams", distinct=True))
         )
 
-    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> FieldsetSpec:
         if obj is None:
             return [
                 (None, {"fields": ("slug", "name")}),
@@ -162,7 +170,7 @@ class TenantAdmin(TenantScopedAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(TenantScopedAdmin):
+class MembershipAdmin(TenantScopedAdmin[Membership]):
     # Adding offers every user of the platform, so only operators add; tenant admins change
     # roles in their tenants (or add members by username through the API).  There is no
     # service that removes a membership, so the admin does not delete them either.
@@ -189,7 +197,7 @@ class MembershipAdmin(TenantScopedAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(TenantScopedAdmin):
+class ApiTokenAdmin(TenantScopedAdmin[ApiToken]):
     """Tokens are created through the API (the secret is shown once there); here they are
     only listed.  The secret's hash is never shown."""
 
@@ -203,7 +211,7 @@ class ApiTokenAdmin(TenantScopedAdmin):
 
     def scope_queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         # Tokens belong to users, not tenants: operators see all, everyone else their own.
-        return queryset if self.scope(request).is_operator else queryset.filter(user=request.user)
+        return selectors.api_token_list(scope=self.scope(request), own=False)
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_staff
@@ -223,7 +231,7 @@ class ApiTokenAdmin(TenantScopedAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(TenantScopedAdmin):
+class AuditEventAdmin(TenantScopedAdmin[AuditEvent]):
     """The append-only audit log: searchable, filterable, never editable.  Events of a
     deleted tenant (or of no tenant) are visible to operators only."""
 
@@ -252,6 +260,28 @@ def _pretty(value: Any) -> str:
         '<pre style="margin:0;white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2, sort_keys=True)
     )
 
+
+class OperatorsOnlyQueryset:
+    """Django's users and groups are the platform's: only operators see any.  With the stock
+    querysets a tenant admin got 403 for an existing user's history page and the "doesn't
+    exist" redirect for a free id, which told them who exists in other tenants."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)  # type: ignore[misc]
+        return queryset if scope_for(request.user).is_operator else queryset.none()
+
+
+class SluiceUserAdmin(OperatorsOnlyQueryset, UserAdmin):
+    pass
+
+
+class SluiceGroupAdmin(OperatorsOnlyQueryset, GroupAdmin):
+    pass
+
+
+for _model, _model_admin in ((get_user_model(), SluiceUserAdmin), (Group, SluiceGroupAdmin)):
+    admin.site.unregister(_model)
+    admin.site.register(_model, _model_admin)
 
 # OAuth clients live with the authorization server; importing registers their admin page.
 from tenants.oauth import admin as oauth_admin  # noqa: E402, F401

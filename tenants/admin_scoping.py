@@ -1,7 +1,8 @@
 """The one tenant-scoping mixin every Sluice admin page builds on.
 
 The admin is a second door into the same data as the REST API, so it follows the same rules,
-from the same place (``tenants.scoping.scope_for``):
+from the same place (``tenants.scoping``: the user's ``Scope``, applied with ``restrict`` as
+every selector applies it):
 
 * lists and detail pages show only the tenants in the user's scope -- another tenant's
   object is "not found" (the admin's redirect with "doesn't exist"), never shown;
@@ -15,7 +16,7 @@ from the same place (``tenants.scoping.scope_for``):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,9 +28,13 @@ from django.urls import reverse
 from config.errors import SluiceError
 from tenants.audit import Actor
 from tenants.models import Membership, Tenant
-from tenants.scoping import Scope, scope_for
+from tenants.scoping import Scope, restrict, scope_for
+from tenants.selectors import tenant_list
 
 GENERIC_MESSAGES = {"Some fields are invalid."}
+
+# The model a TenantScopedAdmin pages over: its service hooks take and return that model.
+ModelT = TypeVar("ModelT", bound=models.Model)
 
 
 class ServiceRejected(Exception):
@@ -54,7 +59,7 @@ class ServiceForm(forms.ModelForm):
     sluice_error: SluiceError | None = None
 
     def _post_clean(self) -> None:
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # Django's hook after field cleaning; not in django-stubs
         error = self.sluice_error
         if error is None:
             return
@@ -72,7 +77,7 @@ class ServiceForm(forms.ModelForm):
             self.add_error(None, error.message)
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
     """Base of every Sluice ``ModelAdmin``.
 
     Subclasses set ``tenant_lookup`` (the ORM path from the model to its ``Tenant``;
@@ -102,10 +107,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def writable_tenants(self, request: HttpRequest) -> QuerySet[Tenant]:
         """The tenants this user may change: all for operators, else those they administer."""
-        scope = self.scope(request)
-        if scope.is_operator:
-            return Tenant.objects.all()
-        return Tenant.objects.filter(pk__in=[pk for pk, role in scope.roles.items() if role == Membership.Role.ADMIN])
+        return tenant_list(scope=self.scope(request).writable())
 
     def tenant_of(self, obj: models.Model) -> Tenant | None:
         if isinstance(obj, Tenant):
@@ -113,10 +115,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
         return getattr(obj, "tenant", None)
 
     def scope_queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        scope = self.scope(request)
-        if scope.is_operator:
-            return queryset
-        return queryset.filter(**{f"{self.tenant_lookup}__in": scope.tenants()})
+        return restrict(queryset, scope=self.scope(request), lookup=self.tenant_lookup)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return self.scope_queryset(request, super().get_queryset(request))
@@ -155,7 +154,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
         tenant = self.tenant_of(obj)
         return tenant is not None and self.scope(request).can_admin(tenant)
 
-    def has_delete_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: ModelT | None = None) -> bool:
         if self.read_only:
             return False
         if self.operator_only_delete:
@@ -174,7 +173,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     # -- forms -------------------------------------------------------------------------
 
-    def get_readonly_fields(self, request: HttpRequest, obj: models.Model | None = None) -> tuple[str, ...]:
+    def get_readonly_fields(self, request: HttpRequest, obj: ModelT | None = None) -> tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))
         if obj is not None:
             fields += tuple(f for f in self.immutable_fields if f not in fields)
@@ -182,12 +181,12 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def formfield_for_foreignkey(self, db_field: models.ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
         related = db_field.related_model
+        assert not isinstance(related, str)  # "self" is resolved to the model once the apps are loaded
         if related is Tenant:
             kwargs["queryset"] = self.writable_tenants(request)
         elif any(f.name == "tenant" and f.related_model is Tenant for f in related._meta.fields):
-            kwargs["queryset"] = related._default_manager.filter(
-                tenant__in=self.writable_tenants(request)
-            ).select_related("tenant")
+            writable = self.scope(request).writable()
+            kwargs["queryset"] = restrict(related._default_manager.select_related("tenant"), scope=writable)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request: HttpRequest, obj: models.Model | None = None, change: bool = False,
@@ -200,17 +199,17 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     # -- writes through the services ---------------------------------------------------
 
-    def service_create(self, request: HttpRequest, actor: Actor, data: dict[str, Any]) -> models.Model:
+    def service_create(self, request: HttpRequest, actor: Actor, data: dict[str, Any]) -> ModelT:
         raise NotImplementedError
 
-    def service_update(self, request: HttpRequest, actor: Actor, obj: models.Model,
-                       changes: dict[str, Any]) -> models.Model:  # fmt: skip
+    def service_update(self, request: HttpRequest, actor: Actor, obj: ModelT,
+                       changes: dict[str, Any]) -> ModelT:  # fmt: skip
         raise NotImplementedError
 
-    def service_delete(self, request: HttpRequest, actor: Actor, obj: models.Model) -> None:
+    def service_delete(self, request: HttpRequest, actor: Actor, obj: ModelT) -> None:
         raise NotImplementedError
 
-    def save_model(self, request: HttpRequest, obj: models.Model, form: forms.ModelForm, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ModelT, form: forms.ModelForm, change: bool) -> None:
         actor = self.actor(request)
         try:
             if change:
@@ -231,13 +230,13 @@ class TenantScopedAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
         obj._state.adding = False
 
-    def delete_model(self, request: HttpRequest, obj: models.Model) -> None:
+    def delete_model(self, request: HttpRequest, obj: ModelT) -> None:
         try:
             self.service_delete(request, self.actor(request), obj)
         except SluiceError as exc:
             raise ServiceRejected(exc) from exc
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> None:
         for obj in queryset:
             self.delete_model(request, obj)
 

@@ -36,6 +36,7 @@ from config.errors import NotFound
 from tenants.audit import Actor
 from tenants.models import SLUG_REGEX, SLUG_RULE, Tenant
 from tenants.scoping import Scope, scope_for
+from tenants.selectors import tenant_get
 
 # Text the API refuses wherever it reads free text: NUL (DRF's and Django's fields reject it,
 # and PostgreSQL cannot store it).  In ECMA-262 syntax, which JSON Schema patterns use.
@@ -140,7 +141,9 @@ class Page(LimitOffsetPagination):
 
 class ScopedApi(APIView):
     """Base of every API view: ``self.scope`` for the user; ``self.tenant`` for URLs under
-    ``/tenants/<tenant>/`` -- a tenant outside the scope is a 404, whatever the verb.
+    ``/tenants/<tenant>/`` -- a tenant outside the scope is a 404, whatever the verb -- and
+    ``self.tenant_scope``, the user's scope narrowed to it, which the views pass to the
+    selectors (``<app>/selectors.py``) for every read.
 
     ``extra_error_statuses`` names, per method, the error statuses an operation answers
     beyond the ones every operation of its kind answers (see ``SluiceAutoSchema``)."""
@@ -164,8 +167,13 @@ class ScopedApi(APIView):
             slug = self.kwargs["tenant"]
             if not re.fullmatch(SLUG_REGEX, slug):
                 raise NotFound(f"No tenant '{slug}'.")  # no slug can name one; never ask the database
-            self._tenant = self.scope.tenant(slug)
+            self._tenant = tenant_get(scope=self.scope, slug=slug)
         return self._tenant
+
+    @property
+    def tenant_scope(self) -> Scope:
+        """The user's scope narrowed to the URL's tenant: what a read under it may see."""
+        return self.scope.within(self.tenant)
 
     def writable_tenant(self) -> Tenant:
         tenant = self.tenant
@@ -256,7 +264,8 @@ class FieldErrorSerializer(serializers.Serializer):
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable, for programs (e.g. invalid, not_found, quota_exceeded).")
     message = serializers.CharField(help_text="For people.")
-    fields = FieldErrorSerializer(many=True, required=False, help_text="One entry per failing input, when known.")
+    # A declared field named "fields": DRF's metaclass takes it off the class, Serializer.fields stays.
+    fields = FieldErrorSerializer(many=True, required=False, help_text="One entry per failing input, when known.")  # type: ignore[assignment]
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -307,7 +316,7 @@ def _at_least(schema: Any, field: serializers.Field) -> None:
     """Say in ``schema`` how few items a list of objects may have (drf-spectacular does for
     a ListField, not for a serializer with many=True)."""
     if isinstance(field, serializers.ListSerializer) and isinstance(schema, dict):
-        least = field.min_length or (0 if field.allow_empty else 1)
+        least = field.min_length or (0 if field.allow_empty else 1)  # type: ignore[attr-defined]  # not in the stubs
         if least:
             schema.setdefault("minItems", least)
 

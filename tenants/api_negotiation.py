@@ -15,7 +15,8 @@ class IgnoreAcceptNegotiation(DefaultContentNegotiation):
     instead of a 406 (RFC 9110 §12.5.1 lets a server disregard it), so no operation answers
     406.  Views with several renderers (the OpenAPI document: YAML or JSON) still choose."""
 
-    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+    # DRF passes the view's renderers as a list (indexed below); the stubs say any Iterable.
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:  # type: ignore[override]
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except exceptions.NotAcceptable:

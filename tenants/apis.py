@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import PermissionDenied, ServiceUnavailable
-from tenants import services
+from tenants import selectors, services
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
@@ -68,7 +68,7 @@ class TenantUpdateInput(TenantInput):
 class TenantListApi(ScopedApi):
     @extend_schema(responses=TenantOutput(many=True))
     def get(self, request: Request) -> Response:
-        return self.page(self.scope.tenants(), TenantOutput)
+        return self.page(selectors.tenant_list(scope=self.scope), TenantOutput)
 
     @extend_schema(request=TenantInput, responses={201: TenantOutput}, description="Operators only.")
     def post(self, request: Request) -> Response:
@@ -143,7 +143,7 @@ class MembershipInput(StrictSerializer):
 class MembershipListApi(ScopedApi):
     @extend_schema(responses=MembershipOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
-        return self.page(self.tenant.memberships.select_related("user").order_by("user__username"), MembershipOutput)
+        return self.page(selectors.membership_list(scope=self.tenant_scope), MembershipOutput)
 
     @extend_schema(request=MembershipInput, responses={201: MembershipOutput},
                    description="Gives an account a role in the tenant (or changes it).")  # fmt: skip
@@ -185,7 +185,7 @@ AUDIT_PARAMETERS = [
 class AuditListApi(ScopedApi):
     @extend_schema(parameters=AUDIT_PARAMETERS, responses=AuditOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
-        events = AuditEvent.objects.filter(tenant_slug=self.tenant.slug, tenant=self.tenant)
+        events = selectors.audit_event_list(scope=self.tenant_scope)
         return self.page(self.filtered(AuditFilter, events), AuditOutput)
 
 
@@ -230,7 +230,7 @@ def _boolean(request: Request, name: str, *, default: bool) -> bool:
 class TokenOutput(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
+        fields: tuple[str, ...] = ("prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
 
 
 class TokenSecretOutput(TokenOutput):
@@ -252,7 +252,7 @@ class TokenListApi(ScopedApi):
 
     @extend_schema(responses=TokenOutput(many=True))
     def get(self, request: Request) -> Response:
-        return self.page(ApiToken.objects.filter(user=request.user).order_by("-created_at"), TokenOutput)
+        return self.page(selectors.api_token_list(scope=self.scope), TokenOutput)
 
     @extend_schema(request=TokenInput, responses={201: TokenSecretOutput},
                    description="From a logged-in session only: a token cannot mint another (403).")  # fmt: skip

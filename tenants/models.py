@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from tenants import states
+
 # Tenant and group slugs end up in Kafka topic names (iot.<tenant>.<region>.<type>) and in
 # Kafka principals (<tenant>.<group>), so they are restricted to what is safe in both.
 SLUG_RULE = (
@@ -23,8 +25,8 @@ class Tenant(models.Model):
     under the prefix ``iot.<slug>.``."""
 
     class Status(models.TextChoices):
-        ACTIVE = "active"
-        SUSPENDED = "suspended"
+        ACTIVE = states.ACTIVE
+        SUSPENDED = states.SUSPENDED
 
     class TopicPolicy(models.TextChoices):
         DELETE = "delete", "delete the tenant's topics with the tenant"

@@ -32,12 +32,13 @@ from certs.platform_pki import PlatformPki, root_fingerprint
 from certs.selectors import device_active_certificate
 from certs.services import RENEWAL_OVERLAP, Issued, certificate_issue_generated
 from config.errors import NotFound, SluiceError
-from devices.models import Device, DeviceGroup, Stream
+from devices import selectors as device_selectors
+from devices.models import Device
 from devices.services import device_create, group_create, stream_with_schema_create
 from ingest import registry
 from ingest.selectors import record_sample_for
 from tenants.audit import Actor
-from tenants.models import Membership, Tenant
+from tenants.models import Tenant
 from tenants.onboarding_forms import (
     CredentialsForm,
     DeviceForm,
@@ -47,7 +48,8 @@ from tenants.onboarding_forms import (
     TenantForm,
     add_service_error,
 )
-from tenants.scoping import scope_for
+from tenants.scoping import Scope, scope_for
+from tenants.selectors import tenant_admin_usernames, tenant_get
 from tenants.services import tenant_create, user_create_tenant_admin
 
 T = TypeVar("T")
@@ -115,9 +117,14 @@ def operator_only(view: View) -> View:
 
 def _tenant(request: HttpRequest, slug: str) -> Tenant:
     try:
-        return scope_for(request.user).tenant(slug)
+        return tenant_get(scope=scope_for(request.user), slug=slug)
     except NotFound as exc:
         raise Http404(exc.message) from None
+
+
+def _scope(request: HttpRequest, target: Tenant) -> Scope:
+    """What the flow reads of ``target``: the operator's scope narrowed to it."""
+    return scope_for(request.user).within(target)
 
 
 def _actor(request: HttpRequest) -> Actor:
@@ -195,7 +202,7 @@ def stream_step(request: HttpRequest, tenant: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def group_step(request: HttpRequest, tenant: str, stream: int) -> HttpResponse:
     target = _tenant(request, tenant)
-    streams = Stream.objects.filter(tenant=target).select_related("tenant")
+    streams = device_selectors.stream_list(scope=_scope(request, target))
     chosen = streams.filter(pk=stream).first()
     if chosen is None:
         raise Http404("No such stream.")
@@ -213,9 +220,10 @@ def group_step(request: HttpRequest, tenant: str, stream: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def device_step(request: HttpRequest, tenant: str, group: str) -> HttpResponse:
     target = _tenant(request, tenant)
-    chosen = DeviceGroup.objects.filter(tenant=target, slug=group).select_related("stream__tenant").first()
-    if chosen is None:
-        raise Http404("No such device group.")
+    try:
+        chosen = device_selectors.group_get(scope=_scope(request, target), slug=group)
+    except NotFound:
+        raise Http404("No such device group.") from None
     form = _bound(DeviceForm, request)
     device = _submit(
         request, form, lambda data: device_create(actor=_actor(request), tenant=target, group=chosen, **data)
@@ -230,22 +238,22 @@ def device_step(request: HttpRequest, tenant: str, group: str) -> HttpResponse:
 @require_http_methods(["GET"])
 def summary(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
     target = _tenant(request, tenant)
-    return _summary_page(request, target, _device(target, device), CredentialsForm())
+    return _summary_page(request, target, _device(request, target, device), CredentialsForm())
 
 
-def _device(target: Tenant, device: str) -> Device:
-    found = Device.objects.filter(tenant=target, device_id=device).select_related("group__stream__tenant").first()
-    if found is None:
-        raise Http404("No such device.")
-    return found
+def _device(request: HttpRequest, target: Tenant, device: str) -> Device:
+    try:
+        return device_selectors.device_get(scope=_scope(request, target), device_id=device)
+    except NotFound:
+        raise Http404("No such device.") from None
 
 
 def _summary_page(request: HttpRequest, target: Tenant, found: Device, credentials_form: Any) -> HttpResponse:
-    admins = (Membership.objects.filter(tenant=target, role=Membership.Role.ADMIN).select_related("user")
-              .order_by("created_at"))  # fmt: skip
+    scope = _scope(request, target)
     return _page(request, "summary.html", 6, tenant=target, device=found, group=found.group,
-                 stream=found.group.stream, admins=[m.user.get_username() for m in admins],
-                 credentials_form=credentials_form, certificate=device_active_certificate(device=found))  # fmt: skip
+                 stream=found.group.stream, admins=tenant_admin_usernames(scope=scope),
+                 credentials_form=credentials_form,
+                 certificate=device_active_certificate(scope=scope, device=found))  # fmt: skip
 
 
 @never_cache  # the success response carries the device's private key
@@ -257,8 +265,8 @@ def credentials(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
     or posted a second time -- says that its key was shown once and how to get a new one
     (410 Gone), and issues nothing."""
     target = _tenant(request, tenant)
-    found = _device(target, device)
-    current = device_active_certificate(device=found)
+    found = _device(request, target, device)
+    current = device_active_certificate(scope=_scope(request, target), device=found)
     if current is not None:
         return _shown_once(request, target, found, current)
     if request.method == "GET":

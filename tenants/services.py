@@ -16,6 +16,8 @@ from tenants.audit import Actor, audit_record, snapshot
 from tenants.authentication import TOKEN_PREFIX
 from tenants.models import ApiToken, Membership, RetiredSlug, Tenant, hash_token
 from tenants.rights import rights_changed
+from tenants.scoping import Scope
+from tenants.selectors import membership_list
 
 TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "max_streams",
                  "max_partitions", "topic_deletion_policy", "kafka_producer_byte_rate",
@@ -178,7 +180,7 @@ def membership_set(*, actor: Actor, tenant: Tenant, username: str, role: str) ->
     user = get_user_model().objects.filter(username=username).first()
     is_operator = bool(getattr(actor.user, "is_superuser", False))
     if user is not None and not is_operator:
-        own = Membership.objects.filter(user=user, tenant=tenant).exists()
+        own = membership_list(scope=Scope.of_tenant(tenant)).filter(user=user).exists()
         unaffiliated = not user.is_superuser and not Membership.objects.filter(user=user).exists()
         if not (own or unaffiliated):
             user = None

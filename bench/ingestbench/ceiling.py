@@ -23,9 +23,12 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.ingestbench.windows import Window
+
+if TYPE_CHECKING:
+    from ingest.kafka import KafkaHeaders
 
 REQUEST_ID_HEADER = "sluice-request-id"
 DEVICE_HEADER = "sluice-device"
@@ -34,7 +37,7 @@ PRODUCED, IN_FLIGHT, FAILED, REFUSED, READY = range(5)
 
 def build_items(
     *, headers: list[tuple[str, bytes]], sample_key: bytes, keys: list[bytes], run_length: int, at_least: int = 20_000
-) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+) -> list[tuple[bytes, KafkaHeaders]]:
     """(key, headers) per record: runs of ``run_length`` records per key, each run with its
     own request id; the device header follows the key.  Headers Sluice wrote that are
     neither are copied as they were."""
@@ -43,7 +46,7 @@ def build_items(
     for run in range(runs):
         key = keys[run % len(keys)]
         request_id = uuid.uuid4().hex.encode()
-        these = [
+        these: KafkaHeaders = [
             (name, request_id if name == REQUEST_ID_HEADER else key if value == sample_key else value)
             for name, value in headers
         ]

@@ -200,7 +200,8 @@ def read_back(topic: str, timeout: float = 60.0) -> Written:
             return Written(
                 message.key() or b"",
                 message.value() or b"",
-                [(name, value or b"") for name, value in (message.headers() or [])],
+                # A consumed message's headers are (name, bytes) pairs; types say a producer's choices.
+                [(name, value or b"") for name, value in (message.headers() or [])],  # type: ignore[misc]
             )
     finally:
         consumer.close()
@@ -270,8 +271,8 @@ def wait_for_background(*, topics_expected: int, say: Callable[[str], None], tim
     began = time.monotonic()
     last_said = 0.0
     while time.monotonic() - began < timeout:
-        queued = int(client.llen("celery"))  # type: ignore[arg-type]
-        unacked = int(client.hlen("unacked"))  # type: ignore[arg-type]
+        queued = int(client.llen("celery"))
+        unacked = int(client.hlen("unacked"))
         topics = len(admin_client(runtime).list_topics(timeout=10).topics)
         if queued == 0 and unacked == 0 and topics >= topics_expected:
             return time.monotonic() - began

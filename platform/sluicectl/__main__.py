@@ -112,6 +112,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         if lint.returncode != 0:
             say("ruff found problems (above); fix them, then run the tests again")
             return 1
+        # What it checks, and how strictly, is [tool.mypy] in pyproject.toml.  Its Django
+        # plugin loads config.settings, so it runs with the test environment.
+        say("mypy")
+        types = subprocess.run([sys.executable, "-m", "mypy"], env=ctx.env, cwd=BASE_DIR, check=False)
+        if types.returncode != 0:
+            say("mypy found type errors (above); fix them, then run the tests again")
+            return 1
 
     names = parse_components(args.components, TEST_COMPONENTS)
     launcher = Launcher(ctx, names)
@@ -192,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")
-    test.add_argument("--no-lint", action="store_true", help="skip `ruff check` (quick loops; CI always lints)")
+    test.add_argument("--no-lint", action="store_true",
+                      help="skip `ruff check` and mypy (quick loops; CI always runs them)")  # fmt: skip
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     test.set_defaults(func=cmd_test)
     sub.add_parser("status", help="report each component").set_defaults(func=cmd_status)

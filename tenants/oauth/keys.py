@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import ECKey, KeySet, KeySetSerialization
 
 from certs import ca
 from config.env import Runtime
@@ -112,7 +112,7 @@ def public_keyset(keys: list[SigningKey]) -> KeySet:
     return KeySet([k.key for k in keys])
 
 
-def jwks_document(keys: list[SigningKey]) -> dict[str, object]:
+def jwks_document(keys: list[SigningKey]) -> KeySetSerialization:
     return public_keyset(keys).as_dict(private=False)
 
 

@@ -7,24 +7,21 @@ related models are named by string so this module imports no other app's models.
 from __future__ import annotations
 
 import hmac
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 from django.db import models
 
+from tenants import states
 from tenants.models import hash_token
 
-# Why a given client may not get (or use) a token right now; stable codes shared by the
-# token endpoint and every resource server that re-checks a token's client.
-CLIENT_REVOKED = "client_revoked"
-TENANT_SUSPENDED = "tenant_suspended"
-DEVICE_DISABLED = "device_disabled"
-CREDENTIAL_POLICY = "credential_policy"
-REFUSAL_MESSAGES = {
-    CLIENT_REVOKED: "The OAuth client is revoked.",
-    TENANT_SUSPENDED: "The client's tenant is suspended.",
-    DEVICE_DISABLED: "The client's device is disabled.",
-    CREDENTIAL_POLICY: "The client's device group allows mTLS client certificates only, not OAuth2 tokens.",
-}
+
+class PolicyFacts(TypedDict):
+    """An OAuth client's facts as ``tenants.policy.oauth_client_refusal`` takes them."""
+
+    status: str
+    tenant_status: str
+    device_status: str | None
+    credential_policy: str | None
 
 
 class OAuthClient(models.Model):
@@ -49,8 +46,8 @@ class OAuthClient(models.Model):
         SERVICE = "service"
 
     class Status(models.TextChoices):
-        ACTIVE = "active"
-        REVOKED = "revoked"
+        ACTIVE = states.ACTIVE
+        REVOKED = states.REVOKED
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="oauth_clients")
     client_id = models.CharField(verbose_name="client ID", max_length=40, unique=True, editable=False)
@@ -119,16 +116,14 @@ class OAuthClient(models.Model):
         much of a guess was right."""
         return hmac.compare_digest(self.secret_hash, hash_token(secret))
 
-    def refusal(self) -> str | None:
-        """Why this client may not hold a token now (a stable code), or None.  Checked at
-        issuance and again by resource servers on every request."""
-        if not self.is_active:
-            return CLIENT_REVOKED
-        if not self.tenant.is_active:
-            return TENANT_SUSPENDED
-        if self.device is not None and self.device.status != "active":
-            return DEVICE_DISABLED
+    def policy_facts(self) -> PolicyFacts:
+        """What ``tenants.policy.oauth_client_refusal`` decides on: this client's status and
+        its tenant's, device's and group's, as of this row.  Checked at issuance and again
+        by resource servers on every request."""
         group = self.effective_group
-        if group is not None and group.credential_policy == "mtls":  # type: ignore[attr-defined]
-            return CREDENTIAL_POLICY
-        return None
+        return PolicyFacts(
+            status=self.status,
+            tenant_status=self.tenant.status,
+            device_status=self.device.status if self.device is not None else None,
+            credential_policy=group.credential_policy if group is not None else None,  # type: ignore[attr-defined]
+        )

@@ -15,10 +15,11 @@ from typing import ClassVar
 from django.conf import settings
 
 from config.errors import PermissionDenied, Unauthenticated
+from tenants import policy
 from tenants.models import Membership
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import tokens
-from tenants.oauth.models import REFUSAL_MESSAGES, OAuthClient
+from tenants.oauth.models import OAuthClient
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ def token_client(claims: tokens.AccessClaims) -> OAuthClient:
     )
     if client is None:
         raise Unauthenticated("The access token's client is unknown to Sluice.", code="invalid_token")
-    refusal = client.refusal()
+    refusal = policy.oauth_client_refusal(policy.Use.TOKEN_USE, **client.policy_facts())
     if refusal is not None:
-        raise Unauthenticated(REFUSAL_MESSAGES[refusal], code=refusal)
+        raise refusal.exception()
     return client
 
 

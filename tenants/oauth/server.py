@@ -20,6 +20,7 @@ Refusals (RFC 6749 §5.2), all JSON with ``Cache-Control: no-store``:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 from authlib.consts import default_json_headers
@@ -38,9 +39,10 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from tenants import policy
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import tokens
-from tenants.oauth.models import REFUSAL_MESSAGES, OAuthClient
+from tenants.oauth.models import OAuthClient
 
 GRANT_TYPE = "client_credentials"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
@@ -72,10 +74,12 @@ class OAuthClientAdapter(ClientMixin):
     def get_client_id(self) -> str:
         return self.row.client_id
 
-    def get_default_redirect_uri(self) -> None:
+    # types-Authlib says str; there is no authorization endpoint, so no redirect and no caller.
+    def get_default_redirect_uri(self) -> None:  # type: ignore[override]
         return None  # no authorization endpoint, so no redirects
 
-    def get_allowed_scope(self, scope: str) -> str:
+    # authlib passes the request's scope string (types-Authlib also allows a collection).
+    def get_allowed_scope(self, scope: str) -> str:  # type: ignore[override]
         return " ".join(s for s in oauth_scopes.parse(scope) if s in self.allowed_scopes)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
@@ -100,8 +104,8 @@ class OAuthClientAdapter(ClientMixin):
         # Intersected with the kind's scopes again, so a row edited by hand cannot widen them.
         return frozenset(self.row.scopes) & oauth_scopes.ALLOWED_FOR_KIND[self.row.kind]
 
-    def refusal(self) -> str | None:
-        return self.row.refusal()
+    def refusal(self) -> policy.Refusal | None:
+        return policy.oauth_client_refusal(policy.Use.TOKEN_ISSUANCE, **self.row.policy_facts())
 
     def mint(self, scopes: list[str]) -> tuple[str, int]:
         """A signed access token for ``scopes`` (a subset of ``allowed_scopes``)."""
@@ -141,7 +145,8 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
     @property
     def adapter(self) -> OAuthClientAdapter:
-        return self.request.client  # type: ignore[no-any-return]
+        # SluiceAuthorizationServer.authenticate_client put an adapter there.
+        return self.request.client  # type: ignore[return-value]
 
     def validate_token_request(self) -> None:
         # Authenticates the client, checks the grant type and that every requested scope
@@ -149,14 +154,15 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         super().validate_token_request()
         refusal = self.adapter.refusal()
         if refusal is not None:
-            raise InvalidGrantError(description=REFUSAL_MESSAGES[refusal])
+            raise InvalidGrantError(description=refusal.message)
         self.request.scope = " ".join(self.granted_scopes())
 
     def granted_scopes(self) -> list[str]:
         """RFC 6749 §3.3: no ``scope`` means every scope the client holds; a ``scope`` may
         narrow that, and asking for more than the client holds is refused, not trimmed."""
         allowed = self.adapter.allowed_scopes
-        requested = oauth_scopes.parse(self.request.payload.scope)
+        # A token request always has a payload (authlib builds it from the form body).
+        requested = oauth_scopes.parse(self.request.payload.scope)  # type: ignore[union-attr]
         if not requested:
             if not allowed:
                 raise InvalidScopeError(description="The client holds no scope it may use.")
@@ -166,7 +172,8 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
             raise InvalidScopeError(description=f"The client may not request {' '.join(refused)}.")
         return requested
 
-    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    # The body is the token dict, as in authlib's own grants; types-Authlib says a str.
+    def create_token_response(self) -> tuple[int, dict[str, Any], Collection[tuple[str, str]]]:  # type: ignore[override]
         # RFC 6749 §4.4.3: no refresh token for this grant.
         token = self.generate_token(scope=self.request.scope, include_refresh_token=False)
         self.save_token(token)
@@ -193,9 +200,11 @@ class SluiceAuthorizationServer(AuthorizationServer):
     def __init__(self) -> None:
         super().__init__(scopes_supported=list(oauth_scopes.ALL))
         self.register_grant(ClientCredentialsGrant)
-        self.register_token_generator(GRANT_TYPE, _generate_token)
+        # authlib takes any callable of this signature; types-Authlib names one class only.
+        self.register_token_generator(GRANT_TYPE, _generate_token)  # type: ignore[arg-type]
 
-    def query_client(self, client_id: str) -> OAuthClientAdapter | None:
+    # None for an unknown client, which authlib expects (types-Authlib says never None).
+    def query_client(self, client_id: str) -> OAuthClientAdapter | None:  # type: ignore[override]
         return OAuthClientAdapter.load(client_id)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
@@ -203,9 +212,11 @@ class SluiceAuthorizationServer(AuthorizationServer):
         # as a use of the client.
         request.client.record_use()
 
-    def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> OAuthClientAdapter:
+    def authenticate_client(self, request: Any, methods: Collection[str],
+                            endpoint: str = "token") -> OAuthClientAdapter:  # fmt: skip
         try:
-            return super().authenticate_client(request, methods, endpoint)  # type: ignore[no-any-return]
+            # The client comes from query_client above: an adapter.
+            return super().authenticate_client(request, methods, endpoint)  # type: ignore[return-value]
         except (InvalidClientError, UnicodeDecodeError, ValueError):
             # authlib answers an unknown client_id with 400 but a wrong secret with 401;
             # one answer for every failure reveals nothing about which client ids exist.
@@ -219,7 +230,8 @@ class SluiceAuthorizationServer(AuthorizationServer):
     def create_oauth2_request(self, request: HttpRequest) -> DjangoOAuth2Request:
         return DjangoOAuth2Request(request)
 
-    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> HttpResponse:
+    # The framework's hook: authlib passes (name, value) pairs and wants this framework's response.
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> HttpResponse:  # type: ignore[override]
         response = JsonResponse(body, status=status) if isinstance(body, dict) else HttpResponse(body, status=status)
         for name, value in headers:
             response[name] = value
@@ -228,7 +240,8 @@ class SluiceAuthorizationServer(AuthorizationServer):
         response["Pragma"] = "no-cache"
         return response
 
-    def create_token_response(self, request: HttpRequest | None = None) -> HttpResponse:
+    # Returns what handle_response makes, a Django response (types-Authlib says the raw triple).
+    def create_token_response(self, request: HttpRequest | None = None) -> HttpResponse:  # type: ignore[override]
         assert request is not None
         try:
             _check_request_shape(request)
@@ -238,7 +251,7 @@ class SluiceAuthorizationServer(AuthorizationServer):
             InsecureTransportError.check(request.build_absolute_uri())
         except OAuth2Error as error:
             return self.handle_response(*error())
-        return super().create_token_response(request)  # type: ignore[no-any-return]
+        return super().create_token_response(request)  # type: ignore[return-value]  # see above
 
 
 def _check_request_shape(request: HttpRequest) -> None:

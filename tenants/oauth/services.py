@@ -12,13 +12,16 @@ from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, validate_model
 from devices.models import Device, DeviceGroup
+from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant, hash_token
 from tenants.oauth import scopes as oauth_scopes
-from tenants.oauth.models import CREDENTIAL_POLICY, OAuthClient
+from tenants.oauth.models import OAuthClient
 from tenants.rights import rights_changed
 
 CLIENT_ID_PREFIX = "sc_"
+# The field code of a subject whose group's credential policy refuses OAuth2 (a 409).
+CREDENTIAL_POLICY = "credential_policy"
 SECRET_PREFIX = "scs_"  # noqa: S105 - a public marker that lets secret scanners spot leaked secrets
 
 
@@ -81,7 +84,7 @@ def _subject_errors(
         else:
             if device.status != Device.Status.ACTIVE:
                 errors.append(_field("/device", "device_disabled", "The device is disabled."))
-            if device.group.credential_policy == DeviceGroup.CredentialPolicy.MTLS:
+            if not policy.admits(device.group.credential_policy, certificates=False):
                 message = f"The device's group '{device.group.slug}' allows mTLS certificates only."
                 errors.append(_field("/device", CREDENTIAL_POLICY, message))
         if group is not None and (device is None or group.pk != device.group_id):
@@ -93,7 +96,7 @@ def _subject_errors(
             errors.append(_field("/group", "required", "A gateway client names its device group."))
         elif group.tenant_id != tenant.pk:
             errors.append(_field("/group", "does_not_exist", "No such device group in this tenant."))
-        elif group.credential_policy == DeviceGroup.CredentialPolicy.MTLS:
+        elif not policy.admits(group.credential_policy, certificates=False):
             errors.append(_field("/group", CREDENTIAL_POLICY, f"Group '{group.slug}' allows mTLS certificates only."))
     else:
         for name, value in (("device", device), ("group", group)):

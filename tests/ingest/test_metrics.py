@@ -14,7 +14,7 @@ from config.env import Runtime
 from devices.models import Device
 from ingest import metrics
 from ingest.ratelimit import redis_client
-from ingest.selectors import device_activity, refusals_last_hour
+from ingest.selectors import device_activity, refusals_counted
 
 NOW = 1_800_000_000.0  # a fixed epoch second, so minute buckets are known
 
@@ -115,13 +115,13 @@ def test_one_flush_writes_sightings_and_refusals_the_console_reads_back(client: 
         assert client.ttl(metrics.refusals_key(refused.pk)) > 6 * 24 * 3600
 
         # and refusals of the last hour, per tenant, only inside the hour
-        assert refusals_last_hour(tenant_ids=[tenant_a], now=NOW + 30) == 25
-        assert refusals_last_hour(tenant_ids=[tenant_a, tenant_b], now=NOW + 30) == 25
-        assert refusals_last_hour(tenant_ids=[tenant_b], now=NOW - 3600 + 30) == 1
-        assert refusals_last_hour(tenant_ids=[], now=NOW + 30) == 0
+        assert refusals_counted(tenant_ids=[tenant_a], now=NOW + 30) == 25
+        assert refusals_counted(tenant_ids=[tenant_a, tenant_b], now=NOW + 30) == 25
+        assert refusals_counted(tenant_ids=[tenant_b], now=NOW - 3600 + 30) == 1
+        assert refusals_counted(tenant_ids=[], now=NOW + 30) == 0
         # operators see all of them, also those no device was named for
-        assert refusals_last_hour(tenant_ids=None, now=NOW + 30) == 25
-        assert refusals_last_hour(tenant_ids=None, now=NOW - 3600 + 30) == 2
+        assert refusals_counted(tenant_ids=None, now=NOW + 30) == 25
+        assert refusals_counted(tenant_ids=None, now=NOW - 3600 + 30) == 2
         assert 0 < client.ttl(metrics.refused_bucket_key(int(NOW) // 60)) <= metrics.BUCKET_TTL_SECONDS
     finally:
         client.hdel(metrics.LAST_SEEN_KEY, str(seen.pk))
