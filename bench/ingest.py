@@ -251,6 +251,17 @@ def main() -> None:
         ctx = Context(args, platform, meter, sources, plan, prov, token, server_parts)
         facts += describe(ctx, written)
 
+        if args.broker_warmup > 0:
+            # A broker started minutes ago still compiles its request path (the JIT's C2
+            # threads took ~20 % of a core and each single-record produce cost it ~1-2 ms of
+            # CPU in such runs); a platform in service has been up for days.  Warm it with the
+            # traffic P2 sends, unmeasured, so Kafka's acknowledgements come at its real pace.
+            say(f"  warming the broker with single-record requests for {args.broker_warmup:.0f} s ...")
+            warm = clients(ctx, "json", 1, "keepalive", connections=args.single_clients)
+            warm.start()
+            time.sleep(args.broker_warmup)
+            warm.stop()
+
         if "p1" in args.only:
             before = {fmt: ceiling(ctx, fmt, written[fmt], "before") for fmt in args.formats}
             sluice = {
@@ -578,6 +589,12 @@ def parse_args() -> argparse.Namespace:
         help="P2, P5 and the floor: concurrent connections (enough to keep the server busy: a single-record "
         "request waits for Kafka's acknowledgement, so 8 connections leave Sluice's workers idle most of "
         "the time and charge every request a wake-up that a busy server does not pay)",
+    )
+    parser.add_argument(
+        "--broker-warmup",
+        type=float,
+        default=60.0,
+        help="seconds of unmeasured single-record traffic before the first run (0: none)",
     )
     parser.add_argument("--client-procs", type=int, default=2, help="processes the connections are spread over")
     parser.add_argument("--paced-clients", type=int, default=16, help="P3: connections sharing the paced rate")
