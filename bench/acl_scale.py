@@ -105,10 +105,11 @@ def measure(platform: Any, sizes: list[int], requests: int) -> list[dict[str, An
     from certs import ca
     from certs.crl_files import ROOT_CRL_NAME
     from certs.platform_pki import load_root
-    from certs.principals import credential_principal, device_subject
-    from ingest.acl_sync import described, principal_filter, topic_filter
+    from certs.principals import device_subject
+    from devices.principals import credential_principal
     from ingest.acls import credential_binding
     from ingest.kafka import admin_config, client_config
+    from ingest.kafka_admin import described, principal_filter, topic_filter
 
     logging.getLogger("sluice.kafka.librdkafka").setLevel(logging.ERROR)
     runtime = settings.SLUICE_RUNTIME

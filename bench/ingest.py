@@ -486,7 +486,7 @@ def floor_run(ctx: Context, floor: Floor, parts: list[str], when: str) -> Run:
 
 
 def p8(ctx: Context, summary: Summary, facts: list[str]) -> list[Run]:
-    from ingest.kafka import admin_client
+    from ingest.kafka_admin import admin_client
 
     shapes = ctx.args.p8_shapes
     before = {

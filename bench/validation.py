@@ -10,7 +10,7 @@ time would (they still share caches and the core).
 What it measures, on the record of ``bench/ingestbench/workload.py``:
 
 * today's path, through Sluice's own functions, with the schema compiled as the ingest
-  workers compile it (``ingest.registry._compile``): ``ingest.records.parse_body`` (orjson),
+  workers compile it (``devices.registry._compile``): ``ingest.records.parse_body`` (orjson),
   ``records.validate`` (jsonschema-rs; for Avro, against the JSON Schema equivalent of the
   Avro schema) and ``LatestSchema.encode_all`` (orjson, or fastavro's writer);
 * what it replaced: python ``jsonschema``'s ``iter_errors`` with the validator built as the
@@ -134,8 +134,8 @@ def json_cases(bench: Bench) -> dict[str, Any]:
     from confluent_kafka.schema_registry import Schema
     from jsonschema.validators import validator_for
 
+    from devices.registry import JSON, _compile
     from ingest import records
-    from ingest.registry import JSON, _compile
 
     schema_str = json.dumps(JSON_SCHEMA)
     cls = validator_for(JSON_SCHEMA)  # as the Django path built it
@@ -310,8 +310,8 @@ def avro_cases(bench: Bench) -> None:
     import orjson
     from confluent_kafka.schema_registry import Schema
 
+    from devices.registry import AVRO, _compile
     from ingest import records
-    from ingest.registry import AVRO, _compile
 
     parsed = fastavro.parse_schema(AVRO_SCHEMA)
     latest = _compile("bench-avro-value", 2, 1, Schema(json.dumps(AVRO_SCHEMA), AVRO))

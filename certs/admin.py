@@ -18,8 +18,7 @@ from certs.models import Certificate, CertificateAuthority
 from config.errors import SluiceError
 from devices.admin import DeviceAdmin
 from devices.models import Device
-from tenants.admin import status_badge
-from tenants.admin_scoping import TenantScopedAdmin
+from tenants.admin_scoping import TenantScopedAdmin, status_badge
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 

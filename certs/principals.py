@@ -23,12 +23,12 @@ Anything else falls through to DEFAULT (the full DN), which no ACL names: it is 
 
 from __future__ import annotations
 
-import re
 import secrets
 
 from cryptography import x509
 
 from certs.ca import name
+from devices.principals import CREDENTIAL_ID, CREDENTIAL_ID_PATTERN
 
 PLATFORM_ORGANIZATION = "Sluice Platform"
 BROKER = "broker"
@@ -36,9 +36,6 @@ PLATFORM_ADMIN = "sluice-admin"
 CERTIFICATE_ID_PREFIX = "crt_"
 
 _SLUG = "[a-z0-9][a-z0-9-]*"
-# Certificate ids (crt_<24 hex>) and OAuth client ids (sc_<24 hex>).
-CREDENTIAL_ID = "[a-z0-9][a-z0-9_]{0,63}"
-_CREDENTIAL_ID = re.compile(rf"^{CREDENTIAL_ID}$")
 
 # Java regexes (SslPrincipalMapper); rules are tried in order, first match wins.
 KAFKA_PRINCIPAL_MAPPING_RULES = ",".join(
@@ -68,19 +65,6 @@ def device_subject(*, tenant: str, group: str, device: str, credential_id: str |
     """``UID`` comes last in the sequence, so first in RFC 2253 (which reverses it)."""
     if credential_id is None:
         return name(O=tenant, OU=group, CN=device)
-    if not _CREDENTIAL_ID.match(credential_id):
+    if not CREDENTIAL_ID_PATTERN.match(credential_id):
         raise ValueError(f"not a credential id: {credential_id!r}")
     return name(O=tenant, OU=group, CN=device, UID=credential_id)
-
-
-def group_principal(*, tenant: str, group: str) -> str:
-    """The principal certificates of ``group`` issued before credential ids map to (no ACL
-    names it), and the prefix (plus ``.``) of every credential principal of the group."""
-    return f"User:{tenant}.{group}"
-
-
-def credential_principal(*, tenant: str, group: str, credential_id: str) -> str:
-    """The Kafka principal of one credential (a certificate or an OAuth client) of ``group``."""
-    if not _CREDENTIAL_ID.match(credential_id):
-        raise ValueError(f"not a credential id: {credential_id!r}")
-    return f"{group_principal(tenant=tenant, group=group)}.{credential_id}"

@@ -15,10 +15,11 @@ from django.utils import timezone
 from certs import ca, crl_files, selectors
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
-from certs.principals import credential_principal, device_subject, new_certificate_id
-from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from certs.principals import device_subject, new_certificate_id
+from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
 from devices import selectors as device_selectors
 from devices.models import Device, DeviceGroup
+from devices.principals import credential_principal
 from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
@@ -417,8 +418,6 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
     (device exists in ``tenant``, may hold a certificate, CSR acceptable) and every problem is
     reported with its item's JSON pointer; only a clean batch is issued.  An item is
     ``{"device_id", "csr"}`` or ``{"device_id"}`` with ``generate`` (key returned once)."""
-    from config.errors import PayloadTooLarge
-
     if len(items) > BULK_MAX:
         raise PayloadTooLarge(f"A bulk issuance takes at most {BULK_MAX} devices; this one has {len(items)}.")
     if not items:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 
+import redis
 from celery import Celery
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+# Where beat's heartbeat task (below) leaves its time; config.health reads it.
+BEAT_KEY = "sluice:beat:last-heartbeat"
 
 app = Celery("sluice")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -22,6 +28,6 @@ def ping(value: str = "pong") -> str:
 @app.task(name="sluice.heartbeat", ignore_result=True)
 def heartbeat() -> None:
     """Scheduled by beat; proves beat and a worker are both alive (see config.health)."""
-    from config.health import record_beat_heartbeat
-
-    record_beat_heartbeat()
+    redis.Redis.from_url(settings.SLUICE_RUNTIME.redis_url(), socket_timeout=2, socket_connect_timeout=2).set(
+        BEAT_KEY, str(time.time()), ex=3600
+    )

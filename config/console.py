@@ -29,6 +29,7 @@ class Overview:
 
 
 def console_overview(*, user: Any) -> Overview:
+    # Imported here: this module holds AppConfigs (INSTALLED_APPS), loaded before any model.
     from certs.selectors import certificates_expiring
     from devices.selectors import device_list
     from ingest.selectors import refusals_last_hour

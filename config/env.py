@@ -206,7 +206,7 @@ class Runtime:
     def registry_socket(self) -> Path:
         """Apicurio's only API listener: a Unix socket, owner-only, in the owner-only run
         directory, so no process of another user can read or write schemas (there is no TCP
-        port to reach).  Clients come from ``ingest.registry_client``."""
+        port to reach).  Clients come from ``devices.registry_client``."""
         return self.run_dir / "registry.sock"
 
     @property

@@ -12,9 +12,11 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from config.celery import BEAT_KEY, app
 from config.env import Runtime
+from devices.registry_client import registry_client_for
+from ingest.kafka import kafka_cluster_check
 
-BEAT_KEY = "sluice:beat:last-heartbeat"
 # Beat schedules the heartbeat every 10 s; three missed beats mean it is down.
 BEAT_MAX_AGE = 35.0
 
@@ -25,10 +27,6 @@ def _runtime() -> Runtime:
 
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(_runtime().redis_url(), socket_timeout=2, socket_connect_timeout=2)
-
-
-def record_beat_heartbeat() -> None:
-    _redis().set(BEAT_KEY, str(time.time()), ex=3600)
 
 
 def check_database() -> str | None:
@@ -43,22 +41,16 @@ def check_redis() -> str | None:
 
 
 def check_kafka() -> str | None:
-    from ingest.kafka import kafka_cluster_check
-
     return kafka_cluster_check(_runtime())
 
 
 def check_registry() -> str | None:
-    from ingest.registry_client import registry_client_for
-
     with registry_client_for(_runtime(), timeout=2) as client:
         client.get_subjects()
     return None
 
 
 def check_celery_worker() -> str | None:
-    from config.celery import app
-
     replies = app.control.ping(timeout=1.0)
     return None if replies else "no worker answered a ping"
 

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 
 from certs.models import Certificate
 from devices.models import Device, Stream
+from ingest.metrics import ACCEPTED, counters
 from tenants.api_base import ScopedApi
 
 
@@ -44,8 +45,6 @@ class MetricsApi(ScopedApi):
 
 
 def _ingest_lines() -> list[str]:
-    from ingest.metrics import ACCEPTED, counters
-
     outcomes = counters()
     lines = [
         "# HELP sluice_ingest_records_accepted_total Records Kafka acknowledged through HTTPS ingest.",

@@ -22,8 +22,8 @@ urlpatterns = [
     path(".well-known/oauth-authorization-server/oauth", oauth_views.metadata, name="oauth-metadata-issuer"),
     path("oauth/", include("tenants.oauth.urls")),
     path("admin/", admin.site.urls),
-    path("onboarding/", include("tenants.onboarding_urls")),
-    path("api/v1/", include("tenants.urls")),
+    path("onboarding/", include("config.onboarding_urls")),
+    path("api/v1/", include("config.api_urls")),
     path("api/schema/", ApiSchemaView.as_view(), name="api-schema"),
     path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -15,12 +15,10 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from config.errors import SluiceError
-from devices import selectors, services
+from devices import registry, selectors, services
 from devices.forms import LabelsField
 from devices.models import Device, DeviceGroup, Stream
-from ingest import registry
-from tenants.admin import status_badge
-from tenants.admin_scoping import ServiceForm, ServiceRejected, TenantScopedAdmin
+from tenants.admin_scoping import ServiceForm, ServiceRejected, TenantScopedAdmin, status_badge
 from tenants.audit import Actor
 
 if TYPE_CHECKING:

@@ -23,9 +23,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from devices import selectors, services
+from devices import registry, selectors, services
 from devices.models import DEVICE_ID_RULE, Device, DeviceGroup, Stream
-from ingest import registry
 from tenants.api_base import MAX_ID, NulFreeCharField, ScopedApi, StrictSerializer, path_id, slug_field, slug_rule
 
 # The model's device-id rule anchored with \Z (a "$" pattern lets a final newline through).

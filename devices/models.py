@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from devices.principals import group_principal
 from tenants import states
 from tenants.models import SLUG_REGEX, SLUG_RULE, Tenant, slug_validator
 
@@ -230,8 +231,6 @@ class DeviceGroup(models.Model):
     def kafka_principal(self) -> str:
         """``User:<tenant>.<group>``: the prefix (plus ``.``) of its credentials' principals;
         itself the principal of certificates issued before credential ids, which holds no ACL."""
-        from certs.principals import group_principal
-
         return group_principal(tenant=self.tenant.slug, group=self.slug)
 
 

@@ -15,8 +15,8 @@ from typing import overload
 from django.db.models import QuerySet
 
 from config.errors import Conflict, NotFound
+from devices import registry
 from devices.models import Device, DeviceGroup, Stream
-from ingest import registry
 from tenants.models import AuditEvent
 from tenants.scoping import Scope, restrict
 

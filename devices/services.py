@@ -6,21 +6,29 @@ sees what the database rolled back."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError, Sum
-from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput, QuotaExceeded, from_django, validate_model
-from devices import selectors, topics
-from devices.models import Device, DeviceGroup, Stream, min_insync_replicas
-from ingest import registry
+from config.errors import (
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    QuotaExceeded,
+    from_django,
+    validate_model,
+)
+from config.hooks import Hook
+from devices import registry, selectors
+from devices.models import Device, DeviceGroup, Stream
+from devices.principals import credential_principal
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.models import Tenant
+from tenants.oauth.models import OAuthClient
+from tenants.oauth.services import oauth_client_revoke
 from tenants.rights import rights_changed
 from tenants.scoping import Scope
 
@@ -28,12 +36,23 @@ STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_po
 GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
                  "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second", "kafka_direct")  # fmt: skip
 DEVICE_MUTABLE = ("group", "status", "labels")
-DLQ_PARTITIONS = 3
-DLQ_RETENTION_MS = 168 * 3_600_000
 # One stream's partitions, whatever the tenant's total allows: more spreads a topic's
 # records thinner than any consumer group of an IoT fleet can use, and each partition
 # costs every broker replica file handles and memory.
 MAX_STREAM_PARTITIONS = 1_000
+
+# Streams become Kafka topics and device credentials are certificates: both live in layers
+# above this one (ingest provisions topics, certs revokes certificates), which connect in
+# their AppConfig.ready(), so devices never imports them.  All fire inside the caller's
+# transaction; topic work is queued for after the commit by its receiver.
+# stream_saved(stream): a stream was created or changed; its topic must follow.
+stream_saved = Hook("devices.services.stream_saved")
+# stream_deleted(topic, subjects): a stream went; its topic and these value subjects go too.
+stream_deleted = Hook("devices.services.stream_deleted")
+# device_certificates_withdrawn(actor, device, reason): revoke the device's usable certificates.
+device_certificates_withdrawn = Hook("devices.services.device_certificates_withdrawn")
+# group_certificates_withdrawn(actor, group, reason): revoke the group's usable certificates.
+group_certificates_withdrawn = Hook("devices.services.group_certificates_withdrawn")
 
 
 def _duplicate(pointer: str, what: str) -> InvalidInput:
@@ -59,16 +78,6 @@ def _apply(obj: Any, changes: dict[str, Any], allowed: tuple[str, ...], what: st
 
 
 # -- streams ---------------------------------------------------------------------------
-
-
-def stream_spec(stream: Stream) -> topics.TopicSpec:
-    return topics.TopicSpec(stream.topic, stream.partitions, stream.replication_factor, stream.topic_config())
-
-
-def dlq_spec(tenant: Tenant) -> topics.TopicSpec:
-    rf = settings.SLUICE_DEFAULT_REPLICATION_FACTOR
-    config = {"retention.ms": str(DLQ_RETENTION_MS), "min.insync.replicas": str(min_insync_replicas(rf))}
-    return topics.TopicSpec(tenant.dlq_topic, DLQ_PARTITIONS, rf, config)
 
 
 def _check_stream_quota(tenant: Tenant, *, stream: Stream, adding_stream: bool) -> None:
@@ -97,21 +106,17 @@ def _check_stream_quota(tenant: Tenant, *, stream: Stream, adding_stream: bool) 
 
 
 def stream_create(*, actor: Actor, tenant: Tenant, **values: Any) -> Stream:
-    from devices.tasks import stream_provision_task
-
     stream = Stream(tenant=tenant, **values)
     validate_model(stream)
     with transaction.atomic():
         _check_stream_quota(tenant, stream=stream, adding_stream=True)
         stream.save()
         audit_record(actor=actor, tenant=tenant, action="stream.create", obj=stream, after=snapshot(stream))
-        transaction.on_commit(lambda: stream_provision_task.delay(stream.pk))
+        stream_saved(stream=stream)
     return stream
 
 
 def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
-    from devices.tasks import stream_provision_task
-
     before = snapshot(stream)
     if "partitions" in changes and changes["partitions"] < stream.partitions:
         raise InvalidInput(
@@ -133,15 +138,13 @@ def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
         stream.save()
         audit_record(actor=actor, tenant=stream.tenant, action="stream.update", obj=stream, before=before,
                      after=snapshot(stream))  # fmt: skip
-        transaction.on_commit(lambda: stream_provision_task.delay(stream.pk))
+        stream_saved(stream=stream)
     return stream
 
 
 def stream_delete(*, actor: Actor, stream: Stream) -> None:
     """Delete a stream, its topic and its value subject (unless a group validates against
     it), so a later stream of the same name starts with no schema history of this one."""
-    from devices.tasks import subjects_delete_task, topics_delete_task
-
     topic = stream.topic
     subject = registry.value_subject(topic)
     before = snapshot(stream)
@@ -149,67 +152,12 @@ def stream_delete(*, actor: Actor, stream: Stream) -> None:
         with transaction.atomic():
             audit_record(actor=actor, tenant=stream.tenant, action="stream.delete", obj=stream, before=before)
             stream.delete()
-            transaction.on_commit(lambda: topics_delete_task.delay([topic]))
-            if not selectors.group_list(scope=Scope.of_tenant(stream.tenant)).filter(schema_subject=subject).exists():
-                transaction.on_commit(lambda: subjects_delete_task.delay(subjects=[subject]))
+            groups = selectors.group_list(scope=Scope.of_tenant(stream.tenant))
+            unused = not groups.filter(schema_subject=subject).exists()
+            stream_deleted(topic=topic, subjects=[subject] if unused else [])
     except ProtectedError:
         names = ", ".join(sorted(g.slug for g in stream.groups.all()))
         raise Conflict(f"Stream {topic} is the target of device group(s) {names}; change them first.") from None
-
-
-def stream_provision(*, stream: Stream) -> list[str]:
-    """Make the real topic match the stream; records the outcome on the stream."""
-    from ingest.kafka import admin_client
-
-    try:
-        changes = topics.ensure_topic(admin_client(settings.SLUICE_RUNTIME), stream_spec(stream))
-    except Exception as exc:
-        Stream.objects.filter(pk=stream.pk).update(status=Stream.Status.FAILED, last_error=str(exc)[:2000])
-        raise
-    Stream.objects.filter(pk=stream.pk).update(
-        status=Stream.Status.PROVISIONED, last_error="", provisioned_at=timezone.now()
-    )
-    if changes:
-        audit_record(actor=Actor.system("provision"), tenant=stream.tenant, action="stream.provision", obj=stream,
-                     after={"changes": changes})  # fmt: skip
-    return changes
-
-
-def tenant_dlq_provision(*, tenant: Tenant) -> list[str]:
-    from ingest.kafka import admin_client
-
-    return topics.ensure_topic(admin_client(settings.SLUICE_RUNTIME), dlq_spec(tenant))
-
-
-@dataclass
-class DriftReport:
-    drift: list[str] = field(default_factory=list)
-    fixed: list[str] = field(default_factory=list)
-    unmanaged: list[str] = field(default_factory=list)
-
-
-def topics_reconcile(*, tenant: Tenant | None = None, fix: bool) -> DriftReport:
-    """Compare every stream's and DLQ's topic with the cluster; with ``fix``, repair it.
-    Topics under a tenant's prefix that no stream owns are reported, never deleted."""
-    from ingest.kafka import admin_client
-
-    admin = admin_client(settings.SLUICE_RUNTIME)
-    tenants = [tenant] if tenant is not None else list(Tenant.objects.all())
-    report = DriftReport()
-    existing = set(admin.list_topics(timeout=topics.TIMEOUT).topics)
-    for item in tenants:
-        specs = [stream_spec(s) for s in item.streams.select_related("tenant")] + [dlq_spec(item)]
-        for spec in specs:
-            found = topics.drift(spec, topics.describe(admin, spec.name))
-            report.drift += found
-            if fix and found:
-                report.fixed += topics.ensure_topic(admin, spec)
-        owned = {s.name for s in specs}
-        report.unmanaged += sorted(t for t in existing if t.startswith(item.topic_prefix) and t not in owned)
-    if fix and report.fixed:
-        audit_record(actor=Actor.system("reconcile"), tenant=tenant, action="topics.reconcile", object_type="topics",
-                     after={"drift": report.drift, "fixed": report.fixed})  # fmt: skip
-    return report
 
 
 def stream_with_schema_create(
@@ -325,11 +273,8 @@ def _withdraw_excluded_credentials(actor: Actor, group: DeviceGroup) -> None:
     """A policy holds everywhere, Kafka included: the credentials a new policy excludes are
     revoked (certificates with reason privilege_withdrawn, audited and in the CRL; OAuth
     clients revoked), so nothing stays active that can no longer be used."""
-    from certs.services import group_certificates_revoke
-    from tenants.oauth.models import OAuthClient
-
     if group.credential_policy == DeviceGroup.CredentialPolicy.OAUTH2:
-        group_certificates_revoke(actor=actor, group=group, reason="privilege_withdrawn")
+        group_certificates_withdrawn(actor=actor, group=group, reason="privilege_withdrawn")
     if group.credential_policy == DeviceGroup.CredentialPolicy.MTLS:
         clients = OAuthClient.objects.filter(status=OAuthClient.Status.ACTIVE).filter(
             models.Q(group=group) | models.Q(device__group=group)
@@ -431,23 +376,17 @@ def device_update(*, actor: Actor, device: Device, **changes: Any) -> Device:
 
 def _client_principals(device: Device, group: DeviceGroup) -> list[str]:
     """The Kafka principals the device's OAuth clients had while it was in ``group``."""
-    from certs.principals import credential_principal
-
     return [credential_principal(tenant=device.tenant.slug, group=group.slug, credential_id=client_id)
             for client_id in device.oauth_clients.values_list("client_id", flat=True)]  # fmt: skip
 
 
 def _revoke_credentials(actor: Actor, device: Device, reason: str) -> None:
-    from certs.services import device_certificates_revoke
-
-    device_certificates_revoke(actor=actor, device=device, reason=reason)
+    device_certificates_withdrawn(actor=actor, device=device, reason=reason)
 
 
 def _revoke_oauth_clients(actor: Actor, clients: Any) -> None:
     """The rows go with their device or group (cascade); revoking them first leaves the
     audit trail every credential action gets."""
-    from tenants.oauth.services import oauth_client_revoke
-
     for client in clients:
         oauth_client_revoke(actor=actor, client=client)
 
@@ -466,8 +405,6 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
     problem is reported with its row's JSON pointer; only a clean batch is written."""
     limit = settings.SLUICE_BULK_IMPORT_MAX_ROWS
     if len(rows) > limit:
-        from config.errors import PayloadTooLarge
-
         raise PayloadTooLarge(f"A bulk import takes at most {limit} devices; this one has {len(rows)}.")
     if not rows:
         raise InvalidInput("The import has no rows.")

@@ -28,25 +28,19 @@ matching Celery task after commit.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
-    AclOperation,
-    AclPermissionType,
     AdminClient,
-    ResourcePatternType,
-    ResourceType,
 )
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import LockError
@@ -67,7 +61,18 @@ from ingest.acls import (
     principal_parts,
     sorted_bindings,
 )
-from ingest.quota_sync import described as described_quotas
+from ingest.kafka_admin import (
+    ALL_ACLS,
+    admin_client,
+    await_acls,
+    create_acls,
+    delete_acls,
+    described,
+    described_quotas,
+    existing_acls,
+    principal_filter,
+    topic_filter,
+)
 from ingest.quota_sync import quotas_sync
 from ingest.quotas import (
     QuotaChanges,
@@ -86,8 +91,6 @@ from tenants.oauth.models import OAuthClient
 if TYPE_CHECKING:
     from tenants.rights import RightsChange
 
-TIMEOUT = 30.0
-PROPAGATION_WAIT = 30.0
 LOCK_NAME = "sluice:lock:acls"
 # A pass is a describe, a batch of changes and the propagation wait: well under a minute.
 # The lock outlives a crashed holder by LOCK_TIMEOUT at most.
@@ -97,12 +100,6 @@ LOCK_WAIT = 120
 # issuance) are synced as the whole tenant: a few topic describes beat thousands of
 # principal describes.
 MAX_PRINCIPALS_PER_SYNC = 64
-# Kafka filters match principals exactly, never by prefix, so a tenant's namespace
-# (``User:<slug>.*``, ``iot.<slug>.*``) cannot be asked for; reconcile lists every binding
-# once and classifies it here.
-# A filter's None matches any value (confluent-kafka's docs), though its annotations say str.
-ALL_ACLS = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
-                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
 @dataclass
@@ -149,8 +146,6 @@ def acl_lock() -> Iterator[redis.lock.Lock]:
 
 
 def _admin() -> AdminClient:
-    from ingest.kafka import admin_client
-
     return admin_client(settings.SLUICE_RUNTIME)
 
 
@@ -229,82 +224,6 @@ def tenant_topics(tenant_slug: str) -> list[str]:
 # -- what the cluster says -------------------------------------------------------------------
 
 
-def principal_filter(principal: str) -> AclBindingFilter:
-    # None matches any value (see ALL_ACLS for the ignore).
-    return AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,  # type: ignore[arg-type]
-                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
-
-
-def topic_filter(topic: str) -> AclBindingFilter:
-    """Every binding on exactly this topic name (LITERAL: not prefixes that cover it)."""
-    # None matches any value (see ALL_ACLS for the ignore).
-    return AclBindingFilter(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, None, None,  # type: ignore[arg-type]
-                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
-
-
-def described(admin: AdminClient, filters: Iterable[AclBindingFilter]) -> set[AclBinding]:
-    """The bindings matching any of ``filters``: one DescribeAcls each, sent together."""
-    futures = [admin.describe_acls(f, request_timeout=TIMEOUT) for f in filters]
-    found: set[AclBinding] = set()
-    for future in futures:
-        found.update(future.result(TIMEOUT))
-    return found
-
-
-def existing_acls(admin: AdminClient) -> list[AclBinding]:
-    return sorted_bindings(described(admin, [ALL_ACLS]))
-
-
-def exact_filter(binding: AclBinding) -> AclBindingFilter:
-    """A filter that matches ``binding`` and nothing else (LITERAL/PREFIXED, never MATCH)."""
-    return AclBindingFilter(binding.restype, binding.name, binding.resource_pattern_type, binding.principal,
-                            binding.host, binding.operation, binding.permission_type)  # fmt: skip
-
-
-def _create(admin: AdminClient, bindings: list[AclBinding]) -> tuple[list[AclBinding], KafkaException | None]:
-    """Create ``bindings``; returns those the controller accepted and the first failure."""
-    done: list[AclBinding] = []
-    failure: KafkaException | None = None
-    for binding, future in (admin.create_acls(bindings, request_timeout=TIMEOUT) if bindings else {}).items():
-        try:
-            future.result(TIMEOUT)
-        except KafkaException as exc:
-            failure = failure or exc
-        else:
-            done.append(binding)
-    return done, failure
-
-
-def _delete(admin: AdminClient, bindings: list[AclBinding]) -> tuple[list[AclBinding], KafkaException | None]:
-    """Delete exactly ``bindings``; returns those Kafka reports deleted and the first failure."""
-    done: list[AclBinding] = []
-    failure: KafkaException | None = None
-    filters = [exact_filter(b) for b in bindings]
-    for future in (admin.delete_acls(filters, request_timeout=TIMEOUT) if filters else {}).values():
-        try:
-            done += future.result(TIMEOUT)
-        except KafkaException as exc:
-            failure = failure or exc
-    return sorted_bindings(done), failure
-
-
-def _await_acls(
-    admin: AdminClient, filters: list[AclBindingFilter], *, present: Iterable[AclBinding], absent: Iterable[AclBinding]
-) -> None:
-    """Poll the broker (with ``filters``, which cover every binding named) until its
-    authorizer holds ``present`` and none of ``absent``."""
-    wanted, unwanted = set(present), set(absent)
-    if not wanted and not unwanted:
-        return
-    deadline = time.monotonic() + PROPAGATION_WAIT
-    while time.monotonic() < deadline:
-        found = described(admin, filters)
-        if wanted <= found and not (unwanted & found):
-            return
-        time.sleep(0.05)
-    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "ACL changes did not reach the broker's authorizer"))
-
-
 def _tenant_for_audit(slug: str) -> Tenant:
     # An unsaved Tenant keeps the slug in the audit row when the tenant is gone.
     return Tenant.objects.filter(slug=slug).first() or Tenant(slug=slug)
@@ -349,14 +268,14 @@ def _apply(
             # one.  Renewing raises LockNotOwnedError if the lock was already lost, which
             # aborts the pass; the task retries with a fresh read.
             lock.reacquire()
-        created, create_failure = _create(admin, create)
-        deleted, delete_failure = _delete(admin, delete)
+        created, create_failure = create_acls(admin, create)
+        deleted, delete_failure = delete_acls(admin, delete)
         _audit(actor, slug, "acl.create", created)
         _audit(actor, slug, "acl.delete", deleted)
         failures += [f for f in (create_failure, delete_failure) if f is not None]
     if failures:
         raise failures[0]
-    _await_acls(admin, await_filters if await_filters is not None else [ALL_ACLS],
+    await_acls(admin, await_filters if await_filters is not None else [ALL_ACLS],
                 present=[b for c, _ in changes.values() for b in c],
                 absent=[b for _, d in changes.values() for b in d])  # fmt: skip
 
@@ -559,18 +478,3 @@ def kafka_scope(change: RightsChange, extra_principals: Iterable[str] = ()) -> K
     if len(principals) > MAX_PRINCIPALS_PER_SYNC:
         return KafkaScope(tenant.slug, None, tuple(tenant_topics(tenant.slug)))
     return KafkaScope(tenant.slug, tuple(sorted(principals)))
-
-
-def queue_kafka_sync(change: RightsChange, extra_principals: Iterable[str] = ()) -> None:
-    """Queue, after the current transaction commits, the Kafka work ``change`` needs."""
-    from devices.tasks import credential_acls_sync_task, tenant_acls_sync_task
-
-    scope = kafka_scope(change, extra_principals)
-    if scope is None:
-        return
-    if scope.principals is None:
-        slug, topics = scope.tenant_slug, list(scope.topics)
-        transaction.on_commit(lambda: tenant_acls_sync_task.delay(slug, topics))
-    else:
-        slug, principals = scope.tenant_slug, list(scope.principals)
-        transaction.on_commit(lambda: credential_acls_sync_task.delay(slug, principals))

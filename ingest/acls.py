@@ -52,7 +52,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from certs.principals import CREDENTIAL_ID, credential_principal, group_principal
+from devices.principals import CREDENTIAL_ID, credential_principal, group_principal
 from tenants import policy
 
 ANY_HOST = "*"

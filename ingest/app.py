@@ -8,7 +8,7 @@ No Django request cycle runs here (no middleware, signals, ``HttpRequest``): a r
 costs what ingest itself must do.  In the steady state it touches neither the database nor
 Redis: identity comes from the worker's cache (``ingest.identity``, emptied by pushed
 changes of rights), rate limits from local buckets and leased slices of the tenant's
-(``ingest.ratelimit``), the schema from the worker's compiled copy (``ingest.registry``),
+(``ingest.ratelimit``), the schema from the worker's compiled copy (``devices.registry``),
 and the wait for Kafka's acknowledgement is an ``await`` on the worker's one producer.
 Counters, sightings and refusals are flushed in the background (``ingest.metrics``).
 
@@ -31,14 +31,16 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import close_old_connections
 
 from certs.tls_identity import VERIFY_REASONS
 from config.errors import InvalidInput, MethodNotAllowed, NotFound, SluiceError, Unauthenticated, error_body
+from devices.models import Device
+from devices.registry import SchemaCache
 from ingest import identity, metrics, records, services
 from ingest.identity import Identity, IdentityCache, Writer
 from ingest.kafka import IngestProducer, ingest_producer
-from ingest.ratelimit import Budget, RateLimiter, Verdict, policy_header, remaining_header
-from ingest.registry import SchemaCache
+from ingest.ratelimit import Budget, RateLimiter, Verdict, policy_header, redis_client, remaining_header
 from ingest.rights_listener import listen
 from tenants.oauth import tokens
 
@@ -193,15 +195,11 @@ class Worker:
 def _with_connection(load: Callable[[], Any]) -> Any:
     """Run a database read on a worker thread, dropping a connection an earlier error left
     unusable (what Django does around a request)."""
-    from django.db import close_old_connections
-
     close_old_connections()
     return load()
 
 
 def _device_exists(tenant_slug: str, device_id: str | None) -> bool:
-    from devices.models import Device
-
     return Device.objects.filter(tenant__slug=tenant_slug, device_id=device_id).exists()
 
 
@@ -211,8 +209,6 @@ _counter_redis: Any = None
 def _counter_client() -> Any:
     global _counter_redis
     if _counter_redis is None:
-        from ingest.ratelimit import redis_client
-
         _counter_redis = redis_client()
     return _counter_redis
 

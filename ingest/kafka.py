@@ -29,8 +29,6 @@ from certs.platform_pki import PlatformPki
 from config.env import Runtime
 
 _quiet = logging.getLogger("sluice.kafka.librdkafka")
-_admin_lock = threading.Lock()
-_admin: dict[str, AdminClient] = {}
 
 # librdkafka gives up on a record after this long (message.timeout.ms, alias
 # delivery.timeout.ms) and reports it failed; a request waits a little longer than that, so
@@ -89,17 +87,8 @@ def oauth_client_config(runtime: Runtime, *, oauth_cb: OAuthTokenCallback, ca_pe
     }
 
 
-def admin_client(runtime: Runtime) -> AdminClient:
-    """A process-wide AdminClient, created lazily (so never shared across a fork)."""
-    key = str(runtime.state_dir)
-    with _admin_lock:
-        client = _admin.get(key)
-        if client is None:
-            client = AdminClient(admin_config(runtime))
-            _admin[key] = client
-        return client
-
-
+# The launcher's health check imports this before Django is set up: it must stay light (no
+# models, no DRF), hence here rather than in ingest.kafka_admin.
 def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
     """None when the cluster answers a metadata request for the admin principal."""
     try:

@@ -29,6 +29,11 @@ from dataclasses import dataclass
 
 import orjson
 import redis
+from django.db import close_old_connections
+from django.utils import timezone
+
+from devices.models import Device
+from ingest.ratelimit import redis_client
 
 KEY_PREFIX = "sluice:ingest"
 COUNTERS_KEY = f"{KEY_PREFIX}:outcomes"
@@ -168,19 +173,12 @@ def write_last_seen(device_pks: list[int]) -> None:
     event loop)."""
     if not device_pks:
         return
-    from django.db import close_old_connections
-    from django.utils import timezone
-
-    from devices.models import Device
-
     close_old_connections()
     Device.objects.filter(pk__in=device_pks).update(last_seen_at=timezone.now())
 
 
 def counters() -> dict[str, int]:
     """Every worker's flushed counts (the control plane's /metrics reads these)."""
-    from ingest.ratelimit import redis_client
-
     try:
         raw = redis_client().hgetall(COUNTERS_KEY)
     except redis.RedisError:

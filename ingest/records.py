@@ -11,7 +11,7 @@ Body shapes (``Content-Type: application/json``, UTF-8):
 Parsing is orjson's (RFC 8259 strict: no NaN or Infinity, no number that overflows a 64-bit
 float, at most 1024 levels of nesting, UTF-8 only; an integer beyond 64 bits is read as a
 float, as most JSON consumers would).  Validation is the schema's compiled validator
-(``ingest.registry.LatestSchema``, jsonschema-rs): one call per valid record; the full list
+(``devices.registry.LatestSchema``, jsonschema-rs): one call per valid record; the full list
 of failures is built only for a request that fails.
 
 Wire format (what Confluent's serializers write and deserializers expect): magic byte 0, the
@@ -31,7 +31,7 @@ import fastavro
 import orjson
 
 from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, UnsupportedMediaType
-from ingest.registry import AVRO, LatestSchema
+from devices.registry import AVRO, LatestSchema
 
 MAX_BODY_BYTES = 2**20  # 1 MiB per request
 MAX_RECORDS = 500  # per batch

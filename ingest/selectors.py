@@ -14,9 +14,9 @@ import redis
 
 from config.errors import SchemaValidationFailed, SluiceError
 from devices.models import Device
+from devices.registry import latest_schema
 from ingest import metrics, records
 from ingest.ratelimit import redis_client
-from ingest.registry import latest_schema
 from tenants.scoping import Scope
 
 logger = logging.getLogger(__name__)

@@ -32,10 +32,10 @@ from config.errors import (
     SluiceError,
     Unauthenticated,
 )
+from devices.registry import LatestSchema
 from ingest import records
 from ingest.identity import CertificateGrant, ClientGrant, Identity, Writer
 from ingest.kafka import DeliveryOutcome, IngestProducer, KafkaHeaders, Outgoing
-from ingest.registry import LatestSchema
 from tenants import policy
 from tenants.oauth.tokens import AccessClaims
 

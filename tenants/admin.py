@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from config.errors import SluiceError
 from tenants import selectors, services
-from tenants.admin_scoping import TenantScopedAdmin
+from tenants.admin_scoping import TenantScopedAdmin, status_badge
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, ApiToken, AuditEvent, Membership, Tenant
 from tenants.scoping import scope_for
@@ -33,20 +33,6 @@ if TYPE_CHECKING:
 QUOTA_FIELDS = ("max_devices", "max_streams", "max_partitions", "max_records_per_second", "max_bytes_per_second",
                 "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip
 OPERATOR_ONLY_FIELDS = ("status", *QUOTA_FIELDS, "topic_deletion_policy")
-STATUS_COLOURS = {"active": "#2e7d32", "provisioned": "#2e7d32", "pending": "#b26a00", "suspended": "#b26a00",
-                  "failed": "#c62828", "disabled": "#616161"}  # fmt: skip
-
-
-def status_badge(value: str, label: str | None = None) -> str:
-    """A small coloured label for a status value (shared with devices.admin)."""
-    colour = STATUS_COLOURS.get(value, "#616161")
-    return format_html(
-        '<span style="color:#fff;background:{};padding:1px 8px;border-radius:8px;font-size:11px">{}</span>',
-        colour,
-        label or value,
-    )
-
-
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdmin[Tenant]):
     tenant_lookup = "pk"

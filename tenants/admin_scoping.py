@@ -24,12 +24,26 @@ from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils.html import format_html
 
 from config.errors import SluiceError
 from tenants.audit import Actor
 from tenants.models import Membership, Tenant
 from tenants.scoping import Scope, restrict, scope_for
 from tenants.selectors import tenant_list
+
+STATUS_COLOURS = {"active": "#2e7d32", "provisioned": "#2e7d32", "pending": "#b26a00", "suspended": "#b26a00",
+                  "failed": "#c62828", "disabled": "#616161"}  # fmt: skip
+
+
+def status_badge(value: str, label: str | None = None) -> str:
+    """A small coloured label for a status value (shared with devices.admin)."""
+    colour = STATUS_COLOURS.get(value, "#616161")
+    return format_html(
+        '<span style="color:#fff;background:{};padding:1px 8px;border-radius:8px;font-size:11px">{}</span>',
+        colour,
+        label or value,
+    )
 
 GENERIC_MESSAGES = {"Some fields are invalid."}
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import uritemplate
 from django.core.validators import RegexValidator
 from django.db.models import QuerySet
+from django.urls import Resolver404, resolve
 from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import force_instance
@@ -27,7 +28,6 @@ from drf_spectacular.utils import (
 )
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -210,8 +210,6 @@ class NotFoundApi(ScopedApi):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        from django.urls import Resolver404, resolve
-
         path = request.path
         hint = ""
         if not path.endswith("/"):
@@ -221,28 +219,6 @@ class NotFoundApi(ScopedApi):
             except Resolver404:
                 pass
         raise NotFound(f"No resource at '{path}'.{hint}")
-
-
-class ApiIndexApi(APIView):
-    """``/api/v1/``: where the API's collections are, as URI templates (RFC 6570), and where
-    its OpenAPI document and docs are.  Public, like the document itself: it names paths,
-    never data."""
-
-    schema = None  # the index of the operations, not one of them
-    permission_classes = (AllowAny,)
-
-    def get(self, request: Request) -> Response:
-        from tenants import urls  # the URL map imports this module
-
-        collections = {}
-        for pattern in urls.urlpatterns:
-            name = pattern.name or ""
-            route = getattr(pattern.pattern, "_route", None)
-            if route is None or not name.endswith("-list"):
-                continue
-            template = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
-            collections[template.rstrip("/").rsplit("/", 1)[-1]] = f"/api/v1/{template}"
-        return Response({"collections": collections, "openapi": "/api/schema/", "docs": "/api/docs/"})
 
 
 def path_id(value: int, what: str) -> int:

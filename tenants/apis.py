@@ -3,10 +3,9 @@ selector, and render; scoping and errors are handled by the shared base and hand
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import django_filters
-from confluent_kafka import KafkaException
 from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -14,7 +13,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.errors import PermissionDenied, ServiceUnavailable
+from config.errors import PermissionDenied
 from tenants import selectors, services
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
@@ -187,44 +186,6 @@ class AuditListApi(ScopedApi):
     def get(self, request: Request, tenant: str) -> Response:
         events = selectors.audit_event_list(scope=self.tenant_scope)
         return self.page(self.filtered(AuditFilter, events), AuditOutput)
-
-
-class DriftOutput(serializers.Serializer):
-    drift = serializers.ListField(child=serializers.CharField())
-    fixed = serializers.ListField(child=serializers.CharField())
-    unmanaged = serializers.ListField(child=serializers.CharField())
-
-
-FIX = OpenApiParameter("fix", bool, description="Repair the drift found (default true).")
-
-
-class ReconcileApi(ScopedApi):
-    extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {"post": (503,)}
-
-    @extend_schema(request=None, parameters=[FIX], responses=DriftOutput,
-                   description="Compares the tenant's topics with Kafka (operators only).")  # fmt: skip
-    def post(self, request: Request, tenant: str) -> Response:
-        from devices.services import topics_reconcile
-
-        target = self.tenant
-        self.scope.require_operator()
-        fix = _boolean(request, "fix", default=True)
-        try:
-            report = topics_reconcile(tenant=target, fix=fix)
-        except KafkaException as exc:
-            raise ServiceUnavailable(f"Kafka did not answer ({exc}); try again shortly.",
-                                     code="kafka_unavailable") from None  # fmt: skip
-        return Response({"drift": report.drift, "fixed": report.fixed, "unmanaged": report.unmanaged})
-
-
-def _boolean(request: Request, name: str, *, default: bool) -> bool:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if raw not in ("true", "false"):
-        detail = serializers.ErrorDetail("Must be true or false.", code="invalid")
-        raise serializers.ValidationError({name: [detail]})
-    return raw == "true"
 
 
 class TokenOutput(serializers.ModelSerializer):

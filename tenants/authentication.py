@@ -17,7 +17,8 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from tenants.models import ApiToken, hash_token
+from tenants.hashing import hash_token
+from tenants.models import ApiToken
 
 TOKEN_PREFIX = "slc_"  # noqa: S105 - a public marker, not a secret
 # Three base64url parts (RFC 7515 §7.1, JWS compact serialization).

@@ -33,10 +33,17 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from config.hooks import Hook
+
 log = logging.getLogger("sluice.rights")
 
 CHANNEL = "sluice:rights"
 PUBLISH_ATTEMPTS = 3
+
+# Kafka's ACLs and client quotas are made by ingest, a layer above this one: it connects its
+# sync (``ingest.receivers.rights_kafka_sync``, keyword arguments ``change`` and
+# ``extra_principals``) in IngestConfig.ready(), so this module never imports ingest.
+kafka_sync = Hook("tenants.rights.kafka_sync")
 
 
 @dataclass(frozen=True)
@@ -119,8 +126,4 @@ def rights_changed(
         clients=frozenset(clients),
     )
     transaction.on_commit(lambda: publish(change))
-    # Kafka's ACLs (and client quotas) are made by ingest, a layer above this one; a
-    # module-level import would run the wrong way (ingest imports tenants).
-    from ingest.acl_sync import queue_kafka_sync
-
-    queue_kafka_sync(change, kafka_principals)
+    kafka_sync(change=change, extra_principals=tuple(kafka_principals))

@@ -12,9 +12,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, validate_model
+from config.hooks import Hook
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.authentication import TOKEN_PREFIX
-from tenants.models import ApiToken, Membership, RetiredSlug, Tenant, hash_token
+from tenants.hashing import hash_token
+from tenants.models import ApiToken, Membership, RetiredSlug, Tenant
 from tenants.rights import rights_changed
 from tenants.scoping import Scope
 from tenants.selectors import membership_list
@@ -28,19 +30,26 @@ TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per
 SLUG_RESERVATION = dt.timedelta(hours=24)
 
 
-def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenant:
-    from devices.tasks import tenant_dlq_provision_task
+# A tenant's life reaches the layers above this one: certs gives a new tenant its issuing CA
+# and revokes a deleted one's; ingest provisions its DLQ topic and deletes its topics and
+# subjects.  They connect in their AppConfig.ready(), so tenants never imports them.
+# tenant_created(actor, tenant): inside the creating transaction, after the tenant row.
+tenant_created = Hook("tenants.services.tenant_created")
+# tenant_deleting(actor, tenant): inside the deleting transaction, before any row goes.
+tenant_deleting = Hook("tenants.services.tenant_deleting")
+# tenant_deleted(topics, prefix): inside the deleting transaction, after the rows went;
+# ``topics`` are the ones the tenant's policy deletes, ``prefix`` its topic prefix.
+tenant_deleted = Hook("tenants.services.tenant_deleted")
 
+
+def tenant_create(*, actor: Actor, slug: str, name: str, **quotas: Any) -> Tenant:
     tenant = Tenant(slug=slug, name=name, **quotas)
     validate_model(tenant)
-    from certs.services import tenant_ca_create
-
     with transaction.atomic():
         _claim_slug(slug)
         tenant.save()
         audit_record(actor=actor, tenant=tenant, action="tenant.create", obj=tenant, after=snapshot(tenant))
-        tenant_ca_create(actor=actor, tenant=tenant)
-        transaction.on_commit(lambda: tenant_dlq_provision_task.delay(tenant.pk))
+        tenant_created(actor=actor, tenant=tenant)
     return tenant
 
 
@@ -105,9 +114,6 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
     with deleted topics), and reserves its slug (``RetiredSlug``): for ``SLUG_RESERVATION``,
     or until an operator releases it when topics were kept.  Returns the topics scheduled
     for deletion."""
-    from certs.services import tenant_cas_revoke
-    from devices.tasks import subjects_delete_task, topics_delete_task
-
     if confirm != tenant.slug:
         raise InvalidInput(
             f"To delete tenant '{tenant.slug}', confirm with its slug.",
@@ -125,7 +131,7 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
             before=before,
             after={"topics_deleted": to_delete, "topics_kept": [t for t in topics if t not in to_delete]},
         )
-        tenant_cas_revoke(actor=actor, tenant=tenant)
+        tenant_deleting(actor=actor, tenant=tenant)
         # Before the rows go: the Kafka sync it queues needs the tenant's topics, by name.
         rights_changed(tenant_id=tenant.pk, whole_tenant=True)
         tenant.certificates.all().delete()
@@ -140,11 +146,9 @@ def tenant_delete(*, actor: Actor, tenant: Tenant, confirm: str) -> list[str]:
                       "topics_kept": kept},
         )  # fmt: skip
         if to_delete:
-            transaction.on_commit(lambda: topics_delete_task.delay(to_delete))
             # Kept topics keep their subjects (their records name schema ids); those go when
             # the slug is released.
-            prefix = tenant.topic_prefix
-            transaction.on_commit(lambda: subjects_delete_task.delay(prefix=prefix))
+            tenant_deleted(topics=to_delete, prefix=tenant.topic_prefix)
     return to_delete
 
 

@@ -84,7 +84,8 @@ def provision(
     from certs.platform_pki import PlatformPki
     from certs.services import certificates_issue_bulk
     from devices.models import Stream
-    from devices.services import device_bulk_import, group_create, stream_provision, stream_with_schema_create
+    from devices.services import device_bulk_import, group_create, stream_with_schema_create
+    from ingest.topic_sync import stream_provision
     from tenants.audit import Actor
     from tenants.services import tenant_create
 
@@ -264,7 +265,7 @@ def wait_for_background(*, topics_expected: int, say: Callable[[str], None], tim
     import redis
     from django.conf import settings
 
-    from ingest.kafka import admin_client
+    from ingest.kafka_admin import admin_client
 
     runtime = settings.SLUICE_RUNTIME
     client = redis.Redis.from_url(runtime.redis_url(0))

@@ -146,7 +146,7 @@ class Redis(Component):
     def after_healthy(self, ctx: Context) -> None:
         import redis
 
-        from config.health import BEAT_KEY
+        from config.celery import BEAT_KEY
 
         # Redis persists; a heartbeat left by the previous run must not vouch for this one.
         redis.Redis.from_url(ctx.runtime.redis_url()).delete(BEAT_KEY)
@@ -320,7 +320,7 @@ class Registry(Component):
             "-Dquarkus.http.domain-socket-enabled=true",
             f"-Dquarkus.http.domain-socket={rt.registry_socket}",
             # A Unix socket has no peer address, which Apicurio's audit filter reads; Sluice's
-            # client names one (ingest.registry_client.FORWARDED_FOR).
+            # client names one (devices.registry_client.FORWARDED_FOR).
             "-Dquarkus.http.proxy.proxy-address-forwarding=true",
             "-Dquarkus.http.proxy.allow-x-forwarded=true",
             "-Dquarkus.management.host=127.0.0.1",
@@ -344,7 +344,7 @@ class Registry(Component):
     def check(self, ctx: Context) -> str | None:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-        from ingest.registry_client import httpx, registry_client_for
+        from devices.registry_client import httpx, registry_client_for
 
         try:
             status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.ports.registry_management}/health/ready")
@@ -364,7 +364,7 @@ class Registry(Component):
     def after_healthy(self, ctx: Context) -> None:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-        from ingest.registry_client import httpx, registry_client_for
+        from devices.registry_client import httpx, registry_client_for
 
         # Apicurio's default compatibility is NONE; Confluent's (and Sluice's) is BACKWARD.
         try:

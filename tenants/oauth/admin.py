@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from config.errors import SluiceError
-from tenants.admin_scoping import TenantScopedAdmin
+from tenants.admin_scoping import TenantScopedAdmin, status_badge
 from tenants.oauth import services
 from tenants.oauth.models import OAuthClient
 
@@ -43,8 +43,6 @@ class OAuthClientAdmin(TenantScopedAdmin[OAuthClient]):
 
     @admin.display(description="state", ordering="status")
     def state(self, obj: OAuthClient) -> str:
-        from tenants.admin import status_badge
-
         return status_badge("active" if obj.is_active else "failed", obj.status)
 
     @admin.display(description="scopes")

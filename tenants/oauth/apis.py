@@ -4,7 +4,7 @@ secret appears once, in the answer that made it.  Scoping comes from ``ScopedApi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
@@ -13,13 +13,15 @@ from rest_framework.response import Response
 
 from config.errors import NotFound
 from devices import selectors as device_selectors
-from devices.models import Device, DeviceGroup
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import selectors, services
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.views import metadata_document
+
+if TYPE_CHECKING:  # devices is a layer above tenants: its models are named for types only
+    from devices.models import Device, DeviceGroup
 
 
 class OAuthClientOutput(serializers.ModelSerializer):

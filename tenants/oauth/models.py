@@ -12,7 +12,7 @@ from typing import ClassVar, TypedDict
 from django.db import models
 
 from tenants import states
-from tenants.models import hash_token
+from tenants.hashing import hash_token
 
 
 class PolicyFacts(TypedDict):

@@ -5,19 +5,22 @@ returned once, by the call that made it, and only its hash is stored."""
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput, validate_model
-from devices.models import Device, DeviceGroup
 from tenants import policy
 from tenants.audit import Actor, audit_record
-from tenants.models import Tenant, hash_token
+from tenants.hashing import hash_token
+from tenants.models import Tenant
 from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth.models import OAuthClient
 from tenants.rights import rights_changed
+
+if TYPE_CHECKING:  # devices is a layer above tenants: its models are named for types only
+    from devices.models import Device, DeviceGroup
 
 CLIENT_ID_PREFIX = "sc_"
 # The field code of a subject whose group's credential policy refuses OAuth2 (a 409).
@@ -82,7 +85,7 @@ def _subject_errors(
         elif device.tenant_id != tenant.pk:
             errors.append(_field("/device", "does_not_exist", "No such device in this tenant."))
         else:
-            if device.status != Device.Status.ACTIVE:
+            if device.status != device.Status.ACTIVE:
                 errors.append(_field("/device", "device_disabled", "The device is disabled."))
             if not policy.admits(device.group.credential_policy, certificates=False):
                 message = f"The device's group '{device.group.slug}' allows mTLS certificates only."

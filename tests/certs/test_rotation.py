@@ -47,7 +47,7 @@ def own_pki(services: Runtime, settings: Any, tmp_path: Path, monkeypatch: Any) 
         "SLUICE_REDIS_PASSWORD": services.redis_password, "SLUICE_KEK": "rotation-test-kek",
     })  # fmt: skip
     settings.SLUICE_RUNTIME = runtime
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
     return runtime
 
 
@@ -182,7 +182,7 @@ def test_a_second_rotation_waits_for_the_lock(own_pki: Runtime) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_rotation_runs_through_a_real_worker(services: Runtime, celery_worker: Any, monkeypatch: Any) -> None:
     # given a committed certificate already inside its window (1-day lifetime, 30-day window)
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
     device = make_device(lifetime=1, window=30)
     issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase").certificate
     # when beat's task goes through Redis to a worker

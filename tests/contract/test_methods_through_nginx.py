@@ -11,7 +11,8 @@ import pytest
 
 from certs.platform_pki import PlatformPki
 from config.env import Runtime
-from tenants.models import ApiToken, hash_token
+from tenants.hashing import hash_token
+from tenants.models import ApiToken
 from tests.conftest import make_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

@@ -58,10 +58,11 @@ from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 
 from certs.services import certificate_issue_from_csr, tenant_ca_create
+from devices import registry
 from devices.models import Device, DeviceGroup, Stream
-from ingest import registry
 from tenants.audit import Actor
-from tenants.models import ApiToken, Membership, Tenant, hash_token
+from tenants.hashing import hash_token
+from tenants.models import ApiToken, Membership, Tenant
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.services import oauth_client_create
 

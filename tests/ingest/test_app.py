@@ -20,8 +20,9 @@ from django.utils import timezone
 from certs.models import Certificate
 from certs.services import Issued, certificate_issue_generated, certificate_revoke
 from config.env import Runtime
+from devices import registry
 from devices.models import Device, DeviceGroup, Stream
-from ingest import identity, registry, services
+from ingest import identity, services
 from ingest.app import IngestApp
 from ingest.kafka import IngestProducer, Outgoing, ingest_producer_config
 from ingest.ratelimit import RateLimiter
@@ -113,7 +114,7 @@ def client(services: Runtime) -> Iterator[Client]:
 
 @pytest.fixture
 def issued(services: Runtime, monkeypatch: pytest.MonkeyPatch) -> Issued:
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
     tenant = tenant_create(actor=ACTOR, slug=unique_slug("acme"), name="Acme")
     stream = Stream.objects.create(tenant=tenant, region="eu", type="temperature", partitions=1)
     group = DeviceGroup.objects.create(tenant=tenant, slug="sensors", region="eu", device_type="temperature",

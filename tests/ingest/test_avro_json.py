@@ -1,4 +1,4 @@
-"""ingest.avro_json: the JSON Schema of an Avro schema's JSON records accepts what the Avro
+"""devices.avro_json: the JSON Schema of an Avro schema's JSON records accepts what the Avro
 writer would write faithfully and refuses what it would write wrongly or not at all.  Pure."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from ingest.avro_json import avro_json_schema
-from ingest.registry import compile_json_schema
+from devices.avro_json import avro_json_schema
+from devices.registry import compile_json_schema
 
 LINKED: dict[str, Any] = {
     "type": "record", "name": "Node", "namespace": "t",

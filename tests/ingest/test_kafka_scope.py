@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from certs.principals import credential_principal
 from devices.models import Device, DeviceGroup
+from devices.principals import credential_principal
 from ingest.acl_sync import MAX_PRINCIPALS_PER_SYNC, KafkaScope, kafka_scope
 from tenants.models import Tenant
 from tenants.oauth.models import OAuthClient

@@ -12,9 +12,9 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
 
+from config.onboarding_forms import AVRO_EXAMPLE
+from devices.registry import AVRO, JSON, LatestSchema, _compile
 from ingest import records
-from ingest.registry import AVRO, JSON, LatestSchema, _compile
-from tenants.onboarding_forms import AVRO_EXAMPLE
 from tests.schemas import READING_AVRO_RICH as READING_AVRO
 from tests.schemas import READING_JSON
 

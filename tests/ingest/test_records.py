@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 
 from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, SluiceError, UnsupportedMediaType
+from devices.registry import LatestSchema, _compile
 from ingest import records
-from ingest.registry import LatestSchema, _compile
 from tests.schemas import READING_AVRO_RICH as AVRO_SCHEMA
 
 JSON_SCHEMA = {

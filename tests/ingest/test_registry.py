@@ -1,4 +1,4 @@
-"""ingest.registry: schema text is checked before any network call, and the registry's
+"""devices.registry: schema text is checked before any network call, and the registry's
 answers come back as the domain's errors.  The integration tests run against the real
 registry that ``platform/bin/sluice test`` starts; the others need no services."""
 
@@ -14,9 +14,9 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from config.env import Runtime
 from config.errors import Conflict, InvalidInput
-from ingest import registry
-from ingest.registry import RegistryUnavailable, schema_check, schema_register, value_subject
-from ingest.registry_client import registry_client_for
+from devices import registry
+from devices.registry import RegistryUnavailable, schema_check, schema_register, value_subject
+from devices.registry_client import registry_client_for
 from tests.conftest import unique_slug
 
 READING_V1 = {

@@ -34,9 +34,10 @@ from config.celery import app
 from config.env import Runtime
 from devices import services as device_services
 from devices.models import Device, DeviceGroup, Stream
-from ingest.acl_sync import ALL_ACLS, acls_reconcile, exact_filter, existing_acls
+from ingest.acl_sync import acls_reconcile
 from ingest.acls import describe_binding, managed_tenant_slugs
 from ingest.kafka import client_config
+from ingest.kafka_admin import ALL_ACLS, exact_filter, existing_acls
 from tenants.audit import Actor
 from tenants.models import AuditEvent, Tenant
 from tenants.services import tenant_create, tenant_delete, tenant_set_status

@@ -46,7 +46,7 @@ def make_device(slug: str | None = None) -> Device:
 
 @pytest.fixture
 def device(services: Runtime, monkeypatch: Any) -> Device:
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
     return make_device()
 
 

@@ -24,8 +24,8 @@ from config.env import Runtime
 from config.errors import Conflict
 from devices import services as device_services
 from devices.models import DeviceGroup
+from devices.registry import registry_client, schema_register, value_subject
 from ingest.kafka import client_config, oauth_client_config
-from ingest.registry import registry_client, schema_register, value_subject
 from tenants.audit import Actor
 from tenants.models import RetiredSlug, Tenant
 from tenants.oauth.models import OAuthClient

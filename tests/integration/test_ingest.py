@@ -27,9 +27,10 @@ from certs.platform_pki import PlatformPki
 from certs.services import Issued, certificate_issue_generated, certificate_revoke, crl_name
 from config.env import Runtime
 from devices.models import Device, DeviceGroup, Stream
-from devices.services import device_update, stream_provision
+from devices.registry import registry_client, schema_register, value_subject
+from devices.services import device_update
 from ingest.kafka import admin_config
-from ingest.registry import registry_client, schema_register, value_subject
+from ingest.topic_sync import stream_provision
 from tenants.audit import Actor
 from tenants.models import Tenant
 from tenants.services import tenant_create, tenant_set_status
@@ -94,7 +95,7 @@ def _post(services: Runtime, tmp_path: Path, issued: Issued | None) -> Callable[
 @pytest.fixture
 def make_sender(services: Runtime, tmp_path: Path, monkeypatch: Any) -> Callable[..., Sender]:
     # The tenant's DLQ topic is not part of these tests; provisioning is tested elsewhere.
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
 
     def make(schema_type: str = "JSON", schema: Any = READING_JSON, *, register: bool = True, rate: int = 100,
              tenant: Tenant | None = None, **quotas: Any) -> Sender:  # fmt: skip

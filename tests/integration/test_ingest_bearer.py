@@ -20,8 +20,9 @@ from joserfc.jwk import ECKey
 from certs.services import certificate_issue_generated
 from config.env import Runtime
 from devices.models import Device, DeviceGroup, Stream
-from devices.services import device_update, stream_provision
-from ingest.registry import schema_register, value_subject
+from devices.registry import schema_register, value_subject
+from devices.services import device_update
+from ingest.topic_sync import stream_provision
 from tenants.audit import Actor
 from tenants.models import Tenant
 from tenants.oauth import keys, tokens
@@ -72,7 +73,7 @@ class TokenDevice:
 @pytest.fixture
 def make_device(services: Runtime, tmp_path: Path, monkeypatch: Any) -> Callable[..., TokenDevice]:
     # The tenant's DLQ topic is not part of these tests; provisioning is tested elsewhere.
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
 
     def make(policy: str = Policy.OAUTH2, *, tenant: Tenant | None = None) -> TokenDevice:
         tenant = tenant or tenant_create(actor=ACTOR, slug=unique_slug("t"), name="Bearer test")

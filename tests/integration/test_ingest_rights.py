@@ -136,7 +136,7 @@ CERTIFICATE_CHANGES: dict[str, tuple[Callable[[Any], None], str | tuple[str, ...
 def test_a_change_refuses_a_certificate_on_every_worker_within_a_second(
     services: Runtime, make_sender: Any, monkeypatch: Any, change: str
 ) -> None:
-    monkeypatch.setattr("devices.tasks.topics_delete_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.topics_delete_task.delay", lambda *_: None)
     sender = make_sender()
     act, code = CERTIFICATE_CHANGES[change]
     took = refused_on_every_worker_within(services, lambda: as_nginx(sender.issued), lambda: act(sender), code)

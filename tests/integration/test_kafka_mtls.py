@@ -21,8 +21,8 @@ from confluent_kafka.admin import (
 
 from certs import ca
 from certs.platform_pki import PlatformPki
-from certs.principals import group_principal
 from config.env import Runtime
+from devices.principals import group_principal
 from ingest.kafka import client_config
 from tests.conftest import ClientCredential, issue_device_credential, unique_slug
 

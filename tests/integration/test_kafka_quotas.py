@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 from certs.models import Certificate
 from certs.services import certificate_revoke
 from config.env import Runtime
-from ingest.quota_sync import described
+from ingest.kafka_admin import described_quotas as described
 from ingest.quotas import user_entity
 from tenants.audit import Actor
 from tenants.models import AuditEvent, Tenant

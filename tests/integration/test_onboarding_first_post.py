@@ -20,10 +20,10 @@ from django.test import Client
 
 from certs.platform_pki import PlatformPki
 from config.env import Runtime
+from config.onboarding_forms import AVRO_EXAMPLE
 from devices.models import Stream
+from devices.registry import AVRO, JSON, latest_schema, value_subject
 from ingest import records
-from ingest.registry import AVRO, JSON, latest_schema, value_subject
-from tenants.onboarding_forms import AVRO_EXAMPLE
 from tests.conftest import make_user, unique_slug
 from tests.integration.test_ingest import consume
 from tests.integration.test_topic_provisioning import eager_tasks  # noqa: F401 - fixture

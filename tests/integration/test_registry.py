@@ -21,7 +21,7 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from config.env import DEFAULT_PORTS, Runtime
-from ingest.registry_client import registry_client_for
+from devices.registry_client import registry_client_for
 from sluicectl.launcher import Launcher, child_env, make_context
 from tests.conftest import unique_slug
 

@@ -36,7 +36,7 @@ ACTOR = Actor.system("test")
 @pytest.fixture
 def device(services: Runtime, django_capture_on_commit_callbacks: Callable[..., Any], monkeypatch: Any) -> Device:
     # Topic provisioning is covered by test_topic_provisioning.py; here only the PKI matters.
-    monkeypatch.setattr("devices.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.tenant_dlq_provision_task.delay", lambda *_: None)
     with django_capture_on_commit_callbacks(execute=True):
         tenant = tenant_create(actor=ACTOR, slug=unique_slug("t"), name="PKI test")
     stream = Stream.objects.create(tenant=tenant, region="eu", type="temperature", partitions=1)
@@ -185,7 +185,7 @@ def test_deleting_a_tenant_revokes_its_ca_for_kafka_and_nginx(
     assert _await_status(services, tmp_path, issued, tenant, lambda code: code == ACCEPTED)[0] == ACCEPTED
     authority = CertificateAuthority.objects.get(tenant=device.tenant)
     # when the tenant is deleted (its topics are another test's business)
-    monkeypatch.setattr("devices.tasks.topics_delete_task.delay", lambda *_: None)
+    monkeypatch.setattr("ingest.tasks.topics_delete_task.delay", lambda *_: None)
     with django_capture_on_commit_callbacks(execute=True):
         tenant_delete(actor=ACTOR, tenant=device.tenant, confirm=device.tenant.slug)
     # then the root CRL lists its CA, and both nginx and the broker refuse the certificate

@@ -12,8 +12,9 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from config.celery import app
 from config.env import Runtime
 from devices import services as device_services
-from devices import topics
 from devices.models import Stream
+from ingest import kafka_admin as topics
+from ingest import topic_sync
 from tenants.audit import Actor
 from tenants.models import AuditEvent, Tenant
 from tenants.services import tenant_create, tenant_delete
@@ -102,16 +103,16 @@ def test_reconcile_reports_and_repairs_drift(
     kafka_admin.delete_topics([fresh_tenant.dlq_topic])[fresh_tenant.dlq_topic].result(30)
 
     # when reconcile only reports
-    report = device_services.topics_reconcile(tenant=fresh_tenant, fix=False)
+    report = topic_sync.topics_reconcile(tenant=fresh_tenant, fix=False)
     # then it names both drifts and changes nothing
     assert f"{stream.topic}: retention.ms=1000, expected {6 * 3_600_000}" in report.drift
     assert f"{fresh_tenant.dlq_topic}: topic is missing" in report.drift
     assert report.fixed == []
 
     # when it fixes, then the cluster matches again, and the repair is audited
-    fixed = device_services.topics_reconcile(tenant=fresh_tenant, fix=True)
+    fixed = topic_sync.topics_reconcile(tenant=fresh_tenant, fix=True)
     assert fixed.fixed
-    assert device_services.topics_reconcile(tenant=fresh_tenant, fix=False).drift == []
+    assert topic_sync.topics_reconcile(tenant=fresh_tenant, fix=False).drift == []
     assert AuditEvent.objects.filter(action="topics.reconcile", tenant_slug=fresh_tenant.slug).exists()
 
 
@@ -137,7 +138,7 @@ def test_a_late_deletion_never_removes_a_topic_a_stream_owns_again(
     # given a stream whose topic name was queued for deletion before it was created again
     with django_capture_on_commit_callbacks(execute=True):
         stream = device_services.stream_create(actor=ACTOR, tenant=fresh_tenant, region="eu", type="humidity")
-    from devices.tasks import topics_delete_task
+    from ingest.tasks import topics_delete_task
 
     # when the stale deletion finally runs (a retry), with the tenant's DLQ named too
     deleted = topics_delete_task(names=[stream.topic, fresh_tenant.dlq_topic, f"iot.{fresh_tenant.slug}.gone"])

@@ -8,7 +8,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from devices.models import Device, DeviceGroup
-from tenants.models import AuditEvent, Tenant, hash_token
+from tenants.hashing import hash_token
+from tenants.models import AuditEvent, Tenant
 from tenants.oauth.models import OAuthClient
 from tests.conftest import make_user
 from tests.oauth.support import make_oauth_client, request_token, service_api

@@ -13,7 +13,8 @@ from django.utils import timezone
 from config.env import Runtime
 from devices.models import Device, DeviceGroup
 from tenants.audit import Actor
-from tenants.models import AuditEvent, Tenant, hash_token
+from tenants.hashing import hash_token
+from tenants.models import AuditEvent, Tenant
 from tenants.oauth import keys, tokens
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.services import oauth_client_revoke, oauth_client_rotate_secret

@@ -31,8 +31,8 @@ from cryptography.x509.oid import NameOID
 
 from certs.platform_pki import PlatformPki
 from config.env import BASE_DIR, Runtime, load_runtime
+from devices.registry_client import registry_client_for
 from ingest.kafka import admin_config, client_config
-from ingest.registry_client import registry_client_for
 from sluicectl.launcher import child_env
 from sluicectl.private_state import public_rule, too_open, walk
 from tests.conftest import unique_slug

@@ -26,7 +26,7 @@ def no_kafka_provisioning(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     no-op: Kafka provisioning is covered by tests/integration, this test is about the UI."""
     from config.celery import app
 
-    monkeypatch.setattr("devices.services.tenant_dlq_provision", lambda *, tenant: [])
+    monkeypatch.setattr("ingest.topic_sync.tenant_dlq_provision", lambda *, tenant: [])
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False

@@ -30,11 +30,11 @@ from playwright.sync_api import Page, expect
 from certs.models import Certificate
 from certs.platform_pki import PlatformPki, ensure_platform_pki
 from config.env import Runtime
+from config.onboarding_forms import AVRO_EXAMPLE
 from devices.models import Device, DeviceGroup, Stream
-from ingest.registry import AVRO, latest_schema_forget
+from devices.registry import AVRO, latest_schema_forget
 from tenants.audit import Actor
 from tenants.models import SLUG_RULE, AuditEvent, Membership, Tenant
-from tenants.onboarding_forms import AVRO_EXAMPLE
 from tenants.services import tenant_create
 from tests.conftest import make_tenant, make_user, unique_slug
 from tests.integration.test_onboarding_first_post import CURLRC, PASSPHRASE, _onboard
@@ -73,8 +73,8 @@ def no_kafka_provisioning(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     Kafka calls no-ops: real provisioning is covered by tests/integration/test_topic_provisioning.py."""
     from config.celery import app
 
-    monkeypatch.setattr("devices.services.stream_provision", lambda *, stream: [])
-    monkeypatch.setattr("devices.services.tenant_dlq_provision", lambda *, tenant: [])
+    monkeypatch.setattr("ingest.topic_sync.stream_provision", lambda *, stream: [])
+    monkeypatch.setattr("ingest.topic_sync.tenant_dlq_provision", lambda *, tenant: [])
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False
@@ -106,11 +106,11 @@ class RecordingRegistry:
 @pytest.fixture
 def schema_registry(monkeypatch: pytest.MonkeyPatch) -> RecordingRegistry:
     """Only the registry's network call is replaced: this test is about the flow and runs
-    without the platform's services, while ingest.registry still checks the schema text for
+    without the platform's services, while devices.registry still checks the schema text for
     real (the malformed schema below is refused by it).  Registration against the real
     registry is tested in tests/ingest/test_registry.py."""
     recording = RecordingRegistry()
-    monkeypatch.setattr("ingest.registry.registry_client", lambda: recording)
+    monkeypatch.setattr("devices.registry.registry_client", lambda: recording)
     # The latest-schema cache is per process and keyed by subject, which tests here reuse.
     latest_schema_forget()
     return recording
@@ -337,7 +337,7 @@ def test_a_registry_refusal_is_shown_on_the_schema_field_and_creates_no_stream(
     # real registry's 409 is tested in tests/ingest/test_registry.py)
     tenant = make_tenant("acme")
     client.force_login(make_staff_user("operator", operator=True))
-    monkeypatch.setattr("ingest.registry.registry_client", RefusingRegistry)
+    monkeypatch.setattr("devices.registry.registry_client", RefusingRegistry)
 
     # when the stream and schema are submitted
     response = client.post(
@@ -380,7 +380,7 @@ def test_the_credentials_page_says_so_when_the_registry_is_unreachable(
                                        stream=stream, schema_subject=f"{stream.topic}-value")  # fmt: skip
     Device.objects.create(tenant=tenant, group=group, device_id="thermo-1")
     client.force_login(make_staff_user("operator", operator=True))
-    monkeypatch.setattr("ingest.registry.registry_client", UnreachableRegistry)
+    monkeypatch.setattr("devices.registry.registry_client", UnreachableRegistry)
     latest_schema_forget()
 
     # when they issue the device's credentials

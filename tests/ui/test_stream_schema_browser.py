@@ -139,7 +139,7 @@ def no_kafka_provisioning(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     in-process and make the Kafka call a no-op (tests/integration provisions for real)."""
     from config.celery import app
 
-    monkeypatch.setattr("devices.services.stream_provision", lambda *, stream: [])
+    monkeypatch.setattr("ingest.topic_sync.stream_provision", lambda *, stream: [])
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False

@@ -11,8 +11,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.errors import SluiceError
-from ingest import registry
-from ingest.kafka import admin_client
+from devices import registry
+from ingest.kafka_admin import admin_client, topics_with_prefix
 from tenants.audit import Actor
 from tenants.models import RetiredSlug
 from tenants.services import retired_slug_release
@@ -29,8 +29,7 @@ class Command(BaseCommand):
             self.stdout.write(f"'{slug}' is not reserved: it is free (or a live tenant's)")
             return
         prefix = f"iot.{slug}."
-        left = sorted(t for t in admin_client(settings.SLUICE_RUNTIME).list_topics(timeout=10).topics
-                      if t.startswith(prefix))  # fmt: skip
+        left = topics_with_prefix(admin_client(settings.SLUICE_RUNTIME), prefix)
         try:
             if not left:
                 deleted = registry.subjects_delete(prefix=prefix)

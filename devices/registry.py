@@ -45,8 +45,8 @@ from jsonschema.validators import Draft7Validator, validator_for
 from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
-from ingest.avro_json import AVRO_CODES, avro_json_schema
-from ingest.registry_client import registry_client_for
+from devices.avro_json import AVRO_CODES, avro_json_schema
+from devices.registry_client import registry_client_for
 
 log = logging.getLogger("sluice.ingest")
 T = TypeVar("T")
@@ -349,7 +349,7 @@ def compile_json_schema(document: Any) -> Any:
 class LatestSchema:
     """The latest version of a subject, compiled once: ``validator`` checks the JSON records
     devices send (the stream's JSON Schema, or for AVRO the JSON Schema equivalent to the
-    Avro schema, ``ingest.avro_json``), ``parsed`` is the fastavro schema (AVRO) or the JSON
+    Avro schema, ``devices.avro_json``), ``parsed`` is the fastavro schema (AVRO) or the JSON
     Schema document (JSON), ``codes`` renames validation keywords into the refusal codes of
     this schema type."""
 

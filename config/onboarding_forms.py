@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from config.errors import SluiceError
 from devices.forms import LabelsField
 from devices.models import DEVICE_ID_RULE, DeviceGroup, Stream, default_partitions
-from ingest.registry import AVRO, JSON
+from devices.registry import AVRO, JSON
 from tenants.models import Tenant
 
 SLUG_HELP = "Lowercase letters, digits and hyphens."

@@ -1,7 +1,7 @@
 """The one place that builds schema registry clients.
 
 Django-free, like ``ingest.kafka``: the launcher (health check, global compatibility), the
-web app's ``/healthz``, ``ingest.registry`` and the tests all build their client here.
+web app's ``/healthz``, ``devices.registry`` and the tests all build their client here.
 
 Apicurio listens on a Unix socket only (``Runtime.registry_socket``, owner-only), so only
 processes of Sluice's own user reach it.  ``confluent_kafka``'s ``SchemaRegistryClient`` builds

@@ -32,14 +32,7 @@ from certs.platform_pki import PlatformPki, root_fingerprint
 from certs.selectors import device_active_certificate
 from certs.services import RENEWAL_OVERLAP, Issued, certificate_issue_generated
 from config.errors import NotFound, SluiceError
-from devices import selectors as device_selectors
-from devices.models import Device
-from devices.services import device_create, group_create, stream_with_schema_create
-from ingest import registry
-from ingest.selectors import record_sample_for
-from tenants.audit import Actor
-from tenants.models import Tenant
-from tenants.onboarding_forms import (
+from config.onboarding_forms import (
     CredentialsForm,
     DeviceForm,
     GroupForm,
@@ -48,6 +41,13 @@ from tenants.onboarding_forms import (
     TenantForm,
     add_service_error,
 )
+from devices import registry
+from devices import selectors as device_selectors
+from devices.models import Device
+from devices.services import device_create, group_create, stream_with_schema_create
+from ingest.selectors import record_sample_for
+from tenants.audit import Actor
+from tenants.models import Tenant
 from tenants.scoping import Scope, scope_for
 from tenants.selectors import tenant_admin_usernames, tenant_get
 from tenants.services import tenant_create, user_create_tenant_admin

@@ -1,8 +1,8 @@
-"""/onboarding/: the operator's guided tenant onboarding (``tenants.onboarding``)."""
+"""/onboarding/: the operator's guided tenant onboarding (``config.onboarding``)."""
 
 from django.urls import path
 
-from tenants import onboarding
+from config import onboarding
 
 app_name = "onboarding"
 

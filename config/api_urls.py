@@ -1,14 +1,42 @@
-"""/api/v1/ URL map."""
+"""/api/v1/ URL map: the top layer, where every app's API (tenants, OAuth clients, devices, certs, ingest) is routed."""
+
+import re
 
 from django.urls import path, re_path
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from certs import apis as cert_apis
 from devices import apis as device_apis
+from ingest import apis as ingest_apis
 from tenants import apis
-from tenants.api_base import ApiIndexApi, NotFoundApi
+from tenants.api_base import NotFoundApi
 from tenants.oauth import apis as oauth_apis
 
 T = "tenants/<slug:tenant>/"
+
+class ApiIndexApi(APIView):
+    """``/api/v1/``: where the API's collections are, as URI templates (RFC 6570), and where
+    its OpenAPI document and docs are.  Public, like the document itself: it names paths,
+    never data."""
+
+    schema = None  # the index of the operations, not one of them
+    permission_classes = (AllowAny,)
+
+    def get(self, request: Request) -> Response:
+        collections = {}
+        for pattern in urlpatterns:
+            name = pattern.name or ""
+            route = getattr(pattern.pattern, "_route", None)
+            if route is None or not name.endswith("-list"):
+                continue
+            template = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+            collections[template.rstrip("/").rsplit("/", 1)[-1]] = f"/api/v1/{template}"
+        return Response({"collections": collections, "openapi": "/api/schema/", "docs": "/api/docs/"})
+
+
 
 urlpatterns = [
     path("", ApiIndexApi.as_view(), name="api-index"),
@@ -18,7 +46,7 @@ urlpatterns = [
     path(f"{T}resume", apis.TenantResumeApi.as_view(), name="tenant-resume"),
     path(f"{T}members/", apis.MembershipListApi.as_view(), name="member-list"),
     path(f"{T}audit/", apis.AuditListApi.as_view(), name="audit-list"),
-    path(f"{T}reconcile", apis.ReconcileApi.as_view(), name="tenant-reconcile"),
+    path(f"{T}reconcile", ingest_apis.ReconcileApi.as_view(), name="tenant-reconcile"),
     path(f"{T}streams/", device_apis.StreamListApi.as_view(), name="stream-list"),
     path(f"{T}streams/<int:pk>/", device_apis.StreamDetailApi.as_view(), name="stream-detail"),
     path(f"{T}streams/<int:pk>/schema", device_apis.StreamSchemaApi.as_view(), name="stream-schema"),
