@@ -236,7 +236,7 @@ def main() -> None:
         prov_mod.setup_django(platform.env)
         token = f"sluice-bench/{secrets.token_hex(6)}"
         began = time.monotonic()
-        devices = max(args.clients, args.paced_clients)
+        devices = max(args.clients, args.paced_clients, args.single_clients)
         prov = prov_mod.provision(root, devices, args.partitions, tuple(args.formats))
         prov_mod.wait_until_accepting(prov, token)
         written = {fmt: prov_mod.read_back(stream.topic) for fmt, stream in prov.streams.items()}
@@ -250,6 +250,17 @@ def main() -> None:
         meter = Meter(sources, logs, token.encode())
         ctx = Context(args, platform, meter, sources, plan, prov, token, server_parts)
         facts += describe(ctx, written)
+
+        if args.broker_warmup > 0:
+            # A broker started minutes ago still compiles its request path (the JIT's C2
+            # threads took ~20 % of a core and each single-record produce cost it ~1-2 ms of
+            # CPU in such runs); a platform in service has been up for days.  Warm it with the
+            # traffic P2 sends, unmeasured, so Kafka's acknowledgements come at its real pace.
+            say(f"  warming the broker with single-record requests for {args.broker_warmup:.0f} s ...")
+            warm = clients(ctx, "json", 1, "keepalive", connections=args.single_clients)
+            warm.start()
+            time.sleep(args.broker_warmup)
+            warm.stop()
 
         if "p1" in args.only:
             before = {fmt: ceiling(ctx, fmt, written[fmt], "before") for fmt in args.formats}
@@ -314,7 +325,7 @@ def main() -> None:
                     ctx,
                     f"P2 {fmt} 1 keep-alive",
                     "sluice",
-                    clients(ctx, fmt, 1, "keepalive"),
+                    clients(ctx, fmt, 1, "keepalive", connections=args.single_clients),
                     fmt=fmt,
                     rpr=1,
                     mode="keep-alive",
@@ -324,7 +335,7 @@ def main() -> None:
                         ctx,
                         "P5 json 1 new handshake",
                         "sluice",
-                        clients(ctx, fmt, 1, "handshake"),
+                        clients(ctx, fmt, 1, "handshake", connections=args.single_clients),
                         fmt=fmt,
                         rpr=1,
                         mode="new TLS handshake per request",
@@ -470,7 +481,7 @@ def write_report(
 
 
 def floor_run(ctx: Context, floor: Floor, parts: list[str], when: str) -> Run:
-    load = clients(ctx, "json", 1, "keepalive", port=floor.port)
+    load = clients(ctx, "json", 1, "keepalive", port=floor.port, connections=ctx.args.single_clients)
     return run_load(ctx, f"floor {when}", "floor", load, fmt="json", rpr=1, mode="keep-alive", server_parts=parts)
 
 
@@ -555,7 +566,8 @@ def describe(ctx: Context, written: dict[str, prov_mod.Written]) -> list[str]:
         + ", ".join(f"`{s.topic}` ({s.partitions} partitions)" for s in ctx.prov.streams.values())
         + "; replication 1, one broker.",
         f"Clients: {ctx.args.clients} connections (one device certificate each) over {ctx.args.client_procs} "
-        f"processes; P3 paced over {ctx.args.paced_clients} connections.",
+        f"processes for P1; {ctx.args.single_clients} for P2, P5 and the floor; P3 paced over "
+        f"{ctx.args.paced_clients} connections.",
         f"Windows: {ctx.plan.warmup:.0f} s warm-up, then {ctx.plan.windows} clean windows of {ctx.plan.seconds:.0f} s "
         f"wanted (at most {ctx.plan.max_windows} tried); a window is discarded above "
         f"{ctx.plan.max_foreign:.2f} cores used outside the benchmark, on any nginx reload or foreign request.",
@@ -570,6 +582,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--formats", default="json,avro", help="record formats for P1 and P2: json,avro")
     parser.add_argument("--shapes", default="100,500", help="P1 records per request, comma-separated")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections (one device each)")
+    parser.add_argument(
+        "--single-clients",
+        type=int,
+        default=32,
+        help="P2, P5 and the floor: concurrent connections (enough to keep the server busy: a single-record "
+        "request waits for Kafka's acknowledgement, so 8 connections leave Sluice's workers idle most of "
+        "the time and charge every request a wake-up that a busy server does not pay)",
+    )
+    parser.add_argument(
+        "--broker-warmup",
+        type=float,
+        default=60.0,
+        help="seconds of unmeasured single-record traffic before the first run (0: none)",
+    )
     parser.add_argument("--client-procs", type=int, default=2, help="processes the connections are spread over")
     parser.add_argument("--paced-clients", type=int, default=16, help="P3: connections sharing the paced rate")
     parser.add_argument("--api-procs", type=int, default=2, help="P3 again with the REST API busy (0: skip)")
