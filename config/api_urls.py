@@ -9,11 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from certs import apis as cert_apis
+from config import oauth_client_apis as oauth_apis
 from devices import apis as device_apis
 from ingest import apis as ingest_apis
 from tenants import apis
 from tenants.api_base import NotFoundApi
-from config import oauth_client_apis as oauth_apis
 
 T = "tenants/<slug:tenant>/"
 
