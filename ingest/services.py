@@ -96,10 +96,15 @@ def certificate_verdict(identity: Identity | None, *, issuer: str, now: float) -
         # one tenant); refuse rather than write across tenants if the data ever says otherwise.
         log.error("ingest: tenant mismatch for certificate %s (device %s)", grant.serial, writer.pk)
         raise PermissionDenied("This certificate may not write here.", code="tenant_mismatch")
-    # What both credentials must pass: tenant active, device active, and the group's
-    # credential policy admits this kind of credential.
+    _holder_may_write(policy.Use.INGEST_CERTIFICATE, writer)
+    return writer
+
+
+def _holder_may_write(use: str, writer: Writer) -> None:
+    """What both credentials must pass, asked of the policy: tenant active, device active,
+    and the group's credential policy admits this kind of credential."""
     refusal = policy.holder_refusal(
-        policy.Use.INGEST_CERTIFICATE,
+        use,
         tenant_status=writer.tenant_status,
         device_status=writer.status,
         credential_policy=writer.credential_policy,
@@ -109,7 +114,6 @@ def certificate_verdict(identity: Identity | None, *, issuer: str, now: float) -
     )
     if refusal is not None:
         raise refusal.exception()
-    return writer
 
 
 _SERIAL = re.compile(r"^-?[0-9A-Fa-f]{1,64}$")
@@ -245,17 +249,7 @@ def token_verdict(claims: AccessClaims, identity: Identity | None, *, device_exi
             "The access token's Kafka principal is not its client's in the device group.",
             code="token_principal_mismatch",
         )
-    refusal = policy.holder_refusal(
-        policy.Use.INGEST_TOKEN,
-        tenant_status=writer.tenant_status,
-        device_status=writer.status,
-        credential_policy=writer.credential_policy,
-        tenant=writer.tenant_slug,
-        device=writer.device_id,
-        group=writer.group_slug,
-    )
-    if refusal is not None:
-        raise refusal.exception()
+    _holder_may_write(policy.Use.INGEST_TOKEN, writer)
     # The token is only as good as its client: a revoked client (or one whose secret leaked
     # and was revoked) stops here at once, not when its tokens expire.
     refusal = policy.client_refusal(policy.Use.INGEST_TOKEN, status=grant.status)
