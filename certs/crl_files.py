@@ -283,11 +283,11 @@ def follow_nginx_inputs(runtime: Runtime, stop: threading.Event, period: float =
         tick += 1
         now = _inputs_stat(runtime)
         if now != seen or tick % FOLLOW_FULL_CHECK_EVERY == 0:
-            seen = now
             try:
                 reload_nginx(runtime)
-            except OSError as exc:  # a vanished run directory while stopping; try next tick
-                log.warning("could not reload nginx after a CRL change: %s", exc)
+                seen = now
+            except Exception as exc:  # noqa: BLE001 - the follower must outlive any one failure; the next tick retries
+                log.warning("could not reload nginx after a CRL change: %s: %s", type(exc).__name__, exc)
 
 
 def _shutting_down(pid: int) -> bool:
