@@ -353,10 +353,7 @@ class Launcher:
         if self._stopping:
             return
         self._stopping = True
-        for name in reversed(ORDER):
-            process = self.processes.get(name)
-            if process is None:
-                continue
+        for name, process in reversed(self.processes.items()):  # the reverse of the start order
             if process.running():
                 say(f"stopping {name}")
             process.stop(timeout=ALL[name].stop_timeout)
@@ -374,10 +371,7 @@ class Launcher:
         """One look at every component: notice exits, start what waited out its backoff,
         and ask restarted ones whether they answer yet."""
         now = time.monotonic()
-        for name in ORDER:
-            process = self.processes.get(name)
-            if process is None:
-                continue
+        for name, process in list(self.processes.items()):  # in start order
             supervised = self.supervised.setdefault(name, Supervised())
             if supervised.state == RESTARTING:
                 if now >= supervised.restart_at:
