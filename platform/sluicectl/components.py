@@ -576,7 +576,7 @@ def platform_health(ctx: Context) -> str | None:
         report = json.loads(body)
         bad = [
             f"{k}: {v.get('detail', v.get('status'))}" for k, v in report["components"].items() if v["status"] != "ok"
-        ]
+        ] + [f"{k}: {v.get('state')}" for k, v in report.get("processes", {}).items() if v.get("state") != "running"]
         return "; ".join(bad) or f"/healthz answered {status}"
     except (ValueError, KeyError, AttributeError):
         return f"/healthz answered {status}"

@@ -279,6 +279,8 @@ class Launcher:
             reason = component.check(self.ctx)
             if reason is None:
                 component.after_healthy(self.ctx)
+                self.supervised.setdefault(component.name, Supervised()).become(RUNNING)
+                self._write_state()
                 return
             time.sleep(0.5)
         self._raise_if_died(component)
@@ -329,9 +331,6 @@ class Launcher:
                 self.wait_healthy(component)
         if {"web", "ingest", "nginx", "worker", "beat"} <= {c.name for c in self.components}:
             self.wait_platform()
-        for supervised in self.supervised.values():
-            supervised.become(RUNNING)
-        self._write_state()
 
     def wait_platform(self) -> None:
         """Every part answers, as the web app sees it (its /healthz through nginx)."""
