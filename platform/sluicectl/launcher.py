@@ -1,4 +1,13 @@
-"""Bring a set of components up in order, watch them, and take them all down again."""
+"""Bring a set of components up in order, keep them running (a component that exits is
+started again after a growing pause while the others keep serving), and take them all down
+again on Ctrl-C or ``sluice down``.
+
+Supervision is the launcher's own loop rather than a kept supervisor (supervisord): it
+restarts a process that ran and died after a pause as well (supervisord restarts it at once
+and pauses only between failed starts, then gives up for good: FATAL), it asks the same
+health checks as the first start before it calls a part back, and it redoes each part's
+preparation (stale sockets, beat's pid file, rendered configuration) before every start,
+with the state file, lock, logs and process groups it already owns."""
 
 from __future__ import annotations
 
