@@ -181,7 +181,10 @@ def test_every_part_killed_in_turn_comes_back_and_no_acknowledged_record_is_lost
     sender.start()
     timeline: list[str] = []
     try:
-        for name in ORDER:
+        running = supervision(platform)
+        parts = [name for name in ORDER if name in running]  # one broker here: "kafka"
+        assert len(parts) == 8, parts
+        for name in parts:
             before = supervision(platform)[name]
             mark = len(load.answers)
             # when the part is killed outright
@@ -253,7 +256,7 @@ def test_every_part_killed_in_turn_comes_back_and_no_acknowledged_record_is_lost
               f"missing {len(missing)}, written twice {sum(1 for n in found.values() if n > 1)}; "
               + "; ".join(timeline))  # fmt: skip
     print(report)
-    assert len(acknowledged) > len(ORDER) * 10, report
+    assert len(acknowledged) > len(parts) * 10, report
     assert not missing, report
     assert all(a.status in (0, 200) or (a.status == 503 and a.retry_after) for a in answers), report
     assert not [a for a in answers if 200 < a.status < 300], report
