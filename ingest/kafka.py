@@ -123,6 +123,18 @@ def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+# Each record's position in its request (0-based), beside the request's ``sluice-request-id``:
+# together they name one record of one answer, so a consumer can match what it reads
+# against what ingest acknowledged (and find a duplicate or a gap).  The values are made once
+# (a batch holds at most ``ingest.records.MAX_RECORDS``), so a record costs one small list.
+RECORD_INDEX_HEADER = "sluice-record-index"
+_INDEX_VALUES = [str(index).encode() for index in range(1000)]
+
+
+def record_index_value(index: int) -> bytes:
+    return _INDEX_VALUES[index] if index < len(_INDEX_VALUES) else str(index).encode()
+
+
 # Record headers in the type Producer.produce takes (a list is invariant: list[tuple[str, bytes]]
 # would not be accepted, though it is all Sluice ever sends).
 KafkaHeaders = list[tuple[str, str | bytes | None]]
@@ -131,7 +143,8 @@ KafkaHeaders = list[tuple[str, str | bytes | None]]
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One request's records for Kafka: every record of a request has the same key (the
-    device id) and headers (identity and request id), only the values differ."""
+    device id) and headers (identity and request id), only the values differ (and the
+    ``sluice-record-index`` header the producer adds to each)."""
 
     key: bytes
     headers: KafkaHeaders
@@ -263,10 +276,11 @@ class IngestProducer:
         queued = 0
         produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.callback
         for index, value in enumerate(values):
+            indexed = [*headers, (RECORD_INDEX_HEADER, record_index_value(index))]
             try:
                 while True:
                     try:
-                        produce(topic, value, key, headers=headers, on_delivery=callback(index))
+                        produce(topic, value, key, headers=indexed, on_delivery=callback(index))
                         break
                     except BufferError:
                         # The local queue is full: let librdkafka drain it, within this

@@ -170,6 +170,7 @@ def test_one_json_record_reaches_the_group_topic_in_wire_format(services: Runtim
         "sluice-group": sender.device.group.slug.encode(),
         "sluice-device": sender.device.device_id.encode(),
         "sluice-request-id": headers["X-Request-ID"].encode(),
+        "sluice-record-index": b"0",
     }
     magic, schema_id, payload = wire(message.value())
     assert magic == 0
