@@ -264,6 +264,12 @@ class Load:
             time.sleep(0.2)
         return False
 
+    def first_answer_after(self, status: int, since: float) -> float | None:
+        """When the first request sent at or after ``since`` (epoch seconds) got ``status``."""
+        with self._lock:
+            times = [a.answered_at for a in self._answers if a.status == status and a.sent_at >= since]
+        return min(times, default=None)
+
     @property
     def fatal_errors(self) -> list[str]:
         return list(self._direct.fatal)

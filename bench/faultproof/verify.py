@@ -112,6 +112,7 @@ class Verdict:
     unavailable_found: int = 0  # 503 records found after all (allowed: said "may have been written")
     unsent_found: int = 0
     statuses: Counter[str] = field(default_factory=Counter)  # "200", "503 kafka_unavailable", ...
+    slowest_503: float = 0.0  # seconds from sending to a 503 (ingest waits for Kafka first)
     direct_sent: int = 0
     direct_acked: int = 0
     direct_failed: int = 0
@@ -127,7 +128,7 @@ class Verdict:
             f"HTTPS ingest: {self.requests} requests, {self.sent} records sent",
             f"  answers: {', '.join(f'{k}: {v}' for k, v in sorted(self.statuses.items()))}",
             f"  records: 200 {self.ok}, refused (4xx) {self.refused}, 503 {self.unavailable}, "
-            f"no answer {self.unanswered}, other {self.other}",
+            f"no answer {self.unanswered}, other {self.other}; the slowest 503 came after {self.slowest_503:.1f} s",
             f"  on the topic: found {self.found}, missing (200 not found) {self.missing}, "
             f"duplicated {self.duplicated}, 200 at another offset {self.misplaced}, refused found "
             f"{self.refused_found}, never sent found {self.unsent_found}, 503 found anyway {self.unavailable_found}",
@@ -169,6 +170,7 @@ def judge(result: LoadResult, found: dict[RecordKey, list[Position]], run_id: st
         elif answer.status == 503:
             verdict.unavailable += answer.records
             verdict.unavailable_found += len(present)
+            verdict.slowest_503 = max(verdict.slowest_503, answer.answered_at - answer.sent_at)
             if not answer.retry_after:
                 bad_answers[f"503 {answer.code} without Retry-After"] += 1
         elif answer.status == NO_ANSWER:
@@ -233,6 +235,7 @@ def summary_table(verdict: Verdict) -> list[str]:
         ("refused 4xx (records)", verdict.refused),
         ("answered 503 + Retry-After (records)", verdict.unavailable),
         ("no answer (records)", verdict.unanswered),
+        ("slowest 503 (seconds from sending)", f"{verdict.slowest_503:.1f}"),
         ("found on the topic", verdict.found),
         ("missing (200 not found)", verdict.missing),
         ("duplicated", verdict.duplicated),

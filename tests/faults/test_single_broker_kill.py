@@ -5,8 +5,13 @@ is on the topic exactly once, nothing refused is there, and every failure was a 
 
 from __future__ import annotations
 
+import json
 import secrets
+import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +19,24 @@ from bench.faultproof.broker import SingleBroker
 from bench.faultproof.load import Load
 from bench.faultproof.target import provision
 from bench.faultproof.verify import judge, read_topic
+from certs.platform_pki import PlatformPki
+from config.env import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def kafka_health(runtime: Runtime) -> dict[str, Any]:
+    """``components.kafka`` of ``/healthz`` through nginx (the test stack runs no Celery, so
+    the whole answer is 503 anyway: only Kafka's part is read)."""
+    context = ssl.create_default_context(cafile=str(PlatformPki(runtime.pki_dir).trust_bundle))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{runtime.ports.web}/healthz", context=context,
+                                    timeout=30) as response:  # fmt: skip
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    return json.loads(body)["components"]["kafka"]
+
 
 # The dependency contract (README, "Faults"): ingest answers 200 again within this long of
 # the broker's return.
@@ -23,7 +44,7 @@ RECOVERY_BOUND_SECONDS = 30.0
 
 
 def test_a_broker_killed_under_load_loses_and_duplicates_no_acknowledged_record(
-    single_broker: SingleBroker, quiet_tenant_tasks: None, tmp_path: Path
+    single_broker: SingleBroker, quiet_tenant_tasks: None, tmp_path: Path, services: Runtime
 ) -> None:
     # given three devices sending over HTTPS and a Kafka-direct producer, all acknowledged
     target = provision(tmp_path, devices=3, partitions=3)
@@ -37,8 +58,11 @@ def test_a_broker_killed_under_load_loses_and_duplicates_no_acknowledged_record(
         # and is started again
         single_broker.kill()
         assert load.wait_for_answers(503, 3, timeout=60), f"no 503 while the broker was down: {load.statuses()}"
+        # (and /healthz names Kafka as down meanwhile)
+        assert kafka_health(services)["status"] == "down"
         outage = single_broker.restart()
         assert load.wait_for_answers(200, 20, timeout=60), f"ingest did not recover: {load.statuses()}"
+        assert kafka_health(services)["status"] == "ok"
     finally:
         result = load.stop()
 
