@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=4, help="HTTPS devices (default 4)")
     parser.add_argument("--rate", type=float, default=10.0, help="requests per second per device (default 10)")
     parser.add_argument("--direct-rate", type=float, default=20.0, help="direct records per second (default 20)")
+    parser.add_argument("--direct-message-timeout-ms", type=int, default=None,
+                        help="the direct producer's message.timeout.ms (default: librdkafka's, 300000)")  # fmt: skip
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the stream (default 3)")
     parser.add_argument("--state", type=Path, default=ROOT / "var" / "faults",
                         help="scratch state directory, wiped first (default var/faults)")  # fmt: skip
@@ -81,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("rate", "direct_rate"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.direct_message_timeout_ms is not None and args.direct_message_timeout_ms < 1:
+        parser.error("--direct-message-timeout-ms must be positive")
     if args.down < 0 or args.between < 0:
         parser.error("--down and --between must not be negative")
     if args.state.resolve() in (ROOT / "var" / "data", ROOT / "var" / "test"):
@@ -108,7 +112,9 @@ def run(args: argparse.Namespace, launcher: Launcher, env: dict[str, str]) -> tu
         f"direct producer {target.direct.principal}")  # fmt: skip
     broker = SingleBroker(launcher.ctx, launcher.processes["kafka"].pid or 0)
     run_id = f"fp{secrets.token_hex(4)}"
-    load = Load(target, run_id, rate=args.rate, direct_rate=args.direct_rate)
+    load = Load(
+        target, run_id, rate=args.rate, direct_rate=args.direct_rate, direct_timeout_ms=args.direct_message_timeout_ms
+    )
     outages: list[tuple[Outage, float | None]] = []
     began = time.time()
     load.start()
@@ -148,7 +154,8 @@ def report(args: argparse.Namespace, topic: str, run_id: str, began: float, ende
         "",
         f"{platform.node()}: {os.cpu_count()} cores; run `{run_id}` on `{topic}`, {ended - began:.0f} s of load: "
         f"{args.devices} HTTPS devices at {args.rate:g} requests/s each (1-3 records; every 10th request with a "
-        f"record the schema refuses), the Kafka-direct producer at {args.direct_rate:g} records/s.",
+        f"record the schema refuses), the Kafka-direct producer at {args.direct_rate:g} records/s "
+        f"(message.timeout.ms {args.direct_message_timeout_ms or 'librdkafka default, 300000'}).",
         "",
         command,
         "",

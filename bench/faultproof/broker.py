@@ -102,6 +102,11 @@ class SingleBroker:
             time.sleep(0.5)
         raise RuntimeError(f"the restarted broker did not answer within {timeout:.0f} s ({reason})")
 
+    @property
+    def down(self) -> bool:
+        """Killed here and not (successfully) started again."""
+        return _gone(self.pid)
+
     def stop(self) -> None:
         """Stop a broker restarted here (SIGTERM, then SIGKILL after the launcher's bound)."""
         if self.process is not None:

@@ -7,9 +7,10 @@
   ``invalid_every``-th request carries one record the schema refuses (a 422 whose records
   must never reach the topic).  A request that gets no HTTP answer (a connection error or a
   timeout) is recorded as status 0 and the connection is made again.
-* The direct producer is a Kafka-direct credential's own idempotent producer (``acks=all``)
-  on the broker's mTLS listener, one record at a time at a fixed pace, with the same two
-  headers; every delivery report is recorded.
+* The direct producer is a Kafka-direct credential's own idempotent producer (``acks=all``,
+  librdkafka's defaults otherwise unless ``direct_timeout_ms`` is given) on the broker's mTLS
+  listener, one record at a time at a fixed pace, with the same two headers; every delivery
+  report is recorded.
 
 Nothing is retried: a record is sent once, so a record found twice is a duplicate made by
 the platform (or by librdkafka), never by the load."""
@@ -162,8 +163,12 @@ class _DirectProducer(threading.Thread):
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "message.timeout.ms": 10_000,
         }
+        if load.direct_timeout_ms is not None:
+            # librdkafka's default is 300 s.  A shorter one makes records time out during an
+            # outage, and librdkafka then bumps the producer epoch and sends again records
+            # the broker had already written (confluentinc/librdkafka#4953): duplicates.
+            self.config["message.timeout.ms"] = load.direct_timeout_ms
         self.records: list[DirectRecord] = []
         self.fatal: list[str] = []
 
@@ -213,8 +218,9 @@ class Load:
     """Start, let run, stop; ``result()`` holds every answer and delivery report."""
 
     def __init__(self, target: Target, run_id: str, *, rate: float = 10.0, direct_rate: float = 20.0,
-                 invalid_every: int = 10) -> None:  # fmt: skip
+                 invalid_every: int = 10, direct_timeout_ms: int | None = None) -> None:  # fmt: skip
         self.target = target
+        self.direct_timeout_ms = direct_timeout_ms
         self.run_id = run_id
         self.rate = rate
         self.direct_rate = direct_rate
