@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from config.env import BASE_DIR, use_private_umask
+from config.env import BASE_DIR, KAFKA_BROKER_COUNTS, use_private_umask
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
 from sluicectl.launcher import (
@@ -61,8 +61,13 @@ def run_platform(launcher: Launcher, on_ready: Callable[[], int] | None = None) 
         launcher.stop()
 
 
+def brokers_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--brokers N`` is SLUICE_KAFKA_BROKERS=N for the launcher and every process it starts."""
+    return {} if args.brokers is None else {"SLUICE_KAFKA_BROKERS": args.brokers}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    ctx = make_context(child_env())
+    ctx = make_context(child_env(brokers_env(args)))
     names = parse_components(args.components, ORDER)
     launcher = Launcher(ctx, names)
     began = time.monotonic()
@@ -97,6 +102,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         "SLUICE_ENV": "test",
         "SLUICE_STATE_DIR": os.environ.get("SLUICE_TEST_STATE_DIR", str(BASE_DIR / "var" / "test")),
         "SLUICE_PORT_OFFSET": os.environ.get("SLUICE_TEST_PORT_OFFSET", "10000"),
+        **brokers_env(args),
     }
     ctx = make_context(child_env(extra))
     rt = ctx.runtime
@@ -181,6 +187,13 @@ def cmd_status(_args: argparse.Namespace) -> int:
             reason = "process is gone"
         healthy &= reason is None
         print(f"  {name:<9} pid {child:<8} {'ok' if reason is None else 'DOWN: ' + reason}")
+    rt = ctx.runtime
+    if not rt.runs_kafka:
+        from ingest.kafka import kafka_cluster_check
+
+        reason = kafka_cluster_check(rt)
+        healthy &= reason is None
+        print(f"  {'kafka':<9} external     {'ok' if reason is None else 'DOWN: ' + reason}  ({rt.kafka_bootstrap})")
     return 0 if healthy else 1
 
 
@@ -214,9 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring up the whole platform; Ctrl-C stops it")
     up.add_argument("--components", help=f"comma-separated subset of {','.join(ORDER)}")
+    up.add_argument("--brokers", choices=[str(n) for n in KAFKA_BROKER_COUNTS],
+                    help="Kafka brokers, a KRaft quorum (default: SLUICE_KAFKA_BROKERS, else 1)")  # fmt: skip
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")
+    test.add_argument(
+        "--brokers",
+        choices=[str(n) for n in KAFKA_BROKER_COUNTS],
+        help="how many Kafka brokers the test stack runs (default 1)",
+    )
     test.add_argument("--no-lint", action="store_true",
                       help="skip `ruff check`, lint-imports and mypy (quick loops; CI always runs them)")  # fmt: skip
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
