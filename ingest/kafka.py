@@ -111,14 +111,25 @@ def oauth_client_config(runtime: Runtime, *, oauth_cb: OAuthTokenCallback, ca_pe
 
 # The launcher's health check imports this before Django is set up: it must stay light (no
 # models, no DRF), hence here rather than in ingest.kafka_admin.
-def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
-    """None when the cluster answers a metadata request for the admin principal."""
+def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0, *, every_broker: bool = False) -> str | None:
+    """None when the cluster answers a metadata request for the admin principal.
+
+    With ``every_broker`` (``/healthz``), a cluster Sluice runs itself must also list each of
+    its brokers as live: one broker down still takes acks=all writes (min.insync.replicas 2
+    of 3) but is a fault to report, and the detail names who is missing."""
     try:
         metadata = AdminClient(admin_config(runtime)).list_topics(timeout=timeout)
     except KafkaException as exc:
         return str(exc.args[0]) if exc.args else "Kafka did not answer"
     if not metadata.brokers:
         return "no brokers in metadata"
+    if every_broker and runtime.kafka_brokers > 1:
+        missing = sorted(set(runtime.kafka_nodes) - set(metadata.brokers))
+        if missing:
+            live = len(runtime.kafka_nodes) - len(missing)
+            writes = "acks=all writes go on" if live >= 2 else "acks=all writes refused (min.insync.replicas 2)"
+            return (f"broker(s) {', '.join(map(str, missing))} not live: {live} of {len(runtime.kafka_nodes)} "
+                    f"answer; {writes}")  # fmt: skip
     return None
 
 

@@ -2,7 +2,7 @@
 
 The broker runs as the launcher's ``kafka`` component, in its own process group (the
 supervisor's ``start_new_session``), so a kill reaches the JVM and nothing else.  A restart
-starts the same command line again (``sluicectl.components.Kafka``: the rendered
+starts the same command line again (``sluicectl.components.KafkaBroker`` node 1: the rendered
 ``server.properties`` and the kept log directory), as a child of whoever restarts it, and
 waits until the broker answers the launcher's own health check (both client listeners open,
 metadata for the admin principal).
@@ -21,10 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sluicectl.components import Context, Kafka
+from sluicectl.components import BROKERS, Context, KafkaBroker
 from sluicectl.supervisor import Process
 
 RESTART_TIMEOUT = 120.0  # the launcher's own start-up bound for Kafka
+
+
+def _broker_one() -> KafkaBroker:
+    """The single broker's component (node 1, the launcher's ``kafka``)."""
+    return BROKERS[0]
 
 
 def _gone(pid: int) -> bool:
@@ -83,7 +88,7 @@ class SingleBroker:
     def restart(self, timeout: float = RESTART_TIMEOUT) -> Outage:
         """Start the broker again and wait until it answers (bounded by ``timeout``)."""
         outage = self.outages[-1] if self.outages else Outage(killed_at=time.time())
-        component = Kafka()
+        component = _broker_one()
         process = component.process(self.ctx)
         process.start()
         assert process.pid is not None
@@ -110,4 +115,4 @@ class SingleBroker:
     def stop(self) -> None:
         """Stop a broker restarted here (SIGTERM, then SIGKILL after the launcher's bound)."""
         if self.process is not None:
-            self.process.stop(timeout=Kafka.stop_timeout)
+            self.process.stop(timeout=KafkaBroker.stop_timeout)

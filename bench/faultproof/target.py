@@ -16,8 +16,13 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from config.env import Runtime
 
 VERIFIER = "sluice-fault-verifier"
+PRODUCER = "sluice-fault-producer"
 READING_SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "type": "object",
@@ -115,34 +120,58 @@ def provision(workdir: Path, *, devices: int, partitions: int) -> Target:
     )
 
 
-def verifier_credential() -> KafkaCredential:
+def verifier_credential(runtime: Runtime | None = None) -> KafkaCredential:
     """A certificate from the platform root for ``User:sluice-fault-verifier``, and its grants:
     READ and DESCRIBE on topics prefixed ``iot.``, READ on consumer groups prefixed with its
     name (it commits nothing, but a consumer joins a group).  Idempotent."""
-    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+    from confluent_kafka.admin import AclOperation
+
+    return platform_credential(runtime, VERIFIER, topic_operations=(AclOperation.READ, AclOperation.DESCRIBE),
+                               group_read=True)  # fmt: skip
+
+
+def producer_credential(runtime: Runtime | None = None) -> KafkaCredential:
+    """``User:sluice-fault-producer``: WRITE on topics prefixed ``iot.``.  For a platform
+    whose database this process cannot reach (the 3-broker test platform), where a tenant's
+    Kafka-direct credential cannot be made here; the principal lies outside every tenant's
+    namespace, so no ACL reconcile removes its grant."""
+    from confluent_kafka.admin import AclOperation
+
+    return platform_credential(runtime, PRODUCER, topic_operations=(AclOperation.WRITE, AclOperation.DESCRIBE))
+
+
+def platform_credential(runtime: Runtime | None, name: str, *, topic_operations: tuple[Any, ...],
+                        group_read: bool = False) -> KafkaCredential:  # fmt: skip
+    """A platform certificate (``CN=<name>,O=Sluice Platform`` -> ``User:<name>``) from
+    ``runtime``'s root CA (default: this process's platform) and PREFIXED grants on ``iot.``."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
     from django.conf import settings
 
     from certs import ca
     from certs.crl_files import ROOT_CRL_NAME
     from certs.platform_pki import load_root
     from certs.principals import platform_subject
-    from ingest.topic_sync import admin_client_for_platform
+    from ingest.kafka import admin_config
 
-    runtime = settings.SLUICE_RUNTIME
+    runtime = runtime or settings.SLUICE_RUNTIME
     root = load_root(runtime)
     key = ca.generate_key()
-    cert = ca.issue_leaf(issuer=root, subject=platform_subject(VERIFIER), public_key=key.public_key(),
+    cert = ca.issue_leaf(issuer=root, subject=platform_subject(name), public_key=key.public_key(),
                          usage=ca.Usage.CLIENT, valid_days=1,
                          crl_urls=[runtime.crl_url(ROOT_CRL_NAME)])  # fmt: skip
-    principal = f"User:{VERIFIER}"
-    allow = AclPermissionType.ALLOW
-    bindings = [
-        AclBinding(ResourceType.TOPIC, "iot.", ResourcePatternType.PREFIXED, principal, "*", AclOperation.READ, allow),
-        AclBinding(ResourceType.TOPIC, "iot.", ResourcePatternType.PREFIXED, principal, "*", AclOperation.DESCRIBE,
-                   allow),
-        AclBinding(ResourceType.GROUP, VERIFIER, ResourcePatternType.PREFIXED, principal, "*", AclOperation.READ,
-                   allow),
-    ]  # fmt: skip
-    for future in admin_client_for_platform().create_acls(bindings).values():
+    principal = f"User:{name}"
+    allow, prefixed = AclPermissionType.ALLOW, ResourcePatternType.PREFIXED
+    bindings = [AclBinding(ResourceType.TOPIC, "iot.", prefixed, principal, "*", op, allow) for op in topic_operations]
+    if group_read:
+        bindings.append(AclBinding(ResourceType.GROUP, name, prefixed, principal, "*", AclOperation.READ, allow))
+    admin = AdminClient(admin_config(runtime))  # kept until the results are in: its handle serves them
+    for future in admin.create_acls(bindings).values():
         future.result(30)
     return KafkaCredential(principal, ca.certificate_pem(cert).decode(), ca.private_key_pem(key).decode())
