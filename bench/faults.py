@@ -21,10 +21,12 @@ platform under ``sluice up`` stops as a whole when its broker dies (issue 12, it
    (``read_committed``) and prints the numbers and the verdict; ``--out`` writes them as
    Markdown.  Exit status 1 when a promise was broken.
 
-Today's platform has one broker, so "the leader of the stream's partitions" is that broker,
-and the platform is down for everyone while it is: every request meanwhile must be a 503
-with ``Retry-After``.  With three brokers (``sluice up --brokers 3``) the same harness kills
-the partitions' leader and the active controller instead, and 200s go on.
+With ``--brokers 1`` (the default platform) "the leader of the stream's partitions" is the
+one broker, and the platform is down for everyone while it is: every request meanwhile must
+be a 503 with ``Retry-After``.  With ``--brokers 3`` (a KRaft quorum of three, replication 3,
+min ISR 2) each kill takes the leader of the stream's first partition, 200s must go on while
+it is down, and each restart is waited for until every partition is in sync on all three;
+then the active controller is killed once the same way.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ sys.path[:] = [
     *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")),
 ]
 
-from bench.faultproof.broker import Outage, SingleBroker  # noqa: E402
+from bench.faultproof.broker import LauncherBrokers, Outage  # noqa: E402
 from bench.faultproof.load import Load  # noqa: E402
 from bench.faultproof.verify import Verdict, judge, read_topic, summary_table  # noqa: E402
 from sluicectl.errors import LaunchError  # noqa: E402
@@ -63,7 +65,11 @@ def say(message: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--kills", type=int, default=5, help="how many times the broker is killed (default 5)")
+    parser.add_argument("--brokers", type=int, choices=(1, 3), default=1,
+                        help="1 (the default platform) or 3 (a KRaft quorum, replication 3, min ISR 2)")  # fmt: skip
+    parser.add_argument("--kills", type=int, default=5,
+                        help="how many times the (leading) broker is killed (default 5); with 3 brokers the "
+                             "active controller is killed once more")  # fmt: skip
     parser.add_argument("--down", type=float, default=5.0, help="at least this many seconds down per kill (default 5)")
     parser.add_argument("--between", type=float, default=15.0, help="seconds of load between recovery and next kill")
     parser.add_argument("--devices", type=int, default=4, help="HTTPS devices (default 4)")
@@ -110,34 +116,44 @@ def run(args: argparse.Namespace, launcher: Launcher, env: dict[str, str]) -> tu
     target = provision(args.state / "faults-credentials", devices=args.devices, partitions=args.partitions)
     say(f"provisioned {target.topic} ({target.partitions} partitions), {len(target.devices)} devices, "
         f"direct producer {target.direct.principal}")  # fmt: skip
-    broker = SingleBroker(launcher.ctx, launcher.processes["kafka"].pid or 0)
+    brokers = LauncherBrokers(launcher.ctx, launcher.processes)
     run_id = f"fp{secrets.token_hex(4)}"
-    load = Load(
-        target, run_id, rate=args.rate, direct_rate=args.direct_rate, direct_timeout_ms=args.direct_message_timeout_ms
-    )
-    outages: list[tuple[Outage, float | None]] = []
+    load = Load(target, run_id, rate=args.rate, direct_rate=args.direct_rate,
+                direct_timeout_ms=args.direct_message_timeout_ms)  # fmt: skip
+    outages: list[Killed] = []
     began = time.time()
+    plan = [("leader", kill) for kill in range(1, args.kills + 1)]
+    if args.brokers > 1:
+        plan.append(("controller", 1))
     load.start()
     try:
-        for kill in range(1, args.kills + 1):
+        for role, number in plan:
             if not load.wait_for_answers(200, STEADY_OKS, timeout=WAIT_BOUND):
-                raise RuntimeError(f"no steady 200s before kill {kill}: {dict(load.statuses())}")
-            outage = broker.kill()
-            say(f"kill {kill}: broker killed (-9); answers so far {dict(load.statuses())}")
+                raise RuntimeError(f"no steady 200s before the {role} kill {number}: {dict(load.statuses())}")
+            node = brokers.active_controller() if role == "controller" else brokers.leader(target.topic)
+            label = f"{role} (broker {node})" if args.brokers > 1 else "the broker"
+            outage = brokers.kill(node)
+            say(f"killed {label} (-9); answers so far {dict(load.statuses())}")
             time.sleep(args.down)
-            load.wait_for_answers(503, 1, timeout=WAIT_BOUND)
-            broker.restart()
+            if args.brokers == 1:
+                load.wait_for_answers(503, 1, timeout=WAIT_BOUND)  # the platform is down: requests wait, then 503
+            elif not load.wait_for_answers(200, 5, timeout=WAIT_BOUND):
+                raise RuntimeError(f"no 200s with broker {node} down: {dict(load.statuses())}")
+            brokers.restart(node, outage)
             if not load.wait_for_answers(200, STEADY_OKS, timeout=WAIT_BOUND):
-                raise RuntimeError(f"ingest did not recover after kill {kill}: {dict(load.statuses())}")
+                raise RuntimeError(f"ingest did not recover after killing {label}: {dict(load.statuses())}")
+            deadline = time.monotonic() + WAIT_BOUND
+            while not brokers.all_in_sync(target.topic):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"broker {node} did not rejoin every partition's ISR")
+                time.sleep(1)
             recovered = load.first_answer_after(200, outage.ready_at)
             recovery = None if recovered is None else recovered - outage.ready_at
-            outages.append((outage, recovery))
+            outages.append((label, outage, recovery))
             first = "no 200 yet" if recovery is None else f"first 200 {recovery:.1f} s after that"
-            say(f"kill {kill}: broker back after {outage.down_seconds:.1f} s, {first}")
+            say(f"{label} back after {outage.down_seconds:.1f} s, {first}")
             time.sleep(args.between)
     finally:
-        if broker.process is not None:
-            launcher.processes["kafka"] = broker.process  # the launcher stops what runs now
         result = load.stop()
     ended = time.time()
     say("load stopped; the verifier reads the topic")
@@ -146,11 +162,15 @@ def run(args: argparse.Namespace, launcher: Launcher, env: dict[str, str]) -> tu
     return verdict, lines
 
 
+Killed = tuple[str, Outage, float | None]  # who, when, first 200 after it answered again (s)
+
+
 def report(args: argparse.Namespace, topic: str, run_id: str, began: float, ended: float,
-           outages: list[tuple[Outage, float | None]], verdict: Verdict, fatal: list[str]) -> list[str]:  # fmt: skip
+           outages: list[Killed], verdict: Verdict, fatal: list[str]) -> list[str]:  # fmt: skip
     command = " ".join(["  .venv/bin/python bench/faults.py", *sys.argv[1:]])
     lines = [
-        f"# Fault run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(began))} (single broker)",
+        f"# Fault run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(began))} "
+        f"({'single broker' if args.brokers == 1 else f'{args.brokers} brokers, replication 3, min ISR 2'})",
         "",
         f"{platform.node()}: {os.cpu_count()} cores; run `{run_id}` on `{topic}`, {ended - began:.0f} s of load: "
         f"{args.devices} HTTPS devices at {args.rate:g} requests/s each (1-3 records; every 10th request with a "
@@ -159,10 +179,10 @@ def report(args: argparse.Namespace, topic: str, run_id: str, began: float, ende
         "",
         command,
         "",
-        "| kill | killed → answering again | restarted → answering | first 200 after the broker answered |",
-        "|---|---|---|---|",
-        *(f"| {i} | {o.down_seconds:.1f} s | {o.ready_at - o.restarted_at:.1f} s | "
-          f"{'-' if r is None else f'{r:.1f} s'} |" for i, (o, r) in enumerate(outages, 1)),
+        "| kill | killed | killed → answering again | restarted → answering | first 200 after it answered |",
+        "|---|---|---|---|---|",
+        *(f"| {i} | {who} | {o.down_seconds:.1f} s | {o.ready_at - o.restarted_at:.1f} s | "
+          f"{'-' if r is None else f'{r:.1f} s'} |" for i, (who, o, r) in enumerate(outages, 1)),
         "",
         *summary_table(verdict),
         "",
@@ -180,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.state = args.state.resolve()
     shutil.rmtree(args.state, ignore_errors=True)
-    env = child_env({"SLUICE_STATE_DIR": str(args.state), "SLUICE_PORT_OFFSET": str(args.port_offset)})
+    env = child_env({"SLUICE_STATE_DIR": str(args.state), "SLUICE_PORT_OFFSET": str(args.port_offset),
+                     "SLUICE_KAFKA_BROKERS": str(args.brokers)})  # fmt: skip
     try:
         launcher = Launcher(make_context(env), ORDER)
     except LaunchError as exc:

@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sluicectl.components import BROKERS, Context, KafkaBroker
 from sluicectl.supervisor import Process
@@ -116,3 +117,78 @@ class SingleBroker:
         """Stop a broker restarted here (SIGTERM, then SIGKILL after the launcher's bound)."""
         if self.process is not None:
             self.process.stop(timeout=KafkaBroker.stop_timeout)
+
+
+@dataclass
+class LauncherBrokers:
+    """The brokers a launcher in this process started (one, or a quorum of three): ``kill -9``
+    and restart by node id, the restarted process handed back to the launcher's table (so its
+    stop stops it), and where the partition leaders and the active controller are."""
+
+    ctx: Context
+    processes: dict[str, Process]  # the launcher's own table, by component name
+    outages: list[Outage] = field(default_factory=list)
+
+    def _process(self, node: int) -> Process:
+        return self.processes[BROKERS[node - 1].name]
+
+    def kill(self, node: int, timeout: float = 30.0) -> Outage:
+        process = self._process(node)
+        outage = Outage(killed_at=time.time())
+        if process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        if process.popen is not None:
+            process.popen.wait(timeout=timeout)
+        self.outages.append(outage)
+        return outage
+
+    def restart(self, node: int, outage: Outage, timeout: float = RESTART_TIMEOUT) -> Outage:
+        component = BROKERS[node - 1]
+        process = component.process(self.ctx)
+        process.start()
+        self.processes[component.name] = process
+        outage.restarted_at = time.time()
+        deadline = time.monotonic() + timeout
+        reason: str | None = "not checked yet"
+        while time.monotonic() < deadline:
+            code = process.exit_code()
+            if code is not None:
+                raise RuntimeError(f"the restarted broker {node} exited with status {code}; see {process.log_path}")
+            reason = component.check(self.ctx)
+            if reason is None:
+                outage.ready_at = time.time()
+                return outage
+            time.sleep(0.5)
+        raise RuntimeError(f"the restarted broker {node} did not answer within {timeout:.0f} s ({reason})")
+
+    def _metadata(self, topic: str) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        from ingest.kafka import admin_config
+
+        return AdminClient(admin_config(self.ctx.runtime)).list_topics(topic, timeout=10).topics[topic]
+
+    def leader(self, topic: str, partition: int = 0) -> int:
+        return int(self._metadata(topic).partitions[partition].leader)
+
+    def all_in_sync(self, topic: str) -> bool:
+        nodes = sorted(self.ctx.runtime.kafka_nodes)
+        return all(sorted(p.isrs) == nodes for p in self._metadata(topic).partitions.values())
+
+    def active_controller(self) -> int:
+        """The KRaft quorum's leader (DescribeQuorum, KIP-595), through kafka-python: Kafka's
+        Metadata answer names a random live broker as "controller" under KRaft (KIP-590)."""
+        from kafka.admin import KafkaAdminClient
+
+        from ingest.kafka import admin_files
+
+        files = admin_files(self.ctx.runtime)
+        client = KafkaAdminClient(bootstrap_servers=self.ctx.runtime.kafka_bootstrap, security_protocol="SSL",
+                                  ssl_cafile=files.ca, ssl_certfile=files.cert, ssl_keyfile=files.key,
+                                  request_timeout_ms=10_000)  # fmt: skip
+        try:
+            quorum = client.describe_metadata_quorum()
+        finally:
+            client.close()
+        return int(quorum["topics"][0]["partitions"][0]["leader_id"])
