@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +125,17 @@ def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0, *, every_broker:
     if not metadata.brokers:
         return "no brokers in metadata"
     if every_broker and runtime.kafka_brokers > 1:
-        missing = sorted(set(runtime.kafka_nodes) - set(metadata.brokers))
+        # Each broker asked on its own listener: the metadata one broker serves can still list
+        # a dead one as live (with two of three down the quorum cannot fence anybody).
+        nodes = list(runtime.kafka_nodes)
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            answers = list(pool.map(lambda n: kafka_broker_check(runtime, node=n, port=runtime.broker_ports(n).client,
+                                                                 timeout=timeout), nodes))  # fmt: skip
+        missing = [node for node, problem in zip(nodes, answers, strict=True) if problem is not None]
         if missing:
-            live = len(runtime.kafka_nodes) - len(missing)
+            live = len(nodes) - len(missing)
             writes = "acks=all writes go on" if live >= 2 else "acks=all writes refused (min.insync.replicas 2)"
-            return (f"broker(s) {', '.join(map(str, missing))} not live: {live} of {len(runtime.kafka_nodes)} "
+            return (f"broker(s) {', '.join(map(str, missing))} not live: {live} of {len(nodes)} "
                     f"answer; {writes}")  # fmt: skip
     return None
 
