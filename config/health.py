@@ -42,7 +42,7 @@ def check_redis() -> str | None:
 
 
 def check_kafka() -> str | None:
-    return kafka_cluster_check(_runtime())
+    return kafka_cluster_check(_runtime(), every_broker=True)
 
 
 def check_registry() -> str | None:
