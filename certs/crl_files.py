@@ -44,6 +44,10 @@ log = logging.getLogger("sluice.crl")
 
 ROOT_CRL_NAME = "platform-root"
 ROOT_CRL_VALIDITY = dt.timedelta(days=30)
+# The root CRL is signed again this long before its nextUpdate (by the rotation task, or by
+# a start that finds it due); never merely because something started: a new root CRL
+# changes nginx's bundle, and the reload ends every device's keep-alive connection.
+ROOT_CRL_REFRESH_BEFORE = dt.timedelta(days=7)
 
 
 def bundle_path(runtime: Runtime) -> Path:
@@ -310,6 +314,19 @@ def root_crl_entries(runtime: Runtime) -> list[ca.Revoked]:
             reason = None
         entries.append(ca.Revoked(item.serial_number, item.revocation_date_utc, reason))
     return entries
+
+
+def root_crl_due(runtime: Runtime, *, now: dt.datetime | None = None) -> bool:
+    """Whether the root CRL must be signed (again): never published, unreadable, nginx's
+    bundle missing, or its nextUpdate less than ``ROOT_CRL_REFRESH_BEFORE`` away."""
+    if not bundle_path(runtime).exists():
+        return True
+    try:
+        crl = x509.load_der_x509_crl((runtime.crl_dir / f"{ROOT_CRL_NAME}.crl").read_bytes())
+    except (OSError, ValueError):
+        return True
+    next_update = crl.next_update_utc
+    return next_update is None or next_update <= (now or dt.datetime.now(dt.UTC)) + ROOT_CRL_REFRESH_BEFORE
 
 
 def publish_root_crl(

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography import x509
 
 from certs import ca
-from certs.crl_files import ROOT_CRL_NAME, publish_root_crl
+from certs.crl_files import ROOT_CRL_NAME, publish_root_crl, root_crl_due
 from certs.principals import BROKER, PLATFORM_ADMIN, platform_subject
 from config.env import Runtime
 
@@ -209,5 +209,8 @@ def ensure_platform_pki(runtime: Runtime) -> PlatformPki:
     _write(pki.trust_bundle, ca.certificate_pem(root.certificate))
     runtime.public_pki_dir.mkdir(parents=True, exist_ok=True)
     _write(public_root_cert(runtime), ca.certificate_pem(root.certificate))
-    publish_root_crl(runtime, root)
+    # Every start (and a restarted broker) comes here: re-signing a root CRL that is still
+    # good would reload nginx and drop every device's keep-alive connection.
+    if root_crl_due(runtime):
+        publish_root_crl(runtime, root)
     return pki

@@ -38,7 +38,6 @@ LOCK_NAME = "sluice:lock:pki-rotate"
 LOCK_TIMEOUT = 1800
 CA_ROTATE_BEFORE = dt.timedelta(days=365)
 CRL_REFRESH_BEFORE = dt.timedelta(hours=12)
-ROOT_CRL_REFRESH_BEFORE = dt.timedelta(days=7)
 ACTOR = Actor.system("pki-rotate")
 
 
@@ -158,12 +157,7 @@ def _refresh_crls(now: dt.datetime, report: RotationReport) -> None:
             with transaction.atomic():
                 services.anchor_publish(authority=authority)
             report.crls_refreshed.append(f"{services.crl_name(authority)} (anchor)")
-    root_path = runtime.crl_dir / f"{crl_files.ROOT_CRL_NAME}.crl"
-    if root_path.exists():
-        from cryptography import x509
-
-        next_update = x509.load_der_x509_crl(root_path.read_bytes()).next_update_utc
-        if next_update is not None and next_update > now + ROOT_CRL_REFRESH_BEFORE:
-            return
+    if not crl_files.root_crl_due(runtime, now=now):
+        return
     crl_files.publish_root_crl(runtime, ensure_root(runtime))
     report.crls_refreshed.append(crl_files.ROOT_CRL_NAME)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certs import ca
+from certs import ca, crl_files
 from certs.platform_pki import PlatformPki, ensure_platform_pki, load_root
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, device_subject, platform_subject
 from config.env import load_runtime
@@ -185,3 +186,26 @@ def test_a_certificate_with_a_credential_id_is_its_own_principal() -> None:
     # and an id that could break the principal's shape is refused at issuance
     with pytest.raises(ValueError, match="credential id"):
         device_subject(tenant="acme", group="sensors", device="d1", credential_id="x.y")
+
+
+def test_a_second_start_keeps_the_root_crl_and_nginx_bundle_until_the_crl_is_due(tmp_path: Path) -> None:
+    # given a platform PKI ensured once (a start)
+    runtime = load_runtime({"SLUICE_ENV": "test", "SLUICE_STATE_DIR": str(tmp_path), "SLUICE_KEK": "kek-for-test"})
+    ensure_platform_pki(runtime)
+    bundle = crl_files.bundle_path(runtime)
+    root_crl = runtime.crl_dir / f"{crl_files.ROOT_CRL_NAME}.crl"
+    before = (bundle.read_bytes(), bundle.stat().st_mtime_ns, root_crl.read_bytes())
+    # when it is ensured again (another start, or a restarted broker)
+    ensure_platform_pki(runtime)
+    # then neither the root CRL nor nginx's bundle changed: nginx has nothing to reload, and
+    # no device's keep-alive connection is dropped
+    assert (bundle.read_bytes(), bundle.stat().st_mtime_ns, root_crl.read_bytes()) == before
+    assert not crl_files.root_crl_due(runtime)
+    # and once its nextUpdate is near, it is due (the rotation task, or the next start, re-signs it)
+    soon = dt.datetime.now(dt.UTC) + crl_files.ROOT_CRL_VALIDITY - crl_files.ROOT_CRL_REFRESH_BEFORE
+    assert crl_files.root_crl_due(runtime, now=soon + dt.timedelta(hours=1))
+    # and without the bundle it is due at once
+    bundle.unlink()
+    assert crl_files.root_crl_due(runtime)
+    ensure_platform_pki(runtime)
+    assert bundle.exists()
