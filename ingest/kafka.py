@@ -32,10 +32,15 @@ from config.env import Runtime
 _quiet = logging.getLogger("sluice.kafka.librdkafka")
 
 # librdkafka gives up on a record after this long (message.timeout.ms, alias
-# delivery.timeout.ms) and reports it failed; a request waits a little longer than that, so
-# every record it produced has its final report by the time it answers.
-DELIVERY_TIMEOUT_MS = 10_000
-DELIVERY_WAIT_SECONDS = DELIVERY_TIMEOUT_MS / 1000 + 5
+# delivery.timeout.ms): its default, 5 minutes, far longer than any request waits.  A record
+# that times out inside an idempotent producer makes librdkafka bump the producer's epoch
+# and send what was still in flight again under the new one, which the broker cannot tell
+# from new records: with 10 s here, a leader killed under load had one acknowledged record
+# written twice (tests/integration/test_cluster_faults.py; librdkafka issue 4953).  So the
+# producer keeps retrying through a failover or an outage, and the request stops waiting on
+# its own deadline instead: 503, saying its records may still be written.
+DELIVERY_TIMEOUT_MS = 300_000
+DELIVERY_WAIT_SECONDS = 10.0
 # How often the event loop collects delivery reports while a request waits (seconds), and
 # otherwise.
 POLL_INTERVAL = 0.001
