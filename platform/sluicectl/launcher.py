@@ -21,16 +21,18 @@ from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
 from sluicectl.supervisor import Process, last_error
 
-# Start order; stop is the reverse.  Only Redis and nginx are waited for before the next
-# one starts: Kafka and the registry are JVMs that take a while, and migrations run
-# meanwhile.  With
-# web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
+# Start order; stop is the reverse.  Only Redis, PostgreSQL (when started) and nginx are
+# waited for before the next one starts: Kafka and the registry are JVMs that take a while,
+# and migrations run meanwhile.  With web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
-ORDER = ("redis", "nginx", "kafka", "registry", "web", "ingest", "worker", "beat")
+ORDER = ("redis", "postgres", "nginx", "kafka", "registry", "web", "ingest", "worker", "beat")
 # nginx serves the CRLs the broker checks every TLS peer against, and the token-signing
 # JWKS the broker's OAUTHBEARER listener fetches while it starts (Nginx.prepare creates
 # the first signing key and publishes the JWKS), so it comes first.
-WAIT_BEFORE_NEXT = {"redis", "nginx"}
+WAIT_BEFORE_NEXT = {"redis", "postgres", "nginx"}
+# What reads or writes the database: with SLUICE_DATABASE=postgres, the PostgreSQL the launcher
+# starts comes with any of them (and is waited for: the web app migrates it while preparing).
+USES_DATABASE = {"web", "ingest", "worker", "beat"}
 PLATFORM_TIMEOUT = 90.0
 
 
@@ -158,6 +160,10 @@ class Launcher:
     def components(self) -> list[Component]:
         """The named components and what they require, in start order."""
         wanted = set(self.names)
+        if self.ctx.runtime.starts_postgres and wanted & USES_DATABASE:
+            wanted.add("postgres")
+        elif not self.ctx.runtime.starts_postgres:
+            wanted.discard("postgres")  # SQLite, or an external PostgreSQL: nothing to start
         pending = list(wanted)
         while pending:
             for required in ALL[pending.pop()].requires:
@@ -303,6 +309,7 @@ class Launcher:
             if process.running():
                 say(f"stopping {name}")
             process.stop(timeout=ALL[name].stop_timeout)
+            ALL[name].after_stop(self.ctx)
         # A launcher that never owned the state directory (it was refused) removes nothing.
         self._release()
 
