@@ -102,15 +102,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # The second pass of the full suite, on PostgreSQL: what reads and writes the database through
-# the services, the API, ingest, the isolation matrix and the live integration tests, and the
-# PostgreSQL-only tests (real concurrent transactions, the database stopped and started).
+# the services, the API, ingest, the isolation matrix, the live integration tests, the races of
+# concurrent transactions, and the PostgreSQL-only tests (the database stopped and started).
 # Left out (README, "Testing"): the browser tests (Chromium drives the same API and console
 # views the API and isolation tests cover), the launcher's own tests (they start platforms of
 # their own, on SQLite), the README's walkthrough, and config/ (environment parsing and error
 # pages, no database semantics).
 POSTGRES_PASS = (
     "tests/tenants", "tests/devices", "tests/certs", "tests/ingest", "tests/isolation",
-    "tests/integration", "tests/contract", "tests/postgres",
+    "tests/integration", "tests/contract", "tests/concurrency", "tests/postgres",
 )  # fmt: skip
 POSTGRES_ONLY = "tests/postgres"
 
