@@ -104,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 # The second pass of the full suite, on PostgreSQL: what reads and writes the database through
 # the services, the API, ingest, the isolation matrix, the live integration tests, the races of
 # concurrent transactions, and the PostgreSQL-only tests (the database stopped and started).
-# Left out (README, "Testing"): the browser tests (Chromium drives the same API and console
+# Left out (README, "Development"): the browser tests (Chromium drives the same API and console
 # views the API and isolation tests cover), the launcher's own tests (they start platforms of
 # their own, on SQLite), the README's walkthrough, and config/ (environment parsing and error
 # pages, no database semantics).
@@ -138,22 +138,22 @@ def test_passes(choice: str, pytest_args: Sequence[str]) -> list[tuple[str, list
 def cmd_test(args: argparse.Namespace) -> int:
     state = os.environ.get("SLUICE_TEST_STATE_DIR", str(BASE_DIR / "var" / "test"))
     if not args.no_lint:
-        failed = run_checks(child_env({"SLUICE_ENV": "test", "SLUICE_STATE_DIR": state}))
+        # mypy's plugin and makemigrations load the settings; they need no running database.
+        failed = run_checks(child_env({"SLUICE_ENV": "test", "SLUICE_STATE_DIR": state, "SLUICE_DATABASE": SQLITE}))
         if failed is not None:
             say(f"{failed} (above); fix them, then run the tests again")
             return 1
-    outcomes = []
+    outcomes: list[tuple[str, int, float]] = []
     for database, pytest_args in test_passes(args.db, args.pytest_args):
         began = time.monotonic()
         status = test_pass(args, database=database, state=state if database == SQLITE else f"{state}-{database}",
                            pytest_args=pytest_args)  # fmt: skip
-        outcomes.append(f"{database}: {'passed' if status == 0 else f'FAILED ({status})'} "
-                        f"in {time.monotonic() - began:.0f} s")  # fmt: skip
+        outcomes.append((database, status, time.monotonic() - began))
         if status == INTERRUPTED:
             return status
-    for line in outcomes:
-        say(line)
-    return 0 if all(" passed " in line for line in outcomes) else 1
+    for database, status, seconds in outcomes:
+        say(f"{database}: {'passed' if status == 0 else f'FAILED (exit {status})'} in {seconds:.0f} s")
+    return 0 if all(status == 0 for _, status, _ in outcomes) else 1
 
 
 def test_pass(args: argparse.Namespace, *, database: str, state: str, pytest_args: list[str]) -> int:
