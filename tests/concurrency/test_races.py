@@ -29,7 +29,7 @@ from certs.services import (
 )
 from config.env import Runtime
 from config.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
-from devices.models import Device
+from devices.models import Device, DeviceGroup
 from devices.services import device_create
 from tenants.audit import Actor
 from tenants.models import AuditEvent, Tenant
@@ -76,7 +76,7 @@ def test_of_concurrent_revocations_exactly_one_revokes(own_pki: Runtime) -> None
     device = make_device()
     issued = certificate_issue_generated(actor=ACTOR, device=device, passphrase="long passphrase").certificate
     # when several operators revoke it at once
-    outcomes = race(CONTENDERS, lambda _: certificate_revoke(actor=ACTOR, certificate=issued, reason="keyCompromise"))
+    outcomes = race(CONTENDERS, lambda _: certificate_revoke(actor=ACTOR, certificate=issued, reason="key_compromise"))
     # then one revoked it, every other was told it already was, and one audit row says so
     assert sum(isinstance(o, Certificate) for o in outcomes) == 1, outcomes
     assert all(
@@ -175,10 +175,12 @@ def test_concurrent_device_creates_never_pass_the_tenant_quota() -> None:
 
 
 @pytest.mark.usefixtures("services")
-def test_of_concurrent_revocations_of_an_oauth_client_one_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_of_concurrent_revocations_of_an_oauth_client_one_is_recorded() -> None:
     # given a device's OAuth client
     tenant = make_tenant("race-oauth")
-    device = Device.objects.create(tenant=tenant, group=tenant.groups.get(), device_id="d1")
+    group = tenant.groups.get()
+    DeviceGroup.objects.filter(pk=group.pk).update(credential_policy=DeviceGroup.CredentialPolicy.OAUTH2)
+    device = Device.objects.create(tenant=tenant, group=DeviceGroup.objects.get(pk=group.pk), device_id="d1")
     client, _secret = oauth_client_create(actor=ACTOR, tenant=tenant, kind=OAuthClient.Kind.DEVICE, name="d1",
                                           scopes=["ingest:write"], device=device)  # fmt: skip
     # when several admins revoke it at once

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from django.db import connections
 
 from config.env import Runtime
 from sluicectl.components import Context, Postgres
@@ -65,6 +66,9 @@ def start_database(runtime: Runtime) -> None:
     context = Context(runtime=runtime, env=dict(os.environ))
     component.process(context).start()
     _wait(lambda: component.check(context) is None, "did not accept connections again")
+    # This process's own connections died with the server (the web processes open a new one
+    # per request; a test holds its own across the test and its teardown).
+    connections.close_all()
 
 
 @pytest.fixture
