@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from certs.platform_pki import root_fingerprint
-from config.env import BASE_DIR, DEVELOPMENT, ConfigurationError, Runtime, load_runtime
+from config.env import BASE_DIR, DEVELOPMENT, POSTGRES, ConfigurationError, Runtime, load_runtime
 from sluicectl.components import ALL, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
@@ -66,6 +66,9 @@ def manage_command(runtime: Runtime, *args: str) -> str:
         words.append(f"SLUICE_ENV={runtime.environment}")
     if runtime.state_dir != (BASE_DIR / "var" / "data").resolve():
         words.append(f"SLUICE_STATE_DIR={shlex.quote(str(runtime.state_dir))}")
+    if runtime.starts_postgres:
+        # (--db postgres: without it, the command would open an empty SQLite database)
+        words.append(f"SLUICE_DATABASE={POSTGRES}")
     return " ".join([*words, ".venv/bin/python", "manage.py", *(shlex.quote(arg) for arg in args)])
 
 

@@ -350,3 +350,13 @@ def test_postgresql_runs_private_unprivileged_and_stops_with_the_platform() -> N
             proc.wait(timeout=30)
         run_sluicectl(["down"], env)
         subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def test_a_printed_manage_command_aims_at_the_started_postgresql(tmp_path: Path) -> None:
+    from config.env import load_runtime
+    from sluicectl.launcher import manage_command
+
+    # given a platform on the PostgreSQL it started, then its commands say so (else: SQLite)
+    on_postgres = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_DATABASE": "postgres"})
+    assert "SLUICE_DATABASE=postgres " in manage_command(on_postgres, "sluice_token", "admin")
+    assert "SLUICE_DATABASE" not in manage_command(load_runtime({"SLUICE_STATE_DIR": str(tmp_path)}))
