@@ -27,8 +27,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one_run(state: Path, offset: int, idle: float) -> tuple[float, float, dict[str, float]]:
-    env = dict(os.environ, SLUICE_STATE_DIR=str(state), SLUICE_PORT_OFFSET=str(offset))
+def one_run(state: Path, offset: int, idle: float, brokers: int = 1) -> tuple[float, float, dict[str, float]]:
+    env = dict(os.environ, SLUICE_STATE_DIR=str(state), SLUICE_PORT_OFFSET=str(offset),
+               SLUICE_KAFKA_BROKERS=str(brokers))  # fmt: skip
     began = time.monotonic()
     proc = subprocess.Popen(
         [str(ROOT / "platform" / "bin" / "sluice"), "up"],
@@ -70,6 +71,8 @@ def one_run(state: Path, offset: int, idle: float) -> tuple[float, float, dict[s
              ("beat", "celery beat"), ("sluicectl", "launcher")) if key in cmd),
             "other",
         )  # fmt: skip
+        if part == "kafka":
+            part = f"kafka {cmd.rsplit('/', 2)[-2]}"  # <state>/kafka-2/server.properties: one entry per broker
         by_part[part] = by_part.get(part, 0.0) + rss
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--offset", type=int, default=30000)
+    parser.add_argument("--brokers", type=int, default=1, help="SLUICE_KAFKA_BROKERS (1, 3 or 5)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
@@ -88,7 +92,7 @@ def main() -> None:
     try:
         for i in range(1 + args.restarts):
             kind = "first start (empty state)" if i == 0 else f"restart {i} (kept state)"
-            ready, total, parts = one_run(state, args.offset, args.idle)
+            ready, total, parts = one_run(state, args.offset, args.idle, args.brokers)
             rows.append((kind, ready, total, parts))
             print(f"{kind}: ready in {ready:.1f} s, idle RSS {total:.0f} MiB", flush=True)
     finally:
@@ -96,7 +100,8 @@ def main() -> None:
     parts_line = ", ".join(f"{k} {v:.0f}" for k, v in sorted(rows[-1][3].items(), key=lambda kv: -kv[1]))
     table = [
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores with `.venv/bin/python bench/startup.py "
-        f"--restarts {args.restarts} --idle {args.idle:.0f}` (warm machine: venv and jars present).",
+        f"--restarts {args.restarts} --idle {args.idle:.0f} --brokers {args.brokers}` (warm machine: venv and "
+        "jars present).",
         "",
         "| run | command one to ready | RSS of the whole platform at idle |",
         "|---|---|---|",

@@ -56,6 +56,11 @@ class PlatformPki:
         return self.directory / f"{service}.keystore.pem"
 
 
+def broker_service(node: int) -> str:
+    """The PKI file name of broker ``node``'s certificate (broker 1 keeps the single-broker name)."""
+    return "broker" if node == 1 else f"broker-{node}"
+
+
 def public_root_cert(runtime: Runtime) -> Path:
     """The copy of the root CA's certificate nginx serves at ``runtime.root_ca_url``."""
     return runtime.public_pki_dir / "root-ca.crt"
@@ -173,17 +178,23 @@ def ensure_platform_pki(runtime: Runtime) -> PlatformPki:
     # Every certificate below the root names the root's CRL: with revocation checking on
     # (the broker's JVM), a certificate without revocation information fails validation.
     root_crl = runtime.crl_url(ROOT_CRL_NAME)
-    _ensure_service(
-        pki,
-        root,
-        service="broker",
-        common_name=BROKER,
-        crl_url=root_crl,
-        # The broker is both: it serves clients and is a TLS client of its own controller.
-        usage=ca.Usage.SERVER_AND_CLIENT,
-        dns_names=tuple(dict.fromkeys(("localhost", runtime.kafka_advertised_host))),
-        ip_addresses=loopback,
-    )
+    for node in runtime.kafka_nodes:
+        # Each broker has its own key and certificate (revoking one broker's certificate
+        # shuts out that broker alone), all with the one principal User:broker: the
+        # inter-broker and controller listeners need it among the super users, and one name
+        # keeps that list (and an operator's) the same for 1, 3 or 5 brokers.
+        _ensure_service(
+            pki,
+            root,
+            service=broker_service(node),
+            common_name=BROKER,
+            crl_url=root_crl,
+            # A broker is both: it serves clients and is a TLS client of the other brokers
+            # and of the controllers.
+            usage=ca.Usage.SERVER_AND_CLIENT,
+            dns_names=tuple(dict.fromkeys(("localhost", runtime.kafka_advertised_host))),
+            ip_addresses=loopback,
+        )
     _ensure_service(pki, root, service="admin", common_name=PLATFORM_ADMIN, usage=ca.Usage.CLIENT, crl_url=root_crl)
     _ensure_service(
         pki,

@@ -45,6 +45,16 @@ DEFAULT_PORTS = {
 }
 
 
+# How many combined broker+controller nodes Sluice may run itself (SLUICE_KAFKA_BROKERS): a
+# KRaft quorum needs a majority of its voters, so an even count adds a node without adding a
+# failure it survives (2 survive no loss, like 1; 4 survive one, like 3).
+KAFKA_BROKER_COUNTS = (1, 3, 5)
+# Broker n (1-based) listens on broker 1's four ports + (n - 1) * this: 9192-9195 and 9292-9295
+# for brokers 2 and 3 by default, clear of every port in DEFAULT_PORTS, and shifted by
+# SLUICE_PORT_OFFSET (or SLUICE_KAFKA*_PORT) with them.
+BROKER_PORT_STRIDE = 100
+
+
 class ConfigurationError(Exception):
     """The environment describes a Sluice that cannot run; the message says what to set."""
 
@@ -65,6 +75,42 @@ class Ports:
 
     def named(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in DEFAULT_PORTS}
+
+
+@dataclass(frozen=True)
+class BrokerPorts:
+    """One broker's listeners: MTLS (clients with a certificate), CONTROLLER (the KRaft
+    quorum), INTERNAL (replication between brokers) and OAUTH (SASL_SSL OAUTHBEARER)."""
+
+    client: int
+    controller: int
+    internal: int
+    oauth: int
+
+
+@dataclass(frozen=True)
+class ExternalKafka:
+    """A Kafka cluster Sluice does not start (``SLUICE_KAFKA_BOOTSTRAP``): where it is, and the
+    admin credentials Sluice uses on its mTLS listener.  Without a certificate and key Sluice
+    uses its own platform admin certificate (``User:sluice-admin``, issued by its root CA,
+    which the brokers must then trust); without a CA file, its own trust bundle."""
+
+    bootstrap: str
+    oauth_bootstrap: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExternalRegistry:
+    """A Confluent-compatible schema registry Sluice does not start (``SLUICE_REGISTRY_URL``),
+    over http(s), with optional HTTP basic credentials and a CA file for its certificate."""
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
 
 
 COMPRESSIONS = ("none", "lz4", "snappy", "zstd", "gzip")
@@ -117,6 +163,13 @@ class Runtime:
     default_partitions: int
     default_replication_factor: int
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    # How many brokers the project's own files run on this state directory (KAFKA_BROKER_COUNTS).
+    kafka_brokers: int = 1
+    # Set when Sluice runs against a cluster / registry it does not start.
+    external_kafka: ExternalKafka | None = None
+    external_registry: ExternalRegistry | None = None
+    # The JWKS URL as the brokers reach it (SLUICE_JWKS_URL), when not Sluice's own loopback one.
+    jwks_url_override: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     _secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -139,7 +192,23 @@ class Runtime:
 
     @property
     def kafka_data_dir(self) -> Path:
-        return self.state_dir / "kafka" / "data"
+        return self.kafka_node_dir(1) / "data"
+
+    def kafka_node_dir(self, node: int) -> Path:
+        """Broker ``node``'s configuration and (under ``data``) its log; broker 1 keeps the
+        single-broker layout, so a 1-broker state directory grows into a cluster in place."""
+        return self.state_dir / ("kafka" if node == 1 else f"kafka-{node}")
+
+    @property
+    def kafka_nodes(self) -> range:
+        """The node ids of the brokers the project's files run (1-based, = ``node.id``)."""
+        return range(1, self.kafka_brokers + 1)
+
+    def broker_ports(self, node: int) -> BrokerPorts:
+        shift = (node - 1) * BROKER_PORT_STRIDE
+        p = self.ports
+        return BrokerPorts(client=p.kafka + shift, controller=p.kafka_controller + shift,
+                           internal=p.kafka_internal + shift, oauth=p.kafka_oauth + shift)  # fmt: skip
 
     @property
     def registry_data_dir(self) -> Path:
@@ -222,19 +291,36 @@ class Runtime:
     # -- endpoints ---------------------------------------------------------------------
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.kafka_advertised_host}:{self.ports.kafka}"
+        """Every broker's mTLS listener (a client needs one that answers; all of them let it
+        start while any one broker is down)."""
+        if self.external_kafka is not None:
+            return self.external_kafka.bootstrap
+        return ",".join(f"{self.kafka_advertised_host}:{self.broker_ports(n).client}" for n in self.kafka_nodes)
 
     @property
     def kafka_oauth_bootstrap(self) -> str:
-        """The broker's SASL_SSL listener for OAUTHBEARER clients holding a Sluice token."""
-        return f"{self.kafka_advertised_host}:{self.ports.kafka_oauth}"
+        """The brokers' SASL_SSL listeners for OAUTHBEARER clients holding a Sluice token."""
+        if self.external_kafka is not None:
+            return self.external_kafka.oauth_bootstrap or ""
+        return ",".join(f"{self.kafka_advertised_host}:{self.broker_ports(n).oauth}" for n in self.kafka_nodes)
+
+    @property
+    def runs_kafka(self) -> bool:
+        """Whether ``sluice up`` starts the brokers (not when SLUICE_KAFKA_BOOTSTRAP names a cluster)."""
+        return self.external_kafka is None
+
+    @property
+    def runs_registry(self) -> bool:
+        """Whether ``sluice up`` starts Apicurio (not when SLUICE_REGISTRY_URL names a registry)."""
+        return self.external_registry is None
 
     @property
     def jwks_url(self) -> str:
-        """Where the broker fetches Sluice's token-signing public keys (RFC 7517): nginx's
-        plain-HTTP listener on loopback.  The broker's JVM must allow exactly this URL
+        """Where the brokers fetch Sluice's token-signing public keys (RFC 7517): by default
+        nginx's plain-HTTP listener on loopback; an external cluster's brokers reach it at
+        ``SLUICE_JWKS_URL``.  The broker's JVM must allow exactly this URL
         (``org.apache.kafka.sasl.oauthbearer.allowed.urls``)."""
-        return f"http://127.0.0.1:{self.ports.crl}/oauth/jwks.json"
+        return self.jwks_url_override or f"http://127.0.0.1:{self.ports.crl}/oauth/jwks.json"
 
     @property
     def oauth_issuer(self) -> str:
@@ -252,9 +338,12 @@ class Runtime:
 
     @property
     def registry_url(self) -> str:
-        """The Confluent-compatible API's base URL, spoken over ``registry_socket``.  Its host
-        is a reserved name no resolver answers (RFC 6761 ``.invalid``): a client that is not
-        bound to the socket fails instead of reaching whatever listens elsewhere."""
+        """The Confluent-compatible API's base URL: an external registry's (SLUICE_REGISTRY_URL),
+        else Apicurio's, spoken over ``registry_socket``.  Its host is then a reserved name no
+        resolver answers (RFC 6761 ``.invalid``): a client that is not bound to the socket
+        fails instead of reaching whatever listens elsewhere."""
+        if self.external_registry is not None:
+            return self.external_registry.url
         return "http://registry.invalid/apis/ccompat/v7"
 
     @property
@@ -381,6 +470,99 @@ def _ingest_settings(env: Mapping[str, str]) -> IngestSettings:
                           batch_bytes=batch)  # fmt: skip
 
 
+def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(f"{name}={raw!r}: no such file")
+    return path
+
+
+def _host_ports(raw: str, name: str) -> str:
+    """``host:port[,host:port...]`` as Kafka clients take it, checked."""
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if not entries:
+        raise ConfigurationError(f"{name} must name at least one host:port")
+    for entry in entries:
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigurationError(f"{name}: {entry!r} is not host:port (port 1-65535)")
+    return ",".join(entries)
+
+
+def _http_url(raw: str, name: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{name}={raw!r} is not an http(s) URL")
+    return raw.rstrip("/")
+
+
+def _external_kafka(env: Mapping[str, str]) -> ExternalKafka | None:
+    raw = env.get("SLUICE_KAFKA_BOOTSTRAP", "").strip()
+    credentials = ("SLUICE_KAFKA_CA_FILE", "SLUICE_KAFKA_CERT_FILE", "SLUICE_KAFKA_KEY_FILE",
+                   "SLUICE_KAFKA_OAUTH_BOOTSTRAP")  # fmt: skip
+    if not raw:
+        stray = [name for name in credentials if env.get(name, "").strip()]
+        if stray:
+            raise ConfigurationError(
+                f"{', '.join(stray)} set without SLUICE_KAFKA_BOOTSTRAP (the cluster they are for)"
+            )
+        return None
+    cert, key = _existing_file(env, "SLUICE_KAFKA_CERT_FILE"), _existing_file(env, "SLUICE_KAFKA_KEY_FILE")
+    if (cert is None) != (key is None):
+        raise ConfigurationError("SLUICE_KAFKA_CERT_FILE and SLUICE_KAFKA_KEY_FILE go together (Sluice's admin "
+                                 "client certificate and its private key, PEM)")  # fmt: skip
+    oauth = env.get("SLUICE_KAFKA_OAUTH_BOOTSTRAP", "").strip()
+    return ExternalKafka(
+        bootstrap=_host_ports(raw, "SLUICE_KAFKA_BOOTSTRAP"),
+        oauth_bootstrap=_host_ports(oauth, "SLUICE_KAFKA_OAUTH_BOOTSTRAP") if oauth else None,
+        ca_file=_existing_file(env, "SLUICE_KAFKA_CA_FILE"),
+        cert_file=cert,
+        key_file=key,
+    )
+
+
+def _external_registry(env: Mapping[str, str]) -> ExternalRegistry | None:
+    raw = env.get("SLUICE_REGISTRY_URL", "").strip()
+    username, password = env.get("SLUICE_REGISTRY_USERNAME") or None, env.get("SLUICE_REGISTRY_PASSWORD") or None
+    if not raw:
+        stray = [n for n in ("SLUICE_REGISTRY_USERNAME", "SLUICE_REGISTRY_PASSWORD", "SLUICE_REGISTRY_CA_FILE")
+                 if env.get(n, "").strip()]  # fmt: skip
+        if stray:
+            raise ConfigurationError(f"{', '.join(stray)} set without SLUICE_REGISTRY_URL (the registry they are for)")
+        return None
+    if (username is None) != (password is None):
+        raise ConfigurationError("SLUICE_REGISTRY_USERNAME and SLUICE_REGISTRY_PASSWORD go together (HTTP basic)")
+    if username is not None and ":" in username:
+        raise ConfigurationError("SLUICE_REGISTRY_USERNAME may not contain ':' (HTTP basic, RFC 7617)")
+    return ExternalRegistry(url=_http_url(raw, "SLUICE_REGISTRY_URL"), username=username, password=password,
+                            ca_file=_existing_file(env, "SLUICE_REGISTRY_CA_FILE"))  # fmt: skip
+
+
+def _kafka_brokers(env: Mapping[str, str]) -> int:
+    brokers = _int(env, "SLUICE_KAFKA_BROKERS", 1)
+    if brokers not in KAFKA_BROKER_COUNTS:
+        counts = ", ".join(str(c) for c in KAFKA_BROKER_COUNTS)
+        raise ConfigurationError(f"SLUICE_KAFKA_BROKERS={brokers}; use {counts} (a KRaft quorum of an odd size)")
+    return brokers
+
+
+def _replication_factor(env: Mapping[str, str], brokers: int, external: bool) -> int:
+    """New topics' replication factor: as set, else 3 on an external cluster (what every
+    managed offering runs) or on 3+ brokers of Sluice's own, else the number of brokers."""
+    rf = _int(env, "SLUICE_DEFAULT_REPLICATION_FACTOR", 3 if external else min(3, brokers))
+    if not 1 <= rf <= 7:
+        raise ConfigurationError(f"SLUICE_DEFAULT_REPLICATION_FACTOR={rf}; use 1 to 7")
+    if not external and rf > brokers:
+        raise ConfigurationError(f"SLUICE_DEFAULT_REPLICATION_FACTOR={rf} is more than the {brokers} broker(s) "
+                                 f"Sluice runs (SLUICE_KAFKA_BROKERS)")  # fmt: skip
+    return rf
+
+
 def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
     """Build the Runtime from ``environ`` (default: ``os.environ``)."""
     env = os.environ if environ is None else environ
@@ -411,6 +593,9 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
     hostnames = tuple(h.strip() for h in env.get("SLUICE_HOSTNAMES", "localhost").split(",") if h.strip())
     if not hostnames:
         raise ConfigurationError("SLUICE_HOSTNAMES must name at least one host")
+    brokers = _kafka_brokers(env)
+    external_kafka = _external_kafka(env)
+    jwks = env.get("SLUICE_JWKS_URL", "").strip()
     return Runtime(
         environment=environment,
         state_dir=state_dir,
@@ -428,7 +613,11 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
         debug=env.get("SLUICE_DEBUG", "") == "1",
         # The brief's 100+ partitions for ingestion topics; the test stack keeps it small.
         default_partitions=_int(env, "SLUICE_DEFAULT_PARTITIONS", 3 if environment == TEST else 100),
-        default_replication_factor=_int(env, "SLUICE_DEFAULT_REPLICATION_FACTOR", 1),
+        default_replication_factor=_replication_factor(env, brokers, external_kafka is not None),
         ingest=_ingest_settings(env),
+        kafka_brokers=brokers,
+        external_kafka=external_kafka,
+        external_registry=_external_registry(env),
+        jwks_url_override=_http_url(jwks, "SLUICE_JWKS_URL") if jwks else None,
         environ=dict(env),
     )

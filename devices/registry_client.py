@@ -30,10 +30,20 @@ FORWARDED_FOR = "127.0.0.1:0"
 
 
 def registry_client_for(runtime: Runtime, *, timeout: float = 5.0, max_retries: int = 1) -> SchemaRegistryClient:
-    """A Confluent API client for this runtime's registry, over its Unix socket."""
-    client = SchemaRegistryClient(
-        {"url": runtime.registry_url, "timeout": timeout, "max.retries": max_retries, "retries.wait.ms": 200}
-    )
+    """A Confluent API client for this runtime's registry: over Apicurio's Unix socket, or
+    over http(s) to an external registry (``SLUICE_REGISTRY_URL``) with its basic credentials
+    and CA file."""
+    config: dict[str, object] = {
+        "url": runtime.registry_url, "timeout": timeout, "max.retries": max_retries, "retries.wait.ms": 200,
+    }  # fmt: skip
+    external = runtime.external_registry
+    if external is not None:
+        if external.username is not None:
+            config["basic.auth.user.info"] = f"{external.username}:{external.password}"
+        if external.ca_file is not None:
+            config["ssl.ca.location"] = str(external.ca_file)
+        return SchemaRegistryClient(config)
+    client = SchemaRegistryClient(config)
     rest = client._rest_client
     rest.session.close()
     rest.session = httpx.Client(

@@ -41,15 +41,37 @@ POLL_INTERVAL = 0.001
 IDLE_POLL_INTERVAL = 0.2
 
 
+@dataclass(frozen=True)
+class AdminFiles:
+    """The PEM files Sluice's own admin client presents on the mTLS listener."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+def admin_files(runtime: Runtime) -> AdminFiles:
+    """Sluice's platform admin certificate (``User:sluice-admin``) and trust bundle, unless an
+    external cluster gave Sluice its own (``SLUICE_KAFKA_CERT_FILE``/``_KEY_FILE``/``_CA_FILE``)."""
+    pki = PlatformPki(runtime.pki_dir)
+    external = runtime.external_kafka
+    ca, cert, key = pki.trust_bundle, pki.cert("admin"), pki.key("admin")
+    if external is not None:
+        ca = external.ca_file or ca
+        if external.cert_file is not None and external.key_file is not None:
+            cert, key = external.cert_file, external.key_file
+    return AdminFiles(ca=str(ca), cert=str(cert), key=str(key))
+
+
 def admin_config(runtime: Runtime) -> dict[str, Any]:
     """librdkafka settings for the platform admin principal."""
-    pki = PlatformPki(runtime.pki_dir)
+    files = admin_files(runtime)
     return {
         "bootstrap.servers": runtime.kafka_bootstrap,
         "security.protocol": "SSL",
-        "ssl.ca.location": str(pki.trust_bundle),
-        "ssl.certificate.location": str(pki.cert("admin")),
-        "ssl.key.location": str(pki.key("admin")),
+        "ssl.ca.location": files.ca,
+        "ssl.certificate.location": files.cert,
+        "ssl.key.location": files.key,
         "logger": _quiet,
     }
 
@@ -97,6 +119,19 @@ def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
         return str(exc.args[0]) if exc.args else "Kafka did not answer"
     if not metadata.brokers:
         return "no brokers in metadata"
+    return None
+
+
+def kafka_broker_check(runtime: Runtime, *, node: int, port: int, timeout: float = 3.0) -> str | None:
+    """None when broker ``node`` answers a metadata request on its own mTLS listener and the
+    cluster counts it among its live brokers (a fenced or unregistered broker is not listed)."""
+    config = {**admin_config(runtime), "bootstrap.servers": f"{runtime.kafka_advertised_host}:{port}"}
+    try:
+        metadata = AdminClient(config).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return str(exc.args[0]) if exc.args else "Kafka did not answer"
+    if node not in metadata.brokers:
+        return f"broker {node} is not among the cluster's live brokers {sorted(metadata.brokers)}"
     return None
 
 

@@ -43,10 +43,9 @@ from kafka import errors as kafka_errors
 from kafka.admin import KafkaAdminClient
 from kafka.protocol.admin import AlterClientQuotasRequest, DescribeClientQuotasRequest
 
-from certs.platform_pki import PlatformPki
 from config.env import Runtime
 from ingest.acls import sorted_bindings
-from ingest.kafka import admin_config
+from ingest.kafka import admin_config, admin_files
 from ingest.quotas import QuotaChanges, Quotas, quota_changes
 
 _admin: dict[str, AdminClient] = {}
@@ -297,13 +296,13 @@ def quota_admin() -> KafkaAdminClient:
     with _quota_lock:
         admin = _admins.get(key)
         if admin is None:
-            pki = PlatformPki(runtime.pki_dir)
+            files = admin_files(runtime)
             admin = KafkaAdminClient(
                 bootstrap_servers=runtime.kafka_bootstrap,
                 security_protocol="SSL",
-                ssl_cafile=str(pki.trust_bundle),
-                ssl_certfile=str(pki.cert("admin")),
-                ssl_keyfile=str(pki.key("admin")),
+                ssl_cafile=files.ca,
+                ssl_certfile=files.cert,
+                ssl_keyfile=files.key,
                 request_timeout_ms=TIMEOUT_MS,
             )
             _admins[key] = admin

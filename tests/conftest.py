@@ -104,11 +104,12 @@ def unique_slug(prefix: str) -> str:
 
 
 @pytest.fixture
-def kafka_topic(kafka_admin: AdminClient) -> Iterator[str]:
+def kafka_topic(services: Runtime, kafka_admin: AdminClient) -> Iterator[str]:
     """A fresh topic under a fresh tenant prefix, deleted afterwards."""
     tenant = unique_slug("t")
     topic = f"iot.{tenant}.eu.temperature"
-    kafka_admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    new = NewTopic(topic, num_partitions=3, replication_factor=services.default_replication_factor)
+    kafka_admin.create_topics([new])[topic].result(30)
     yield topic
     kafka_admin.delete_topics([topic])[topic].result(30)
 

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from config.env import BASE_DIR, DATABASES, POSTGRES, SQLITE, use_private_umask
+from config.env import BASE_DIR, DATABASES, KAFKA_BROKER_COUNTS, POSTGRES, SQLITE, use_private_umask
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
 from sluicectl.launcher import (
@@ -70,8 +70,13 @@ def database_env(choice: str | None) -> dict[str, str]:
     return {} if choice is None else {"SLUICE_DATABASE": choice}
 
 
+def brokers_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--brokers N`` is SLUICE_KAFKA_BROKERS=N for the launcher and every process it starts."""
+    return {} if args.brokers is None else {"SLUICE_KAFKA_BROKERS": args.brokers}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    ctx = make_context(child_env(database_env(args.db)))
+    ctx = make_context(child_env({**database_env(args.db), **brokers_env(args)}))
     names = parse_components(args.components, ORDER)
     launcher = Launcher(ctx, names)
     began = time.monotonic()
@@ -163,6 +168,7 @@ def test_pass(args: argparse.Namespace, *, database: str, state: str, pytest_arg
         "SLUICE_STATE_DIR": state,
         "SLUICE_PORT_OFFSET": os.environ.get("SLUICE_TEST_PORT_OFFSET", "10000"),
         "SLUICE_DATABASE": database,
+        **brokers_env(args),
     }
     ctx = make_context(child_env(extra))
     rt = ctx.runtime
@@ -241,6 +247,13 @@ def cmd_status(_args: argparse.Namespace) -> int:
             reason = "process is gone"
         healthy &= reason is None
         print(f"  {name:<9} pid {child:<8} {'ok' if reason is None else 'DOWN: ' + reason}")
+    rt = ctx.runtime
+    if not rt.runs_kafka:
+        from ingest.kafka import kafka_cluster_check
+
+        reason = kafka_cluster_check(rt)
+        healthy &= reason is None
+        print(f"  {'kafka':<9} external     {'ok' if reason is None else 'DOWN: ' + reason}  ({rt.kafka_bootstrap})")
     return 0 if healthy else 1
 
 
@@ -277,12 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--db", choices=DATABASES,
                     help="sqlite (default; or SLUICE_DATABASE), or postgres: a PostgreSQL 15 started under the "
                          "state directory (an external one: DATABASE_URL)")  # fmt: skip
+    up.add_argument("--brokers", choices=[str(n) for n in KAFKA_BROKER_COUNTS],
+                    help="Kafka brokers, a KRaft quorum (default: SLUICE_KAFKA_BROKERS, else 1)")  # fmt: skip
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")
     test.add_argument("--db", choices=(*DATABASES, "both"), default="both",
                       help="the database(s) the suite runs against: both (default: SQLite, then PostgreSQL on "
                            "the database-dependent tests), sqlite or postgres")  # fmt: skip
+    test.add_argument(
+        "--brokers",
+        choices=[str(n) for n in KAFKA_BROKER_COUNTS],
+        help="how many Kafka brokers the test stack runs (default 1)",
+    )
     test.add_argument("--no-lint", action="store_true",
                       help="skip `ruff check`, lint-imports and mypy (quick loops; CI always runs them)")  # fmt: skip
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")

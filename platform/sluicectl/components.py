@@ -28,9 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from certs.crl_files import bundle_path
-from certs.platform_pki import PlatformPki, ensure_platform_pki, public_root_cert
+from certs.platform_pki import PlatformPki, broker_service, ensure_platform_pki, public_root_cert
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
-from config.env import BASE_DIR, POSTGRES_DATABASE, POSTGRES_ROLE, POSTGRES_SUPERUSER, TEST, Runtime
+from config.env import (
+    BASE_DIR,
+    KAFKA_BROKER_COUNTS,
+    POSTGRES_DATABASE,
+    POSTGRES_ROLE,
+    POSTGRES_SUPERUSER,
+    TEST,
+    Runtime,
+)
 from sluicectl import fetch
 from sluicectl.errors import LaunchError
 from sluicectl.supervisor import Process, run_once
@@ -116,6 +124,15 @@ class Component:
 
     def after_stop(self, ctx: Context) -> None:
         """Clean-up once the launcher stopped the process it started."""
+
+    def enabled(self, runtime: Runtime) -> bool:
+        """Whether this Sluice runs the component at all (not an external cluster's brokers
+        or registry, nor brokers beyond SLUICE_KAFKA_BROKERS)."""
+        return True
+
+    def port_numbers(self, runtime: Runtime) -> dict[str, int]:
+        """The TCP ports it listens on, by their name in ``config.env.DEFAULT_PORTS``."""
+        return {name: getattr(runtime.ports, name) for name in self.ports}
 
 
 class Redis(Component):
@@ -220,6 +237,9 @@ class Postgres(Component):
     ports = ("postgres",)
     startup_timeout = 60.0
     stop_timeout = 30.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.starts_postgres
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
@@ -350,14 +370,30 @@ class Postgres(Component):
             os.kill(pid, signal.SIGKILL)
 
 
-class Kafka(Component):
-    name = "kafka"
-    # nginx serves the CRLs every TLS handshake of the broker checks, and the JWKS the
-    # OAUTHBEARER listener must fetch while the broker starts (RefreshingHttpsJwks.init).
+class KafkaBroker(Component):
+    """One combined broker+controller node of the KRaft quorum Sluice runs itself (node 1
+    alone, or nodes 1-3 / 1-5 with ``SLUICE_KAFKA_BROKERS``).  Combined nodes because the
+    quorum lives on one machine anyway: separate controller processes would add three JVMs
+    (~1 GB) and protect against nothing a machine failure would not take down with them."""
+
     requires = ("nginx",)
-    ports = ("kafka", "kafka_controller", "kafka_internal", "kafka_oauth")
     startup_timeout = 120.0
     stop_timeout = 45.0
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+        self.name = "kafka" if node == 1 else f"kafka-{node}"
+        # nginx serves the CRLs every TLS handshake of the broker checks, and the JWKS the
+        # OAUTHBEARER listener must fetch while the broker starts (RefreshingHttpsJwks.init).
+        self.ports = ("kafka", "kafka_controller", "kafka_internal", "kafka_oauth")
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.runs_kafka and self.node <= runtime.kafka_brokers
+
+    def port_numbers(self, runtime: Runtime) -> dict[str, int]:
+        ports = runtime.broker_ports(self.node)
+        return {"kafka": ports.client, "kafka_controller": ports.controller, "kafka_internal": ports.internal,
+                "kafka_oauth": ports.oauth}  # fmt: skip
 
     def _java(self, ctx: Context, libs: Path, *, heap: str | None) -> list[str]:
         argv = [str(fetch.kafka_java(ctx.runtime.kafka_java))]
@@ -376,49 +412,63 @@ class Kafka(Component):
             # Kafka 4.x fetches no SASL/OAUTHBEARER URL unless it is listed here, matched
             # exactly (BrokerSecurityConfigs.ALLOWED_SASL_OAUTHBEARER_URLS_CONFIG).
             f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={ctx.runtime.jwks_url}",
-            f"-Dkafka.logs.dir={ctx.runtime.logs_dir / 'kafka'}",
+            f"-Dkafka.logs.dir={ctx.runtime.logs_dir / self.name}",
             f"-Dlog4j2.configurationFile={TEMPLATES / 'kafka' / 'log4j2.yaml'}",
             "-cp",
             f"{libs}/*",
         ]
         return argv
 
-    @property
-    def _props(self) -> str:
-        return "server.properties"
+    def properties(self, runtime: Runtime) -> Path:
+        return runtime.kafka_node_dir(self.node) / "server.properties"
+
+    def data_dir(self, runtime: Runtime) -> Path:
+        return runtime.kafka_node_dir(self.node) / "data"
+
+    def render(self, runtime: Runtime, pki: PlatformPki) -> None:
+        """Write this node's server.properties from the template (every start)."""
+        rt = runtime
+        ports = rt.broker_ports(self.node)
+        voters = ",".join(f"{n}@127.0.0.1:{rt.broker_ports(n).controller}" for n in rt.kafka_nodes)
+        replication = min(3, rt.kafka_brokers)
+        render(
+            TEMPLATES / "kafka" / "server.properties.in",
+            self.properties(rt),
+            node_id=self.node,
+            quorum_voters=voters,
+            controller_port=ports.controller,
+            internal_port=ports.internal,
+            client_port=ports.client,
+            oauth_port=ports.oauth,
+            jwks_url=rt.jwks_url,
+            oauth_issuer=rt.oauth_issuer,
+            client_bind="127.0.0.1" if rt.web_bind == "127.0.0.1" else "0.0.0.0",  # noqa: S104
+            advertised_host=rt.kafka_advertised_host,
+            keystore=pki.keystore(broker_service(self.node)),
+            truststore=pki.trust_bundle,
+            principal_mapping_rules=KAFKA_PRINCIPAL_MAPPING_RULES,
+            super_users=";".join(SUPER_USERS),
+            log_dirs=self.data_dir(rt),
+            replication_factor=replication,
+            min_insync_replicas=min(2, replication),
+        )
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
         libs = fetch.kafka_libs(rt)
         pki = ensure_platform_pki(rt)
-        kafka_dir = rt.state_dir / "kafka"
-        props = kafka_dir / self._props
-        render(
-            TEMPLATES / "kafka" / "server.properties.in",
-            props,
-            controller_port=rt.ports.kafka_controller,
-            internal_port=rt.ports.kafka_internal,
-            client_port=rt.ports.kafka,
-            oauth_port=rt.ports.kafka_oauth,
-            jwks_url=rt.jwks_url,
-            oauth_issuer=rt.oauth_issuer,
-            client_bind="127.0.0.1" if rt.web_bind == "127.0.0.1" else "0.0.0.0",  # noqa: S104
-            advertised_host=rt.kafka_advertised_host,
-            keystore=pki.keystore("broker"),
-            truststore=pki.trust_bundle,
-            principal_mapping_rules=KAFKA_PRINCIPAL_MAPPING_RULES,
-            super_users=";".join(SUPER_USERS),
-            log_dirs=rt.kafka_data_dir,
-        )
-        if not (rt.kafka_data_dir / "meta.properties").exists():
-            cluster_id_file = kafka_dir / "cluster-id"
+        self.render(rt, pki)
+        if not (self.data_dir(rt) / "meta.properties").exists():
+            # Every node of the quorum is formatted with the same cluster id: broker 1's.
+            cluster_id_file = rt.kafka_node_dir(1) / "cluster-id"
             if not cluster_id_file.exists():
+                cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
                 # 16 random bytes, URL-safe base64 without padding, as StorageTool random-uuid.
                 raw = uuid.uuid4().bytes
                 cid = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
                 cluster_id_file.write_text(("A" + cid[1:] if cid.startswith("-") else cid) + "\n")
             run_once(
-                "kafka storage format",
+                f"{self.name} storage format",
                 [
                     *self._java(ctx, libs, heap=None),
                     "kafka.tools.StorageTool",
@@ -426,29 +476,26 @@ class Kafka(Component):
                     "-t",
                     cluster_id_file.read_text().strip(),
                     "-c",
-                    str(props),
+                    str(self.properties(rt)),
                 ],
-                log_path=ctx.log("kafka"),
+                log_path=ctx.log(self.name),
                 timeout=120,
             )
 
     def process(self, ctx: Context) -> Process:
         rt = ctx.runtime
-        argv = [
-            *self._java(ctx, fetch.kafka_libs(rt), heap=rt.kafka_heap),
-            "kafka.Kafka",
-            str(rt.state_dir / "kafka" / self._props),
-        ]
+        argv = [*self._java(ctx, fetch.kafka_libs(rt), heap=rt.kafka_heap), "kafka.Kafka", str(self.properties(rt))]
         return Process(self.name, argv, ctx.log(self.name))
 
     def check(self, ctx: Context) -> str | None:
-        if not tcp_open(ctx.runtime.ports.kafka):
+        ports = ctx.runtime.broker_ports(self.node)
+        if not tcp_open(ports.client):
             return "client listener not open yet"
-        if not tcp_open(ctx.runtime.ports.kafka_oauth):
+        if not tcp_open(ports.oauth):
             return "OAUTHBEARER listener not open yet"
-        from ingest.kafka import kafka_cluster_check
+        from ingest.kafka import kafka_broker_check
 
-        return kafka_cluster_check(ctx.runtime)
+        return kafka_broker_check(ctx.runtime, node=self.node, port=ports.client)
 
 
 # A Unix socket's path must fit sockaddr_un.sun_path (108 bytes with its terminating NUL).
@@ -471,6 +518,9 @@ class Registry(Component):
     name = "registry"
     ports = ("registry_management",)
     startup_timeout = 150.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.runs_registry
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
@@ -805,9 +855,10 @@ class CeleryBeat(Component):
         return None  # judged through /healthz (celery_beat), which reads beat's heartbeat
 
 
+BROKERS = tuple(KafkaBroker(node) for node in range(1, max(KAFKA_BROKER_COUNTS) + 1))
 ALL: dict[str, Component] = {
     c.name: c
-    for c in (Redis(), Postgres(), Kafka(), Registry(), Web(), Ingest(), Nginx(), CeleryWorker(), CeleryBeat())
+    for c in (Redis(), Postgres(), *BROKERS, Registry(), Web(), Ingest(), Nginx(), CeleryWorker(), CeleryBeat())
 }
 # What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
 # TLS, and the web app behind it on the test database).  Tests start their own Celery

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from certs.platform_pki import root_fingerprint
 from config.env import BASE_DIR, DEVELOPMENT, POSTGRES, ConfigurationError, Runtime, load_runtime
-from sluicectl.components import ALL, Component, Context, platform_health
+from sluicectl.components import ALL, BROKERS, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
 from sluicectl.supervisor import Process, last_error
@@ -25,7 +25,9 @@ from sluicectl.supervisor import Process, last_error
 # waited for before the next one starts: Kafka and the registry are JVMs that take a while,
 # and migrations run meanwhile.  With web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
-ORDER = ("redis", "postgres", "nginx", "kafka", "registry", "web", "ingest", "worker", "beat")
+ORDER = (
+    "redis", "postgres", "nginx", *(broker.name for broker in BROKERS), "registry", "web", "ingest", "worker", "beat",
+)  # fmt: skip
 # nginx serves the CRLs the broker checks every TLS peer against, and the token-signing
 # JWKS the broker's OAUTHBEARER listener fetches while it starts (Nginx.prepare creates
 # the first signing key and publishes the JWKS), so it comes first.
@@ -90,10 +92,14 @@ def banner(ctx: Context, names: Sequence[str]) -> list[str]:
         ]
         if ctx.pki.root_cert.exists():  # nginx's prepare makes it; compare it with the download
             lines.append(f"  CA fingerprint  SHA-256 {root_fingerprint(ctx.pki.root_cert.read_bytes())}")
-    if "kafka" in names:
-        lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}")
-        lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
-    if "registry" in names:
+    if "kafka" in names or not rt.runs_kafka:
+        where = "" if rt.runs_kafka else "  (external: Sluice does not start it)"
+        lines.append(f"  Kafka (mTLS)    {rt.kafka_bootstrap}{where}")
+        if rt.kafka_oauth_bootstrap:
+            lines.append(f"  Kafka (OAuth)   {rt.kafka_oauth_bootstrap}  (SASL_SSL, OAUTHBEARER)")
+    if not rt.runs_registry:
+        lines.append(f"  Schema Registry {rt.registry_url}  (external: Sluice does not start it)")
+    elif "registry" in names:
         lines.append(f"  Schema Registry unix:{rt.registry_socket}  (Confluent API; Sluice's user only)")
     if "redis" in names:
         lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
@@ -132,8 +138,7 @@ def running_launcher(ctx: Context) -> int | None:
 
 def check_ports_free(ctx: Context, components: Sequence[Component]) -> None:
     for component in components:
-        for port_name in component.ports:
-            port = getattr(ctx.runtime.ports, port_name)
+        for port_name, port in component.port_numbers(ctx.runtime).items():
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 # As the services themselves do: connections in TIME_WAIT from a previous
                 # run must not count as "in use", only a live listener.
@@ -161,19 +166,22 @@ class Launcher:
 
     @property
     def components(self) -> list[Component]:
-        """The named components and what they require, in start order."""
+        """The named components and what they require, in start order, without those this
+        runtime does not run (an external cluster's brokers or registry); "kafka" stands for
+        every broker of the quorum."""
+        runtime = self.ctx.runtime
         wanted = set(self.names)
-        if self.ctx.runtime.starts_postgres and wanted & USES_DATABASE:
-            wanted.add("postgres")
-        elif not self.ctx.runtime.starts_postgres:
-            wanted.discard("postgres")  # SQLite, or an external PostgreSQL: nothing to start
+        if runtime.starts_postgres and wanted & USES_DATABASE:
+            wanted.add("postgres")  # (Postgres.enabled: only when Sluice starts it)
+        if "kafka" in wanted:
+            wanted |= {broker.name for broker in BROKERS}
         pending = list(wanted)
         while pending:
             for required in ALL[pending.pop()].requires:
                 if required not in wanted:
                     wanted.add(required)
                     pending.append(required)
-        return [ALL[name] for name in ORDER if name in wanted]
+        return [ALL[name] for name in ORDER if name in wanted and ALL[name].enabled(runtime)]
 
     def _claim(self) -> None:
         """Take the state directory, or raise if another launcher holds it.  Two launchers

@@ -89,3 +89,62 @@ def test_only_sluice_database_postgres_starts_a_postgresql(
     # and its socket lives in the state directory, on the offset port
     assert runtime.postgres_socket_dir == tmp_path / "postgres" / "socket"
     assert runtime.ports.postgres == DEFAULT_PORTS["postgres"]
+
+
+def test_three_brokers_get_their_own_ports_clear_of_every_other_and_a_bootstrap_of_all(tmp_path: Path) -> None:
+    # given a 3-broker profile on the test offset
+    runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_PORT_OFFSET": "20000",
+                            "SLUICE_KAFKA_BROKERS": "3"})  # fmt: skip
+
+    # when every listener of every broker is listed
+    broker_ports = [p for n in runtime.kafka_nodes for p in vars(runtime.broker_ports(n)).values()]
+
+    # then none collides with another or with the platform's other ports
+    assert len(set(broker_ports)) == 12
+    assert not set(broker_ports) & {p for name, p in runtime.ports.named().items() if not name.startswith("kafka")}
+    assert runtime.broker_ports(2).client == 29192
+    assert runtime.kafka_bootstrap == "localhost:29092,localhost:29192,localhost:29292"
+    # and new topics get 3 replicas there, 1 on a single broker
+    assert runtime.default_replication_factor == 3
+    assert load_runtime({"SLUICE_STATE_DIR": str(tmp_path)}).default_replication_factor == 1
+
+
+def test_an_external_cluster_and_registry_are_used_as_configured(tmp_path: Path) -> None:
+    # given the files an operator hands Sluice for its admin client
+    for name in ("ca.pem", "admin.pem", "admin.key"):
+        (tmp_path / name).write_text("PEM")
+    runtime = load_runtime({
+        "SLUICE_STATE_DIR": str(tmp_path), "SLUICE_KAFKA_BOOTSTRAP": "b-1.kafka:9094, b-2.kafka:9094",
+        "SLUICE_KAFKA_CA_FILE": str(tmp_path / "ca.pem"), "SLUICE_KAFKA_CERT_FILE": str(tmp_path / "admin.pem"),
+        "SLUICE_KAFKA_KEY_FILE": str(tmp_path / "admin.key"), "SLUICE_REGISTRY_URL": "https://registry.example/apis/",
+        "SLUICE_REGISTRY_USERNAME": "sluice", "SLUICE_REGISTRY_PASSWORD": "s3cret",
+        "SLUICE_JWKS_URL": "https://sluice.example/oauth/jwks.json",
+    })  # fmt: skip
+    # then Sluice starts neither, talks to both, and tells the brokers its JWKS URL
+    assert not runtime.runs_kafka
+    assert not runtime.runs_registry
+    assert runtime.kafka_bootstrap == "b-1.kafka:9094,b-2.kafka:9094"
+    assert runtime.registry_url == "https://registry.example/apis"
+    assert runtime.jwks_url == "https://sluice.example/oauth/jwks.json"
+    assert runtime.default_replication_factor == 3
+    assert "s3cret" not in repr(runtime.external_registry)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SLUICE_KAFKA_BROKERS": "2"}, "SLUICE_KAFKA_BROKERS=2; use 1, 3, 5"),
+        ({"SLUICE_DEFAULT_REPLICATION_FACTOR": "3"}, "more than the 1 broker"),
+        ({"SLUICE_KAFKA_BOOTSTRAP": "kafka-1"}, "'kafka-1' is not host:port"),
+        ({"SLUICE_KAFKA_BOOTSTRAP": "k:9092", "SLUICE_KAFKA_CERT_FILE": "/nonexistent.pem"}, "no such file"),
+        ({"SLUICE_KAFKA_BOOTSTRAP": "k:9092", "SLUICE_KAFKA_CERT_FILE": "/etc/hostname"}, "go together"),
+        ({"SLUICE_KAFKA_CA_FILE": "/etc/hostname"}, "without SLUICE_KAFKA_BOOTSTRAP"),
+        ({"SLUICE_REGISTRY_URL": "registry:8080"}, "is not an http(s) URL"),
+        ({"SLUICE_REGISTRY_URL": "http://r", "SLUICE_REGISTRY_USERNAME": "u"}, "go together"),
+        ({"SLUICE_REGISTRY_PASSWORD": "p"}, "without SLUICE_REGISTRY_URL"),
+        ({"SLUICE_JWKS_URL": "file:/tmp/jwks.json"}, "is not an http(s) URL"),
+    ],
+)
+def test_bad_cluster_settings_are_named(tmp_path: Path, environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_runtime({"SLUICE_STATE_DIR": str(tmp_path), **environ})
