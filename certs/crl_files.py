@@ -25,8 +25,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +39,8 @@ from cryptography.hazmat.primitives import serialization
 
 from certs import ca
 from config.env import Runtime
+
+log = logging.getLogger("sluice.crl")
 
 ROOT_CRL_NAME = "platform-root"
 ROOT_CRL_VALIDITY = dt.timedelta(days=30)
@@ -162,30 +167,127 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def reload_nginx(runtime: Runtime, wait: float = 5.0) -> None:
-    """SIGHUP nginx's master (if it runs) so new CRLs apply to new handshakes, no restart,
-    and wait (bounded) until only workers with the new configuration remain."""
+# What nginx reads that Sluice changes while it runs: the CRL bundle (``ssl_crl``), the trust
+# bundle (``ssl_client_certificate``) and the server certificate (renewed by the first node's
+# start), paths as certs.platform_pki.PlatformPki names them (it imports this module).
+def _nginx_inputs(runtime: Runtime) -> tuple[Path, ...]:
+    return bundle_path(runtime), runtime.pki_dir / "trust-bundle.pem", runtime.pki_dir / "web.crt"
+
+
+def nginx_inputs_fingerprint(runtime: Runtime) -> str:
+    digest = hashlib.sha256()
+    for path in _nginx_inputs(runtime):
+        try:
+            digest.update(path.read_bytes())
+        except FileNotFoundError:
+            digest.update(b"-")
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _loaded_marker(runtime: Runtime) -> Path:
+    """The fingerprint of the inputs this node's nginx last (re)loaded.  Per node (its run
+    directory): every web node has its own nginx to bring up to date."""
+    return runtime.run_dir / "nginx-inputs.sha256"
+
+
+def note_nginx_inputs_loaded(runtime: Runtime) -> None:
+    """Record the inputs as loaded: called just before nginx starts (it reads them then)."""
+    runtime.run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(_loaded_marker(runtime), nginx_inputs_fingerprint(runtime).encode(), mode=0o600)
+
+
+def _nginx_master(runtime: Runtime) -> int | None:
     try:
         pid = int((runtime.run_dir / "nginx.pid").read_text().strip())
         # A stale pid file may name an unrelated process by now: check before signalling.
         if b"nginx: master" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return
-        before = _children(pid)
-        os.kill(pid, signal.SIGHUP)
+            return None
     except (OSError, ValueError):
-        return
-    # Done when workers with the new configuration run and every old one has stopped
-    # accepting: until an old worker has processed its shutdown it may still accept a new
-    # connection.  An old worker that is finishing open connections (keep-alive clients,
-    # or the very request that revoked a certificate) retitles itself "worker process is
-    # shutting down" once it has closed its listening sockets; waiting for it to exit would
-    # hold such a request for the whole timeout.
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        now = _children(pid)
-        if (now - before) and all(_shutting_down(old) for old in now & before):
-            return
-        time.sleep(0.02)
+        return None
+    return pid
+
+
+def reload_nginx(runtime: Runtime, wait: float = 5.0) -> bool:
+    """SIGHUP this node's nginx master (if it runs) so new CRLs apply to new handshakes, no
+    restart, and wait (bounded) until only workers with the new configuration remain.
+
+    Only when the CRL or trust bundle differs from what it last loaded: the process that
+    changed a CRL and the node's launcher (``follow_nginx_inputs``, which brings every node
+    up to date, whichever node made the change) both call this, and a reload ends every
+    device's keep-alive connection, so one change must cost one reload per node.  The
+    check and the reload hold the node's reload lock: whoever comes second finds the
+    marker current (and the reload complete).  Returns whether it reloaded."""
+    if _nginx_master(runtime) is None:
+        return False
+    with open(runtime.run_dir / ".nginx-reload.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fingerprint = nginx_inputs_fingerprint(runtime)
+        try:
+            if _loaded_marker(runtime).read_text() == fingerprint:
+                return False
+        except OSError:
+            pass  # no marker (nginx started by other means): reload
+        pid = _nginx_master(runtime)
+        if pid is None:
+            return False
+        before = _children(pid)
+        # The marker first: a change made after this point differs from it and reloads again.
+        _atomic_write(_loaded_marker(runtime), fingerprint.encode(), mode=0o600)
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError:
+            return False
+        # Done when workers with the new configuration run and every old one has stopped
+        # accepting: until an old worker has processed its shutdown it may still accept a new
+        # connection.  An old worker that is finishing open connections (keep-alive clients,
+        # or the very request that revoked a certificate) retitles itself "worker process is
+        # shutting down" once it has closed its listening sockets; waiting for it to exit would
+        # hold such a request for the whole timeout.
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            now = _children(pid)
+            if (now - before) and all(_shutting_down(old) for old in now & before):
+                break
+            time.sleep(0.02)
+        return True
+
+
+# How often a node's launcher looks at the CRL and trust bundles (a stat of two files), and
+# how often it also hashes them whatever their stat says (a file system that keeps mtimes
+# coarse, or a file replaced within the same tick).  Bound on a change made through another
+# node reaching this node's nginx: FOLLOW_PERIOD plus the reload itself.
+FOLLOW_PERIOD = 1.0
+FOLLOW_FULL_CHECK_EVERY = 30
+
+
+def _inputs_stat(runtime: Runtime) -> tuple[tuple[int, int, int], ...]:
+    stats = []
+    for path in _nginx_inputs(runtime):
+        try:
+            info = path.stat()
+            stats.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            stats.append((0, 0, 0))
+    return tuple(stats)
+
+
+def follow_nginx_inputs(runtime: Runtime, stop: threading.Event, period: float = FOLLOW_PERIOD) -> None:
+    """Until ``stop`` is set: reload this node's nginx whenever the CRL or trust bundle
+    changes, whichever process (on whichever node sharing the state directory) changed it.
+    Run by every node's launcher; the node that made a change has usually reloaded already,
+    and reload_nginx then does nothing."""
+    seen: tuple[tuple[int, int, int], ...] = ()  # the first tick checks: a change during start-up
+    tick = 0
+    while not stop.wait(period):
+        tick += 1
+        now = _inputs_stat(runtime)
+        if now != seen or tick % FOLLOW_FULL_CHECK_EVERY == 0:
+            try:
+                reload_nginx(runtime)
+                seen = now
+            except Exception as exc:  # noqa: BLE001 - the follower must outlive any one failure; the next tick retries
+                log.warning("could not reload nginx after a CRL change: %s: %s", type(exc).__name__, exc)
 
 
 def _shutting_down(pid: int) -> bool:

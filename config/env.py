@@ -9,6 +9,7 @@ or a path is defined exactly once.  This module must not import Django.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ DEFAULT_PORTS = {
 }
 
 
+# A web node's name (``SLUICE_NODE``): it names the node's directories and its Celery worker.
+NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
+# The ports a web node listens on itself; every other port is the platform's, shared by all nodes.
+NODE_PORTS = ("web", "crl")
 # How many combined broker+controller nodes Sluice may run itself (SLUICE_KAFKA_BROKERS): a
 # KRaft quorum needs a majority of its voters, so an even count adds a node without adding a
 # failure it survives (2 survive no loss, like 1; 4 survive one, like 3).
@@ -162,6 +167,13 @@ class Runtime:
     debug: bool
     default_partitions: int
     default_replication_factor: int
+    # The web node this process belongs to: "" is the first node, which also runs what exists
+    # once per platform (Redis, Kafka, the registry, Celery beat); another node (``sluice up
+    # --node web2``) runs its own nginx, web and ingest workers on the same state directory,
+    # database, Redis and Kafka.  Its run, log, nginx, socket and static directories are its
+    # own (``node_dir``), and it listens on ``node_ports``.
+    node: str = ""
+    node_ports: Ports | None = None
     ingest: IngestSettings = field(default_factory=IngestSettings)
     # How many brokers the project's own files run on this state directory (KAFKA_BROKER_COUNTS).
     kafka_brokers: int = 1
@@ -175,6 +187,27 @@ class Runtime:
 
     # -- paths -------------------------------------------------------------------------
     @property
+    def node_dir(self) -> Path:
+        """Where this web node keeps what is its own; the state directory itself for the
+        first node, so a single-node platform's layout is unchanged."""
+        return self.state_dir / "nodes" / self.node if self.node else self.state_dir
+
+    @property
+    def is_first_node(self) -> bool:
+        return not self.node
+
+    @property
+    def listen(self) -> Ports:
+        """The ports this node's nginx listens on: the platform's own (``ports``, which the
+        public URLs, token issuer and CRL distribution points name) unless this is another
+        node (``SLUICE_NODE_WEB_PORT``, ``SLUICE_NODE_CRL_PORT``)."""
+        return self.node_ports or self.ports
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.node_dir / "nginx"
+
+    @property
     def pki_dir(self) -> Path:
         return self.state_dir / "pki"
 
@@ -184,10 +217,16 @@ class Runtime:
 
     @property
     def logs_dir(self) -> Path:
-        return self.state_dir / "logs"
+        return self.node_dir / "logs"
 
     @property
     def run_dir(self) -> Path:
+        """The node's pid files, its launcher's lock and state, nginx's reload marker."""
+        return self.node_dir / "run"
+
+    @property
+    def platform_run_dir(self) -> Path:
+        """The first node's run directory: what every node reaches there (the registry's socket)."""
         return self.state_dir / "run"
 
     @property
@@ -246,7 +285,7 @@ class Runtime:
         """Sockets nginx's workers connect to (another user when nginx starts as root), so
         this directory is public; the web app trusts a request on it only when it carries
         the proxy secret."""
-        return self.state_dir / "public-sockets"
+        return self.node_dir / "public-sockets"
 
     @property
     def web_socket(self) -> Path:
@@ -259,7 +298,7 @@ class Runtime:
 
     @property
     def static_root(self) -> Path:
-        return self.state_dir / "static"
+        return self.node_dir / "static"
 
     @property
     def sqlite_path(self) -> Path:
@@ -334,7 +373,7 @@ class Runtime:
         """Apicurio's only API listener: a Unix socket, owner-only, in the owner-only run
         directory, so no process of another user can read or write schemas (there is no TCP
         port to reach).  Clients come from ``devices.registry_client``."""
-        return self.run_dir / "registry.sock"
+        return self.platform_run_dir / "registry.sock"
 
     @property
     def registry_url(self) -> str:
@@ -470,6 +509,28 @@ def _ingest_settings(env: Mapping[str, str]) -> IngestSettings:
                           batch_bytes=batch)  # fmt: skip
 
 
+def _node(env: Mapping[str, str], ports: Ports) -> tuple[str, Ports | None]:
+    """``SLUICE_NODE`` and the ports that node listens on (both required for a node other
+    than the first: two nginx on one machine cannot share a port)."""
+    node = env.get("SLUICE_NODE", "")
+    if not node:
+        stray = [variable for name in NODE_PORTS if env.get(variable := f"SLUICE_NODE_{name.upper()}_PORT")]
+        if stray:
+            raise ConfigurationError(f"{', '.join(stray)} set without SLUICE_NODE; name the node (SLUICE_NODE=web2)")
+        return "", None
+    if not NODE_NAME.fullmatch(node):
+        raise ConfigurationError(
+            f"SLUICE_NODE={node!r}; a node name is a lowercase letter, then up to 30 lowercase letters, digits or -"
+        )
+    own: dict[str, int] = {}
+    for name in NODE_PORTS:
+        variable = f"SLUICE_NODE_{name.upper()}_PORT"
+        if not env.get(variable):
+            raise ConfigurationError(f"SLUICE_NODE={node} needs {variable}: the port this node's nginx listens on")
+        own[name] = _port(env, variable, 0)
+    return node, Ports(**{**ports.named(), **own})
+
+
 def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -590,6 +651,7 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
         raise ConfigurationError(
             f"DATABASE_URL must start with postgres:// (or sqlite://); got {database_url.split(':', 1)[0]!r}"
         )
+    node, node_ports = _node(env, ports)
     hostnames = tuple(h.strip() for h in env.get("SLUICE_HOSTNAMES", "localhost").split(",") if h.strip())
     if not hostnames:
         raise ConfigurationError("SLUICE_HOSTNAMES must name at least one host")
@@ -614,6 +676,8 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
         # The brief's 100+ partitions for ingestion topics; the test stack keeps it small.
         default_partitions=_int(env, "SLUICE_DEFAULT_PARTITIONS", 3 if environment == TEST else 100),
         default_replication_factor=_replication_factor(env, brokers, external_kafka is not None),
+        node=node,
+        node_ports=node_ports,
         ingest=_ingest_settings(env),
         kafka_brokers=brokers,
         external_kafka=external_kafka,

@@ -22,7 +22,9 @@ DEBUG = RUNTIME.debug
 ALLOWED_HOSTS = [*RUNTIME.public_hostnames, "localhost", "127.0.0.1", "[::1]"]
 if RUNTIME.environment == TEST:
     ALLOWED_HOSTS.append("testserver")
-CSRF_TRUSTED_ORIGINS = [f"https://{host}:{RUNTIME.ports.web}" for host in ALLOWED_HOSTS]
+# The platform's port, and this web node's own when it listens on another (sluice up --node).
+_WEB_PORTS = dict.fromkeys((RUNTIME.ports.web, RUNTIME.listen.web))
+CSRF_TRUSTED_ORIGINS = [f"https://{host}:{port}" for port in _WEB_PORTS for host in ALLOWED_HOSTS]
 
 INSTALLED_APPS = [
     "config.console.SluiceAdminConfig",  # django.contrib.admin with the Sluice index

@@ -16,6 +16,8 @@ from config.env import BASE_DIR, DATABASES, KAFKA_BROKER_COUNTS, POSTGRES, SQLIT
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
 from sluicectl.launcher import (
+    DEFAULT_NODE_COMPONENTS,
+    NODE_COMPONENTS,
     ORDER,
     Interrupted,
     Launcher,
@@ -31,6 +33,16 @@ from sluicectl.launcher import (
 
 # pytest's exit status when it collected no tests at all.
 PYTEST_NO_TESTS = 5
+
+
+def port_number(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    return value
 
 
 def parse_components(raw: str | None, default: Sequence[str]) -> list[str]:
@@ -75,15 +87,27 @@ def brokers_env(args: argparse.Namespace) -> dict[str, str]:
     return {} if args.brokers is None else {"SLUICE_KAFKA_BROKERS": args.brokers}
 
 
+def node_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--node``, ``--web-port`` and ``--crl-port`` as the environment variables the runtime
+    reads (config.env), so the node's processes resolve the same node."""
+    extra = {}
+    if getattr(args, "node", None):
+        extra["SLUICE_NODE"] = args.node
+    for option, variable in (("web_port", "SLUICE_NODE_WEB_PORT"), ("crl_port", "SLUICE_NODE_CRL_PORT")):
+        if getattr(args, option, None) is not None:
+            extra[variable] = str(getattr(args, option))
+    return extra
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    ctx = make_context(child_env({**database_env(args.db), **brokers_env(args)}))
-    names = parse_components(args.components, ORDER)
+    ctx = make_context(child_env({**database_env(args.db), **brokers_env(args), **node_env(args)}))
+    names = parse_components(args.components, DEFAULT_NODE_COMPONENTS if ctx.runtime.node else ORDER)
     launcher = Launcher(ctx, names)
     began = time.monotonic()
     rt = ctx.runtime
 
     def ready() -> int:
-        if "web" in names:
+        if "web" in names and rt.is_first_node:
             subprocess.run(
                 [
                     sys.executable,
@@ -223,8 +247,8 @@ def run_checks(env: dict[str, str]) -> str | None:
     return None
 
 
-def cmd_status(_args: argparse.Namespace) -> int:
-    ctx = make_context(child_env())
+def cmd_status(args: argparse.Namespace) -> int:
+    ctx = make_context(child_env(node_env(args)))
     pid = running_launcher(ctx)
     if pid is None:
         say(f"not running (state: {ctx.runtime.state_dir})")
@@ -257,8 +281,8 @@ def cmd_status(_args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
-def cmd_down(_args: argparse.Namespace) -> int:
-    ctx = make_context(child_env())
+def cmd_down(args: argparse.Namespace) -> int:
+    ctx = make_context(child_env(node_env(args)))
     pid = running_launcher(ctx)
     if pid is None:
         say("not running")
@@ -286,12 +310,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluice", description="Run and test the Sluice platform.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring up the whole platform; Ctrl-C stops it")
-    up.add_argument("--components", help=f"comma-separated subset of {','.join(ORDER)}")
+    up.add_argument(
+        "--components",
+        help=f"comma-separated subset of {','.join(ORDER)} "
+        f"(with --node: of {','.join(NODE_COMPONENTS)}; default {','.join(DEFAULT_NODE_COMPONENTS)})",
+    )
+    up.add_argument(
+        "--node",
+        help="start another web node of the platform on the same state directory (a name, "
+        "e.g. web2): its own nginx, web and ingest workers; the first node runs without --node",
+    )
+    up.add_argument("--web-port", type=port_number, help="with --node: the HTTPS port this node listens on")
+    up.add_argument("--crl-port", type=port_number, help="with --node: the plain-HTTP port (CRLs, JWKS) it listens on")
     up.add_argument("--db", choices=DATABASES,
                     help="sqlite (default; or SLUICE_DATABASE), or postgres: a PostgreSQL 15 started under the "
                          "state directory (an external one: DATABASE_URL)")  # fmt: skip
     up.add_argument("--brokers", choices=[str(n) for n in KAFKA_BROKER_COUNTS],
-                    help="Kafka brokers, a KRaft quorum (default: SLUICE_KAFKA_BROKERS, else 1)")  # fmt: skip
+                    help="Kafka brokers, a KRaft quorum (default: SLUICE_KAFKA_BROKERS, else 1; "
+                         "another web node names the first node's count)")  # fmt: skip
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")
@@ -307,8 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="skip `ruff check`, lint-imports and mypy (quick loops; CI always runs them)")  # fmt: skip
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     test.set_defaults(func=cmd_test)
-    sub.add_parser("status", help="report each component").set_defaults(func=cmd_status)
-    sub.add_parser("down", help="stop a running platform").set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="report each component")
+    status.add_argument("--node", help="the web node to report (default: the first)")
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop a running platform")
+    down.add_argument("--node", help="stop only this web node (default: the first, which stops the platform)")
+    down.set_defaults(func=cmd_down)
     # Options sluice does not know go to pytest (argparse's REMAINDER alone drops a leading
     # "-k expr" or "-x"), in their order, before any positional pytest arguments.
     args, unknown = parser.parse_known_args(argv)

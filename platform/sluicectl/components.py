@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from certs.crl_files import bundle_path
+from certs.crl_files import bundle_path, note_nginx_inputs_loaded
 from certs.platform_pki import PlatformPki, broker_service, ensure_platform_pki, public_root_cert
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
 from config.env import (
@@ -131,8 +131,9 @@ class Component:
         return True
 
     def port_numbers(self, runtime: Runtime) -> dict[str, int]:
-        """The TCP ports it listens on, by their name in ``config.env.DEFAULT_PORTS``."""
-        return {name: getattr(runtime.ports, name) for name in self.ports}
+        """The TCP ports it listens on, by their name in ``config.env.DEFAULT_PORTS`` (this web
+        node's own for nginx: ``Runtime.listen``)."""
+        return {name: getattr(runtime.listen, name) for name in self.ports}
 
 
 class Redis(Component):
@@ -723,6 +724,19 @@ def _nginx_user_directive(ctx: Context) -> str:
     return "user nobody nogroup;"
 
 
+def _platform_pki_of_first_node(rt: Runtime) -> PlatformPki:
+    """Another web node uses the first node's PKI as it is: making or renewing it (and
+    republishing the root CRL) is the first node's, so two nodes never race to write it."""
+    pki = PlatformPki(rt.pki_dir)
+    missing = [p for p in (pki.cert("web"), pki.key("web"), pki.trust_bundle, bundle_path(rt)) if not p.exists()]
+    if missing:
+        raise LaunchError(
+            f"node {rt.node}: {missing[0]} is missing; start the first node on {rt.state_dir} first "
+            f"(platform/bin/sluice up), then this one"
+        )
+    return pki
+
+
 class Nginx(Component):
     """TLS in front of the web app: HTTPS with the platform certificate, client certificates
     verified against the platform trust bundle and handed to the app as headers."""
@@ -733,8 +747,8 @@ class Nginx(Component):
 
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
-        pki = ensure_platform_pki(rt)
-        prefix = rt.state_dir / "nginx"
+        pki = ensure_platform_pki(rt) if rt.is_first_node else _platform_pki_of_first_node(rt)
+        prefix = rt.nginx_dir
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         rt.static_root.mkdir(parents=True, exist_ok=True)
@@ -756,23 +770,26 @@ class Nginx(Component):
             socket=rt.web_socket,
             ingest_servers="\n        ".join(f"server unix:{rt.ingest_socket(i)};" for i in range(rt.ingest.workers)),
             bind=rt.web_bind,
-            port=rt.ports.web,
+            port=rt.listen.web,
             server_names=" ".join(rt.public_hostnames),
             certificate=pki.cert("web"),
             certificate_key=pki.key("web"),
             client_ca=pki.trust_bundle,
             static_root=rt.static_root,
-            crl_port=rt.ports.crl,
+            crl_port=rt.listen.crl,
             crl_dir=rt.crl_dir,
             crl_bundle=bundle_path(rt),
             jwks_file=jwks_path(rt),
             root_ca_file=public_root_cert(rt),
             proxy_secret=rt.proxy_secret,
         )
+        # What nginx is about to read: the reference for every later reload (reload_nginx and
+        # the launcher's follow_nginx_inputs reload only when the CRL bundle or trust differ).
+        note_nginx_inputs_loaded(rt)
 
     def process(self, ctx: Context) -> Process:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        prefix = ctx.runtime.state_dir / "nginx"
+        prefix = ctx.runtime.nginx_dir
         argv = [
             binary,
             "-p",
@@ -786,26 +803,32 @@ class Nginx(Component):
 
     def check(self, ctx: Context) -> str | None:
         try:
-            status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.ports.crl}/crl/platform-root.crl")
+            status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.listen.crl}/crl/platform-root.crl")
         except OSError as exc:
             return f"CRL listener: {getattr(exc, 'reason', exc)}"
         if status != 200:
             return f"CRL listener answered {status} for the root CRL"
         try:
-            status, _ = http_get(ctx.runtime.jwks_url)
+            status, _ = http_get(f"http://127.0.0.1:{ctx.runtime.listen.crl}/oauth/jwks.json")
         except OSError as exc:
             return f"JWKS: {getattr(exc, 'reason', exc)}"
         if status != 200:
             return f"CRL listener answered {status} for the JWKS"
-        return None if tcp_open(ctx.runtime.ports.web) else "HTTPS listener not open yet"
+        return None if tcp_open(ctx.runtime.listen.web) else "HTTPS listener not open yet"
 
 
-def platform_health(ctx: Context) -> str | None:
+# What a web node other than the first waits for: what it serves with.  Celery's worker and
+# beat are the first node's; /healthz still reports them.
+NODE_NEEDS = ("database", "redis", "kafka", "registry")
+
+
+def platform_health(ctx: Context, needs: tuple[str, ...] | None = None) -> str | None:
     """The application's own /healthz through nginx: database, Redis, Kafka, the registry,
-    the Celery worker and beat as the web app sees them.  None when all are ok."""
+    the Celery worker and beat as the web app sees them.  None when all are ok (or, with
+    ``needs``, when those are)."""
     context = ssl.create_default_context(cafile=str(ctx.pki.trust_bundle))
     try:
-        status, body = http_get(f"https://127.0.0.1:{ctx.runtime.ports.web}/healthz", context=context)
+        status, body = http_get(f"https://127.0.0.1:{ctx.runtime.listen.web}/healthz", context=context)
     except OSError as exc:
         return str(getattr(exc, "reason", exc))
     if status == 200:
@@ -813,8 +836,12 @@ def platform_health(ctx: Context) -> str | None:
     try:
         report = json.loads(body)
         bad = [
-            f"{k}: {v.get('detail', v.get('status'))}" for k, v in report["components"].items() if v["status"] != "ok"
+            f"{k}: {v.get('detail', v.get('status'))}"
+            for k, v in report["components"].items()
+            if v["status"] != "ok" and (needs is None or k in needs)
         ]
+        if needs is not None and not bad:
+            return None
         return "; ".join(bad) or f"/healthz answered {status}"
     except (ValueError, KeyError, AttributeError):
         return f"/healthz answered {status}"
@@ -830,7 +857,7 @@ class CeleryWorker(Component):
         argv = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
             "--loglevel", "INFO", "--concurrency", concurrency,
-            "--hostname", f"worker@{socket.gethostname()}-{ctx.runtime.ports.web}",
+            "--hostname", f"worker@{socket.gethostname()}-{ctx.runtime.listen.web}",
         ]  # fmt: skip
         return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR, nice=BACKGROUND_NICE)
 

@@ -9,14 +9,16 @@ import os
 import shlex
 import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certs.crl_files import bundle_path, follow_nginx_inputs
 from certs.platform_pki import root_fingerprint
 from config.env import BASE_DIR, DEVELOPMENT, POSTGRES, ConfigurationError, Runtime, load_runtime
-from sluicectl.components import ALL, BROKERS, Component, Context, platform_health
+from sluicectl.components import ALL, BROKERS, NODE_NEEDS, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
 from sluicectl.supervisor import Process, last_error
@@ -35,6 +37,11 @@ WAIT_BEFORE_NEXT = {"redis", "postgres", "nginx"}
 # What reads or writes the database: with SLUICE_DATABASE=postgres, the PostgreSQL the launcher
 # starts comes with any of them (and is waited for: the web app migrates it while preparing).
 USES_DATABASE = {"web", "ingest", "worker", "beat"}
+# What another web node (``sluice up --node web2``) may run: its own nginx, web app and ingest
+# workers, and Celery workers if wanted.  Redis, Kafka and the registry are the platform's,
+# and Celery beat must run exactly once (two would send every periodic task twice).
+NODE_COMPONENTS = ("nginx", "web", "ingest", "worker")
+DEFAULT_NODE_COMPONENTS = ("nginx", "web", "ingest")
 PLATFORM_TIMEOUT = 90.0
 
 
@@ -79,6 +86,15 @@ def banner(ctx: Context, names: Sequence[str]) -> list[str]:
     backticks and runs as written from the checkout's root (tests/platform runs them)."""
     rt = ctx.runtime
     lines = []
+    if rt.node and "nginx" in names:
+        host = rt.public_hostnames[0]
+        return [
+            f"  Node {rt.node:<10} https://{host}:{rt.listen.web}/  (console, REST API, ingest; "
+            f"health: https://{host}:{rt.listen.web}/healthz)",
+            f"  CRLs, JWKS      http://{host}:{rt.listen.crl}/crl/, /oauth/jwks.json",
+            f"  Platform        {rt.web_url}/ (the first node; its URLs are the platform's: token issuer, "
+            f"CRL distribution points)",
+        ]
     if "nginx" in names:
         root_ca = shlex.quote(str(ctx.pki.root_cert))
         lines += [
@@ -146,7 +162,8 @@ def check_ports_free(ctx: Context, components: Sequence[Component]) -> None:
                 try:
                     probe.bind(("127.0.0.1", port))
                 except OSError:
-                    variable = f"SLUICE_{port_name.upper()}_PORT"
+                    prefix = "SLUICE_NODE_" if ctx.runtime.node else "SLUICE_"
+                    variable = f"{prefix}{port_name.upper()}_PORT"
                     raise LaunchError(
                         f"port {port} ({component.name}) is already in use; stop whatever holds it "
                         f"(ss -ltnp 'sport = :{port}') or choose another with "
@@ -163,6 +180,9 @@ class Launcher:
     # The open, locked lock_file while this launcher owns the state directory; only then
     # does it write or remove the state file.
     _lock_fd: int | None = None
+    # Set to stop the thread that keeps this node's nginx on the current CRLs (follow_nginx_inputs).
+    _follow_stop: threading.Event = field(default_factory=threading.Event)
+    _follower: threading.Thread | None = None
 
     @property
     def components(self) -> list[Component]:
@@ -171,8 +191,9 @@ class Launcher:
         every broker of the quorum."""
         runtime = self.ctx.runtime
         wanted = set(self.names)
-        if runtime.starts_postgres and wanted & USES_DATABASE:
-            wanted.add("postgres")  # (Postgres.enabled: only when Sluice starts it)
+        if runtime.starts_postgres and not runtime.node and wanted & USES_DATABASE:
+            # (Postgres.enabled: only when Sluice starts it; another web node uses the first's)
+            wanted.add("postgres")
         if "kafka" in wanted:
             wanted |= {broker.name for broker in BROKERS}
         pending = list(wanted)
@@ -268,6 +289,8 @@ class Launcher:
         # Before anything is started or written: state left open by an earlier version (or
         # by hand) stops the start with the command that fixes it.
         refuse_open_state(rt)
+        if rt.node:
+            self._refuse_what_a_node_may_not_run()
         make_state_dir(rt)
         rt.run_dir.mkdir(parents=True, exist_ok=True)
         # Nothing else is written before this launcher owns the state directory: a refused
@@ -290,8 +313,33 @@ class Launcher:
         for component in started:
             if component.name not in WAIT_BEFORE_NEXT:
                 self.wait_healthy(component)
-        if {"web", "ingest", "nginx", "worker", "beat"} <= {c.name for c in self.components}:
+        running = {c.name for c in self.components}
+        if {"web", "ingest", "nginx", "worker", "beat"} <= running or (rt.node and {"web", "nginx"} <= running):
             self.wait_platform()
+        if "nginx" in running:
+            self._follow_nginx_inputs()
+
+    def _refuse_what_a_node_may_not_run(self) -> None:
+        rt = self.ctx.runtime
+        refused = [c.name for c in self.components if c.name not in NODE_COMPONENTS]
+        if refused:
+            raise LaunchError(
+                f"node {rt.node} may run {', '.join(NODE_COMPONENTS)}; {', '.join(refused)} run once per "
+                f"platform, on the first node (platform/bin/sluice up, without --node)"
+            )
+        if not bundle_path(rt).exists():
+            raise LaunchError(
+                f"node {rt.node}: no platform to join in {rt.state_dir} (no CRL bundle yet); start the first "
+                f"node there first (platform/bin/sluice up), then this one"
+            )
+
+    def _follow_nginx_inputs(self) -> None:
+        """Keep this node's nginx on the current CRL and trust bundles, whichever node's
+        process changed them (a tenant created through another node, a root CRL refresh)."""
+        self._follower = threading.Thread(
+            target=follow_nginx_inputs, args=(self.ctx.runtime, self._follow_stop), name="nginx-follower", daemon=True
+        )
+        self._follower.start()
 
     def wait_platform(self) -> None:
         """Every part answers, as the web app sees it (its /healthz through nginx)."""
@@ -300,7 +348,7 @@ class Launcher:
         while time.monotonic() < deadline:
             for component in self.components:
                 self._raise_if_died(component)
-            reason = platform_health(self.ctx)
+            reason = platform_health(self.ctx, NODE_NEEDS if self.ctx.runtime.node else None)
             if reason is None:
                 return
             time.sleep(0.5)
@@ -313,6 +361,9 @@ class Launcher:
         if self._stopping:
             return
         self._stopping = True
+        self._follow_stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=10)
         for name in reversed(ORDER):
             process = self.processes.get(name)
             if process is None:

@@ -68,6 +68,21 @@ PUBLIC: tuple[PublicPath, ...] = (
     PublicPath("nginx/tmp", 0o711, 0, tree=False, open_at_start=True,
                why="nginx's workers pass through it to their own directories below, which nginx "
                    "creates 0700 and gives to the worker user"),
+    # Another web node (``sluice up --node web2``) keeps its own copies of the public paths
+    # above that are a node's (static files, sockets, nginx's temporary directories) under
+    # nodes/<node>/, for the same reasons.
+    PublicPath("nodes", 0o711, 0, tree=False, open_at_start=True,
+               why="nginx's workers of another web node pass through it to that node's public paths"),
+    PublicPath("nodes/*", 0o711, 0, tree=False, open_at_start=True,
+               why="nginx's workers of that node pass through it to its public paths below"),
+    PublicPath("nodes/*/static", 0o755, 0o644, tree=True, open_at_start=True,
+               why="the console's static files, served by that node's nginx workers"),
+    PublicPath("nodes/*/public-sockets", 0o755, 0o644, tree=True, open_at_start=True,
+               why="that node's nginx workers connect to its web and ingest sockets in here"),
+    PublicPath("nodes/*/nginx", 0o711, 0, tree=False, open_at_start=True,
+               why="that node's nginx workers pass through it to their temporary directories"),
+    PublicPath("nodes/*/nginx/tmp", 0o711, 0, tree=False, open_at_start=True,
+               why="as nginx/tmp, for that node's nginx workers"),
     PublicPath("pki/*.crt", 0, 0o644, tree=False, open_at_start=False,
                why="certificates are public by nature (written by certs/platform_pki.py; the pki "
                    "directory itself stays 0700)"),
@@ -103,13 +118,20 @@ def _relative(runtime: Runtime, path: Path) -> str:
 def public_rule(relative: str) -> PublicPath | None:
     """The PUBLIC entry that covers ``relative`` (a POSIX path under the state directory, "."
     for the directory itself): the entry itself, or a path inside its tree."""
+    parts = relative.split("/")
     for entry in PUBLIC:
-        if fnmatch.fnmatchcase(relative, entry.pattern):
+        if _matches(parts, entry.pattern.split("/")):
             return entry
     for entry in PUBLIC:
-        if entry.tree and relative.startswith(f"{entry.pattern}/"):
+        pattern = entry.pattern.split("/")
+        if entry.tree and len(parts) > len(pattern) and _matches(parts[: len(pattern)], pattern):
             return entry
     return None
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Component by component, so a ``*`` never spans a ``/``."""
+    return len(parts) == len(pattern) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern, strict=True))
 
 
 def allowed_group_other_bits(relative: str, mode: int) -> int:

@@ -91,6 +91,28 @@ def test_only_sluice_database_postgres_starts_a_postgresql(
     assert runtime.ports.postgres == DEFAULT_PORTS["postgres"]
 
 
+def test_another_web_node_has_its_own_directories_and_listen_ports_and_shares_the_rest(tmp_path: Path) -> None:
+    # given the environment `sluice up --node web2 --web-port 9443 --crl-port 9080` gives its processes
+    first = load_runtime({"SLUICE_STATE_DIR": str(tmp_path)})
+    node = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_NODE": "web2", "SLUICE_NODE_WEB_PORT": "9443",
+                         "SLUICE_NODE_CRL_PORT": "9080"})  # fmt: skip
+
+    # then its run, log, socket, static and nginx directories are its own ...
+    own = tmp_path / "nodes" / "web2"
+    assert (node.run_dir, node.logs_dir, node.public_socket_dir) == (own / "run", own / "logs", own / "public-sockets")
+    assert (node.static_root, node.nginx_dir) == (own / "static", own / "nginx")
+    # ... it listens on its own ports, while the platform's URLs (token issuer, CRL
+    # distribution points, JWKS for the broker) stay the first node's
+    assert (node.listen.web, node.listen.crl, node.listen.redis) == (9443, 9080, first.ports.redis)
+    assert (node.web_url, node.oauth_issuer, node.jwks_url) == (first.web_url, first.oauth_issuer, first.jwks_url)
+    assert node.crl_url("x") == first.crl_url("x")
+    # ... and what is the platform's is shared: PKI, CRLs, secrets, the database, the registry's socket
+    assert (node.pki_dir, node.crl_dir, node.secrets_dir) == (first.pki_dir, first.crl_dir, first.secrets_dir)
+    assert (node.sqlite_path, node.registry_socket) == (first.sqlite_path, first.registry_socket)
+    # and the first node's layout is what it always was
+    assert (first.run_dir, first.listen) == (tmp_path / "run", first.ports)
+
+
 def test_three_brokers_get_their_own_ports_clear_of_every_other_and_a_bootstrap_of_all(tmp_path: Path) -> None:
     # given a 3-broker profile on the test offset
     runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_PORT_OFFSET": "20000",
@@ -128,6 +150,21 @@ def test_an_external_cluster_and_registry_are_used_as_configured(tmp_path: Path)
     assert runtime.jwks_url == "https://sluice.example/oauth/jwks.json"
     assert runtime.default_replication_factor == 3
     assert "s3cret" not in repr(runtime.external_registry)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SLUICE_NODE": "Web 2"}, "SLUICE_NODE='Web 2'; a node name is a lowercase letter"),
+        ({"SLUICE_NODE": "web2", "SLUICE_NODE_CRL_PORT": "9080"}, "SLUICE_NODE=web2 needs SLUICE_NODE_WEB_PORT"),
+        ({"SLUICE_NODE": "web2", "SLUICE_NODE_WEB_PORT": "0", "SLUICE_NODE_CRL_PORT": "9080"},
+         "SLUICE_NODE_WEB_PORT=0 is not a TCP port"),
+        ({"SLUICE_NODE_WEB_PORT": "9443"}, "SLUICE_NODE_WEB_PORT set without SLUICE_NODE"),
+    ],
+)  # fmt: skip
+def test_bad_node_settings_are_named(tmp_path: Path, environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        load_runtime({"SLUICE_STATE_DIR": str(tmp_path), **environ})
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,27 @@ def test_missing_parents_of_the_state_directory_can_be_passed_through(tmp_path: 
         os.umask(old)
     # then nginx's workers may pass through the parent Sluice created, and the state directory
     assert (mode(tmp_path / "var"), mode(state)) == (0o755, 0o711)
+
+
+def test_another_nodes_public_paths_are_opened_and_its_private_ones_stay_closed(tmp_path: Path) -> None:
+    # given a second web node's directories beside the first node's state
+    state = private_tree(tmp_path)
+    node = state / "nodes" / "web2"
+    for directory in ("static/admin", "public-sockets", "nginx/tmp/body", "run", "logs"):
+        (node / directory).mkdir(parents=True, exist_ok=True, mode=0o700)
+    for file in ("static/admin/base.css", "run/nginx.pid", "logs/web.log", "nginx/nginx.conf"):
+        (node / file).write_text("x")
+        os.chmod(node / file, 0o600)
+
+    # when the public paths are opened
+    open_public_paths(load_runtime({"SLUICE_STATE_DIR": str(state)}))
+
+    # then nginx's workers can pass to that node's static files and sockets, and nothing is too open
+    assert (mode(state / "nodes"), mode(node), mode(node / "nginx"), mode(node / "nginx" / "tmp")) == (0o711,) * 4
+    assert (mode(node / "static" / "admin" / "base.css"), mode(node / "public-sockets")) == (0o644, 0o755)
+    assert too_open(load_runtime({"SLUICE_STATE_DIR": str(state)})) == []
+    # while its run directory, logs and nginx configuration (the proxy secret) stay owner-only
+    assert (mode(node / "run"), mode(node / "logs"), mode(node / "nginx" / "nginx.conf")) == (0o700, 0o700, 0o600)
+    # and its run directory opened by hand is found (nodes/* opens only the node's own public paths)
+    os.chmod(node / "run", 0o755)  # noqa: S103 - the mistake under test
+    assert [p.path for p in too_open(load_runtime({"SLUICE_STATE_DIR": str(state)}))] == [node / "run"]
