@@ -8,8 +8,9 @@ from typing import Any
 from celery import shared_task
 
 from certs.rotation import pki_rotate
+from config.errors import DEPENDENCY_RETRY
 
 
-@shared_task(name="certs.pki_rotate")
+@shared_task(name="certs.pki_rotate", **DEPENDENCY_RETRY)
 def pki_rotate_task() -> dict[str, Any]:
     return asdict(pki_rotate())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+from confluent_kafka import KafkaException
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
@@ -136,6 +138,23 @@ def database_unavailable(exc: BaseException | None) -> bool:
     constraint): the driver's OperationalError (connection refused or lost, server shutting
     down, SQLite's "database is locked") or InterfaceError (a connection already closed)."""
     return isinstance(exc, OperationalError | InterfaceError)
+
+
+# Every Celery task's retry policy while a dependency is away (Kafka, Redis, the registry,
+# the database): the work is idempotent (it makes the world match what the database says),
+# so it is retried with exponential backoff and jitter (2, 4, 8 ... s, at most 120 s between
+# tries, about 15 minutes in all) rather than lost, and succeeds within one backoff step of
+# the dependency's return.  Any other exception is a bug and is not retried.
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
+    KafkaException, redis.RedisError, RegistryUnavailable, ServiceUnavailable, OperationalError, InterfaceError,
+)  # fmt: skip
+DEPENDENCY_RETRY: dict[str, Any] = {
+    "autoretry_for": DEPENDENCY_ERRORS,
+    "retry_backoff": 2,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
 
 def field_errors(detail: Any, pointer: str = "") -> list[dict[str, str]]:

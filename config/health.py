@@ -3,6 +3,7 @@ concurrently with short timeouts, reported by /healthz and by ``sluice status``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ def check_redis() -> str | None:
 
 
 def check_kafka() -> str | None:
-    return kafka_cluster_check(_runtime())
+    return kafka_cluster_check(_runtime(), every_broker=True)
 
 
 def check_registry() -> str | None:
@@ -83,11 +84,31 @@ def _run(check: Callable[[], str | None]) -> dict[str, str]:
     return {"status": "ok"} if problem is None else {"status": "down", "detail": problem}
 
 
+# What /healthz repeats of the launcher's supervision (its state file): no log lines, which
+# stay with ``sluice status``.
+PROCESS_FIELDS = ("state", "since", "restarts", "crash_loop", "last_exit")
+
+
+def launcher_processes() -> dict[str, dict[str, object]]:
+    """Each process the launcher supervises, as its state file says (empty when the web app
+    was not started by a launcher): ``running``, ``starting`` again after an exit, or
+    ``restarting`` (waiting out its backoff), with its restarts and last exit."""
+    try:
+        recorded = json.loads((_runtime().run_dir / "launcher.json").read_text())
+        supervision = recorded["supervision"]
+        return {name: {k: seen.get(k) for k in PROCESS_FIELDS} for name, seen in supervision.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def platform_health() -> dict[str, object]:
     with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
         results = dict(zip(CHECKS, pool.map(_run, CHECKS.values()), strict=True))
-    healthy = all(r["status"] == "ok" for r in results.values())
-    return {"status": "ok" if healthy else "degraded", "components": results}
+    processes = launcher_processes()
+    healthy = all(r["status"] == "ok" for r in results.values()) and all(
+        p["state"] == "running" for p in processes.values()
+    )
+    return {"status": "ok" if healthy else "degraded", "components": results, "processes": processes}
 
 
 def healthz(_request: HttpRequest) -> JsonResponse:

@@ -52,9 +52,9 @@ log = logging.getLogger("sluice.ingest")
 T = TypeVar("T")
 
 # How long ingest trusts its copy of a subject's latest schema (seconds), and how long it
-# keeps using it while the registry cannot be reached.
+# waits after a refresh failed before it asks the registry again (per subject and worker).
 LATEST_SCHEMA_TTL = 30.0
-MAX_STALE = 3600.0
+REFRESH_RETRY = 5.0
 MAGIC_BYTE = 0
 
 AVRO = "AVRO"
@@ -445,19 +445,24 @@ class SchemaCache:
     the next request still uses it while one refresh runs in the background
     (stale-while-revalidate), so a request never waits for the registry once its subject is
     known, and a new schema version applies within about ``LATEST_SCHEMA_TTL`` seconds.
-    While the registry is away, ingest keeps validating against the version it holds for
-    up to ``MAX_STALE`` seconds (an outage of the registry must not stop telemetry);
-    only a subject it never read gets 503 ``registry_unavailable``.  A subject that has no
-    schema (409) is not remembered: the next request asks again."""
+
+    While the registry is away, ingest keeps validating against the version it holds, for as
+    long as the outage lasts: a schema id never changes meaning (the registry never gives an
+    id to other content), so records encoded with it stay readable by every consumer; at
+    worst they use the previous version of a subject whose newest version was registered
+    in the last ``LATEST_SCHEMA_TTL`` seconds before the outage.  A failed refresh is tried
+    again after ``REFRESH_RETRY`` seconds, not on every request.  Only a subject this worker
+    never read gets 503 ``registry_unavailable``.  A subject that has no schema (409) is
+    not remembered: the next request asks again."""
 
     instances: ClassVar[weakref.WeakSet[SchemaCache]] = weakref.WeakSet()
 
     def __init__(self, fetch: Callable[[str], LatestSchema] = _fetch, *, ttl: float = LATEST_SCHEMA_TTL,
-                 max_stale: float = MAX_STALE) -> None:  # fmt: skip
+                 retry: float = REFRESH_RETRY) -> None:  # fmt: skip
         self._fetch = fetch
         self.ttl = ttl
-        self.max_stale = max_stale
-        self._known: dict[str, tuple[float, float, LatestSchema]] = {}  # subject -> (fresh until, read at, schema)
+        self.retry = retry
+        self._known: dict[str, tuple[float, LatestSchema]] = {}  # subject -> (ask again after, schema)
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         SchemaCache.instances.add(self)
 
@@ -465,32 +470,31 @@ class SchemaCache:
         self._known.clear()
 
     async def get(self, subject: str) -> LatestSchema:
-        now = time.monotonic()
         known = self._known.get(subject)
         if known is not None:
-            fresh_until, read_at, schema = known
-            if now < fresh_until:
-                return schema
-            if now - read_at < self.max_stale:
-                if subject not in self._refreshing:
-                    self._refreshing[subject] = asyncio.get_running_loop().create_task(self._refresh(subject))
-                return schema
+            ask_after, schema = known
+            if time.monotonic() >= ask_after and subject not in self._refreshing:
+                self._refreshing[subject] = asyncio.get_running_loop().create_task(self._refresh(subject))
+            return schema
         schema = await asyncio.to_thread(self._fetch, subject)
-        self._keep(subject, schema)
+        self._known[subject] = (time.monotonic() + self.ttl, schema)
         return schema
-
-    def _keep(self, subject: str, schema: LatestSchema) -> None:
-        now = time.monotonic()
-        self._known[subject] = (now + self.ttl, now, schema)
 
     async def _refresh(self, subject: str) -> None:
         try:
-            self._keep(subject, await asyncio.to_thread(self._fetch, subject))
+            schema = await asyncio.to_thread(self._fetch, subject)
+            self._known[subject] = (time.monotonic() + self.ttl, schema)
         except Conflict:
             # The subject lost its schemas (deleted in the registry): stop using the old one.
             self._known.pop(subject, None)
         except SluiceError as exc:
-            log.warning("ingest: keeping schema of %s while the registry is away (%s)", subject, exc.message)
+            known = self._known.get(subject)
+            if known is not None:
+                self._known[subject] = (time.monotonic() + self.retry, known[1])
+            log.warning(
+                "ingest: keeping schema id %s of %s while the registry is away (%s); asking again in %.0f s",
+                known[1].schema_id if known else "?", subject, exc.message, self.retry,
+            )  # fmt: skip
         finally:
             self._refreshing.pop(subject, None)
 

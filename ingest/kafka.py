@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,14 +112,31 @@ def oauth_client_config(runtime: Runtime, *, oauth_cb: OAuthTokenCallback, ca_pe
 
 # The launcher's health check imports this before Django is set up: it must stay light (no
 # models, no DRF), hence here rather than in ingest.kafka_admin.
-def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0) -> str | None:
-    """None when the cluster answers a metadata request for the admin principal."""
+def kafka_cluster_check(runtime: Runtime, timeout: float = 3.0, *, every_broker: bool = False) -> str | None:
+    """None when the cluster answers a metadata request for the admin principal.
+
+    With ``every_broker`` (``/healthz``), a cluster Sluice runs itself must also list each of
+    its brokers as live: one broker down still takes acks=all writes (min.insync.replicas 2
+    of 3) but is a fault to report, and the detail names who is missing."""
     try:
         metadata = AdminClient(admin_config(runtime)).list_topics(timeout=timeout)
     except KafkaException as exc:
         return str(exc.args[0]) if exc.args else "Kafka did not answer"
     if not metadata.brokers:
         return "no brokers in metadata"
+    if every_broker and runtime.kafka_brokers > 1:
+        # Each broker asked on its own listener: the metadata one broker serves can still list
+        # a dead one as live (with two of three down the quorum cannot fence anybody).
+        nodes = list(runtime.kafka_nodes)
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            answers = list(pool.map(lambda n: kafka_broker_check(runtime, node=n, port=runtime.broker_ports(n).client,
+                                                                 timeout=timeout), nodes))  # fmt: skip
+        missing = [node for node, problem in zip(nodes, answers, strict=True) if problem is not None]
+        if missing:
+            live = len(nodes) - len(missing)
+            writes = "acks=all writes go on" if live >= 2 else "acks=all writes refused (min.insync.replicas 2)"
+            return (f"broker(s) {', '.join(map(str, missing))} not live: {live} of {len(nodes)} "
+                    f"answer; {writes}")  # fmt: skip
     return None
 
 
@@ -158,6 +176,18 @@ def ingest_producer_config(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+# Each record's position in its request (0-based), beside the request's ``sluice-request-id``:
+# together they name one record of one answer, so a consumer can match what it reads
+# against what ingest acknowledged (and find a duplicate or a gap).  The values are made once
+# (a batch holds at most ``ingest.records.MAX_RECORDS``), so a record costs one small list.
+RECORD_INDEX_HEADER = "sluice-record-index"
+_INDEX_VALUES = [str(index).encode() for index in range(1000)]
+
+
+def record_index_value(index: int) -> bytes:
+    return _INDEX_VALUES[index] if index < len(_INDEX_VALUES) else str(index).encode()
+
+
 # Record headers in the type Producer.produce takes (a list is invariant: list[tuple[str, bytes]]
 # would not be accepted, though it is all Sluice ever sends).
 KafkaHeaders = list[tuple[str, str | bytes | None]]
@@ -166,7 +196,8 @@ KafkaHeaders = list[tuple[str, str | bytes | None]]
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One request's records for Kafka: every record of a request has the same key (the
-    device id) and headers (identity and request id), only the values differ."""
+    device id) and headers (identity and request id), only the values differ (and the
+    ``sluice-record-index`` header the producer adds to each)."""
 
     key: bytes
     headers: KafkaHeaders
@@ -298,10 +329,11 @@ class IngestProducer:
         queued = 0
         produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.callback
         for index, value in enumerate(values):
+            indexed = [*headers, (RECORD_INDEX_HEADER, record_index_value(index))]
             try:
                 while True:
                     try:
-                        produce(topic, value, key, headers=headers, on_delivery=callback(index))
+                        produce(topic, value, key, headers=indexed, on_delivery=callback(index))
                         break
                     except BufferError:
                         # The local queue is full: let librdkafka drain it, within this

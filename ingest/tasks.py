@@ -1,5 +1,6 @@
 """Celery tasks for Kafka and the schema registry: each loads by id (or name) and calls one
-service.  Kafka work retries with backoff, because the database already committed and the
+service.  They retry with backoff while a dependency is away
+(``config.errors.DEPENDENCY_RETRY``), because the database already committed and the
 cluster must catch up.  The task names keep their ``devices.`` prefix: they are what the
 broker's queued messages and the beat schedule (settings) name."""
 
@@ -8,20 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from confluent_kafka import KafkaException
-from redis.exceptions import RedisError
 
-from config.errors import RegistryUnavailable
+from config.errors import DEPENDENCY_RETRY as RETRY
 from devices.models import Stream
 from ingest import acl_sync, topic_sync
 from tenants.models import Tenant
-
-RETRY: dict[str, Any] = {
-    "autoretry_for": (KafkaException,),
-    "retry_backoff": 2,
-    "retry_backoff_max": 120,
-    "max_retries": 10,
-}
 
 
 @shared_task(name="devices.stream_provision", **RETRY)
@@ -41,8 +33,7 @@ def topics_delete_task(names: list[str]) -> list[str]:
     return topic_sync.topics_delete(names=names)
 
 
-@shared_task(name="devices.subjects_delete", autoretry_for=(RegistryUnavailable,), retry_backoff=2,
-             retry_backoff_max=120, max_retries=10)  # fmt: skip
+@shared_task(name="devices.subjects_delete", **RETRY)
 def subjects_delete_task(prefix: str = "", subjects: list[str] | None = None) -> list[str]:
     return topic_sync.subjects_release(prefix=prefix, subjects=subjects)
 
@@ -53,11 +44,7 @@ def topics_reconcile_task() -> dict[str, Any]:
     return {"drift": report.drift, "fixed": report.fixed, "unmanaged": report.unmanaged}
 
 
-# ACL writers also retry when the Redis lock that serialises them is busy or unreachable.
-ACL_RETRY = {**RETRY, "autoretry_for": (KafkaException, RedisError)}
-
-
-@shared_task(name="devices.tenant_acls_sync", **ACL_RETRY)
+@shared_task(name="devices.tenant_acls_sync", **RETRY)
 def tenant_acls_sync_task(tenant_slug: str, topics: list[str] | None = None) -> dict[str, list[str]]:
     """By slug, not id: after tenant deletion the row is gone but its ACLs must still go
     (``topics``: the tenant's topics as they were when the change was announced)."""
@@ -65,7 +52,7 @@ def tenant_acls_sync_task(tenant_slug: str, topics: list[str] | None = None) -> 
     return {"created": report.created, "deleted": report.deleted}
 
 
-@shared_task(name="devices.credential_acls_sync", **ACL_RETRY)
+@shared_task(name="devices.credential_acls_sync", **RETRY)
 def credential_acls_sync_task(tenant_slug: str, principals: list[str]) -> dict[str, list[str]]:
     """The grants of a few credentials' principals: the fast path that ends a revoked
     credential's open Kafka session."""
@@ -73,7 +60,7 @@ def credential_acls_sync_task(tenant_slug: str, principals: list[str]) -> dict[s
     return {"created": report.created, "deleted": report.deleted}
 
 
-@shared_task(name="devices.acls_reconcile", **ACL_RETRY)
+@shared_task(name="devices.acls_reconcile", **RETRY)
 def acls_reconcile_task() -> dict[str, list[str]]:
     report = acl_sync.acls_reconcile(fix=True)
     return {"missing": report.missing, "stale": report.stale, "created": report.created, "deleted": report.deleted}

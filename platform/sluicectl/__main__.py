@@ -19,6 +19,7 @@ from sluicectl.launcher import (
     DEFAULT_NODE_COMPONENTS,
     NODE_COMPONENTS,
     ORDER,
+    RESTARTING,
     Interrupted,
     Launcher,
     banner,
@@ -254,23 +255,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         say(f"not running (state: {ctx.runtime.state_dir})")
         return 1
     try:
-        recorded = json.loads(state_file(ctx).read_text())["components"]
-    except (OSError, ValueError, KeyError):
+        recorded = json.loads(state_file(ctx).read_text())
+        pids = recorded["components"]
+        supervision = recorded.get("supervision", {})
+    except (OSError, ValueError, KeyError, AttributeError):
         say(f"launcher pid {pid} is starting or stopping (no readable state yet); ask again in a moment")
         return 1
     healthy = True
     print(f"launcher pid {pid}, state {ctx.runtime.state_dir}")
     for name in ORDER:
-        if name not in recorded:
+        if name not in pids:
             continue
-        child = recorded[name]
-        try:
-            os.kill(child, 0)
-            reason = ALL[name].check(ctx)
-        except ProcessLookupError:
-            reason = "process is gone"
+        seen = supervision.get(name, {})
+        child = seen.get("pid", pids[name])
+        if seen.get("state") == RESTARTING:
+            reason: str | None = "exited; the launcher restarts it after its backoff"
+        else:
+            try:
+                os.kill(child, 0)
+                reason = ALL[name].check(ctx)
+            except ProcessLookupError:
+                reason = "process is gone"
         healthy &= reason is None
-        print(f"  {name:<9} pid {child:<8} {'ok' if reason is None else 'DOWN: ' + reason}")
+        print(f"  {name:<9} pid {child!s:<8} {'ok' if reason is None else 'DOWN: ' + reason}{history(seen)}")
     rt = ctx.runtime
     if not rt.runs_kafka:
         from ingest.kafka import kafka_cluster_check
@@ -279,6 +286,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         healthy &= reason is None
         print(f"  {'kafka':<9} external     {'ok' if reason is None else 'DOWN: ' + reason}  ({rt.kafka_bootstrap})")
     return 0 if healthy else 1
+
+
+def history(seen: dict[str, object]) -> str:
+    """What supervision adds to a component's status line: its state since when, and its
+    restarts with the last exit (nothing for a component that never exited)."""
+    if not seen:
+        return ""
+    words = f"  ({seen.get('state')} since {seen.get('since')}"
+    if seen.get("restarts"):
+        words += f"; {seen['restarts']} restart(s), last exit: {seen.get('last_exit')}"
+    elif seen.get("last_exit"):
+        words += f"; last exit: {seen['last_exit']}"
+    if seen.get("last_error") and seen.get("state") != "running":
+        words += f"; its log said: {seen['last_error']}"
+    if seen.get("crash_loop"):
+        words += "; CRASH LOOP"
+    return words + ")"
 
 
 def cmd_down(args: argparse.Namespace) -> int:

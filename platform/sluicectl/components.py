@@ -113,6 +113,11 @@ class Component:
     def prepare(self, ctx: Context) -> None:
         """Work before start: configuration files, downloads, migrations."""
 
+    def prepare_restart(self, ctx: Context) -> None:
+        """Work before the launcher starts this component again after it exited: by default
+        all of ``prepare`` (configuration rendered again, a stale socket removed)."""
+        self.prepare(ctx)
+
     def process(self, ctx: Context) -> Process:
         raise NotImplementedError
 
@@ -657,6 +662,11 @@ class Web(Component):
         )
         ctx.runtime.web_socket.unlink(missing_ok=True)
 
+    def prepare_restart(self, ctx: Context) -> None:
+        # The database and static files are as the first start left them; only the socket
+        # of the process that died is in the way (uvicorn will not bind over it).
+        ctx.runtime.web_socket.unlink(missing_ok=True)
+
     def process(self, ctx: Context) -> Process:
         rt = ctx.runtime
         workers = ctx.env.get("SLUICE_WEB_WORKERS", "2")
@@ -842,6 +852,8 @@ def platform_health(ctx: Context, needs: tuple[str, ...] | None = None) -> str |
         ]
         if needs is not None and not bad:
             return None
+        # The platform's own launcher's processes (a web node waits only for what it needs).
+        bad += [f"{k}: {v.get('state')}" for k, v in report.get("processes", {}).items() if v.get("state") != "running"]
         return "; ".join(bad) or f"/healthz answered {status}"
     except (ValueError, KeyError, AttributeError):
         return f"/healthz answered {status}"
@@ -868,6 +880,11 @@ class CeleryWorker(Component):
 class CeleryBeat(Component):
     name = "beat"
     startup_timeout = 60.0
+
+    def prepare(self, ctx: Context) -> None:
+        # Left by a beat that was killed; the launcher owns this state directory, so no
+        # other beat runs on it.
+        (ctx.runtime.run_dir / "beat.pid").unlink(missing_ok=True)
 
     def process(self, ctx: Context) -> Process:
         schedule = ctx.runtime.state_dir / "celerybeat-schedule"

@@ -1,4 +1,13 @@
-"""Bring a set of components up in order, watch them, and take them all down again."""
+"""Bring a set of components up in order, keep them running (a component that exits is
+started again after a growing pause while the others keep serving), and take them all down
+again on Ctrl-C or ``sluice down``.
+
+Supervision is the launcher's own loop rather than a kept supervisor (supervisord): it
+restarts a process that ran and died after a pause as well (supervisord restarts it at once
+and pauses only between failed starts, then gives up for good: FATAL), it asks the same
+health checks as the first start before it calls a part back, and it redoes each part's
+preparation (stale sockets, beat's pid file, rendered configuration) before every start,
+with the state file, lock, logs and process groups it already owns."""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from certs.crl_files import bundle_path, follow_nginx_inputs
@@ -21,7 +31,7 @@ from config.env import BASE_DIR, DEVELOPMENT, POSTGRES, ConfigurationError, Runt
 from sluicectl.components import ALL, BROKERS, NODE_NEEDS, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
-from sluicectl.supervisor import Process, last_error
+from sluicectl.supervisor import Process, RestartPolicy, describe_exit, last_error
 
 # Start order; stop is the reverse.  Only Redis, PostgreSQL (when started) and nginx are
 # waited for before the next one starts: Kafka and the registry are JVMs that take a while,
@@ -43,6 +53,15 @@ USES_DATABASE = {"web", "ingest", "worker", "beat"}
 NODE_COMPONENTS = ("nginx", "web", "ingest", "worker")
 DEFAULT_NODE_COMPONENTS = ("nginx", "web", "ingest")
 PLATFORM_TIMEOUT = 90.0
+# How often the watching launcher looks at its children, and how often it asks a restarted
+# one whether it answers yet.
+WATCH_INTERVAL = 0.5
+CHECK_INTERVAL = 1.0
+
+# A supervised component is in one of these states (``sluice status``, /healthz).
+STARTING = "starting"  # its process runs, its health check does not pass yet
+RUNNING = "running"
+RESTARTING = "restarting"  # it exited; waiting out the backoff before the next start
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -171,11 +190,49 @@ def check_ports_free(ctx: Context, components: Sequence[Component]) -> None:
                     ) from None
 
 
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Supervised:
+    """What the launcher knows of one component between its starts: written to the state
+    file on every change, read by ``sluice status`` and /healthz."""
+
+    state: str = STARTING
+    since: float = field(default_factory=time.time)  # wall clock of the last change of state
+    started: float = field(default_factory=time.monotonic)  # when the current process started
+    restarts: int = 0
+    quick_exits: int = 0  # in a row (RestartPolicy)
+    crash_loop: bool = False
+    last_exit: str | None = None  # "killed by SIGKILL at <UTC> after 73 s"
+    last_error: str | None = None  # the telling line of its log (status only: /healthz is public)
+    restart_at: float = 0.0  # monotonic: when RESTARTING ends
+    next_check: float = 0.0
+
+    def become(self, state: str) -> None:
+        self.state = state
+        self.since = time.time()
+
+    def as_json(self, pid: int | None) -> dict[str, object]:
+        return {
+            "pid": pid,
+            "state": self.state,
+            "since": _utc(self.since),
+            "restarts": self.restarts,
+            "crash_loop": self.crash_loop,
+            "last_exit": self.last_exit,
+            "last_error": self.last_error,
+        }
+
+
 @dataclass
 class Launcher:
     ctx: Context
     names: Sequence[str]
     processes: dict[str, Process] = field(default_factory=dict)
+    supervised: dict[str, Supervised] = field(default_factory=dict)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
     _stopping: bool = False
     # The open, locked lock_file while this launcher owns the state directory; only then
     # does it write or remove the state file.
@@ -241,6 +298,11 @@ class Launcher:
                     "pid": os.getpid(),
                     "components": {n: p.pid for n, p in self.processes.items()},
                     "state_dir": str(self.ctx.runtime.state_dir),
+                    # Pids change when a component is restarted: this file is rewritten on
+                    # every start, exit and recovery.
+                    "supervision": {
+                        n: self.supervised.setdefault(n, Supervised()).as_json(p.pid) for n, p in self.processes.items()
+                    },
                 },
                 indent=2,
             )
@@ -264,6 +326,8 @@ class Launcher:
             reason = component.check(self.ctx)
             if reason is None:
                 component.after_healthy(self.ctx)
+                self.supervised.setdefault(component.name, Supervised()).become(RUNNING)
+                self._write_state()
                 return
             time.sleep(0.5)
         self._raise_if_died(component)
@@ -280,6 +344,7 @@ class Launcher:
         process = component.process(self.ctx)
         process.start()
         self.processes[component.name] = process
+        self.supervised[component.name] = Supervised()
         self._write_state()
 
     def start(self) -> None:
@@ -364,10 +429,7 @@ class Launcher:
         self._follow_stop.set()
         if self._follower is not None:
             self._follower.join(timeout=10)
-        for name in reversed(ORDER):
-            process = self.processes.get(name)
-            if process is None:
-                continue
+        for name, process in reversed(self.processes.items()):  # the reverse of the start order
             if process.running():
                 say(f"stopping {name}")
             process.stop(timeout=ALL[name].stop_timeout)
@@ -376,16 +438,80 @@ class Launcher:
         self._release()
 
     def watch(self) -> None:
-        """Block until a signal or until a component dies (then raise)."""
+        """Keep every component running until a signal ends the launcher: one that exits is
+        started again after a backoff (``RestartPolicy``) while the others keep serving."""
         while True:
-            for name, process in self.processes.items():
-                code = process.exit_code()
-                if code is not None:
-                    last = last_error(process.log_path)
-                    raise LaunchError(
-                        f"{name} exited unexpectedly with status {code}: {last}  [log: {process.log_path}]"
-                    )
-            time.sleep(1)
+            self.supervise_once()
+            time.sleep(WATCH_INTERVAL)
+
+    def supervise_once(self) -> None:
+        """One look at every component: notice exits, start what waited out its backoff,
+        and ask restarted ones whether they answer yet."""
+        now = time.monotonic()
+        for name, process in list(self.processes.items()):  # in start order
+            supervised = self.supervised.setdefault(name, Supervised())
+            if supervised.state == RESTARTING:
+                if now >= supervised.restart_at:
+                    self._restart(name)
+                continue
+            code = process.exit_code()
+            if code is not None:
+                self._exited(name, process, code)
+            elif supervised.state == STARTING and now >= supervised.next_check:
+                supervised.next_check = now + CHECK_INTERVAL
+                if ALL[name].check(self.ctx) is None:
+                    supervised.become(RUNNING)
+                    say(f"{name} is back (pid {process.pid}, restart {supervised.restarts})")
+                    self._write_state()
+
+    def _exited(self, name: str, process: Process, code: int) -> None:
+        supervised = self.supervised[name]
+        # What the dead process left in its group (nginx's workers, uvicorn's, Celery's
+        # pool) would hold its sockets and ports: end it before a new one starts.
+        process.stop(timeout=5)
+        ran_for = time.monotonic() - supervised.started
+        supervised.last_exit = f"{describe_exit(code)} at {_utc(time.time())} after {ran_for:.0f} s"
+        supervised.last_error = last_error(process.log_path)
+        self._back_off(
+            name,
+            ran_for,
+            f"{name} exited unexpectedly, {supervised.last_exit}: {supervised.last_error}  [log: {process.log_path}]",
+        )
+
+    def _back_off(self, name: str, ran_for: float, why: str) -> None:
+        supervised = self.supervised[name]
+        supervised.quick_exits = self.policy.quick_exits(supervised.quick_exits, ran_for)
+        delay = self.policy.delay(supervised.quick_exits)
+        supervised.crash_loop = self.policy.in_crash_loop(supervised.quick_exits)
+        supervised.restart_at = time.monotonic() + delay
+        supervised.become(RESTARTING)
+        say(f"{why}; restarting it in {delay:.0f} s, the rest keeps running")
+        if supervised.crash_loop:
+            say(
+                f"CRASH LOOP: {name} exited {supervised.quick_exits} times in a row, each within "
+                f"{self.policy.healthy_after:.0f} s of its start; retrying every {delay:.0f} s. "
+                f"Its log: {self.ctx.log(name)}"
+            )
+        self._write_state()
+
+    def _restart(self, name: str) -> None:
+        component = ALL[name]
+        supervised = self.supervised[name]
+        try:
+            component.prepare_restart(self.ctx)
+            open_public_paths(self.ctx.runtime)
+            process = component.process(self.ctx)
+            process.start()
+        except (LaunchError, OSError) as exc:
+            self._back_off(name, 0.0, f"{name} could not be started again: {exc}")
+            return
+        self.processes[name] = process
+        supervised.restarts += 1
+        supervised.started = time.monotonic()
+        supervised.next_check = supervised.started + CHECK_INTERVAL
+        supervised.become(STARTING)
+        say(f"restarting {name} (restart {supervised.restarts}, pid {process.pid})")
+        self._write_state()
 
 
 class Interrupted(Exception):

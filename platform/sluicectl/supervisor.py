@@ -147,6 +147,42 @@ def _primary_group(user: str) -> int:
     return pwd.getpwnam(user).pw_gid
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a component that exits is started again, as systemd's ``Restart=on-failure``
+    with ``RestartSec`` doubling: the first restart after ``first_delay`` seconds, each quick
+    exit after it waits twice as long up to ``max_delay``, and a run that lasted
+    ``healthy_after`` seconds starts the count over.  ``crash_loop`` quick exits in a row are
+    a crash loop: reported loudly, and still retried every ``max_delay`` seconds (a
+    dependency may come back), never spun at full speed."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    healthy_after: float = 60.0
+    crash_loop: int = 5
+
+    def quick_exits(self, before: int, ran_for: float) -> int:
+        """Quick exits in a row, counting the one that just ended a run of ``ran_for`` s."""
+        return 1 if ran_for >= self.healthy_after else before + 1
+
+    def delay(self, quick_exits: int) -> float:
+        """Seconds to wait before the next start, after ``quick_exits`` quick exits in a row."""
+        return min(self.max_delay, self.first_delay * 2 ** max(0, quick_exits - 1))
+
+    def in_crash_loop(self, quick_exits: int) -> bool:
+        return quick_exits >= self.crash_loop
+
+
+def describe_exit(code: int) -> str:
+    """``status 1``, or ``killed by SIGKILL`` for a process a signal ended (Popen's negative codes)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"status {code}"
+
+
 def run_once(
     name: str,
     argv: Sequence[str],

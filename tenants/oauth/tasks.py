@@ -8,12 +8,13 @@ from dataclasses import asdict
 from celery import shared_task
 from django.conf import settings
 
+from config.errors import DEPENDENCY_RETRY
 from tenants.oauth.keys import rotate_signing_keys
 
 log = logging.getLogger("sluice.oauth")
 
 
-@shared_task(name="oauth.signing_keys_rotate")
+@shared_task(name="oauth.signing_keys_rotate", **DEPENDENCY_RETRY)
 def signing_keys_rotate_task() -> dict[str, list[str]]:
     """Publish a successor key when the newest is due and retire keys no token can still
     need (``keys.rotate_signing_keys``: idempotent, so running it often is harmless).

@@ -104,7 +104,7 @@ class SluiceProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append("[password withheld]\n" if "password" in line.lower() else line)
-            if "ready in" in line:
+            if "press Ctrl-C" in line:  # the last line `sluice up` prints once ready, after its banner
                 self.ready.set()
 
     def tail(self) -> str:

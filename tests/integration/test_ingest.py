@@ -170,6 +170,7 @@ def test_one_json_record_reaches_the_group_topic_in_wire_format(services: Runtim
         "sluice-group": sender.device.group.slug.encode(),
         "sluice-device": sender.device.device_id.encode(),
         "sluice-request-id": headers["X-Request-ID"].encode(),
+        "sluice-record-index": b"0",
     }
     magic, schema_id, payload = wire(message.value())
     assert magic == 0
@@ -203,6 +204,9 @@ def test_an_avro_batch_is_written_as_avro_binary_in_order(services: Runtime, mak
         assert (magic, schema_id) == (0, registered.schema_id)
         decoded.append(fastavro.schemaless_reader(io.BytesIO(payload), parsed, None))
     assert decoded == batch
+    # and each record names its request and its position in it
+    assert [dict(m.headers())["sluice-record-index"] for m in messages] == [b"0", b"1", b"2", b"3", b"4"]
+    assert len({dict(m.headers())["sluice-request-id"] for m in messages}) == 1
 
 
 # -- refused: nothing reaches the topic --------------------------------------------------

@@ -1,4 +1,4 @@
-"""The dependency contract for the database (README, "When a dependency is down"): with the
+"""The dependency contract for the database (README, "When a part fails"): with the
 run's PostgreSQL stopped, ingest, the REST API, /healthz and Celery answer as promised, and
 everything recovers within RECOVERY_BOUND seconds of its return.  Through the real nginx,
 web and ingest processes, and a real Celery worker."""

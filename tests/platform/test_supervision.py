@@ -1,0 +1,181 @@
+"""A component that exits is started again, with a growing pause, while the rest keeps
+running; the restart shows in ``sluice status``, in the state file and in the launcher's
+output; a crash loop is reported loudly and never spun at full speed."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.env import BASE_DIR, load_runtime
+from sluicectl import launcher as launcher_module
+from sluicectl.components import Component, Context
+from sluicectl.launcher import RESTARTING, RUNNING, Launcher, make_context, state_file
+from sluicectl.supervisor import Process, RestartPolicy, describe_exit
+from tests.platform.test_launcher import SLUICECTL, launcher_env, run_sluicectl
+
+# Beside this run's own ports (test_launcher_state uses +600, the full run +500).
+BASE = int(os.environ.get("SLUICE_PORT_OFFSET", "10000")) + 800
+
+
+# -- the policy (pure) ------------------------------------------------------------------------
+
+
+def test_the_pause_doubles_from_one_second_to_thirty_and_a_long_run_starts_it_over() -> None:
+    policy = RestartPolicy()
+    # given a component that keeps exiting right after its start
+    exits, pauses = 0, []
+    for _ in range(8):
+        exits = policy.quick_exits(exits, ran_for=2.0)
+        pauses.append(policy.delay(exits))
+    # then the pause doubles up to its cap, and five quick exits in a row are a crash loop
+    assert pauses == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert [policy.in_crash_loop(n) for n in (4, 5)] == [False, True]
+    # when it then ran a healthy minute before it exited, the count starts over
+    assert policy.quick_exits(exits, ran_for=60.0) == 1
+    assert policy.delay(1) == 1
+
+
+def test_exits_are_described_as_a_person_reads_them() -> None:
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(3) == "status 3"
+
+
+# -- the launcher's loop, with a command that always fails ------------------------------------
+
+
+class AlwaysFails(Component):
+    name = "always-fails"
+
+    def process(self, ctx: Context) -> Process:
+        return Process(self.name, ["sh", "-c", "echo 'Error: no configuration'; exit 3"], ctx.log(self.name))
+
+    def check(self, ctx: Context) -> str | None:
+        return None
+
+
+def test_a_crash_loop_is_reported_loudly_and_retried_at_the_capped_pace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a launcher supervising a component that exits at once, every time (fast pauses)
+    component = AlwaysFails()
+    monkeypatch.setitem(launcher_module.ALL, component.name, component)
+    ctx = make_context(launcher_env(tmp_path, BASE))
+    ctx.runtime.run_dir.mkdir(parents=True)
+    ctx.runtime.logs_dir.mkdir(parents=True)
+    launcher = Launcher(ctx, [], policy=RestartPolicy(first_delay=0.1, max_delay=0.4, crash_loop=4))
+    launcher._claim()
+    launcher._start(component)
+    starts: list[float] = []
+    try:
+        # when it is watched for a few seconds
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            before = launcher.supervised[component.name].restarts
+            launcher.supervise_once()
+            if launcher.supervised[component.name].restarts > before:
+                starts.append(time.monotonic())
+            time.sleep(0.02)
+        recorded = json.loads(state_file(ctx).read_text())["supervision"][component.name]
+    finally:
+        launcher.stop()
+
+    # then it was started again and again, never faster than the pause allows (0.1, 0.2,
+    # 0.4, 0.4 ... s), so a few seconds hold a handful of starts, not thousands
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert 5 <= len(starts) <= 15, starts
+    assert all(gap >= 0.2 for gap in gaps[1:]), gaps
+    # and the state file says so, with its last exit and the reason from its log
+    assert recorded["restarts"] == len(starts)
+    assert recorded["crash_loop"] is True
+    assert recorded["last_exit"].startswith("status 3 at ")
+    assert recorded["last_error"] == "Error: no configuration"
+    assert recorded["state"] in (RESTARTING, "starting")
+    # and the launcher said it loudly, naming the log
+    out = capsys.readouterr().out
+    assert "sluice: always-fails exited unexpectedly, status 3 at" in out
+    assert "CRASH LOOP: always-fails exited 4 times in a row" in out
+    assert str(ctx.log(component.name)) in out
+
+
+# -- a real component, killed under a running launcher ----------------------------------------
+
+
+@pytest.fixture
+def redis_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
+    env = launcher_env(tmp_path, BASE + 50)
+    proc = subprocess.Popen([*SLUICECTL, "up", "--components", "redis"], env=env, cwd=BASE_DIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "ready in" in line:
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        if not ready.wait(90):
+            pytest.fail("the launcher never became ready:\n" + "".join(lines))
+        yield proc, env, lines
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _supervision(env: dict[str, str]) -> dict[str, dict[str, object]]:
+    return json.loads(state_file(make_context(env)).read_text())["supervision"]
+
+
+def test_a_killed_component_is_restarted_and_status_tells_it(
+    redis_up: tuple[subprocess.Popen[str], dict[str, str], list[str]],
+) -> None:
+    proc, env, lines = redis_up
+    first_pid = _supervision(env)["redis"]["pid"]
+    assert isinstance(first_pid, int)
+
+    # when Redis is killed outright
+    os.kill(first_pid, signal.SIGKILL)
+
+    # then the launcher starts it again within a few seconds, under a new pid, and stays up
+    deadline = time.monotonic() + 20
+    seen = _supervision(env)["redis"]
+    while time.monotonic() < deadline and not (seen["restarts"] == 1 and seen["state"] == RUNNING):
+        time.sleep(0.2)
+        seen = _supervision(env)["redis"]
+    assert seen["restarts"] == 1, seen
+    assert seen["state"] == RUNNING, seen
+    assert seen["pid"] != first_pid
+    assert str(seen["last_exit"]).startswith("killed by SIGKILL at ")
+    assert proc.poll() is None
+    client = redis.Redis.from_url(load_runtime(env).redis_url(), socket_timeout=2)
+    assert client.ping()
+
+    # and `sluice status` reports it ok, with its restart and last exit
+    status = run_sluicectl(["status"], env)
+    assert status.returncode == 0, status.stdout
+    assert f"redis     pid {seen['pid']}" in status.stdout
+    assert "1 restart(s), last exit: killed by SIGKILL" in status.stdout
+    # and the launcher's output said what happened
+    said = "".join(lines)
+    assert "sluice: redis exited unexpectedly, killed by SIGKILL" in said
+    assert "restarting it in 1 s, the rest keeps running" in said
+    assert "sluice: redis is back" in said
