@@ -40,6 +40,9 @@ DEFAULT_PORTS = {
     "registry_management": 8082,
     "redis": 6379,
     "crl": 8080,
+    # The PostgreSQL the launcher starts (SLUICE_DATABASE=postgres), on loopback beside its
+    # Unix socket; unused with SQLite or an external DATABASE_URL.
+    "postgres": 5432,
 }
 
 
@@ -73,6 +76,7 @@ class Ports:
     registry_management: int
     redis: int
     crl: int
+    postgres: int
 
     def named(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in DEFAULT_PORTS}
@@ -117,6 +121,19 @@ class ExternalRegistry:
 COMPRESSIONS = ("none", "lz4", "snappy", "zstd", "gzip")
 INGEST_SERVERS = ("uvicorn", "granian")
 
+# SLUICE_DATABASE: SQLite under the state directory (the embedded default), or a PostgreSQL
+# that the launcher starts under the state directory.  An external PostgreSQL is named by
+# DATABASE_URL instead, and then nothing is started.
+SQLITE = "sqlite"
+POSTGRES = "postgres"
+DATABASES = (SQLITE, POSTGRES)
+# The database and role Sluice owns in the PostgreSQL it starts.
+POSTGRES_DATABASE = "sluice"
+POSTGRES_ROLE = "sluice"
+# The cluster's bootstrap superuser (initdb): only the launcher uses it, to create the role
+# and the database; the application connects as POSTGRES_ROLE, which is no superuser.
+POSTGRES_SUPERUSER = "postgres"
+
 
 @dataclass(frozen=True)
 class IngestSettings:
@@ -146,6 +163,7 @@ class Runtime:
     kafka_java: str | None
     registry_java: str | None
     database_url: str | None
+    database: str
     debug: bool
     default_partitions: int
     default_replication_factor: int
@@ -286,6 +304,29 @@ class Runtime:
     def sqlite_path(self) -> Path:
         return self.state_dir / "db.sqlite3"
 
+    @property
+    def starts_postgres(self) -> bool:
+        """The launcher starts (and owns) a PostgreSQL under the state directory."""
+        return self.database == POSTGRES and self.database_url is None
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The started PostgreSQL's own directory, owner-only and, when the launcher runs as
+        root, owned by the unprivileged user the server runs as (sluicectl.components.Postgres):
+        its cluster (``data``) and its Unix socket's directory (``socket``)."""
+        return self.state_dir / "postgres"
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return self.postgres_dir / "data"
+
+    @property
+    def postgres_socket_dir(self) -> Path:
+        """Where the started PostgreSQL puts its Unix socket (``.s.PGSQL.<port>``), the one
+        the application connects through.  Not the run directory: that is the launcher's
+        user's alone, and the server may run as another user."""
+        return self.postgres_dir / "socket"
+
     # -- endpoints ---------------------------------------------------------------------
     @property
     def kafka_bootstrap(self) -> str:
@@ -367,6 +408,16 @@ class Runtime:
         return self._secret("kek", "SLUICE_KEK").encode()
 
     @property
+    def database_password(self) -> str:
+        """The application role's password in the PostgreSQL the launcher starts."""
+        return self._secret("database-password", "SLUICE_DATABASE_PASSWORD")
+
+    @property
+    def database_admin_password(self) -> str:
+        """The started PostgreSQL's bootstrap superuser's password: the launcher's only."""
+        return self._secret("database-admin-password", "SLUICE_DATABASE_ADMIN_PASSWORD")
+
+    @property
     def proxy_secret(self) -> str:
         """Shared by nginx and the app: marks requests (and their client-certificate
         headers) as forwarded by nginx."""
@@ -375,6 +426,8 @@ class Runtime:
     def ensure_secrets(self) -> None:
         """Resolve (and in development create) every secret now, before processes fork."""
         _ = self.secret_key, self.redis_password, self.key_encryption_key, self.proxy_secret
+        if self.starts_postgres:
+            _ = self.database_password, self.database_admin_password
 
     def _secret(self, name: str, variable: str) -> str:
         if name in self._secrets:
@@ -583,6 +636,21 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
     ports = Ports(
         **{name: _port(env, f"SLUICE_{name.upper()}_PORT", default + offset) for name, default in DEFAULT_PORTS.items()}
     )
+    database = env.get("SLUICE_DATABASE", "") or SQLITE
+    if database not in DATABASES:
+        raise ConfigurationError(f"SLUICE_DATABASE={database!r}; use one of {', '.join(DATABASES)}")
+    database_url = env.get("DATABASE_URL") or None
+    if database_url is not None and database == POSTGRES:
+        raise ConfigurationError(
+            "SLUICE_DATABASE=postgres (or --db postgres) starts a PostgreSQL of Sluice's own, and DATABASE_URL "
+            "names an external one; set only one of them"
+        )
+    if database_url is not None and not database_url.startswith(
+        ("postgres://", "postgresql://", "pgsql://", "sqlite://")
+    ):
+        raise ConfigurationError(
+            f"DATABASE_URL must start with postgres:// (or sqlite://); got {database_url.split(':', 1)[0]!r}"
+        )
     node, node_ports = _node(env, ports)
     hostnames = tuple(h.strip() for h in env.get("SLUICE_HOSTNAMES", "localhost").split(",") if h.strip())
     if not hostnames:
@@ -602,7 +670,8 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
         registry_heap=env.get("SLUICE_REGISTRY_HEAP", "384m"),
         kafka_java=env.get("SLUICE_KAFKA_JAVA") or None,
         registry_java=env.get("SLUICE_REGISTRY_JAVA") or None,
-        database_url=env.get("DATABASE_URL") or None,
+        database_url=database_url,
+        database=database,
         debug=env.get("SLUICE_DEBUG", "") == "1",
         # The brief's 100+ partitions for ingestion topics; the test stack keeps it small.
         default_partitions=_int(env, "SLUICE_DEFAULT_PARTITIONS", 3 if environment == TEST else 100),

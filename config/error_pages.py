@@ -10,13 +10,15 @@ a crash.  Never a bare server page:
 
 from __future__ import annotations
 
+import sys
+
 from django.contrib import admin
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import Resolver404
 from django.views import defaults
 
-from config.errors import SluiceError, error_response
+from config.errors import DatabaseUnavailable, SluiceError, database_unavailable, error_response
 from config.request_id import current_request_id
 
 JSON_PREFIXES = ("/api/", "/oauth/", "/.well-known/")
@@ -83,6 +85,9 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    # Django calls this handler inside its ``except`` block: the exception is at hand.
+    if database_unavailable(sys.exc_info()[1]):
+        return database_down(request)
     request_id = current_request_id()
     message = "Something went wrong on the server; it has been logged" + (
         f" under request id {request_id}." if request_id else "."
@@ -93,3 +98,19 @@ def server_error(request: HttpRequest) -> HttpResponse:
         return _console_page(request, status=500, title="Server error", message=message)
     except Exception:  # noqa: BLE001 - the console's frame needs what may have failed (the database)
         return defaults.server_error(request)
+
+
+def database_down(request: HttpRequest) -> HttpResponse:
+    """A 503 with Retry-After, never a 500, when the database does not answer: the API's
+    error body under the JSON prefixes, a plain page elsewhere (the console's own frame needs
+    the database: the user, the session)."""
+    error = DatabaseUnavailable()
+    if _speaks_json(request):
+        return error_response(error)
+    response = HttpResponse(
+        f"<!doctype html><title>Database unavailable</title><h1>Database unavailable</h1><p>{error.message}</p>",
+        status=error.status,
+        content_type="text/html; charset=utf-8",
+    )
+    response["Retry-After"] = str(error.retry_after)
+    return response

@@ -121,6 +121,25 @@ class ServiceUnavailable(SluiceError):
     retry_after = 5
 
 
+class DatabaseUnavailable(SluiceError):
+    """The database did not answer (stopped, unreachable, out of connections); the request
+    itself may be fine, and nothing was changed."""
+
+    code = "database_unavailable"
+    status = status.HTTP_503_SERVICE_UNAVAILABLE
+    retry_after = 5
+
+    def __init__(self, message: str = "The database is unavailable; nothing was changed. Retry shortly.") -> None:
+        super().__init__(message)
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the database is out of reach (rather than a bug in a query, or a
+    constraint): the driver's OperationalError (connection refused or lost, server shutting
+    down, SQLite's "database is locked") or InterfaceError (a connection already closed)."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
 # Every Celery task's retry policy while a dependency is away (Kafka, Redis, the registry,
 # the database): the work is idempotent (it makes the world match what the database says),
 # so it is retried with exponential backoff and jitter (2, 4, 8 ... s, at most 120 s between
@@ -239,6 +258,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         # requests at once).  The transaction rolled back: a 409 says "retry", not a 500.
         exc = Conflict("This change collided with a concurrent one and was not applied; retry it.",
                        code="concurrent_change")  # fmt: skip
+    if database_unavailable(exc):
+        exc = DatabaseUnavailable()
     if isinstance(exc, SluiceError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status, headers=headers)

@@ -3,7 +3,15 @@
 
 from __future__ import annotations
 
-from config.env import BASE_DIR, PRODUCTION, TEST, load_runtime, use_private_umask
+from config.env import (
+    BASE_DIR,
+    POSTGRES_DATABASE,
+    POSTGRES_ROLE,
+    PRODUCTION,
+    TEST,
+    load_runtime,
+    use_private_umask,
+)
 
 SLUICE_RUNTIME = load_runtime()
 use_private_umask()  # whatever this process writes under the state directory is owner-only
@@ -68,11 +76,37 @@ ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = "config.wsgi.application"
 
 
+# A database that does not answer fails a request (a 503, config.errors.DatabaseUnavailable)
+# within this many seconds instead of holding it.
+DATABASE_CONNECT_TIMEOUT = 5
+
+
 def _database() -> dict[str, object]:
     if RUNTIME.database_url:
         import environ
 
-        return environ.Env.db_url_config(RUNTIME.database_url)
+        config: dict[str, object] = environ.Env.db_url_config(RUNTIME.database_url)
+        if "postgresql" in str(config.get("ENGINE", "")):
+            options = config.setdefault("OPTIONS", {})
+            assert isinstance(options, dict)
+            options.setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
+        return config
+    if RUNTIME.starts_postgres:
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": POSTGRES_DATABASE,
+            "USER": POSTGRES_ROLE,
+            "PASSWORD": RUNTIME.database_password,
+            # The Unix socket in the state directory (psycopg takes a directory as the host).
+            "HOST": str(RUNTIME.postgres_socket_dir),
+            "PORT": str(RUNTIME.ports.postgres),
+            "OPTIONS": {"connect_timeout": DATABASE_CONNECT_TIMEOUT},
+            # As with SQLite below: the test stack's web and ingest processes and pytest share
+            # one database, which pytest-django creates (the role may create databases only in
+            # the test stack) and keeps (`sluice test` passes --reuse-db: it cannot drop a
+            # database the web processes are still connected to).
+            "TEST": {"NAME": POSTGRES_DATABASE} if RUNTIME.environment == TEST else {},
+        }
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": RUNTIME.sqlite_path,

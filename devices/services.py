@@ -336,7 +336,13 @@ def device_create(*, actor: Actor, tenant: Tenant, group: Any, device_id: str, l
     device = Device(tenant=tenant, group=_own_group(tenant, group), device_id=device_id, labels=labels, status=status)
     same_id = selectors.device_list(scope=Scope.of_tenant(tenant)).filter(device_id=device_id)
     _refuse_duplicate(same_id, "/device_id", f"Device '{device_id}'")
-    validate_model(device)
+    try:
+        validate_model(device)
+    except InvalidInput:
+        # A concurrent request created the same id since the check above (seen racing on
+        # PostgreSQL): the same field error, not the model's whole-object one.
+        _refuse_duplicate(same_id, "/device_id", f"Device '{device_id}'")
+        raise
     try:
         with transaction.atomic():
             _check_quota(tenant, 1)

@@ -31,10 +31,19 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from certs.tls_identity import VERIFY_REASONS
-from config.errors import InvalidInput, MethodNotAllowed, NotFound, SluiceError, Unauthenticated, error_body
+from config.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    SluiceError,
+    Unauthenticated,
+    database_unavailable,
+    error_body,
+)
 from devices.models import Device
 from devices.registry import SchemaCache
 from ingest import identity, metrics, records, services
@@ -104,7 +113,21 @@ class Worker:
         if entry is not None:
             return entry.identity
         generation = self.cache.generation
-        found = await asyncio.to_thread(_with_connection, load)
+        try:
+            found = await asyncio.to_thread(_with_connection, load)
+        except DatabaseError as exc:
+            if not database_unavailable(exc):
+                raise
+            # The database is away: nobody can change a right meanwhile (every change is a
+            # database write, pushed after its commit), so what this worker read before the
+            # entry's TTL ran out is still the truth -- as long as the push channel is live
+            # (``stale`` answers only then).  A credential never seen here gets a 503.
+            kept = self.cache.stale(key)
+            if kept is None:
+                raise DatabaseUnavailable(
+                    "The database is unavailable, and this credential was not seen recently; retry shortly."
+                ) from None
+            return kept.identity
         self.cache.put(key, found, read_at_generation=generation)
         return found
 
@@ -138,7 +161,10 @@ class Worker:
         except LookupError:
             # The token does not match its client (rare: only a token minted wrongly); read
             # whether the device it names exists, to say why it is refused.
-            exists = await asyncio.to_thread(_with_connection, lambda: _device_exists(claims.tenant, claims.device))
+            try:
+                exists = await asyncio.to_thread(_with_connection, lambda: _device_exists(claims.tenant, claims.device))
+            except DatabaseError as exc:
+                raise (DatabaseUnavailable() if database_unavailable(exc) else exc) from None
             return services.token_verdict(claims, found, device_exists=exists)
         except SluiceError as error:
             if found is not None:

@@ -13,6 +13,11 @@ would cost a query per request, so each worker keeps what it read in an ``Identi
 * while the worker is not subscribed (starting, or its Redis connection broke) the cache
   is ``live = False``: nothing is served from it and nothing is stored, so every request
   re-reads the database until the subscription is back (fail closed: never a stale grant);
+* while the database is unreachable, a worker keeps answering for the credentials it read
+  before, for up to ``STALE_GRACE`` seconds past their TTL (``IdentityCache.stale``): no
+  right can change while the database is down (every change is a database write, pushed
+  after its commit), and the subscription must still be live; a credential it has not
+  read gets a 503 ``database_unavailable``;
 * a read that raced with a change (the change arrived while the database was being read)
   is used for its own request, as a per-request read would be, but never stored.
 
@@ -35,6 +40,9 @@ from tenants.oauth.models import OAuthClient
 from tenants.rights import RightsChange
 
 IDENTITY_TTL = 30.0  # seconds: the backstop; pushed changes apply within milliseconds
+# seconds past an entry's TTL during which it still answers while the database is unreachable
+# (the TTL's backstop for a lost push message is stretched by at most this much)
+STALE_GRACE = 300.0
 MAX_ENTRIES = 200_000  # per worker; a full cache is cleared rather than grown
 
 
@@ -251,7 +259,15 @@ class IdentityCache:
         if entry is None:
             return None
         if entry.expires <= (time.monotonic() if now is None else now):
-            self._drop(key)
+            return None  # kept for ``stale`` until it is read again or dropped by a change
+        return entry
+
+    def stale(self, key: tuple[str, str], now: float | None = None) -> _Entry | None:
+        """The entry for ``key`` even if its TTL ran out (by at most ``STALE_GRACE``), while
+        the cache is live: what a worker may answer with while the database is unreachable.
+        Entries dropped by a pushed change, or by losing the subscription, are gone."""
+        entry = self._entries.get(key) if self.live else None
+        if entry is None or entry.expires + STALE_GRACE <= (time.monotonic() if now is None else now):
             return None
         return entry
 

@@ -3,6 +3,7 @@ selector, and render; scoping and errors are handled by the shared base and hand
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import django_filters
@@ -164,10 +165,28 @@ class AuditOutput(serializers.ModelSerializer):
                   "before", "after", "request_id")  # fmt: skip
 
 
+def in_utc(moment: dt.datetime) -> dt.datetime:
+    """The same instant in UTC; one before year 1 or after year 9999 in UTC (Python's range)
+    becomes that range's end, which compares the same with every stored time."""
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        return (dt.datetime.min if moment.year == 1 else dt.datetime.max).replace(tzinfo=dt.UTC)
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time compared in UTC.  ISO 8601 allows offsets up to 23:59, PostgreSQL up
+    to 15:59: a time sent with its own offset (``+21:55``) would be refused by the database
+    (a 500) instead of compared."""
+
+    def filter(self, qs: Any, value: Any) -> Any:
+        return super().filter(qs, in_utc(value) if isinstance(value, dt.datetime) else value)
+
+
 class AuditFilter(django_filters.FilterSet):
     action = django_filters.CharFilter()
     object_type = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
 
     class Meta:
         model = AuditEvent

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from config.env import BASE_DIR, KAFKA_BROKER_COUNTS, use_private_umask
+from config.env import BASE_DIR, DATABASES, KAFKA_BROKER_COUNTS, POSTGRES, SQLITE, use_private_umask
 from sluicectl.components import ALL, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
 from sluicectl.launcher import (
@@ -56,7 +56,11 @@ def parse_components(raw: str | None, default: Sequence[str]) -> list[str]:
     return names
 
 
-def run_platform(launcher: Launcher, on_ready: Callable[[], int] | None = None) -> int:
+# What the test command exits with when it was interrupted (as a shell reports SIGINT).
+INTERRUPTED = 130
+
+
+def run_platform(launcher: Launcher, on_ready: Callable[[], int] | None = None, *, interrupted: int = 0) -> int:
     install_signal_handlers()
     try:
         launcher.start()
@@ -66,12 +70,17 @@ def run_platform(launcher: Launcher, on_ready: Callable[[], int] | None = None) 
         return 0
     except Interrupted as signame:
         say(f"{signame} received, stopping")
-        return 0
+        return interrupted
     except LaunchError as exc:
         say(str(exc))
         return 1
     finally:
         launcher.stop()
+
+
+def database_env(choice: str | None) -> dict[str, str]:
+    """``--db``: the database the platform uses (the flag wins over SLUICE_DATABASE)."""
+    return {} if choice is None else {"SLUICE_DATABASE": choice}
 
 
 def brokers_env(args: argparse.Namespace) -> dict[str, str]:
@@ -92,7 +101,7 @@ def node_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    ctx = make_context(child_env({**brokers_env(args), **node_env(args)}))
+    ctx = make_context(child_env({**database_env(args.db), **brokers_env(args), **node_env(args)}))
     names = parse_components(args.components, DEFAULT_NODE_COMPONENTS if ctx.runtime.node else ORDER)
     launcher = Launcher(ctx, names)
     began = time.monotonic()
@@ -122,11 +131,68 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_platform(launcher, ready)
 
 
+# The second pass of the full suite, on PostgreSQL: what reads and writes the database through
+# the services, the API, ingest, the isolation matrix, the live integration tests, the races of
+# concurrent transactions, and the PostgreSQL-only tests (the database stopped and started).
+# Left out (README, "Development"): the browser tests (Chromium drives the same API and console
+# views the API and isolation tests cover), the launcher's own tests (they start platforms of
+# their own, on SQLite), the README's walkthrough, and config/ (environment parsing and error
+# pages, no database semantics).
+POSTGRES_PASS = (
+    "tests/tenants", "tests/devices", "tests/certs", "tests/ingest", "tests/isolation",
+    "tests/integration", "tests/contract", "tests/concurrency", "tests/postgres",
+)  # fmt: skip
+POSTGRES_ONLY = "tests/postgres"
+
+
+def _names_tests(pytest_args: Sequence[str]) -> bool:
+    """Whether the arguments name test files or directories (else pytest collects testpaths)."""
+    return any(not arg.startswith("-") and (BASE_DIR / arg.split("::", 1)[0]).exists() for arg in pytest_args)
+
+
+def test_passes(choice: str, pytest_args: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(database, pytest arguments) for each pass ``--db`` asks for.  SQLite runs everything
+    but the PostgreSQL-only tests; PostgreSQL runs the same tests when the arguments name
+    some, else POSTGRES_PASS.  pytest-django keeps the PostgreSQL database (--reuse-db): the
+    web and ingest processes hold connections to it, so it cannot be dropped at the end (the
+    whole cluster goes with the state directory)."""
+    passes: list[tuple[str, list[str]]] = []
+    if choice in (SQLITE, "both"):
+        passes.append((SQLITE, [f"--ignore={POSTGRES_ONLY}", *pytest_args]))
+    if choice in (POSTGRES, "both"):
+        named = _names_tests(pytest_args)
+        passes.append((POSTGRES, ["--reuse-db", *pytest_args, *(() if named else POSTGRES_PASS)]))
+    return passes
+
+
 def cmd_test(args: argparse.Namespace) -> int:
+    state = os.environ.get("SLUICE_TEST_STATE_DIR", str(BASE_DIR / "var" / "test"))
+    if not args.no_lint:
+        # mypy's plugin and makemigrations load the settings; they need no running database.
+        failed = run_checks(child_env({"SLUICE_ENV": "test", "SLUICE_STATE_DIR": state, "SLUICE_DATABASE": SQLITE}))
+        if failed is not None:
+            say(f"{failed} (above); fix them, then run the tests again")
+            return 1
+    outcomes: list[tuple[str, int, float]] = []
+    for database, pytest_args in test_passes(args.db, args.pytest_args):
+        began = time.monotonic()
+        status = test_pass(args, database=database, state=state if database == SQLITE else f"{state}-{database}",
+                           pytest_args=pytest_args)  # fmt: skip
+        outcomes.append((database, status, time.monotonic() - began))
+        if status == INTERRUPTED:
+            return status
+    for database, status, seconds in outcomes:
+        say(f"{database}: {'passed' if status == 0 else f'FAILED (exit {status})'} in {seconds:.0f} s")
+    return 0 if all(status == 0 for _, status, _ in outcomes) else 1
+
+
+def test_pass(args: argparse.Namespace, *, database: str, state: str, pytest_args: list[str]) -> int:
+    """One run of pytest against a fresh platform of its own on ``database``."""
     extra = {
         "SLUICE_ENV": "test",
-        "SLUICE_STATE_DIR": os.environ.get("SLUICE_TEST_STATE_DIR", str(BASE_DIR / "var" / "test")),
+        "SLUICE_STATE_DIR": state,
         "SLUICE_PORT_OFFSET": os.environ.get("SLUICE_TEST_PORT_OFFSET", "10000"),
+        "SLUICE_DATABASE": database,
         **brokers_env(args),
     }
     ctx = make_context(child_env(extra))
@@ -137,19 +203,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         raise LaunchError(f"a test stack is already running from {rt.state_dir} (pid {other})")
     shutil.rmtree(rt.state_dir, ignore_errors=True)
 
-    if not args.no_lint:
-        failed = run_checks(ctx.env)
-        if failed is not None:
-            say(f"{failed} (above); fix them, then run the tests again")
-            return 1
-
     names = parse_components(args.components, TEST_COMPONENTS)
     launcher = Launcher(ctx, names)
 
     def run_pytest() -> int:
-        say(f"services up ({', '.join(names)}); running pytest")
+        say(f"services up ({', '.join(c.name for c in launcher.components)}; database: {database}); running pytest")
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", *args.pytest_args],
+            [sys.executable, "-m", "pytest", *pytest_args],
             env=ctx.env,
             cwd=BASE_DIR,
             check=False,
@@ -159,7 +219,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             return 1
         return result.returncode
 
-    return run_platform(launcher, run_pytest)
+    return run_platform(launcher, run_pytest, interrupted=INTERRUPTED)
 
 
 # What `sluice test` checks before it starts anything (skipped with --no-lint): each command,
@@ -286,12 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     up.add_argument("--web-port", type=port_number, help="with --node: the HTTPS port this node listens on")
     up.add_argument("--crl-port", type=port_number, help="with --node: the plain-HTTP port (CRLs, JWKS) it listens on")
+    up.add_argument("--db", choices=DATABASES,
+                    help="sqlite (default; or SLUICE_DATABASE), or postgres: a PostgreSQL 15 started under the "
+                         "state directory (an external one: DATABASE_URL)")  # fmt: skip
     up.add_argument("--brokers", choices=[str(n) for n in KAFKA_BROKER_COUNTS],
                     help="Kafka brokers, a KRaft quorum (default: SLUICE_KAFKA_BROKERS, else 1; "
                          "another web node names the first node's count)")  # fmt: skip
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")
+    test.add_argument("--db", choices=(*DATABASES, "both"), default="both",
+                      help="the database(s) the suite runs against: both (default: SQLite, then PostgreSQL on "
+                           "the database-dependent tests), sqlite or postgres")  # fmt: skip
     test.add_argument(
         "--brokers",
         choices=[str(n) for n in KAFKA_BROKER_COUNTS],

@@ -8,15 +8,18 @@ builders as the application (``ingest.kafka``), so "healthy" means what Sluice i
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import ssl
 import stat
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,7 +30,15 @@ from typing import Any
 from certs.crl_files import bundle_path, note_nginx_inputs_loaded
 from certs.platform_pki import PlatformPki, broker_service, ensure_platform_pki, public_root_cert
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
-from config.env import BASE_DIR, KAFKA_BROKER_COUNTS, TEST, Runtime
+from config.env import (
+    BASE_DIR,
+    KAFKA_BROKER_COUNTS,
+    POSTGRES_DATABASE,
+    POSTGRES_ROLE,
+    POSTGRES_SUPERUSER,
+    TEST,
+    Runtime,
+)
 from sluicectl import fetch
 from sluicectl.errors import LaunchError
 from sluicectl.supervisor import Process, run_once
@@ -116,6 +127,9 @@ class Component:
     def after_healthy(self, ctx: Context) -> None:
         """One-off configuration that needs the running service."""
 
+    def after_stop(self, ctx: Context) -> None:
+        """Clean-up once the launcher stopped the process it started."""
+
     def enabled(self, runtime: Runtime) -> bool:
         """Whether this Sluice runs the component at all (not an external cluster's brokers
         or registry, nor brokers beyond SLUICE_KAFKA_BROKERS)."""
@@ -165,6 +179,201 @@ class Redis(Component):
 
         # Redis persists; a heartbeat left by the previous run must not vouch for this one.
         redis.Redis.from_url(ctx.runtime.redis_url()).delete(BEAT_KEY)
+
+
+# Debian's PostgreSQL server packages put their programs here, one directory per major version.
+POSTGRES_LIB = Path("/usr/lib/postgresql")
+POSTGRES_MAJOR = "15"
+# Who runs PostgreSQL when the launcher is root: the server refuses to run as root (a
+# superuser's SQL could otherwise do anything root can).  Debian's postgresql package
+# creates this system user.  Not nginx's ``nobody``: nginx's workers parse whatever the
+# network sends, and must not be able to read the database's files.
+POSTGRES_OS_USER = "postgres"
+
+
+def postgres_bin(program: str) -> Path:
+    """A program of Debian's PostgreSQL 15 (``postgresql-15``, installed by platform/bin/sluice)."""
+    path = POSTGRES_LIB / POSTGRES_MAJOR / "bin" / program
+    if not path.exists():
+        raise LaunchError(
+            f"PostgreSQL {POSTGRES_MAJOR} is not installed ({path} is missing); install the Debian package "
+            f"postgresql-{POSTGRES_MAJOR} (platform/bin/sluice does when it runs as root), or use SQLite "
+            f"(no --db postgres) or an external PostgreSQL (DATABASE_URL)"
+        )
+    return path
+
+
+def postgres_os_user() -> str | None:
+    """The user PostgreSQL runs as: the launcher's own, unless that is root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(POSTGRES_OS_USER)
+    except KeyError:
+        raise LaunchError(
+            f"PostgreSQL refuses to run as root and there is no '{POSTGRES_OS_USER}' user to run it as; install "
+            f"Debian's postgresql-{POSTGRES_MAJOR} (it creates that user), or run Sluice as an ordinary user"
+        ) from None
+    return POSTGRES_OS_USER
+
+
+def postgres_admin_connection(rt: Runtime, *, timeout: int = 2) -> Any:
+    """A connection as the started cluster's bootstrap superuser, through its Unix socket."""
+    import psycopg
+
+    return psycopg.connect(
+        host=str(rt.postgres_socket_dir),
+        port=rt.ports.postgres,
+        user=POSTGRES_SUPERUSER,
+        password=rt.database_admin_password,
+        dbname="postgres",
+        connect_timeout=timeout,
+        autocommit=True,
+    )
+
+
+class Postgres(Component):
+    """Debian's PostgreSQL 15, when ``SLUICE_DATABASE=postgres`` (``--db postgres``): one
+    cluster under ``<state>/postgres`` (owner-only), its Unix socket beside it, loopback TCP
+    on its own port, password (SCRAM) authentication for every connection, the application's
+    role and database created at start.  An external PostgreSQL (``DATABASE_URL``) is never
+    started, so this component is then not part of the platform."""
+
+    name = "postgres"
+    ports = ("postgres",)
+    startup_timeout = 60.0
+    stop_timeout = 30.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.starts_postgres
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        user = postgres_os_user()
+        for directory in (rt.postgres_dir, rt.postgres_data_dir, rt.postgres_socket_dir):
+            directory.mkdir(mode=0o700, exist_ok=True)
+        if len(os.fsencode(rt.postgres_socket_dir / f".s.PGSQL.{rt.ports.postgres}")) > MAX_SOCKET_PATH:
+            raise LaunchError(
+                f"PostgreSQL's socket in {rt.postgres_socket_dir} would be longer than a Unix socket path may be "
+                f"({MAX_SOCKET_PATH} bytes); choose a shorter SLUICE_STATE_DIR"
+            )
+        if user is not None:
+            self._hand_over(ctx, user)
+        if (rt.postgres_data_dir / "PG_VERSION").exists():
+            return
+        # initdb reads the superuser's password from a file; it lives in the cluster's own
+        # directory (owner-only) for the few seconds initdb runs.
+        password_file = rt.postgres_dir / "initdb-password"
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(rt.database_admin_password + "\n")
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(password_file, entry.pw_uid, entry.pw_gid)
+        try:
+            run_once(
+                "initdb",
+                [str(postgres_bin("initdb")), "--pgdata", str(rt.postgres_data_dir),
+                 "--username", POSTGRES_SUPERUSER, "--pwfile", str(password_file),
+                 "--auth-local", "scram-sha-256", "--auth-host", "scram-sha-256",
+                 "--encoding", "UTF8", "--no-locale", "--no-instructions"],
+                log_path=ctx.log(self.name),
+                cwd=rt.postgres_dir,
+                timeout=120,
+                user=user,
+            )  # fmt: skip
+        finally:
+            password_file.unlink(missing_ok=True)
+
+    def _hand_over(self, ctx: Context, user: str) -> None:
+        """As root: the cluster's directory belongs to the server's user, who must reach it
+        through the state directory (0711) and its parents."""
+        rt = ctx.runtime
+        closed = [p for p in rt.postgres_dir.parents if not os.stat(p).st_mode & stat.S_IXOTH]
+        if closed:
+            raise LaunchError(
+                f"PostgreSQL runs as '{user}' (it refuses root), who cannot pass through {closed[0]} "
+                f"(mode {stat.S_IMODE(os.stat(closed[0]).st_mode):04o}); allow it with chmod o+x {closed[0]}, "
+                f"or choose a SLUICE_STATE_DIR under an open path"
+            )
+        entry = pwd.getpwnam(user)
+        for directory in (rt.postgres_dir, rt.postgres_data_dir, rt.postgres_socket_dir):
+            if os.stat(directory).st_uid != entry.pw_uid:
+                os.chown(directory, entry.pw_uid, entry.pw_gid)
+
+    def process(self, ctx: Context) -> Process:
+        rt = ctx.runtime
+        argv = [
+            str(postgres_bin("postgres")),
+            "-D", str(rt.postgres_data_dir),
+            "-c", f"port={rt.ports.postgres}",
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"unix_socket_directories={rt.postgres_socket_dir}",
+            "-c", "unix_socket_permissions=0700",
+            "-c", "password_encryption=scram-sha-256",
+            # The platform's web, ingest and Celery processes with their threads, and the tests'.
+            "-c", "max_connections=200",
+            "-c", "shared_buffers=64MB",
+            "-c", "logging_collector=off",
+        ]  # fmt: skip
+        if rt.environment == TEST:
+            # The test stack's database is thrown away after every run: durability against a
+            # crash of the machine buys nothing there, and its fsyncs would slow every test.
+            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        return Process(self.name, argv, ctx.log(self.name), cwd=rt.postgres_dir, user=postgres_os_user(),
+                       stop_signal=signal.SIGINT)  # fmt: skip
+
+    def check(self, ctx: Context) -> str | None:
+        import psycopg
+
+        try:
+            with postgres_admin_connection(ctx.runtime) as connection:
+                connection.execute("SELECT 1")
+        except psycopg.Error as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None
+
+    def after_healthy(self, ctx: Context) -> None:
+        """The application's role (its password is the ``database-password`` secret, set
+        again at every start) and, outside the test stack, its database."""
+        from psycopg import sql
+
+        rt = ctx.runtime
+        role, database = sql.Identifier(POSTGRES_ROLE), sql.Identifier(POSTGRES_DATABASE)
+        # pytest-django creates the test stack's database itself (settings: TEST NAME).
+        may_create = sql.SQL("CREATEDB" if rt.environment == TEST else "NOCREATEDB")
+        with postgres_admin_connection(rt, timeout=10) as connection:
+            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [POSTGRES_ROLE]).fetchone()
+            verb = sql.SQL("ALTER" if exists else "CREATE")
+            connection.execute(
+                sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEROLE {} PASSWORD {}").format(
+                    verb, role, may_create, sql.Literal(rt.database_password)
+                )
+            )
+            if rt.environment == TEST:
+                return
+            found = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [POSTGRES_DATABASE]).fetchone()
+            if not found:
+                connection.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(database, role))
+
+    def after_stop(self, ctx: Context) -> None:
+        """A server the launcher did not start itself is still this cluster's (restarted by
+        hand, or by a fault test): ask it to stop too, so nothing outlives ``sluice down``."""
+        pid_file = ctx.runtime.postgres_data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return  # no pid file, or its process is gone
+        if b"postgres" not in command:
+            return  # a stale file whose pid now names another program
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + self.stop_timeout
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
 
 
 class KafkaBroker(Component):
@@ -692,7 +901,8 @@ class CeleryBeat(Component):
 
 BROKERS = tuple(KafkaBroker(node) for node in range(1, max(KAFKA_BROKER_COUNTS) + 1))
 ALL: dict[str, Component] = {
-    c.name: c for c in (Redis(), *BROKERS, Registry(), Web(), Ingest(), Nginx(), CeleryWorker(), CeleryBeat())
+    c.name: c
+    for c in (Redis(), Postgres(), *BROKERS, Registry(), Web(), Ingest(), Nginx(), CeleryWorker(), CeleryBeat())
 }
 # What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
 # TLS, and the web app behind it on the test database).  Tests start their own Celery

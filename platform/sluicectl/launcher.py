@@ -27,22 +27,26 @@ from pathlib import Path
 
 from certs.crl_files import bundle_path, follow_nginx_inputs
 from certs.platform_pki import root_fingerprint
-from config.env import BASE_DIR, DEVELOPMENT, ConfigurationError, Runtime, load_runtime
+from config.env import BASE_DIR, DEVELOPMENT, POSTGRES, ConfigurationError, Runtime, load_runtime
 from sluicectl.components import ALL, BROKERS, NODE_NEEDS, Component, Context, platform_health
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
 from sluicectl.supervisor import Process, RestartPolicy, describe_exit, last_error
 
-# Start order; stop is the reverse.  Only Redis and nginx are waited for before the next
-# one starts: Kafka and the registry are JVMs that take a while, and migrations run
-# meanwhile.  With
-# web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
+# Start order; stop is the reverse.  Only Redis, PostgreSQL (when started) and nginx are
+# waited for before the next one starts: Kafka and the registry are JVMs that take a while,
+# and migrations run meanwhile.  With web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
-ORDER = ("redis", "nginx", *(broker.name for broker in BROKERS), "registry", "web", "ingest", "worker", "beat")
+ORDER = (
+    "redis", "postgres", "nginx", *(broker.name for broker in BROKERS), "registry", "web", "ingest", "worker", "beat",
+)  # fmt: skip
 # nginx serves the CRLs the broker checks every TLS peer against, and the token-signing
 # JWKS the broker's OAUTHBEARER listener fetches while it starts (Nginx.prepare creates
 # the first signing key and publishes the JWKS), so it comes first.
-WAIT_BEFORE_NEXT = {"redis", "nginx"}
+WAIT_BEFORE_NEXT = {"redis", "postgres", "nginx"}
+# What reads or writes the database: with SLUICE_DATABASE=postgres, the PostgreSQL the launcher
+# starts comes with any of them (and is waited for: the web app migrates it while preparing).
+USES_DATABASE = {"web", "ingest", "worker", "beat"}
 # What another web node (``sluice up --node web2``) may run: its own nginx, web app and ingest
 # workers, and Celery workers if wanted.  Redis, Kafka and the registry are the platform's,
 # and Celery beat must run exactly once (two would send every periodic task twice).
@@ -90,6 +94,9 @@ def manage_command(runtime: Runtime, *args: str) -> str:
         words.append(f"SLUICE_ENV={runtime.environment}")
     if runtime.state_dir != (BASE_DIR / "var" / "data").resolve():
         words.append(f"SLUICE_STATE_DIR={shlex.quote(str(runtime.state_dir))}")
+    if runtime.starts_postgres:
+        # (--db postgres: without it, the command would open an empty SQLite database)
+        words.append(f"SLUICE_DATABASE={POSTGRES}")
     return " ".join([*words, ".venv/bin/python", "manage.py", *(shlex.quote(arg) for arg in args)])
 
 
@@ -241,6 +248,9 @@ class Launcher:
         every broker of the quorum."""
         runtime = self.ctx.runtime
         wanted = set(self.names)
+        if runtime.starts_postgres and not runtime.node and wanted & USES_DATABASE:
+            # (Postgres.enabled: only when Sluice starts it; another web node uses the first's)
+            wanted.add("postgres")
         if "kafka" in wanted:
             wanted |= {broker.name for broker in BROKERS}
         pending = list(wanted)
@@ -423,6 +433,7 @@ class Launcher:
             if process.running():
                 say(f"stopping {name}")
             process.stop(timeout=ALL[name].stop_timeout)
+            ALL[name].after_stop(self.ctx)
         # A launcher that never owned the state directory (it was refused) removes nothing.
         self._release()
 

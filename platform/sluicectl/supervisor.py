@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -78,6 +79,13 @@ class Process:
     cwd: Path | None = None
     # Scheduling priority below the data plane's (see components.BACKGROUND_NICE).
     nice: int = 0
+    # Run as this (unprivileged) user, when the launcher is root and the program refuses to
+    # run as root (PostgreSQL: components.Postgres).  None: as the launcher.
+    user: str | None = None
+    # What asks the process to stop; SIGKILL follows after the timeout.  PostgreSQL's
+    # SIGTERM is a "smart" shutdown that waits for every client to disconnect; its SIGINT
+    # is the "fast" one (rolls back open transactions, then exits cleanly).
+    stop_signal: int = signal.SIGTERM
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -95,6 +103,9 @@ class Process:
                     cwd=self.cwd,
                     start_new_session=True,
                     preexec_fn=functools.partial(_child_setup, self.nice),
+                    user=self.user,
+                    group=_primary_group(self.user) if self.user else None,
+                    extra_groups=[] if self.user else None,
                 )
             except FileNotFoundError as exc:
                 from sluicectl.errors import LaunchError
@@ -118,7 +129,7 @@ class Process:
         pgid = self.popen.pid
         if group_alive(pgid):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
+                os.killpg(pgid, self.stop_signal)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.popen.poll()
@@ -130,6 +141,10 @@ class Process:
                 os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
+
+
+def _primary_group(user: str) -> int:
+    return pwd.getpwnam(user).pw_gid
 
 
 @dataclass(frozen=True)
@@ -176,11 +191,12 @@ def run_once(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float,
+    user: str | None = None,
 ) -> None:
     """Run a preparation step to completion; a failure becomes a LaunchError with its tail."""
     from sluicectl.errors import LaunchError
 
-    proc = Process(name, argv, log_path, env=env, cwd=cwd)
+    proc = Process(name, argv, log_path, env=env, cwd=cwd, user=user)
     proc.start()
     assert proc.popen is not None
     try:

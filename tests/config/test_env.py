@@ -27,6 +27,12 @@ def test_a_specific_port_wins_over_the_offset(tmp_path: Path) -> None:
         ({"SLUICE_WEB_PORT": "70000"}, "SLUICE_WEB_PORT=70000 is not a TCP port"),
         ({"SLUICE_ENV": "staging"}, "SLUICE_ENV='staging'; use one of"),
         ({"SLUICE_HOSTNAMES": " , "}, "SLUICE_HOSTNAMES must name at least one host"),
+        ({"SLUICE_DATABASE": "mysql"}, "SLUICE_DATABASE='mysql'; use one of sqlite, postgres"),
+        (
+            {"SLUICE_DATABASE": "postgres", "DATABASE_URL": "postgres://u:p@db.example/sluice"},
+            "starts a PostgreSQL of Sluice's own, and DATABASE_URL names an external one; set only one of them",
+        ),
+        ({"DATABASE_URL": "mysql://u:p@db.example/sluice"}, "DATABASE_URL must start with postgres://"),
     ],
 )
 def test_bad_settings_are_named(tmp_path: Path, environ: dict[str, str], message: str) -> None:
@@ -64,6 +70,25 @@ def test_concurrent_first_reads_agree_on_one_secret(tmp_path: Path) -> None:
 
 def _secret_key_of(state_dir: str) -> str:
     return load_runtime({"SLUICE_STATE_DIR": state_dir}).secret_key
+
+
+@pytest.mark.parametrize(
+    ("environ", "starts"),
+    [
+        ({}, False),
+        ({"SLUICE_DATABASE": "sqlite"}, False),
+        ({"SLUICE_DATABASE": "postgres"}, True),
+        ({"DATABASE_URL": "postgres://u:p@db.example:5432/sluice"}, False),
+    ],
+)
+def test_only_sluice_database_postgres_starts_a_postgresql(
+    tmp_path: Path, environ: dict[str, str], starts: bool
+) -> None:
+    runtime = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), **environ})
+    assert runtime.starts_postgres is starts
+    # and its socket lives in the state directory, on the offset port
+    assert runtime.postgres_socket_dir == tmp_path / "postgres" / "socket"
+    assert runtime.ports.postgres == DEFAULT_PORTS["postgres"]
 
 
 def test_another_web_node_has_its_own_directories_and_listen_ports_and_shares_the_rest(tmp_path: Path) -> None:

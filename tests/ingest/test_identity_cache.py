@@ -10,7 +10,16 @@ import pytest
 import redis
 
 from config.env import Runtime
-from ingest.identity import CertificateGrant, ClientGrant, Identity, IdentityCache, Writer, certificate_key, client_key
+from ingest.identity import (
+    STALE_GRACE,
+    CertificateGrant,
+    ClientGrant,
+    Identity,
+    IdentityCache,
+    Writer,
+    certificate_key,
+    client_key,
+)
 from ingest.rights_listener import listen
 from tenants.rights import CHANNEL, RightsChange
 
@@ -102,6 +111,24 @@ def test_entries_expire_and_the_cache_is_bounded() -> None:
     assert entry.identity is None
     cache.apply(RightsChange(tenant_id=1, certificates=frozenset({"nobody"})))
     assert cache.get(certificate_key("nobody")) is None
+
+
+def test_an_expired_entry_answers_only_while_the_database_is_away_and_never_after_a_change() -> None:
+    # given two entries whose TTL ran out
+    cache = live_cache(ttl=0.01)
+    cache.put(certificate_key("a1"), certificate("a1"), read_at_generation=cache.generation)
+    cache.put(certificate_key("a2"), certificate("a2", device=9), read_at_generation=cache.generation)
+    time.sleep(0.02)
+    assert cache.get(certificate_key("a1")) is None  # a normal read goes to the database
+    # then, with the database away, they still answer within the grace
+    assert cache.stale(certificate_key("a1")) is not None
+    assert cache.stale(certificate_key("a1"), now=time.monotonic() + STALE_GRACE) is None
+    # when a change drops one, it is gone for the fallback too
+    cache.apply(RightsChange(tenant_id=1, devices=frozenset({9})))
+    assert cache.stale(certificate_key("a2")) is None
+    # and losing the subscription drops every fallback (fail closed)
+    cache.set_live(False)
+    assert cache.stale(certificate_key("a1")) is None
 
 
 # -- the listener, against the real Redis --------------------------------------------------

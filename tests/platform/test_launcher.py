@@ -276,3 +276,87 @@ def test_a_registry_socket_path_too_long_is_one_clear_line(tmp_path: Path) -> No
     assert f"the registry's socket path {state / 'run' / 'registry.sock'} is longer than" in result.stdout
     assert "choose a shorter SLUICE_STATE_DIR" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_test_command_runs_sqlite_then_postgresql_on_the_database_tests() -> None:
+    from sluicectl.__main__ import POSTGRES_ONLY, POSTGRES_PASS, test_passes
+
+    # given no test named, then SQLite runs all but the PostgreSQL-only tests, PostgreSQL its share
+    assert test_passes("both", ["-x"]) == [
+        ("sqlite", [f"--ignore={POSTGRES_ONLY}", "-x"]),
+        ("postgres", ["--reuse-db", "-x", *POSTGRES_PASS]),
+    ]
+    # given named tests, then PostgreSQL runs those same tests
+    assert test_passes("postgres", ["tests/devices/test_devices_api.py::test_device_quota", "-k", "quota"]) == [
+        ("postgres", ["--reuse-db", "tests/devices/test_devices_api.py::test_device_quota", "-k", "quota"]),
+    ]
+    assert [database for database, _ in test_passes("sqlite", [])] == ["sqlite"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "with_postgres"),
+    [({}, False), ({"SLUICE_DATABASE": "postgres"}, True),
+     ({"DATABASE_URL": "postgres://u:p@db.example:5432/sluice"}, False)],
+)  # fmt: skip
+def test_postgresql_comes_with_what_uses_the_database(tmp_path: Path, extra: dict[str, str],
+                                                      with_postgres: bool) -> None:  # fmt: skip
+    ctx = make_context(launcher_env(tmp_path, 0, **{"SLUICE_DATABASE": "sqlite", **extra}))
+    # when the web app is asked for, then PostgreSQL starts first only when Sluice owns it
+    names = [c.name for c in Launcher(ctx, ["web"]).components]
+    assert names == (["postgres", "web"] if with_postgres else ["web"])
+    # and Redis alone needs no database
+    assert [c.name for c in Launcher(ctx, ["redis"]).components] == ["redis"]
+
+
+def test_postgresql_runs_private_unprivileged_and_stops_with_the_platform() -> None:
+    # given a state directory under the checkout (its parents are open to the server's user)
+    state = BASE_DIR / "var" / f"launch-pg-{os.getpid()}"
+    offset = int(os.environ.get("SLUICE_PORT_OFFSET", "10000")) + 600
+    env = launcher_env(state, offset, SLUICE_ENV="development", SLUICE_DATABASE="postgres")
+    proc = subprocess.Popen([*SLUICECTL, "up", "--components", "postgres"], env=env, cwd=BASE_DIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        # when it is up
+        read_until(proc, "ready in", timeout=120)
+        ctx = make_context(env)
+        rt = ctx.runtime
+        status = run_sluicectl(["status"], env)
+        assert status.returncode == 0, status.stdout
+        assert "postgres" in status.stdout
+        # then its directory is owner-only, and owned by the unprivileged user when we are root
+        info = rt.postgres_dir.stat()
+        assert info.st_mode & 0o777 == 0o700
+        postmaster = psutil.Process(int((rt.postgres_data_dir / "postmaster.pid").read_text().split()[0]))
+        assert postmaster.username() == ("postgres" if os.geteuid() == 0 else psutil.Process().username())
+        # and the application's role reaches its database through the socket, and is no superuser
+        import psycopg
+
+        socket_dir = str(rt.postgres_socket_dir)
+        with psycopg.connect(host=socket_dir, port=rt.ports.postgres, user="sluice", password=rt.database_password,
+                             dbname="sluice", connect_timeout=5) as connection:  # fmt: skip
+            row = connection.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+            assert row.fetchone() == ("sluice", False)
+        # and without the password it is refused
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(host=str(rt.postgres_socket_dir), port=rt.ports.postgres, user="sluice",
+                            password="wrong", dbname="sluice", connect_timeout=5)  # fmt: skip
+        # when the platform stops, then the server is gone with it
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not postmaster.is_running()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        run_sluicectl(["down"], env)
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def test_a_printed_manage_command_aims_at_the_started_postgresql(tmp_path: Path) -> None:
+    from config.env import load_runtime
+    from sluicectl.launcher import manage_command
+
+    # given a platform on the PostgreSQL it started, then its commands say so (else: SQLite)
+    on_postgres = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_DATABASE": "postgres"})
+    assert "SLUICE_DATABASE=postgres " in manage_command(on_postgres, "sluice_token", "admin")
+    assert "SLUICE_DATABASE" not in manage_command(load_runtime({"SLUICE_STATE_DIR": str(tmp_path)}))

@@ -263,3 +263,19 @@ def test_members_roles_and_no_probing_for_foreign_accounts(
     added = operator_client.post(members, {"username": "globex-user", "role": "viewer"}, format="json")
     assert added.status_code == 201
     assert admin_client.get(members).json()["count"] == 3  # acme-admin, acme-viewer-2, globex-user
+
+
+@pytest.mark.parametrize(
+    ("since", "found"),
+    [("2000-01-01T00:00:00%2B21:55", True), ("0001-01-01T00:00:00%2B14:00", True),
+     ("9999-12-31T23:59:59-14:00", False)],
+)  # fmt: skip
+def test_audit_since_takes_any_iso_offset(admin_client: APIClient, tenant: Tenant, since: str, found: bool) -> None:
+    # given an audit row
+    admin_client.post("/api/v1/tenants/acme/devices/", {"device_id": "d1", "group": "sensors"}, format="json")
+    # when the log is asked for what happened since a time with an offset PostgreSQL does not
+    # take (over 15:59), or one at the ends of the calendar
+    response = admin_client.get(f"/api/v1/tenants/acme/audit/?since={since}")
+    # then it is the same instant in UTC: an answer, not a 500
+    assert response.status_code == 200, response.content
+    assert (response.json()["count"] > 0) is found
