@@ -143,6 +143,14 @@ POSTGRES_PASS = (
     "tests/integration", "tests/contract", "tests/concurrency", "tests/postgres",
 )  # fmt: skip
 POSTGRES_ONLY = "tests/postgres"
+# Also left out of the PostgreSQL pass: the tests that start platforms of their own (three
+# brokers, a second web node, every part killed in turn).  What they prove is about Kafka,
+# nginx and processes, and each costs minutes; the first pass runs them.
+POSTGRES_PASS_IGNORES = tuple(
+    f"--ignore=tests/integration/{name}.py"
+    for name in ("test_cluster", "test_cluster_faults", "test_existing_cluster", "test_supervised_faults",
+                 "test_web_nodes")
+)  # fmt: skip
 
 
 def _names_tests(pytest_args: Sequence[str]) -> bool:
@@ -161,7 +169,8 @@ def test_passes(choice: str, pytest_args: Sequence[str]) -> list[tuple[str, list
         passes.append((SQLITE, [f"--ignore={POSTGRES_ONLY}", *pytest_args]))
     if choice in (POSTGRES, "both"):
         named = _names_tests(pytest_args)
-        passes.append((POSTGRES, ["--reuse-db", *pytest_args, *(() if named else POSTGRES_PASS)]))
+        whole = () if named else (*POSTGRES_PASS_IGNORES, *POSTGRES_PASS)
+        passes.append((POSTGRES, ["--reuse-db", *pytest_args, *whole]))
     return passes
 
 

@@ -279,13 +279,15 @@ def test_a_registry_socket_path_too_long_is_one_clear_line(tmp_path: Path) -> No
 
 
 def test_the_test_command_runs_sqlite_then_postgresql_on_the_database_tests() -> None:
-    from sluicectl.__main__ import POSTGRES_ONLY, POSTGRES_PASS, test_passes
+    from sluicectl.__main__ import POSTGRES_ONLY, POSTGRES_PASS, POSTGRES_PASS_IGNORES, test_passes
 
-    # given no test named, then SQLite runs all but the PostgreSQL-only tests, PostgreSQL its share
+    # given no test named, then SQLite runs all but the PostgreSQL-only tests, PostgreSQL its
+    # share without the tests that start platforms of their own
     assert test_passes("both", ["-x"]) == [
         ("sqlite", [f"--ignore={POSTGRES_ONLY}", "-x"]),
-        ("postgres", ["--reuse-db", "-x", *POSTGRES_PASS]),
+        ("postgres", ["--reuse-db", "-x", *POSTGRES_PASS_IGNORES, *POSTGRES_PASS]),
     ]
+    assert "--ignore=tests/integration/test_cluster_faults.py" in POSTGRES_PASS_IGNORES
     # given named tests, then PostgreSQL runs those same tests
     assert test_passes("postgres", ["tests/devices/test_devices_api.py::test_device_quota", "-k", "quota"]) == [
         ("postgres", ["--reuse-db", "tests/devices/test_devices_api.py::test_device_quota", "-k", "quota"]),
