@@ -94,19 +94,7 @@ class SingleBroker:
         process.start()
         assert process.pid is not None
         self.process, self.pid = process, process.pid
-        outage.restarted_at = time.time()
-        deadline = time.monotonic() + timeout
-        reason: str | None = "not checked yet"
-        while time.monotonic() < deadline:
-            code = process.exit_code()
-            if code is not None:
-                raise RuntimeError(f"the restarted broker exited with status {code}; see {process.log_path}")
-            reason = component.check(self.ctx)
-            if reason is None:
-                outage.ready_at = time.time()
-                return outage
-            time.sleep(0.5)
-        raise RuntimeError(f"the restarted broker did not answer within {timeout:.0f} s ({reason})")
+        return _answering(component, self.ctx, process, outage, timeout, "the restarted broker")
 
     @property
     def down(self) -> bool:
@@ -148,19 +136,7 @@ class LauncherBrokers:
         process = component.process(self.ctx)
         process.start()
         self.processes[component.name] = process
-        outage.restarted_at = time.time()
-        deadline = time.monotonic() + timeout
-        reason: str | None = "not checked yet"
-        while time.monotonic() < deadline:
-            code = process.exit_code()
-            if code is not None:
-                raise RuntimeError(f"the restarted broker {node} exited with status {code}; see {process.log_path}")
-            reason = component.check(self.ctx)
-            if reason is None:
-                outage.ready_at = time.time()
-                return outage
-            time.sleep(0.5)
-        raise RuntimeError(f"the restarted broker {node} did not answer within {timeout:.0f} s ({reason})")
+        return _answering(component, self.ctx, process, outage, timeout, f"the restarted broker {node}")
 
     def _metadata(self, topic: str) -> Any:
         from confluent_kafka.admin import AdminClient
@@ -192,3 +168,21 @@ class LauncherBrokers:
         finally:
             client.close()
         return int(quorum["topics"][0]["partitions"][0]["leader_id"])
+
+
+def _answering(component: KafkaBroker, ctx: Context, process: Process, outage: Outage, timeout: float,
+               who: str) -> Outage:  # fmt: skip
+    """Wait (bounded by ``timeout``) until a just-started broker answers; mark ``outage`` ready."""
+    outage.restarted_at = time.time()
+    deadline = time.monotonic() + timeout
+    reason: str | None = "not checked yet"
+    while time.monotonic() < deadline:
+        code = process.exit_code()
+        if code is not None:
+            raise RuntimeError(f"{who} exited with status {code}; see {process.log_path}")
+        reason = component.check(ctx)
+        if reason is None:
+            outage.ready_at = time.time()
+            return outage
+        time.sleep(0.5)
+    raise RuntimeError(f"{who} did not answer within {timeout:.0f} s ({reason})")
