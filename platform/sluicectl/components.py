@@ -289,6 +289,14 @@ class Postgres(Component):
         """As root: the cluster's directory belongs to the server's user, who must reach it
         through the state directory (0711) and its parents."""
         rt = ctx.runtime
+        # Sluice's own var/ (made owner-only by whatever created it first: the downloads, a
+        # test stack) is opened for passing through, never for listing; a directory outside
+        # it is the operator's to open.
+        own = (BASE_DIR / "var").resolve()
+        for parent in rt.postgres_dir.parents:
+            mode = os.stat(parent).st_mode
+            if not mode & stat.S_IXOTH and (parent == own or own in parent.parents):
+                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
         closed = [p for p in rt.postgres_dir.parents if not os.stat(p).st_mode & stat.S_IXOTH]
         if closed:
             raise LaunchError(
