@@ -93,7 +93,8 @@ def test_ingest_answers_known_devices_and_asks_unknown_ones_to_retry(
 ) -> None:
     # given a device that has sent before (its worker holds its identity) and one that has not
     known, unseen = make_sender(), make_sender()
-    assert known.post(RECORD)[0] == 200
+    status, body, _ = known.post(RECORD)
+    assert status == 200, body
     # (a worker keeps what it reads only once its subscription to changes of rights is live,
     # which its first request starts: the second read, a moment later, is kept)
     time.sleep(1.0)
