@@ -93,8 +93,20 @@ def test_ingest_answers_known_devices_and_asks_unknown_ones_to_retry(
 ) -> None:
     # given a device that has sent before (its worker holds its identity) and one that has not
     known, unseen = make_sender(), make_sender()
-    status, body, _ = known.post(RECORD)
-    assert status == 200, body
+    # (in one run of the whole PostgreSQL pass, the known device's very first request, right
+    # after the previous test's database restart, was refused 503 for a reason not recorded:
+    # the precondition is waited for, bounded, and every refusal on the way is printed)
+    refusals: list[object] = []
+
+    def accepted() -> bool:
+        status, body, _ = known.post(RECORD)
+        if status != 200:
+            refusals.append((status, body))
+        return status == 200
+
+    seconds_until(accepted)
+    if refusals:
+        print(f"the known device's first requests were refused: {refusals}")
     # (a worker keeps what it reads only once its subscription to changes of rights is live,
     # which its first request starts: the second read, a moment later, is kept)
     time.sleep(1.0)
