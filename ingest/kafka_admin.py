@@ -17,6 +17,7 @@ alter (KIP-339), leaving every other config alone.  ``topic_drift`` only reports
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -314,17 +315,45 @@ class QuotaError(KafkaException):
     retry policy covers it like any other Kafka failure."""
 
 
+# A cached admin whose broker went away and came back (a broker restart, a leader moved) may
+# have every node in reconnect backoff, which grows to 30 s: kafka-python then refuses at once
+# with NodeNotReadyError ("No node_id provided") instead of waiting.  Such a client is dropped
+# and the request sent again on a fresh one, which bootstraps anew, this many times.
+NOT_READY_ATTEMPTS = 3
+NOT_READY_PAUSE = 0.5
+
+
+def _drop_quota_admin(admin: KafkaAdminClient) -> None:
+    key = str(settings.SLUICE_RUNTIME.state_dir)
+    with _quota_lock:
+        if _admins.get(key) is admin:
+            del _admins[key]
+    # Closing a client already given up on: a failure to close has nothing left to report.
+    with contextlib.suppress(Exception):
+        admin.close()
+
+
 def _send(request: Any) -> Any:
-    admin = quota_admin()
+    for attempt in range(1, NOT_READY_ATTEMPTS + 1):
+        try:
+            admin = quota_admin()
+        except kafka_errors.KafkaError as exc:  # no broker answered the bootstrap
+            raise QuotaError(f"{type(request).__name__}: {exc}") from exc
 
-    # The admin client's connection manager: private, hence kafka-python pinned (module doc).
-    async def send() -> Any:
-        return await admin._manager.send(request, request_timeout_ms=TIMEOUT_MS)
+        # The admin client's connection manager: private, hence kafka-python pinned (module doc).
+        async def send(admin: KafkaAdminClient = admin) -> Any:
+            return await admin._manager.send(request, request_timeout_ms=TIMEOUT_MS)
 
-    try:
-        return admin._manager.run(send)
-    except kafka_errors.KafkaError as exc:
-        raise QuotaError(f"{type(request).__name__}: {exc}") from exc
+        try:
+            return admin._manager.run(send)
+        except (kafka_errors.NodeNotReadyError, kafka_errors.KafkaConnectionError) as exc:
+            _drop_quota_admin(admin)
+            if attempt == NOT_READY_ATTEMPTS:
+                raise QuotaError(f"{type(request).__name__}: {exc} (after {attempt} fresh connections)") from exc
+            time.sleep(NOT_READY_PAUSE * attempt)
+        except kafka_errors.KafkaError as exc:
+            raise QuotaError(f"{type(request).__name__}: {exc}") from exc
+    raise AssertionError("unreachable")
 
 
 def _entries(response: Any) -> dict[str, Quotas]:

@@ -26,6 +26,10 @@ log = logging.getLogger("sluice.ingest")
 
 HEALTH_CHECK_SECONDS = 5  # a silently dead connection is noticed within about this long
 MAX_BACKOFF = 2.0
+# The name each subscription's connection gives itself (CLIENT SETNAME): an operator's
+# `CLIENT LIST` shows which connections are rights subscriptions, and a test can cut exactly
+# these, never the other pub/sub clients on the same Redis (Celery's result consumer).
+CLIENT_NAME = "sluice-rights-listener"
 
 
 class _Reconnections:
@@ -47,6 +51,7 @@ async def listen(cache: IdentityCache, redis_url: str, *, poll: float = 1.0) -> 
     while True:
         client = redis.asyncio.Redis.from_url(
             redis_url, socket_connect_timeout=1, socket_keepalive=True, health_check_interval=HEALTH_CHECK_SECONDS,
+            client_name=CLIENT_NAME,
             # One quick reconnection attempt, then the error reaches this loop (which turns
             # the cache off) rather than being retried for seconds while the cache serves.
             retry=Retry(NoBackoff(), 0),

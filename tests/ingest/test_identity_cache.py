@@ -20,7 +20,7 @@ from ingest.identity import (
     certificate_key,
     client_key,
 )
-from ingest.rights_listener import listen
+from ingest.rights_listener import CLIENT_NAME, listen
 from tenants.rights import CHANNEL, RightsChange
 
 
@@ -150,7 +150,7 @@ def test_the_listener_applies_changes_and_fails_closed_when_its_connection_dies(
             assert cache.get(certificate_key("a2")) is not None
             # when the subscription's connection is killed, the cache stops serving at once
             # and comes back empty once it has subscribed again
-            admin.client_kill_filter(_type="pubsub")
+            assert cut_rights_subscriptions(admin) >= 1
             await _until(lambda: cache.get(certificate_key("a2")) is None)
             await _until(lambda: cache.live)
             assert len(cache) == 0
@@ -172,3 +172,14 @@ async def _until(condition: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+def cut_rights_subscriptions(client: redis.Redis) -> int:
+    """Close every rights subscription's connection (ingest workers', and a test's own
+    listener), and only those: a blanket ``CLIENT KILL TYPE pubsub`` would also cut the
+    Celery result consumer of this very process, failing later tests."""
+    cut = 0
+    for entry in client.client_list(_type="pubsub"):
+        if entry.get("name") == CLIENT_NAME:
+            cut += client.client_kill_filter(_id=entry["id"])
+    return cut

@@ -77,3 +77,17 @@ def test_a_kafka_direct_producer_is_throttled_to_its_tenants_plan(
         certificate_revoke(actor=ACTOR, certificate=Certificate.objects.get(tenant=a.tenant))
     assert described([entity]) == {}
     assert AuditEvent.objects.filter(action="kafka_quota.remove", tenant=a.tenant).exists()
+
+
+def test_a_quota_request_survives_a_cached_admin_whose_brokers_are_all_in_backoff(services: Runtime) -> None:
+    from ingest import kafka_admin
+
+    # given the process's cached quota admin, with every node in reconnect backoff (as after
+    # a broker restart: kafka-python then refuses at once, "No node_id provided")
+    stale = kafka_admin.quota_admin()
+    stale._manager.least_loaded_node = lambda: None  # type: ignore[method-assign]
+    # when quotas are described
+    found = described(["User:nobody-has-this-principal"])
+    # then the request went through a fresh admin, and the stale one is no longer cached
+    assert found == {}
+    assert kafka_admin.quota_admin() is not stale
