@@ -45,6 +45,7 @@ from jsonschema.validators import Draft7Validator, validator_for
 from rest_framework import status
 
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
+from devices.avro_encoder import Encoder, compile_encoder
 from devices.avro_json import AVRO_CODES, avro_json_schema
 from devices.registry_client import registry_client_for
 
@@ -362,16 +363,23 @@ class LatestSchema:
     validator: Any = None
     codes: dict[str, str] = field(default_factory=dict)
     prefix: bytes = b""  # the Confluent wire format's magic byte and schema id
+    # AVRO: the encoder compiled from ``parsed`` (devices.avro_encoder), the prefix
+    # included, or None where the schema holds what only fastavro writes.
+    avro_encoder: Encoder | None = None
 
     def encode(self, record: Any) -> bytes:
         """The Confluent wire format of one validated record."""
         if self.schema_type == AVRO:
+            if self.avro_encoder is not None:
+                return self.avro_encoder(record)
             buffer = io.BytesIO()
             fastavro.schemaless_writer(buffer, self.parsed, record)
             return self.prefix + buffer.getvalue()
         return self.prefix + orjson.dumps(record)
 
     def encode_all(self, records: list[Any]) -> list[bytes]:
+        if self.schema_type == AVRO and (encoder := self.avro_encoder) is not None:
+            return [encoder(records[0])] if len(records) == 1 else [encoder(record) for record in records]
         if self.schema_type == AVRO:
             out = []
             buffer = io.BytesIO()
@@ -516,7 +524,7 @@ def _compile(subject: str, schema_id: int | None, version: int | None, schema: S
             parsed = fastavro.parse_schema(document)
             validator = compile_json_schema(avro_json_schema(parsed))
             return LatestSchema(subject, int(schema_id), int(version or 0), AVRO, text, parsed,
-                                validator, AVRO_CODES, prefix)  # fmt: skip
+                                validator, AVRO_CODES, prefix, compile_encoder(parsed, prefix))  # fmt: skip
         return LatestSchema(subject, int(schema_id), int(version or 0), JSON, text, document,
                             compile_json_schema(document), {}, prefix)  # fmt: skip
     except (ValueError, jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
