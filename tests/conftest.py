@@ -168,11 +168,27 @@ def viewer_client(tenant: Tenant) -> APIClient:
     return client_for(make_user("acme-viewer", tenant=tenant, role=Membership.Role.VIEWER))
 
 
+def fresh_celery_connections() -> None:
+    """Drop this process's pooled Celery (kombu) connections to Redis: after a test stopped
+    and started the run's Redis, a pooled connection is dead, and kombu's control commands
+    (ping, purge) do not reconnect ("Connection closed by server").  What Celery does after
+    a fork: kombu's pools closed and forgotten, the app's references to them dropped; the
+    next use builds new ones."""
+    from kombu import pools
+
+    from config.celery import app
+
+    pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def celery_worker(services: Runtime) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker process on the run's Redis and database."""
     from config.celery import app
 
+    fresh_celery_connections()
     # Tasks that earlier tests queued with no worker running name rows long gone (and a
     # backlog would delay this test's own tasks): the worker starts from an empty queue.
     app.control.purge()

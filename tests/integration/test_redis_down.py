@@ -19,7 +19,7 @@ from config.env import Runtime
 from sluicectl.components import Context, Redis
 from tenants.hashing import hash_token
 from tenants.models import ApiToken
-from tests.conftest import make_user
+from tests.conftest import fresh_celery_connections, make_user
 from tests.integration.test_ingest import make_sender
 from tests.postgres.test_database_down import https_get
 
@@ -66,6 +66,7 @@ def redis_outage(services: Runtime) -> Iterator[Callable[[], Any]]:
         process.start()
         restarted.append(process)
         _until(lambda: component.check(context) is None, RECOVERY_BOUND, "Redis did not answer again")
+        fresh_celery_connections()  # this process's pooled ones died with the old server
 
     class Outage:
         def __enter__(self) -> None:
