@@ -76,6 +76,7 @@ class _Compiler:
     def __init__(self) -> None:
         self.functions: list[list[str]] = []
         self.records: dict[str, str] = {}  # a record's full name -> its function
+        self.referenced: set[str] = set()  # records named again after their first use
         self.named: dict[str, Any] = {}  # every named type seen, by full name
         self.constants: dict[str, Any] = {}
         self.counter = 0
@@ -109,13 +110,19 @@ class _Compiler:
             return [*body, f"    return {parts[0]}"]
         return [*body, f"    return b''.join(({', '.join(parts)}))"]
 
-    def record(self, schema: dict[str, Any]) -> str:
+    def record(self, schema: dict[str, Any], *, build: bool = True) -> str:
+        """The function of the record ``schema``, built at its first use (``build=False``:
+        only named, for the top-level record, whose body ``encoder_source`` inlines and
+        which needs a function of its own only if it refers to itself)."""
         fullname = str(schema["name"])
-        if fullname not in self.records:
+        if fullname in self.records:
+            self.referenced.add(fullname)
+        else:
             function = self.fresh("record")
             self.records[fullname] = function  # named before its body is built: recursion finds it
             self.named[fullname] = schema
-            self.functions.append([f"def {function}(r):", *self.record_body(schema)])
+            if build:
+                self.functions.append([f"def {function}(r):", *self.record_body(schema)])
         return self.records[fullname]
 
     def expression(self, schema: Any, x: str) -> str:
@@ -194,8 +201,10 @@ def encoder_source(parsed: Any, prefix: bytes = b"") -> tuple[str, dict[str, Any
     """The generated module's source and the constants it reads (for tests and debugging)."""
     compiler = _Compiler()
     if isinstance(parsed, dict) and parsed.get("type") in ("record", "error"):
-        compiler.record(parsed)  # for recursive references; the top level is inlined below
+        function = compiler.record(parsed, build=False)
         top = ["def encode(r):", *compiler.record_body(parsed, first="PREFIX")]
+        if str(parsed["name"]) in compiler.referenced:  # a recursive schema: its nested records
+            compiler.functions.append([f"def {function}(r):", *compiler.record_body(parsed)])
     else:
         top = ["def encode(r):", f"    return PREFIX + {compiler.expression(parsed, 'r')}"]
     lines = [line for function in compiler.functions for line in (*function, "")] + top
