@@ -226,13 +226,22 @@ class DeliveryOutcome:
 class _Waiter:
     """Collects the delivery reports of one request's records, on the event loop's thread
     (``IngestProducer`` serves librdkafka's reports there), and completes ``future`` once
-    every queued record has its report and ``seal`` was called."""
+    every queued record has its report and ``seal`` was called.
 
-    __slots__ = ("delivered", "errors", "future", "pending", "sealed")
+    One callback serves the whole request (a closure per record cost an allocation and a
+    share of the garbage collector's time for each record).  The reports are placed by
+    their order of arrival: every record of a request has the same key, so it goes to one
+    partition, and librdkafka reports a partition's records in the order they were
+    produced (an idempotent producer keeps that order through its retries).  ``place``
+    checks that this held -- one partition, offsets rising -- and otherwise (the topic's
+    partition count changed while the request was produced, say) places each report by its
+    record's ``sluice-record-index`` header instead."""
+
+    __slots__ = ("count", "future", "pending", "reports", "sealed")
 
     def __init__(self, count: int, future: asyncio.Future[None]) -> None:
-        self.delivered: list[tuple[int, int] | None] = [None] * count
-        self.errors: list[KafkaError | None] = [None] * count
+        self.count = count
+        self.reports: list[tuple[KafkaError | None, Message]] = []
         self.future = future
         self.pending = 0
         self.sealed = False
@@ -251,17 +260,61 @@ class _Waiter:
         if self.sealed and self.pending <= 0 and not self.future.done():
             self.future.set_result(None)
 
-    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
-        def on_delivery(error: KafkaError | None, message: Message) -> None:
+    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        self.reports.append((error, message))
+        self.pending -= 1
+        self._maybe_done()
+
+    def place(self) -> tuple[list[tuple[int, int] | None], list[KafkaError | None]]:
+        """Each record's (partition, offset) or None, and each record's error or None, in
+        the request's order."""
+        delivered: list[tuple[int, int] | None] = [None] * self.count
+        errors: list[KafkaError | None] = [None] * self.count
+        reports = self.reports
+        positions: Any = range(len(reports))
+        if not _in_produce_order(reports):
+            positions = [_record_index(message) for _, message in reports]
+        for position, (error, message) in zip(positions, reports, strict=True):
+            if position is None or not 0 <= position < self.count:
+                continue
             if error is None:
                 # A delivered message has both (None is for messages not yet written).
-                self.delivered[index] = (message.partition(), message.offset())  # type: ignore[assignment]
+                delivered[position] = (message.partition(), message.offset())  # type: ignore[assignment]
             else:
-                self.errors[index] = error
-            self.pending -= 1
-            self._maybe_done()
+                errors[position] = error
+        return delivered, errors
 
-        return on_delivery
+
+def _in_produce_order(reports: list[tuple[KafkaError | None, Message]]) -> bool:
+    """True when the reports are visibly in produce order: one partition, and the offsets of
+    the delivered ones rising."""
+    if not reports:
+        return True
+    partition = reports[0][1].partition()
+    last = -1
+    for error, message in reports:
+        if message.partition() != partition:
+            return False
+        if error is None:
+            offset = message.offset()
+            if offset is None or offset <= last:
+                return False
+            last = offset
+    return True
+
+
+def _record_index(message: Message) -> int | None:
+    """The record's position in its request, from its ``sluice-record-index`` header."""
+    # A delivery report's headers are the list of (name, value) pairs the record was produced
+    # with (the stubs also allow a dict, which only ``produce`` takes).
+    headers: list[tuple[str, bytes | None]] = list(message.headers() or ())  # type: ignore[arg-type]
+    for name, value in headers:
+        if name == RECORD_INDEX_HEADER and value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 class IngestProducer:
@@ -332,13 +385,13 @@ class IngestProducer:
         waiter = _Waiter(len(values), loop.create_future())
         deadline = time.monotonic() + timeout
         queued = 0
-        produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.callback
+        produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.on_delivery
         for index, value in enumerate(values):
             indexed = [*headers, (RECORD_INDEX_HEADER, record_index_value(index))]
             try:
                 while True:
                     try:
-                        produce(topic, value, key, headers=indexed, on_delivery=callback(index))
+                        produce(topic, value, key, headers=indexed, on_delivery=callback)
                         break
                     except BufferError:
                         # The local queue is full: let librdkafka drain it, within this
@@ -364,12 +417,13 @@ class IngestProducer:
         return self._outcome(waiter, queued)
 
     def _outcome(self, waiter: _Waiter, queued: int) -> DeliveryOutcome:
-        for error in waiter.errors:
+        delivered, errors = waiter.place()
+        for error in errors:
             if error is not None and error.fatal():
                 # A fatal idempotence error leaves this producer unusable; the next request
                 # builds a new one (a new producer id), see ingest_producer.
                 self.broken = True
-        return DeliveryOutcome(delivered=waiter.delivered, errors=waiter.errors, queued=queued)
+        return DeliveryOutcome(delivered=delivered, errors=errors, queued=queued)
 
     def _note_fatal(self, exc: Exception) -> None:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
