@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import itertools
 import logging
@@ -266,6 +267,11 @@ class IngestApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Everything loaded so far (Django, the apps, the libraries) lives as long as
+                # the worker: move it out of the garbage collector's sight, so that a full
+                # collection scans only what requests made (147,000 objects took a full
+                # collection ~70 ms, a pause every request in flight would wait through).
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._worker is not None:

@@ -347,3 +347,32 @@ def test_nginx_serial_numbers_are_read_as_sluice_stores_them() -> None:
     for bad in ("", "-01", "xyz", "0" * 65):
         with pytest.raises(services.Unauthenticated):
             services.certificate_serial(bad)
+
+
+def test_a_worker_starts_with_what_it_loaded_out_of_the_collectors_sight() -> None:
+    # given an ingest worker that has not started yet
+    import gc
+
+    app = IngestApp()
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            frozen.append(gc.get_freeze_count())
+
+    frozen: list[int] = []
+    gc.unfreeze()
+    try:
+        # when it starts
+        asyncio.run(app({"type": "lifespan"}, receive, send))
+    finally:
+        gc.unfreeze()
+    # then everything loaded before is frozen (a full collection will not scan it)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert frozen
+    assert frozen[0] > 10_000
