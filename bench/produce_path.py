@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import os
 import statistics
 import sys
 import time
@@ -87,7 +86,7 @@ async def run_module(module: ModuleType, config: dict, *, records: int, concurre
 def run_bare(config: dict, *, records: int, seconds: float) -> float:
     """The ceiling's way: pre-built records, failures reported only."""
     producer = Producer({**config, "delivery.report.only.error": True})
-    indexed = [[*HEADERS, ("sluice-record-index", str(i).encode())] for i in range(records)]
+    indexed = [[*HEADERS, (today.RECORD_INDEX_HEADER, today.record_index_value(i))] for i in range(records)]
     keys = [f"dev-{n:04d}".encode() for n in range(32)]
     done = 0
     began_cpu = time.process_time()
@@ -119,7 +118,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--partitions", type=int, default=100)
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     runtime = load_runtime()
     config = today.ingest_producer_config(runtime)
     ensure_topic(today.admin_config(runtime), args.partitions)

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -271,7 +271,7 @@ class _Waiter:
         delivered: list[tuple[int, int] | None] = [None] * self.count
         errors: list[KafkaError | None] = [None] * self.count
         reports = self.reports
-        positions: Any = range(len(reports))
+        positions: Sequence[int | None] = range(len(reports))
         if not _in_produce_order(reports):
             positions = [_record_index(message) for _, message in reports]
         for position, (error, message) in zip(positions, reports, strict=True):
