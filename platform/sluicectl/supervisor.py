@@ -28,11 +28,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_setup(nice: int) -> None:
-    """preexec hook: die with the launcher, and run at ``nice`` (0: as the launcher)."""
+def _child_setup(nice: int, batch: bool) -> None:
+    """preexec hook: die with the launcher, and run at ``nice`` (0: as the launcher), under
+    ``SCHED_BATCH`` when ``batch`` (see ``Process.batch``)."""
     _die_with_parent()
     if nice:
         os.nice(nice)
+    if batch:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def last_error(path: Path) -> str:
@@ -79,6 +82,10 @@ class Process:
     cwd: Path | None = None
     # Scheduling priority below the data plane's (see components.BACKGROUND_NICE).
     nice: int = 0
+    # SCHED_BATCH (sched(7)): the kernel takes the process for CPU-bound throughput work and
+    # disfavours it in wake-up decisions, so the data plane's short wake-ups are not kept
+    # waiting behind it (see components.WEB_NICE).
+    batch: bool = False
     # Run as this (unprivileged) user, when the launcher is root and the program refuses to
     # run as root (PostgreSQL: components.Postgres).  None: as the launcher.
     user: str | None = None
@@ -102,7 +109,7 @@ class Process:
                     env=dict(self.env) if self.env is not None else None,
                     cwd=self.cwd,
                     start_new_session=True,
-                    preexec_fn=functools.partial(_child_setup, self.nice),
+                    preexec_fn=functools.partial(_child_setup, self.nice, self.batch),
                     user=self.user,
                     group=_primary_group(self.user) if self.user else None,
                     extra_groups=[] if self.user else None,

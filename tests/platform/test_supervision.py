@@ -51,6 +51,28 @@ def test_exits_are_described_as_a_person_reads_them() -> None:
     assert describe_exit(3) == "status 3"
 
 
+def test_the_console_runs_below_the_data_plane_under_sched_batch(tmp_path: Path) -> None:
+    from sluicectl.components import BACKGROUND_NICE, WEB_NICE, CeleryWorker, Ingest, Web
+
+    # given the launcher's context for the platform's components
+    ctx = make_context({**os.environ, "SLUICE_STATE_DIR": str(tmp_path / "state")})
+    # then the console and REST API are disfavoured most, Celery less, the data plane not at all
+    web, worker, ingest = Web().process(ctx), CeleryWorker().process(ctx), Ingest().process(ctx)
+    assert (web.nice, web.batch) == (WEB_NICE, True)
+    assert (worker.nice, worker.batch) == (BACKGROUND_NICE, False)
+    assert (ingest.nice, ingest.batch) == (0, False)
+    assert 0 < BACKGROUND_NICE < WEB_NICE
+
+    # and a process started so really runs at that nice under SCHED_BATCH
+    probe = "import os; print(os.sched_getscheduler(0) == os.SCHED_BATCH, os.nice(0))"
+    proc = Process("probe", ["python3", "-c", probe], tmp_path / "probe.log", nice=WEB_NICE, batch=True)
+    proc.start()
+    assert proc.popen is not None
+    proc.popen.wait(timeout=30)
+    base = os.nice(0)
+    assert (tmp_path / "probe.log").read_text().splitlines()[-1] == f"True {min(base + WEB_NICE, 19)}"
+
+
 # -- the launcher's loop, with a command that always fails ------------------------------------
 
 
