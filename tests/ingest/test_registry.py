@@ -28,6 +28,8 @@ READING_V1 = {
 # A new required field: readers of the new version cannot read data written with the old
 # one, which the registry's BACKWARD compatibility rule refuses.
 READING_BREAKING = {**READING_V1, "fields": [*READING_V1["fields"], {"name": "unit", "type": "string"}]}
+# An optional field with a default: BACKWARD compatible.
+READING_V2 = {**READING_V1, "fields": [*READING_V1["fields"], {"name": "unit", "type": "string", "default": "C"}]}
 READING_JSON = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "type": "object",
@@ -205,3 +207,23 @@ def test_a_json_schema_registers(services: Runtime) -> None:
     schema_id = schema_register(subject=subject, schema_str=json.dumps(READING_JSON), schema_type="JSON")
     fetched = registry_client_for(services).get_schema(schema_id)
     assert json.loads(fetched.schema_str) == READING_JSON
+
+
+@pytest.mark.integration
+def test_the_data_plane_reads_each_new_version_through_one_kept_client(services: Runtime) -> None:
+    # given a subject with one version, read by the data plane's fetch
+    subject = value_subject(f"iot.{unique_slug('t')}.eu.temperature")
+    schema_register(subject=subject, schema_str=json.dumps(READING_V1), schema_type="AVRO")
+    first = registry._fetch(subject)
+    assert first.version == 1
+    reader = registry._latest_reader()
+
+    # when a compatible second version is registered
+    schema_register(subject=subject, schema_str=json.dumps(READING_V2), schema_type="AVRO")
+
+    # then the next fetch sees it (the kept client's own cache of latest versions does not
+    # hide it), through the same client: none is built per read
+    second = registry._fetch(subject)
+    assert second.version == 2
+    assert second.schema_id != first.schema_id
+    assert registry._latest_reader() is reader
