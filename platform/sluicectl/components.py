@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import pwd
@@ -94,19 +95,29 @@ def render(template: Path, target: Path, mode: int = 0o600, **values: Any) -> No
 
 
 def tcp_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether something listens on ``port``: a connection that met only itself (see
+    ``http_get``) does not count."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            return conn.getsockname() != conn.getpeername()
     except OSError:
         return False
 
 
 def http_get(url: str, *, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """GET ``url``: its status and body.  Raises OSError when nothing answers HTTP there.
+
+    That includes an answer that is not HTTP: a port in the kernel's ephemeral range (a
+    large ``SLUICE_PORT_OFFSET``) with nothing listening yet can be connected to itself
+    (source port = destination port), and the request then comes back as its own answer
+    (http.client's BadStatusLine), which only means "not listening yet"."""
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except http.client.HTTPException as exc:
+        raise OSError(f"no HTTP answer at {url}: {type(exc).__name__}: {exc}") from exc
 
 
 class Component:

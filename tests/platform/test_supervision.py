@@ -4,10 +4,12 @@ output; a crash loop is reported loudly and never spun at full speed."""
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -201,3 +203,30 @@ def test_a_killed_component_is_restarted_and_status_tells_it(
     assert "sluice: redis exited unexpectedly, killed by SIGKILL" in said
     assert "restarting it in 1 s, the rest keeps running" in said
     assert "sluice: redis is back" in said
+
+
+# -- readiness probes on ports in the kernel's ephemeral range ---------------------------------
+
+
+def _self_connected() -> socket.socket:
+    """A TCP connection whose two ends are the same socket: what a probe of a port in the
+    ephemeral range with nothing listening can get (TCP simultaneous open with itself)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.connect(sock.getsockname())
+    return sock
+
+
+def test_a_probe_that_meets_itself_is_not_a_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluicectl import components
+
+    # given connections that land on themselves, as a not-yet-listening port can give
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: _self_connected())
+    # then the port does not count as open
+    assert components.tcp_open(1) is False
+    # and an HTTP probe that reads its own request back says nothing answers HTTP there (an
+    # OSError, which every readiness check takes as "not yet"), instead of failing the start
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", lambda self: setattr(self, "sock", _self_connected()))
+    with pytest.raises(OSError, match="no HTTP answer"):
+        components.http_get("http://127.0.0.1:1/health/ready")
