@@ -1,6 +1,7 @@
 """CPU per read of a subject's latest schema version, the read each ingest worker makes for
 every subject it serves once per ``LATEST_SCHEMA_TTL`` (``devices.registry._fetch``): with a
-registry client built per read (before) and with the process's kept client (after).
+registry client built per read (before) and with the process's kept client (after, what
+``devices.registry.registry_client`` hands out).
 
 Needs a running platform (its registry) on the state directory and port offset given:
 
@@ -19,8 +20,11 @@ import django
 
 django.setup()
 
-from devices import registry  # noqa: E402 - after django.setup()
+from django.conf import settings  # noqa: E402 - after django.setup()
+
+from devices import registry  # noqa: E402
 from devices.registry import LatestSchema, schema_register, value_subject  # noqa: E402
+from devices.registry_client import registry_client_for  # noqa: E402
 
 READS = 30
 
@@ -37,7 +41,7 @@ def main() -> None:
     schema_register(subject=subject, schema_str=json.dumps(schema), schema_type="JSON")
 
     def client_per_read() -> LatestSchema:
-        found = registry.registry_client().get_latest_version(subject)
+        found = registry_client_for(settings.SLUICE_RUNTIME, timeout=5, max_retries=1).get_latest_version(subject)
         return registry._compile(subject, found.schema_id, found.version, found.schema)
 
     def kept_client() -> LatestSchema:

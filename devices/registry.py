@@ -72,30 +72,30 @@ def value_subject(topic: str) -> str:
     return f"{topic}-value"
 
 
+_kept_lock = threading.Lock()
+_kept: tuple[tuple[int, object], SchemaRegistryClient] | None = None  # ((pid, runtime), client)
+
+
 def registry_client() -> SchemaRegistryClient:
-    # Bounded: callers may hold a database transaction while they wait for the registry.
-    return registry_client_for(settings.SLUICE_RUNTIME, timeout=5, max_retries=1)
+    """The process's registry client, its caches emptied, so it answers like a new one.
 
-
-_reader_lock = threading.Lock()
-_reader: tuple[tuple[int, object, object], SchemaRegistryClient] | None = None  # ((pid, runtime, factory), client)
-
-
-def _latest_reader() -> SchemaRegistryClient:
-    """The process's one client for reading subjects' latest versions (``_fetch``).
-
-    Building a client costs ~74 ms of CPU (its HTTP clients load TLS trust stores), which a
-    client per read paid every ``LATEST_SCHEMA_TTL`` for every subject a worker serves: one
-    worker with a thousand tenants' subjects would spend more than two cores on it.  The
-    client's own cache of latest versions never expires, so ``_fetch`` clears it before
-    each read.  A new one is built in a forked child, when the runtime is replaced, and when
-    ``registry_client`` is (tests put a fake registry there), or after ``latest_schema_forget``."""
-    global _reader
-    made_by = (os.getpid(), settings.SLUICE_RUNTIME, registry_client)
-    with _reader_lock:
-        if _reader is None or _reader[0] != made_by:
-            _reader = (made_by, registry_client())
-        return _reader[1]
+    Building a client costs ~75 ms of CPU (its HTTP clients load TLS trust stores): a client
+    per call made every schema registration and console page that reads the registry pay
+    it, and every ingest worker's refresh of every subject it serves (one worker with a
+    thousand tenants' subjects would have spent more than two cores on it).  The client's
+    caches (latest versions never expire) are cleared on every hand-out instead.  A new one
+    is built in a forked child, when the runtime is replaced, and after
+    ``latest_schema_forget``."""
+    global _kept
+    runtime = settings.SLUICE_RUNTIME
+    made_for = (os.getpid(), runtime)
+    with _kept_lock:
+        if _kept is None or _kept[0] != made_for:
+            # Bounded: callers may hold a database transaction while they wait for the registry.
+            _kept = (made_for, registry_client_for(runtime, timeout=5, max_retries=1))
+        client = _kept[1]
+    client.clear_caches()
+    return client
 
 
 def _sentence(text: str) -> str:
@@ -418,10 +418,8 @@ class LatestSchema:
 
 def _fetch(subject: str) -> LatestSchema:
     """Ask the registry for ``subject``'s latest version and compile it (blocking)."""
-    client = _latest_reader()
     try:
-        client.clear_latest_caches()
-        registered = client.get_latest_version(subject)
+        registered = registry_client().get_latest_version(subject)
     except SchemaRegistryError as exc:
         if exc.http_status_code == status.HTTP_404_NOT_FOUND:
             raise Conflict(
@@ -464,11 +462,11 @@ def latest_schema(subject: str) -> LatestSchema:
 
 def latest_schema_forget() -> None:
     """Drop every cached schema of this process (tests, and operators after a registry restore)."""
-    global _reader
+    global _kept
     with _latest_lock:
         _latest.clear()
-    with _reader_lock:
-        _reader = None
+    with _kept_lock:
+        _kept = None
     for cache in list(SchemaCache.instances):
         cache.forget()
 

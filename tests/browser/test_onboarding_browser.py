@@ -102,9 +102,6 @@ class RecordingRegistry:
     def lookup_schema(self, subject: str, schema: Schema) -> RegisteredSchema:
         raise SchemaRegistryError(404, 40403, "Schema not found.")  # every schema here is registered once
 
-    def clear_latest_caches(self) -> None:
-        pass  # nothing cached: every read above is answered afresh
-
 
 @pytest.fixture
 def schema_registry(monkeypatch: pytest.MonkeyPatch) -> RecordingRegistry:
@@ -368,9 +365,6 @@ def test_a_taken_username_is_shown_on_the_username_field(client: Client, db: Non
 
 class UnreachableRegistry:
     """Fails every read like a registry that is down (connection refused)."""
-
-    def clear_latest_caches(self) -> None:
-        pass
 
     def get_latest_version(self, subject: str) -> RegisteredSchema:
         raise httpx.ConnectError("[Errno 111] Connection refused")
