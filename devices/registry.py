@@ -83,11 +83,16 @@ def registry_client() -> SchemaRegistryClient:
     per call made every schema registration and console page that reads the registry pay
     it, and every ingest worker's refresh of every subject it serves (one worker with a
     thousand tenants' subjects would have spent more than two cores on it).  The client's
-    caches (latest versions never expire) are cleared on every hand-out instead.  A new one
-    is built in a forked child, when the runtime is replaced, and after
-    ``latest_schema_forget``."""
+    caches (latest versions never expire) are cleared on every hand-out instead, and it opens
+    a connection per request (``registry_client_for``).  A new one is built in a forked
+    child, when the runtime is replaced, and after ``latest_schema_forget``; an external
+    registry still gets a new client per call."""
     global _kept
     runtime = settings.SLUICE_RUNTIME
+    if runtime.external_registry is not None:
+        # An external registry's client keeps its connections alive (Sluice does not build
+        # its transport): a new one per call, as ever, rather than risk a closed one.
+        return registry_client_for(runtime, timeout=5, max_retries=1)
     made_for = (os.getpid(), runtime)
     with _kept_lock:
         if _kept is None or _kept[0] != made_for:

@@ -47,7 +47,13 @@ def registry_client_for(runtime: Runtime, *, timeout: float = 5.0, max_retries: 
     rest = client._rest_client
     rest.session.close()
     rest.session = httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(runtime.registry_socket)),
+        # A connection per request, never a kept-alive one: a client is kept for the life of
+        # a process (devices.registry.registry_client), and a connection the registry closed
+        # meanwhile (a restart, its idle timeout) would fail the next request.  Connecting
+        # to a Unix socket costs microseconds.
+        transport=httpx.HTTPTransport(
+            uds=str(runtime.registry_socket), limits=httpx.Limits(max_keepalive_connections=0)
+        ),
         timeout=timeout,
         headers={"X-Forwarded-For": FORWARDED_FOR},
     )
