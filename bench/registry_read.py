@@ -24,7 +24,6 @@ from django.conf import settings  # noqa: E402 - after django.setup()
 
 from devices import registry  # noqa: E402
 from devices.registry import LatestSchema, schema_register, value_subject  # noqa: E402
-from devices.registry_client import registry_client_for  # noqa: E402
 
 READS = 30
 
@@ -41,7 +40,7 @@ def main() -> None:
     schema_register(subject=subject, schema_str=json.dumps(schema), schema_type="JSON")
 
     def client_per_read() -> LatestSchema:
-        found = registry_client_for(settings.SLUICE_RUNTIME, timeout=5, max_retries=1).get_latest_version(subject)
+        found = registry.new_registry_client(settings.SLUICE_RUNTIME).get_latest_version(subject)
         return registry._compile(subject, found.schema_id, found.version, found.schema)
 
     def kept_client() -> LatestSchema:

@@ -45,6 +45,7 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft7Validator, validator_for
 from rest_framework import status
 
+from config.env import Runtime
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
 from devices.avro_encoder import Encoder, compile_encoder
 from devices.avro_json import AVRO_CODES, avro_json_schema
@@ -72,6 +73,12 @@ def value_subject(topic: str) -> str:
     return f"{topic}-value"
 
 
+def new_registry_client(runtime: Runtime) -> SchemaRegistryClient:
+    """A client built afresh (``registry_client`` hands out a kept one)."""
+    # Bounded: callers may hold a database transaction while they wait for the registry.
+    return registry_client_for(runtime, timeout=5, max_retries=1)
+
+
 _kept_lock = threading.Lock()
 _kept: tuple[tuple[int, object], SchemaRegistryClient] | None = None  # ((pid, runtime), client)
 
@@ -92,12 +99,11 @@ def registry_client() -> SchemaRegistryClient:
     if runtime.external_registry is not None:
         # An external registry's client keeps its connections alive (Sluice does not build
         # its transport): a new one per call, as ever, rather than risk a closed one.
-        return registry_client_for(runtime, timeout=5, max_retries=1)
+        return new_registry_client(runtime)
     made_for = (os.getpid(), runtime)
     with _kept_lock:
         if _kept is None or _kept[0] != made_for:
-            # Bounded: callers may hold a database transaction while they wait for the registry.
-            _kept = (made_for, registry_client_for(runtime, timeout=5, max_retries=1))
+            _kept = (made_for, new_registry_client(runtime))
         client = _kept[1]
     client.clear_caches()
     return client
