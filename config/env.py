@@ -145,6 +145,8 @@ class IngestSettings:
     compression: str = "lz4"
     linger_ms: int = 5
     batch_bytes: int = 1_000_000
+    # How long a request's Idempotency-Key answers retries with its first answer.
+    idempotency_seconds: int = 86_400
 
 
 @dataclass(frozen=True)
@@ -505,8 +507,11 @@ def _ingest_settings(env: Mapping[str, str]) -> IngestSettings:
     batch = _int(env, "SLUICE_INGEST_BATCH_BYTES", defaults.batch_bytes)
     if not 1_000 <= batch <= 16_000_000:
         raise ConfigurationError(f"SLUICE_INGEST_BATCH_BYTES={batch}; use 1000 to 16000000")
+    window = _int(env, "SLUICE_INGEST_IDEMPOTENCY_SECONDS", defaults.idempotency_seconds)
+    if not 600 <= window <= 7 * 86_400:
+        raise ConfigurationError(f"SLUICE_INGEST_IDEMPOTENCY_SECONDS={window}; use 600 (10 minutes) to 604800 (7 days)")
     return IngestSettings(workers=workers, server=server, compression=compression, linger_ms=linger,
-                          batch_bytes=batch)  # fmt: skip
+                          batch_bytes=batch, idempotency_seconds=window)  # fmt: skip
 
 
 def _node(env: Mapping[str, str], ports: Ports) -> tuple[str, Ports | None]:

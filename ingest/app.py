@@ -47,7 +47,8 @@ from config.errors import (
 )
 from devices.models import Device
 from devices.registry import SchemaCache
-from ingest import identity, metrics, records, services
+from ingest import idempotency, identity, metrics, records, services
+from ingest.idempotency import Claim, Idempotency, Replay
 from ingest.identity import Identity, IdentityCache, Writer
 from ingest.kafka import IngestProducer, ingest_producer
 from ingest.ratelimit import Budget, RateLimiter, Verdict, policy_header, redis_client, remaining_header
@@ -82,6 +83,7 @@ class Worker:
         self.limiter = RateLimiter(runtime.redis_url())
         self.schemas = SchemaCache()
         self.outcomes = metrics.Outcomes()
+        self.idempotency = Idempotency(lambda: self.limiter.client, runtime.ingest.idempotency_seconds)
         self.tokens: dict[str, tuple[float, tokens.AccessClaims]] = {}
         self._producer: IngestProducer | None = None
         loop = asyncio.get_running_loop()
@@ -103,6 +105,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._flush()
+        await self.idempotency.close()
         await self.limiter.close()
         if self._producer is not None:
             await self._producer.aclose()
@@ -291,7 +294,7 @@ class IngestApp:
             if scope["method"] != "POST":
                 extra.append((b"allow", b"POST"))
                 raise MethodNotAllowed("Send records with POST.", code="method_not_allowed")
-            status, body = await self.records(headers, receive, request_id, extra)
+            status, body, request_id = await self.records(headers, receive, request_id, extra)
         except SluiceError as error:
             status, body = error.status, orjson.dumps(error_body(error.code, error.message, error.fields))
             self._refused(error, extra)
@@ -315,15 +318,21 @@ class IngestApp:
 
     async def records(
         self, headers: dict[bytes, bytes], receive: Receive, request_id: bytes, extra: list[tuple[bytes, bytes]]
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, bytes]:
         """Everything a POST goes through, in the order the refusals are promised: who
         (401/403), then the body's size (413), type (415), shape (400), the rate limits
-        (429), the schema (409/503) and the records (422); then Kafka (503 or 200)."""
+        (429), the Idempotency-Key (409/422), the schema (409/503) and the records (422);
+        then Kafka (503 or 200).  Returns the status, the body and the request id (a
+        replayed answer keeps its first request's)."""
         worker = self.worker
         writer = await self.authenticate(worker, headers)
+        claim: Claim | None = None
         # A try block costs nothing until something is raised (CPython 3.11's zero-cost
         # exceptions): only a refusal pays for its attribution to the device.
         try:
+            key = headers.get(idempotency.HEADER)
+            if key is not None:
+                key = idempotency.parse_key(key)
             body = await _read_body(headers, receive)
             records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
             parsed = records.parse_body(body)
@@ -337,15 +346,26 @@ class IngestApp:
                 extra.append((b"ratelimit", remaining_header(Verdict(0, 1, 0)).encode()))
                 raise
             extra.append((b"ratelimit", remaining_header(verdict).encode()))
+            if key is not None:
+                held = await worker.idempotency.claim(writer.tenant_id, writer.pk, key, body, request_id)
+                if isinstance(held, Replay):
+                    extra.append(idempotency.REPLAYED)
+                    return held.status, held.body, held.request_id
+                claim = held
             schema = await worker.schemas.get(writer.schema_subject)
             prepared = services.records_prepare(writer=writer, parsed=parsed, schema=schema,
                                                 request_id=request_id.decode())  # fmt: skip
-            accepted = await services.records_produce(worker.producer, prepared)
+            accepted = await services.records_produce(worker.producer, prepared, idempotent=claim is not None)
         except SluiceError as error:
             worker.outcomes.refused_device(writer.tenant_id, writer.pk, error.code)
+            if claim is not None:
+                await worker.idempotency.refused(claim, error)
             raise
         worker.outcomes.accepted(len(accepted.offsets), writer.pk)
-        return 200, accepted.as_json()
+        answer = accepted.as_json()
+        if claim is not None:
+            await worker.idempotency.complete(claim, 200, answer)
+        return 200, answer, request_id
 
     async def authenticate(self, worker: Worker, headers: dict[bytes, bytes]) -> Writer:
         """The device a request may write for, proven by exactly one credential."""

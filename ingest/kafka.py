@@ -14,13 +14,14 @@ records only (``IngestProducer.produce_and_wait_async``), never for a global flu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -217,6 +218,10 @@ class DeliveryOutcome:
     delivered: list[tuple[int, int] | None]
     errors: list[KafkaError | None]
     queued: int  # how many of the records reached the producer's queue at all
+    # When the request stopped waiting before every queued record had its report: awaits the
+    # final outcome, once librdkafka has reported on each (it keeps trying for
+    # DELIVERY_TIMEOUT_MS, so at most that long).
+    settle: Callable[[], Awaitable[DeliveryOutcome]] | None = None
 
     @property
     def complete(self) -> bool:
@@ -237,7 +242,7 @@ class _Waiter:
     partition count changed while the request was produced, say) places each report by its
     record's ``sluice-record-index`` header instead."""
 
-    __slots__ = ("count", "future", "pending", "reports", "sealed")
+    __slots__ = ("count", "future", "pending", "reports", "sealed", "settled")
 
     def __init__(self, count: int, future: asyncio.Future[None]) -> None:
         self.count = count
@@ -245,6 +250,8 @@ class _Waiter:
         self.future = future
         self.pending = 0
         self.sealed = False
+        # Set by whoever still wants the reports after the request stopped waiting.
+        self.settled: asyncio.Future[None] | None = None
 
     def seal(self) -> None:
         """No more records will be produced for this request."""
@@ -257,8 +264,12 @@ class _Waiter:
             self.future.set_result(None)
 
     def _maybe_done(self) -> None:
-        if self.sealed and self.pending <= 0 and not self.future.done():
-            self.future.set_result(None)
+        if self.sealed and self.pending <= 0:
+            if not self.future.done():
+                self.future.set_result(None)
+            if self.settled is not None:
+                # Thread-safe: a producer's last flush (at shutdown) serves reports off the loop.
+                self.settled.get_loop().call_soon_threadsafe(_resolve, self.settled)
 
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         self.reports.append((error, message))
@@ -283,6 +294,11 @@ class _Waiter:
             else:
                 errors[position] = error
         return delivered, errors
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _in_produce_order(reports: list[tuple[KafkaError | None, Message]]) -> bool:
@@ -373,7 +389,7 @@ class IngestProducer:
         self._schedule(loop, idle=False)
 
     async def produce_and_wait_async(
-        self, topic: str, outgoing: Outgoing, *, timeout: float = DELIVERY_WAIT_SECONDS
+        self, topic: str, outgoing: Outgoing, *, timeout: float | None = None
     ) -> DeliveryOutcome:
         """Produce ``records`` to ``topic`` and wait (at most ``timeout`` s) for Kafka's
         report on each.  Never raises for Kafka's sake: the outcome says what happened.  The
@@ -383,7 +399,7 @@ class IngestProducer:
         self._ensure_ticking()
         values = outgoing.values
         waiter = _Waiter(len(values), loop.create_future())
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (DELIVERY_WAIT_SECONDS if timeout is None else timeout)
         queued = 0
         produce, key, headers, callback = self._producer.produce, outgoing.key, outgoing.headers, waiter.on_delivery
         for index, value in enumerate(values):
@@ -414,6 +430,17 @@ class IngestProducer:
         finally:
             self._waiting -= 1
             timer.cancel()
+        outcome = self._outcome(waiter, queued)
+        if waiter.pending > 0:
+            # librdkafka still holds some of these records (it retries them for up to
+            # DELIVERY_TIMEOUT_MS): whoever needs their final outcome can await it.
+            waiter.settled = loop.create_future()
+            outcome = replace(outcome, settle=functools.partial(self._settle, waiter, queued))
+        return outcome
+
+    async def _settle(self, waiter: _Waiter, queued: int) -> DeliveryOutcome:
+        assert waiter.settled is not None
+        await waiter.settled
         return self._outcome(waiter, queued)
 
     def _outcome(self, waiter: _Waiter, queued: int) -> DeliveryOutcome:

@@ -284,16 +284,28 @@ def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSch
     return Prepared(writer, writer.topic, Outgoing(writer.key, headers, values))
 
 
-async def records_produce(producer: IngestProducer, prepared: Prepared) -> Accepted:
+async def records_produce(producer: IngestProducer, prepared: Prepared, *, idempotent: bool = False) -> Accepted:
     """Produce prepared records; returns only when Kafka acknowledged every one
-    (``acks=all``), else raises ``ServiceUnavailable`` saying what may have been written."""
+    (``acks=all``), else raises ``KafkaUnacknowledged`` saying what may have been written
+    (``idempotent``: the request carries an Idempotency-Key, so a retry cannot duplicate)."""
     outcome = await producer.produce_and_wait_async(prepared.topic, prepared.outgoing)
     if not outcome.complete:
-        raise kafka_failure(prepared.topic, outcome)
+        raise kafka_failure(prepared.topic, outcome, idempotent=idempotent)
     return Accepted(topic=prepared.topic, offsets=outcome.delivered)  # type: ignore[arg-type] # complete: no None
 
 
-def kafka_failure(topic: str, outcome: DeliveryOutcome) -> ServiceUnavailable:
+class KafkaUnacknowledged(ServiceUnavailable):
+    """503 ``kafka_unavailable``: Kafka did not acknowledge every record in time.  Carries
+    the outcome, whose ``settle`` (when some records are still in librdkafka's hands) awaits
+    the final one (``ingest.idempotency`` keeps a retry from writing them twice)."""
+
+    def __init__(self, message: str, *, topic: str, outcome: DeliveryOutcome) -> None:
+        super().__init__(message, code="kafka_unavailable", retry_after=KAFKA_RETRY_AFTER)
+        self.topic = topic
+        self.outcome = outcome
+
+
+def kafka_failure(topic: str, outcome: DeliveryOutcome, *, idempotent: bool = False) -> KafkaUnacknowledged:
     """503 that says honestly what may have been written.
 
     A record Kafka reported as failed after a timeout, or that got no report in time, may
@@ -314,6 +326,11 @@ def kafka_failure(topic: str, outcome: DeliveryOutcome) -> ServiceUnavailable:
         parts.append(
             f" {total - acked - unqueued} of them may or may not have been written"
             + (f", {acked} were written" if acked else "")
-            + "; retrying the request may write duplicates, which consumers should tolerate."
+            + (
+                "; retry with the same Idempotency-Key: it writes nothing twice, and answers with this request's "
+                "final outcome once Kafka has settled its records."
+                if idempotent
+                else "; retrying the request may write duplicates, which consumers should tolerate."
+            )
         )
-    return ServiceUnavailable("".join(parts), code="kafka_unavailable", retry_after=KAFKA_RETRY_AFTER)
+    return KafkaUnacknowledged("".join(parts), topic=topic, outcome=outcome)

@@ -33,11 +33,19 @@ def test_a_specific_port_wins_over_the_offset(tmp_path: Path) -> None:
             "starts a PostgreSQL of Sluice's own, and DATABASE_URL names an external one; set only one of them",
         ),
         ({"DATABASE_URL": "mysql://u:p@db.example/sluice"}, "DATABASE_URL must start with postgres://"),
+        ({"SLUICE_INGEST_IDEMPOTENCY_SECONDS": "60"}, "SLUICE_INGEST_IDEMPOTENCY_SECONDS=60; use 600"),
+        ({"SLUICE_INGEST_IDEMPOTENCY_SECONDS": "day"}, "SLUICE_INGEST_IDEMPOTENCY_SECONDS='day' is not a whole number"),
     ],
 )
 def test_bad_settings_are_named(tmp_path: Path, environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
         load_runtime({"SLUICE_STATE_DIR": str(tmp_path), **environ})
+
+
+def test_the_idempotency_window_is_a_day_unless_set(tmp_path: Path) -> None:
+    assert load_runtime({"SLUICE_STATE_DIR": str(tmp_path)}).ingest.idempotency_seconds == 86_400
+    set_ = load_runtime({"SLUICE_STATE_DIR": str(tmp_path), "SLUICE_INGEST_IDEMPOTENCY_SECONDS": "3600"})
+    assert set_.ingest.idempotency_seconds == 3600
 
 
 def test_development_generates_secrets_once_and_keeps_them_private(tmp_path: Path) -> None:

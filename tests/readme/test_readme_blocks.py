@@ -178,7 +178,7 @@ def test_a_block_that_fails_is_named_by_its_readme_line(tmp_path: Path) -> None:
 # Where the data plane's refusals are raised (the modules ``ingest/app.py`` runs a request
 # through), and the codes among them that ingest never answers, with the reason.
 INGEST_PATH = ("ingest/app.py", "ingest/services.py", "ingest/records.py", "ingest/ratelimit.py",
-               "devices/registry.py", "certs/tls_identity.py", "tenants/oauth/tokens.py",
+               "ingest/idempotency.py", "devices/registry.py", "certs/tls_identity.py", "tenants/oauth/tokens.py",
                "tenants/policy.py")  # fmt: skip
 NOT_INGEST = {
     "invalid": "registry.py: a schema registration refused (REST API), 400 with field errors",
