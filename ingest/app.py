@@ -334,8 +334,8 @@ class IngestApp:
             if key is not None:
                 key = idempotency.parse_key(key)
             body = await _read_body(headers, receive)
-            records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
-            parsed = records.parse_body(body)
+            media = records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
+            parsed = records.parse_body(body, media)
             budget = Budget(writer.tenant_id, writer.pk, writer.rate_limit_per_second,
                             writer.tenant_max_records_per_second, writer.tenant_max_bytes_per_second,
                             len(parsed.records), len(body))  # fmt: skip

@@ -1,12 +1,15 @@
 """Pure record handling for ingest: parse a request body, validate its records against a
 compiled schema, encode them in the Confluent wire format.  No ORM, no network, no settings.
 
-Body shapes (``Content-Type: application/json``, UTF-8):
+Body shapes (UTF-8):
 
-* one JSON object: one record; field pointers are ``/<field>``;
-* ``{"records": [object, ...]}``: a batch; pointers are ``/records/<i>/<field>``.  An object
-  with a ``records`` key is always a batch envelope, so a record that itself has a
-  ``records`` field is sent inside a batch.
+* ``application/json``, one JSON object: one record; field pointers are ``/<field>``;
+* ``application/json``, ``{"records": [object, ...]}``: a batch; pointers are
+  ``/records/<i>/<field>``.  An object with a ``records`` key is always a batch envelope,
+  so a record that itself has a ``records`` field is sent inside a batch.
+* ``application/x-ndjson`` (newline-delimited JSON): a batch of one JSON object per line,
+  no envelope; pointers are ``/lines/<n>/<field>`` with ``n`` the line's number in the body,
+  from 1 (as an editor shows it).  Blank lines are skipped (a trailing newline is usual).
 
 Parsing is orjson's (RFC 8259 strict: no NaN or Infinity, no number that overflows a 64-bit
 float, at most 1024 levels of nesting, UTF-8 only; an integer beyond 64 bits is read as a
@@ -46,8 +49,11 @@ class Parsed:
 
     records: list[dict[str, Any]]
     batch: bool
+    lines: list[int] | None = None  # NDJSON: each record's line number (from 1)
 
     def pointer(self, index: int) -> str:
+        if self.lines is not None:
+            return f"/lines/{self.lines[index]}"
         return f"/{BATCH_KEY}/{index}" if self.batch else ""
 
 
@@ -60,19 +66,24 @@ def _field(pointer: str, code: str, message: str) -> dict[str, str]:
     return {"pointer": pointer or "/", "code": code, "message": message}
 
 
-_JSON_MEDIA = re.compile(r"^\s*application/json\s*(;|$)", re.IGNORECASE)
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+_MEDIA = re.compile(r"^\s*(application/json|application/x-ndjson)\s*(;|$)", re.IGNORECASE)
 _CHARSET = re.compile(r"charset\s*=\s*\"?([\w-]+)", re.IGNORECASE)
 
 
-def check_content_type(content_type: str) -> None:
-    """Only JSON, in UTF-8 (RFC 8259 §8.1): anything else is 415."""
-    if content_type == "application/json":
-        return
+def check_content_type(content_type: str) -> str:
+    """``JSON`` or ``NDJSON``, in UTF-8 (RFC 8259 §8.1): anything else is 415."""
+    if content_type == JSON:
+        return JSON
+    media = _MEDIA.match(content_type)
     charset = _CHARSET.search(content_type.partition(";")[2])
-    if not _JSON_MEDIA.match(content_type) or (charset and charset.group(1).lower() not in ("utf-8", "utf8")):
+    if media is None or (charset and charset.group(1).lower() not in ("utf-8", "utf8")):
         raise UnsupportedMediaType(
-            f"Send records as 'Content-Type: application/json' (UTF-8), not '{content_type or 'nothing'}'."
+            f"Send records as 'Content-Type: application/json' or 'application/x-ndjson' (UTF-8), "
+            f"not '{content_type or 'nothing'}'."
         )
+    return media.group(1).lower()
 
 
 def check_size(length: int) -> None:
@@ -82,9 +93,11 @@ def check_size(length: int) -> None:
         )
 
 
-def parse_body(body: bytes) -> Parsed:
+def parse_body(body: bytes, media: str = JSON) -> Parsed:
     """The records in ``body``, or ``InvalidInput`` / ``PayloadTooLarge`` saying where it is wrong."""
     check_size(len(body))
+    if media == NDJSON:
+        return _ndjson(body)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -131,6 +144,42 @@ def _batch(document: dict[str, Any]) -> list[dict[str, Any]]:
                   for i in not_objects[:MAX_FIELD_ERRORS]]  # fmt: skip
         raise InvalidInput(f"{len(not_objects)} record(s) are not JSON objects.", code="invalid_shape", fields=fields)
     return records
+
+
+def _ndjson(body: bytes) -> Parsed:
+    """One record per non-blank line; every line that is not a JSON object is named."""
+    found: list[dict[str, Any]] = []
+    lines: list[int] = []
+    wrong: list[dict[str, str]] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            deep = exc.msg == _DEPTH_LIMIT
+            text = "it nests arrays or objects too deeply" if deep else f"{exc.msg} (column {exc.colno})"
+            wrong.append(_field(f"/lines/{number}", "malformed_json", f"Line {number} is not valid JSON: {text}."))
+            continue
+        if not isinstance(record, dict):
+            wrong.append(_field(f"/lines/{number}", "invalid_shape", f"Line {number} is not a JSON object."))
+            continue
+        found.append(record)
+        lines.append(number)
+    if wrong:
+        malformed = any(f["code"] == "malformed_json" for f in wrong)
+        raise InvalidInput(
+            f"{len(wrong)} line(s) of the NDJSON body are not one JSON object each; nothing was produced.",
+            code="malformed_json" if malformed else "invalid_shape",
+            fields=wrong[:MAX_FIELD_ERRORS],
+        )
+    if not found:
+        raise InvalidInput("The body has no records; send one JSON object per line.", code="empty_body")
+    if len(found) > MAX_RECORDS:
+        raise PayloadTooLarge(
+            f"The batch has {len(found)} records; at most {MAX_RECORDS} per request.", code="too_many_records"
+        )
+    return Parsed(records=found, batch=True, lines=lines)
 
 
 # -- validation --------------------------------------------------------------------------

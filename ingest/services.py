@@ -299,8 +299,10 @@ class KafkaUnacknowledged(ServiceUnavailable):
     the outcome, whose ``settle`` (when some records are still in librdkafka's hands) awaits
     the final one (``ingest.idempotency`` keeps a retry from writing them twice)."""
 
+    code = "kafka_unavailable"
+
     def __init__(self, message: str, *, topic: str, outcome: DeliveryOutcome) -> None:
-        super().__init__(message, code="kafka_unavailable", retry_after=KAFKA_RETRY_AFTER)
+        super().__init__(message, retry_after=KAFKA_RETRY_AFTER)
         self.topic = topic
         self.outcome = outcome
 

@@ -81,17 +81,66 @@ def test_the_batch_limit_is_inclusive() -> None:
     assert len(records.parse_body(json.dumps({"records": [{}] * 500}).encode()).records) == 500
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
-def test_json_content_types_are_accepted(content_type: str) -> None:
-    records.check_content_type(content_type)
+@pytest.mark.parametrize(
+    ("content_type", "media"),
+    [("application/json", records.JSON), ("application/json; charset=utf-8", records.JSON),
+     ("Application/JSON", records.JSON), ("application/x-ndjson", records.NDJSON),
+     ("application/x-ndjson; charset=UTF-8", records.NDJSON)],
+)  # fmt: skip
+def test_json_and_ndjson_content_types_are_accepted(content_type: str, media: str) -> None:
+    assert records.check_content_type(content_type) == media
 
 
 @pytest.mark.parametrize("content_type", ["", "text/plain", "application/x-www-form-urlencoded",
-                                          "application/json; charset=iso-8859-1"])  # fmt: skip
+                                          "application/json; charset=iso-8859-1", "application/ndjsonx",
+                                          "application/x-ndjson; charset=latin1"])  # fmt: skip
 def test_other_content_types_are_415(content_type: str) -> None:
     with pytest.raises(UnsupportedMediaType) as refused:
         records.check_content_type(content_type)
     assert refused.value.status == 415
+
+
+def ndjson(body: bytes) -> records.Parsed:
+    return records.parse_body(body, records.NDJSON)
+
+
+def test_ndjson_is_one_record_per_line_and_blank_lines_are_skipped() -> None:
+    parsed = ndjson(b'{"celsius": 1}\r\n\n{"celsius": 2, "records": []}\n')
+    assert parsed.records == [{"celsius": 1}, {"celsius": 2, "records": []}]
+    assert (parsed.batch, parsed.pointer(0), parsed.pointer(1)) == (True, "/lines/1", "/lines/3")
+
+
+def test_every_ndjson_line_that_is_not_an_object_is_named_by_its_number() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        ndjson(b'{"celsius": 1}\n[1, 2]\n{"celsius": \n\n"text"\n')
+    assert refused.value.code == "malformed_json"
+    assert [(f["pointer"], f["code"]) for f in refused.value.fields] == [
+        ("/lines/2", "invalid_shape"), ("/lines/3", "malformed_json"), ("/lines/5", "invalid_shape")]  # fmt: skip
+    assert "Line 3 is not valid JSON" in refused.value.fields[1]["message"]
+    with pytest.raises(InvalidInput) as refused:
+        ndjson(b"[1]\n")
+    assert refused.value.code == "invalid_shape"
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n", b"  \r\n"])
+def test_an_ndjson_body_without_records_is_empty(body: bytes) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        ndjson(body)
+    assert refused.value.code == "empty_body"
+
+
+def test_the_ndjson_batch_limit_is_the_same() -> None:
+    assert len(ndjson(b"{}\n" * 500).records) == 500
+    with pytest.raises(PayloadTooLarge) as refused:
+        ndjson(b"{}\n" * 501)
+    assert refused.value.code == "too_many_records"
+
+
+def test_ndjson_validation_errors_point_at_lines() -> None:
+    schema = compiled("JSON", JSON_SCHEMA)
+    with pytest.raises(SchemaValidationFailed) as refused:
+        records.validate(ndjson(b'{"celsius": 1}\n\n{"celsius": "warm"}\n'), schema)
+    assert [f["pointer"] for f in refused.value.fields] == ["/lines/3/celsius"]
 
 
 # -- validation --------------------------------------------------------------------------
