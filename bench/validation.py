@@ -348,7 +348,7 @@ def avro_cases(bench: Bench) -> None:
 
     # What the compiled encoder replaced (2026-12-03): fastavro's writer for every record.
     g = "Avro: what the compiled encoder replaced (fastavro schemaless_writer)"
-    interpreted = dataclasses.replace(latest, avro_encoder=None)
+    interpreted = dataclasses.replace(latest, encoder=None)
     bench.time(
         g,
         "whole path, 1 record/request: parse_body + validate + encode_all",

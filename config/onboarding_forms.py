@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from config.errors import SluiceError
 from devices.forms import LabelsField
 from devices.models import DEVICE_ID_RULE, DeviceGroup, Stream, default_partitions
-from devices.registry import AVRO, JSON
+from devices.registry import AVRO, JSON, PROTOBUF
 from tenants.models import Tenant
 
 SLUG_HELP = "Lowercase letters, digits and hyphens."
@@ -89,7 +89,8 @@ class StreamForm(forms.Form):
         required=False, label="Custom retention (hours)", help_text="Only for the custom retention class."
     )
     partitions = forms.IntegerField(help_text="Kafka partitions; can grow later, never shrink.")
-    schema_type = forms.ChoiceField(choices=[(AVRO, "Avro"), (JSON, "JSON Schema")], initial=AVRO, label="Schema type")
+    schema_type = forms.ChoiceField(choices=[(AVRO, "Avro"), (JSON, "JSON Schema"), (PROTOBUF, "Protobuf (.proto)")],
+                                    initial=AVRO, label="Schema type")  # fmt: skip
     schema = forms.CharField(
         strip=False,
         widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false", "placeholder": AVRO_EXAMPLE}),

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 
-SCHEMA_TYPE_LABELS = {registry.JSON: "JSON Schema", registry.AVRO: "Avro"}
+SCHEMA_TYPE_LABELS = {registry.JSON: "JSON Schema", registry.AVRO: "Avro", registry.PROTOBUF: "Protobuf"}
 SCHEMA_VERSIONS_SHOWN = 20
 PRE_STYLE = "white-space: pre-wrap; background: #f6f8fa; padding: .5em; max-height: 24em; overflow: auto; margin: 0"
 
@@ -39,14 +39,16 @@ class StreamForm(ServiceForm):
 
     schema_type = forms.ChoiceField(
         label="Schema type", required=False, choices=list(SCHEMA_TYPE_LABELS.items()),
-        help_text="Protobuf is not supported by Sluice yet. A stream keeps the type of its first version.",
+        help_text="A stream keeps the type of its first version. Protobuf: a .proto whose first message is the "
+        "record type.",
     )  # fmt: skip
     schema = forms.CharField(
         label="New schema version", required=False, strip=False, max_length=registry.MAX_SCHEMA_CHARS,
         widget=forms.Textarea(attrs={"rows": 12, "cols": 90, "spellcheck": "false",
                                      "style": "font-family: monospace"}),
-        help_text="The schema's text (a JSON Schema, or an Avro schema in its JSON form). Left empty, the schema "
-        "stays as it is. The registry's compatibility rule (BACKWARD) decides whether it may follow the latest.",
+        help_text="The schema's text (a JSON Schema, an Avro schema in its JSON form, or a .proto). Left empty, "
+        "the schema stays as it is. The registry's compatibility rule (BACKWARD) decides whether it may follow "
+        "the latest.",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

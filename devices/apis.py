@@ -191,9 +191,9 @@ class SchemaVerdictOutput(serializers.Serializer):
 
 MAX_SCHEMA_CHARS = registry.MAX_SCHEMA_CHARS
 SCHEMA_TYPE_CHOICE = serializers.ChoiceField(
-    registry.SCHEMA_TYPES, help_text="JSON (JSON Schema) or AVRO. Protobuf is not supported by Sluice yet.",
-    error_messages={"invalid_choice": '"{input}" is not a schema type Sluice supports: JSON or AVRO '
-                                      "(Protobuf is not supported yet)."},
+    registry.SCHEMA_TYPES, help_text="JSON (JSON Schema), AVRO or PROTOBUF (a .proto file; its first message is the "
+    "record type).",
+    error_messages={"invalid_choice": '"{input}" is not a schema type Sluice supports: JSON, AVRO or PROTOBUF.'},
 )  # fmt: skip
 
 
@@ -202,7 +202,8 @@ class StreamSchemaInput(StrictSerializer):
     schema = NulFreeCharField(
         max_length=MAX_SCHEMA_CHARS,
         help_text="The schema's text. JSON: a JSON Schema object with `properties` or `$schema` (the registry "
-        "recognises JSON Schema by them); AVRO: an Avro schema.",
+        "recognises JSON Schema by them); AVRO: an Avro schema; PROTOBUF: a .proto file (proto2 or proto3) whose "
+        "first message is the record type, importing at most Protobuf's well-known types.",
     )
 
 
@@ -225,16 +226,24 @@ class AvroSchemaInput(StrictSerializer):
     schema = _schema_text("avro-schema", "An Avro schema.")
 
 
+class ProtobufSchemaInput(StrictSerializer):
+    schema_type = serializers.ChoiceField([registry.PROTOBUF])
+    schema = _schema_text("protobuf-schema", "A .proto file (proto2 or proto3); its first message is the "
+                          "record type; it may import Protobuf's well-known types (google/protobuf/*.proto) "
+                          "only.")  # fmt: skip
+
+
 # What StreamSchemaInput accepts, as the spec says it: the text is a schema of the type named
 # (checked here before the registry is asked).
 SCHEMA_REQUEST = PolymorphicProxySerializer(
-    component_name="StreamSchemaRequest", serializers=[JsonSchemaInput, AvroSchemaInput],
+    component_name="StreamSchemaRequest", serializers=[JsonSchemaInput, AvroSchemaInput, ProtobufSchemaInput],
     resource_type_field_name=None,
 )  # fmt: skip
 SCHEMA_ERRORS = (
-    "Field errors: `/schema` `invalid_schema` (not parsable as its type, or a JSON Schema ingest cannot run: a "
-    "`pattern` with lookaround or backreferences, a reference outside the schema), `/schema_type` "
-    "`invalid_choice` (Protobuf is not supported yet); 409 `/schema` `incompatible_schema` with the registry's "
+    "Field errors: `/schema` `invalid_schema` (not parsable as its type with the parser's words -- protoc's for "
+    "Protobuf --, or a JSON Schema ingest cannot run: a `pattern` with lookaround or backreferences, a reference "
+    "outside the schema; a .proto importing anything but the well-known types), `/schema_type` `invalid_choice` "
+    "(not JSON, AVRO or PROTOBUF); 409 `/schema` `incompatible_schema` with the registry's "
     "reasons, `/schema_type` `type_mismatch` (a stream keeps its schema type); 503 `registry_unavailable`."
 )
 

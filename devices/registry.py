@@ -41,6 +41,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from django.conf import settings
+from google.protobuf import json_format
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft7Validator, validator_for
 from rest_framework import status
@@ -49,6 +50,7 @@ from config.env import Runtime
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
 from devices.avro_encoder import Encoder, compile_encoder
 from devices.avro_json import AVRO_CODES, avro_json_schema
+from devices.protobuf import PROTOBUF_CODES, ProtoError, compile_record_type
 from devices.registry_client import registry_client_for
 
 log = logging.getLogger("sluice.ingest")
@@ -62,7 +64,8 @@ MAGIC_BYTE = 0
 
 AVRO = "AVRO"
 JSON = "JSON"
-SCHEMA_TYPES = (AVRO, JSON)
+PROTOBUF = "PROTOBUF"
+SCHEMA_TYPES = (AVRO, JSON, PROTOBUF)
 SCHEMA_POINTER = "/schema"
 # The longest schema text Sluice accepts (the API and the console).
 MAX_SCHEMA_CHARS = 65_536
@@ -133,6 +136,9 @@ def schema_check(*, schema_str: str, schema_type: str) -> None:
         raise _invalid(f"Schema type must be one of {', '.join(SCHEMA_TYPES)}.", "/schema_type", "invalid_choice")
     if not schema_str.strip():
         raise _invalid("A schema is required.", code="required")
+    if schema_type == PROTOBUF:
+        _check_protobuf(schema_str)
+        return
     parsed = _parse_json(schema_str)
     if schema_type == AVRO:
         _check_avro(parsed)
@@ -156,6 +162,18 @@ def _check_avro(parsed: Any) -> None:
         raise _invalid(f"Not a valid Avro schema: missing {exc}.") from None
     except (fastavro.schema.SchemaParseException, TypeError, ValueError, AttributeError) as exc:
         raise _invalid(f"Not a valid Avro schema: {exc}") from None
+
+
+def _check_protobuf(schema_str: str) -> None:
+    """protoc's verdict, and then whether ingest can validate the first message's records."""
+    try:
+        compiled = compile_record_type(schema_str)
+    except ProtoError as exc:
+        raise _invalid(f"Not a valid Protobuf schema: {exc}") from None
+    try:
+        compile_json_schema(compiled.json_schema)
+    except (ValueError, jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
+        raise _invalid(f"Ingest cannot validate records of this Protobuf schema: {_first_line(exc)}") from None
 
 
 def _check_json_schema(parsed: Any) -> None:
@@ -397,21 +415,27 @@ class LatestSchema:
     codes: dict[str, str] = field(default_factory=dict)
     prefix: bytes = b""  # the Confluent wire format's magic byte and schema id
     # AVRO: the encoder compiled from ``parsed`` (devices.avro_encoder), the prefix
-    # included, or None where the schema holds what only fastavro writes.
-    avro_encoder: Encoder | None = None
+    # included, or None where the schema holds what only fastavro writes.  PROTOBUF: the
+    # first message's encoder (devices.protobuf), prefix and message indexes included.
+    encoder: Encoder | None = None
 
     def encode(self, record: Any) -> bytes:
         """The Confluent wire format of one validated record."""
+        if self.schema_type == PROTOBUF:
+            return self.encode_all([record])[0]
         if self.schema_type == AVRO:
-            if self.avro_encoder is not None:
-                return self.avro_encoder(record)
+            if self.encoder is not None:
+                return self.encoder(record)
             buffer = io.BytesIO()
             fastavro.schemaless_writer(buffer, self.parsed, record)
             return self.prefix + buffer.getvalue()
         return self.prefix + orjson.dumps(record)
 
     def encode_all(self, records: list[Any]) -> list[bytes]:
-        if self.schema_type == AVRO and (encoder := self.avro_encoder) is not None:
+        if self.schema_type == PROTOBUF:
+            assert self.encoder is not None
+            return _encode_protobuf(self.encoder, records)
+        if self.schema_type == AVRO and (encoder := self.encoder) is not None:
             return [encoder(records[0])] if len(records) == 1 else [encoder(record) for record in records]
         if self.schema_type == AVRO:
             out = []
@@ -425,6 +449,26 @@ class LatestSchema:
             return out
         prefix, dumps = self.prefix, orjson.dumps
         return [prefix + dumps(record) for record in records]
+
+
+class RecordNotEncodable(ValueError):
+    """Record ``index`` passed validation but its schema's encoder refuses it (Protobuf: two
+    fields of one oneof, a 64-bit string out of range)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+def _encode_protobuf(encoder: Encoder, records: list[Any]) -> list[bytes]:
+    out = []
+    for index, record in enumerate(records):
+        try:
+            out.append(encoder(record))
+        except json_format.ParseError as exc:
+            raise RecordNotEncodable(index, str(exc)) from None
+    return out
 
 
 def _fetch(subject: str) -> LatestSchema:
@@ -547,14 +591,20 @@ def _compile(subject: str, schema_id: int | None, version: int | None, schema: S
     schema_type = schema.schema_type or AVRO  # the Confluent API omits the type for Avro
     if schema_type not in SCHEMA_TYPES or schema_id is None:
         raise Conflict(
-            f"The schema under subject '{subject}' is of type {schema_type}; ingest validates AVRO and JSON only.",
+            f"The schema under subject '{subject}' is of type {schema_type}; ingest validates "
+            f"{', '.join(SCHEMA_TYPES)} only.",
             code="schema_not_supported",
         )
     text = schema.schema_str
     assert text is not None  # a registered schema always has its text; confluent-kafka types it optional
-    document = json.loads(text)
     prefix = struct.pack(">bI", MAGIC_BYTE, int(schema_id))
     try:
+        if schema_type == PROTOBUF:
+            proto = compile_record_type(text)
+            return LatestSchema(subject, int(schema_id), int(version or 0), PROTOBUF, text, proto.descriptor,
+                                compile_json_schema(proto.json_schema), PROTOBUF_CODES, prefix,
+                                proto.encoder(prefix))  # fmt: skip
+        document = json.loads(text)
         if schema_type == AVRO:
             # References to other subjects are not resolved: Sluice registers self-contained schemas.
             parsed = fastavro.parse_schema(document)
@@ -564,6 +614,7 @@ def _compile(subject: str, schema_id: int | None, version: int | None, schema: S
         return LatestSchema(subject, int(schema_id), int(version or 0), JSON, text, document,
                             compile_json_schema(document), {}, prefix)  # fmt: skip
     except (ValueError, jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
+        # (ProtoError is a ValueError: a registered .proto protoc cannot compile here.)
         raise Conflict(
             f"Schema '{subject}' version {version} cannot be used for validation ({_first_line(exc)}); only "
             "self-contained schemas whose patterns need no lookaround or backreferences are supported. "

@@ -34,7 +34,8 @@ import fastavro
 import orjson
 
 from config.errors import InvalidInput, PayloadTooLarge, SchemaValidationFailed, UnsupportedMediaType
-from devices.registry import AVRO, LatestSchema
+from devices import protobuf
+from devices.registry import AVRO, PROTOBUF, LatestSchema
 
 MAX_BODY_BYTES = 2**20  # 1 MiB per request
 MAX_RECORDS = 500  # per batch
@@ -311,10 +312,13 @@ def sample_record(*, schema_str: str, schema_type: str) -> dict[str, Any]:
     JSON Schema: the required properties only, each with a value honouring ``const``,
     ``enum``, the numeric bounds, ``minLength``/``maxLength`` and the common ``format``s.
     Avro: every field, so what consumers decode is exactly the sample (a field left out
-    would be read as its default), unions by their first branch that is not null.  Best
+    would be read as its default), unions by their first branch that is not null.  Protobuf:
+    every field of the first message (``devices.protobuf.sample_record``).  Best
     effort for exotic keywords (``pattern``, ``uniqueItems``, ``not``...): callers that show
     the sample check it with ``validate`` first.  Raises ``NoSample`` when no simple rule
     gives a record."""
+    if schema_type == PROTOBUF:
+        return protobuf.sample_record(protobuf.compile_record_type(schema_str).descriptor, text=SAMPLE_STRING)
     document = json.loads(schema_str)
     if schema_type == AVRO:
         parsed = fastavro.parse_schema(document)

@@ -32,7 +32,7 @@ from config.errors import (
     SluiceError,
     Unauthenticated,
 )
-from devices.registry import LatestSchema
+from devices.registry import LatestSchema, RecordNotEncodable
 from ingest import records
 from ingest.identity import CertificateGrant, ClientGrant, Identity, Writer
 from ingest.kafka import DeliveryOutcome, IngestProducer, KafkaHeaders, Outgoing
@@ -276,6 +276,12 @@ def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSch
     headers: KafkaHeaders = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
     try:
         values = schema.encode_all(parsed.records)
+    except RecordNotEncodable as exc:
+        message = f"Not encodable with schema '{schema.subject}': {exc.reason}"
+        raise SchemaValidationFailed(
+            f"A record could not be encoded with schema '{schema.subject}'; nothing was produced.",
+            fields=[{"pointer": parsed.pointer(exc.index) or "/", "code": "not_encodable", "message": message}],
+        ) from None
     except (ValueError, TypeError, OverflowError, struct.error) as exc:
         # The validator and the Avro writer disagree (an edge of fastavro); refuse it all.
         raise SchemaValidationFailed(

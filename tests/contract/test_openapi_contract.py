@@ -19,7 +19,7 @@ How it runs, and why:
   handlers; about one request in eight keeps its generated values and so hits the 404s.
   Schemathesis re-validates a case a ``before_call`` hook changed, so positive and negative
   cases stay labelled as what is actually sent.
-* **Formats the spec names** (``pem-csr``, ``json-schema``, ``avro-schema``) and the CSV body
+* **Formats the spec names** (``pem-csr``, ``json-schema``, ``avro-schema``, ``protobuf-schema``) and the CSV body
   of the bulk import get strategies that produce real ones, so "valid by the spec" means what
   the spec says: a CSR that is a CSR.
 * **Deterministic and bounded**: derandomized Hypothesis with a fixed seed, no example
@@ -114,6 +114,10 @@ AVRO_SCHEMAS = [
     json.dumps({"type": "record", "name": "Reading", "fields": [
         {"name": "celsius", "type": "double"}, {"name": "site", "type": ["null", "string"], "default": None}]}),
 ]  # fmt: skip
+PROTOBUF_SCHEMAS = [
+    'syntax = "proto3";\nmessage Reading { double celsius = 1; }\n',
+    'syntax = "proto3";\npackage acme;\nmessage Reading { double celsius = 1; string site = 2; }\n',
+]
 DEVICE_IDS = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,20}\Z")
 
 
@@ -131,6 +135,7 @@ def devices_csv(draw: st.DrawFn) -> str:
 schemathesis.openapi.format("pem-csr", st.sampled_from(CSRS))
 schemathesis.openapi.format("json-schema", st.sampled_from(JSON_SCHEMAS))
 schemathesis.openapi.format("avro-schema", st.sampled_from(AVRO_SCHEMAS))
+schemathesis.openapi.format("protobuf-schema", st.sampled_from(PROTOBUF_SCHEMAS))
 schemathesis.openapi.format("sluice-devices-csv", devices_csv())
 schemathesis.openapi.media_type("text/csv", devices_csv())
 

@@ -101,7 +101,8 @@ def test_avro_too(admin: APIClient, tenant: Tenant) -> None:
         ({"schema_type": "JSON", "schema": "{not json"}, "/schema", "invalid_schema"),
         ({"schema_type": "JSON", "schema": json.dumps({"type": 12})}, "/schema", "invalid_schema"),
         ({"schema_type": "AVRO", "schema": json.dumps({"type": "record"})}, "/schema", "invalid_schema"),
-        ({"schema_type": "PROTOBUF", "schema": "syntax = 'proto3';"}, "/schema_type", "invalid_choice"),
+        ({"schema_type": "PROTOBUF", "schema": "syntax = 'proto3';"}, "/schema", "invalid_schema"),
+        ({"schema_type": "PROTOBUF", "schema": "message {"}, "/schema", "invalid_schema"),
         # a pattern the linear-time engine cannot run (lookahead): refused here, not at every record
         ({"schema_type": "JSON", "schema": json.dumps(LOOKAHEAD)}, "/schema", "invalid_schema"),
         ({"schema_type": "AVRO", "schema": "[1, 2"}, "/schema", "invalid_schema"),
@@ -168,12 +169,57 @@ def test_a_stream_keeps_its_schema_type(admin: APIClient, tenant: Tenant) -> Non
     assert admin.get(url(tenant)).json()["version"] == 1
 
 
-def test_protobuf_is_refused_by_name(admin: APIClient, tenant: Tenant) -> None:
-    response = admin.post(url(tenant), {"schema_type": "PROTOBUF", "schema": 'syntax = "proto3";'}, format="json")
+PROTO_READING = """syntax = "proto3";
+package acme.telemetry;
+
+message Reading {
+  double celsius = 1;
+  string site = 2;
+}
+"""
+PROTO_READING_WITH_SEQ = PROTO_READING.replace("string site = 2;", "string site = 2;\n  int64 seq = 3;")
+
+
+def test_a_protobuf_schema_is_registered_and_evolves(admin: APIClient, tenant: Tenant) -> None:
+    # when its admin registers a .proto, then it is version 1 of type PROTOBUF
+    created = admin.post(url(tenant), {"schema_type": "PROTOBUF", "schema": PROTO_READING}, format="json")
+    assert created.status_code == 201, created.json()
+    assert (created.json()["type"], created.json()["version"]) == ("PROTOBUF", 1)
+    assert admin.get(url(tenant)).json()["type"] == "PROTOBUF"
+    # and a field added later is the next version (BACKWARD)
+    second = admin.post(url(tenant), {"schema_type": "PROTOBUF", "schema": PROTO_READING_WITH_SEQ}, format="json")
+    assert (second.status_code, second.json()["version"]) == (201, 2), second.json()
+    # and the stream keeps its type
+    switched = admin.post(url(tenant), {"schema_type": "JSON", "schema": json.dumps(READING)}, format="json")
+    assert (switched.status_code, switched.json()["error"]["fields"][0]["code"]) == (409, "type_mismatch")
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ('syntax = "proto3";\nmessage { double celsius = 1; }', "line 2:9: Expected message name."),
+        ('syntax = "proto3";\nenum Unit { C = 0; }', "the schema defines no message"),
+        ('syntax = "proto3";\nimport "other.proto";\nmessage A { int32 a = 1; }', 'Import "other.proto" was not found'),
+        ('syntax = "proto3";\nmessage A { int32 a = 1; int32 b = 1; }', "has already been used in"),
+    ],
+)
+def test_a_protobuf_schema_protoc_refuses_is_400_with_its_words(
+    admin: APIClient, tenant: Tenant, schema: str, says: str
+) -> None:
+    response = admin.post(url(tenant), {"schema_type": "PROTOBUF", "schema": schema}, format="json")
+    assert response.status_code == 400, response.json()
+    field = response.json()["error"]["fields"][0]
+    assert (field["pointer"], field["code"]) == ("/schema", "invalid_schema")
+    assert says in field["message"]
+    assert "sluice-proto-" not in field["message"]  # no temporary path leaks
+
+
+def test_an_unknown_schema_type_is_refused_by_name(admin: APIClient, tenant: Tenant) -> None:
+    response = admin.post(url(tenant), {"schema_type": "XML", "schema": "<a/>"}, format="json")
     assert response.status_code == 400
     field = response.json()["error"]["fields"][0]
     assert (field["pointer"], field["code"]) == ("/schema_type", "invalid_choice")
-    assert "Protobuf is not supported yet" in field["message"]
+    assert "JSON, AVRO or PROTOBUF" in field["message"]
 
 
 def test_versions_are_listed_newest_first_with_who_registered_them(admin: APIClient, tenant: Tenant) -> None:

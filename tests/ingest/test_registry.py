@@ -91,7 +91,7 @@ def test_a_malformed_schema_is_refused_on_the_schema_field_before_any_network_ca
 
 def test_an_unknown_schema_type_is_refused_on_its_own_field(no_network: None) -> None:
     with pytest.raises(InvalidInput) as refused:
-        schema_register(subject="s-value", schema_str=json.dumps(READING_V1), schema_type="PROTOBUF")
+        schema_register(subject="s-value", schema_str=json.dumps(READING_V1), schema_type="XML")
     assert refused.value.fields[0]["pointer"] == "/schema_type"
 
 

@@ -104,7 +104,11 @@ def make_sender(services: Runtime, tmp_path: Path, monkeypatch: Any) -> Callable
         stream_provision(stream=stream)
         subject = value_subject(stream.topic)
         if register:
-            schema_register(subject=subject, schema_str=json.dumps(schema), schema_type=schema_type)
+            schema_register(
+                subject=subject,
+                schema_str=schema if isinstance(schema, str) else json.dumps(schema),
+                schema_type=schema_type,
+            )
         group = DeviceGroup.objects.create(
             tenant=tenant, slug=unique_slug("g"), region="eu", device_type="t", stream=stream,
             schema_subject=subject, rate_limit_per_second=rate,

@@ -1,0 +1,143 @@
+"""Protobuf streams without the network: a .proto compiled by protoc into the JSON Schema
+devices' JSON records are checked against, and the encoder that writes them in the
+Confluent wire format (read back with protobuf's own parser)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+from confluent_kafka.schema_registry import Schema
+from google.protobuf import json_format
+
+from config.errors import SchemaValidationFailed
+from devices.protobuf import FIRST_MESSAGE_INDEXES, compile_record_type
+from devices.registry import LatestSchema, RecordNotEncodable, _compile
+from ingest import records
+
+RICH = """
+syntax = "proto3";
+package acme.telemetry;
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+
+message Reading {
+  double celsius = 1;
+  string site_name = 2;
+  int64 seq = 3;
+  uint32 count = 4;
+  float ratio = 5;
+  repeated string tags = 6;
+  map<string, double> extra = 7;
+  Unit unit = 8;
+  google.protobuf.Timestamp at = 9;
+  Inner inner = 10;
+  oneof where { string room = 11; int32 floor = 12; }
+  bytes raw = 13;
+  google.protobuf.DoubleValue maybe = 14;
+  bool ok = 15;
+  enum Unit { CELSIUS = 0; FAHRENHEIT = 1; }
+  message Inner { uint32 n = 1; Inner next = 2; }
+}
+
+message NotTheRecordType { string x = 1; }
+"""
+PLAIN = """
+syntax = "proto3";
+message Reading {
+  double celsius = 1;
+  string site = 2;
+  int32 seq = 3;
+  repeated float samples = 4;
+  map<string, Point> points = 5;
+  Point at = 6;
+  bool ok = 7;
+  message Point { double x = 1; double y = 2; }
+}
+"""
+VALID = {
+    "celsius": 21.5, "siteName": "berlin-1", "seq": "9007199254740993", "count": 7, "ratio": 0.5,
+    "tags": ["a", "b"], "extra": {"h": 1.0}, "unit": "FAHRENHEIT", "at": "2026-12-04T10:00:00Z",
+    "inner": {"n": 3, "next": {"n": 4}}, "room": "r1", "raw": "AAEC", "maybe": None, "ok": True,
+}  # fmt: skip
+
+
+def compiled(text: str, schema_id: int = 42) -> LatestSchema:
+    return _compile("iot.acme.eu.temperature-value", schema_id, 3, Schema(text, "PROTOBUF"))
+
+
+def failures(schema: LatestSchema, body: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(SchemaValidationFailed) as refused:
+        records.validate(records.parse_body(json.dumps(body).encode()), schema)
+    return [(f["pointer"], f["code"]) for f in refused.value.fields]
+
+
+def test_the_first_message_is_the_record_type_and_a_valid_record_round_trips() -> None:
+    schema = compiled(RICH)
+    records.validate(records.parse_body(json.dumps(VALID).encode()), schema)
+    (value,) = schema.encode_all([VALID])
+    # the Confluent wire format: magic byte, schema id, the message indexes [0], the payload
+    assert value[:5] == struct.pack(">bI", 0, 42)
+    assert value[5:6] == FIRST_MESSAGE_INDEXES
+    message = compile_record_type(RICH).message_class.FromString(value[6:])
+    assert message.DESCRIPTOR.full_name == "acme.telemetry.Reading"
+    back = json_format.MessageToDict(message)
+    assert back["siteName"] == "berlin-1"
+    assert back["seq"] == "9007199254740993"  # 64 bits, beyond a double's exact integers
+    assert (back["unit"], back["at"], back["inner"]["next"]["n"]) == ("FAHRENHEIT", "2026-12-04T10:00:00Z", 4)
+    # proto names are accepted as well as JSON names
+    (same,) = schema.encode_all([{**{k: v for k, v in VALID.items() if k != "siteName"}, "site_name": "berlin-1"}])
+    assert same == value
+
+
+def test_every_failure_is_pointed_at_with_its_code() -> None:
+    schema = compiled(RICH)
+    bad = {"celsius": "warm", "seq": 2**70, "count": -1, "ratio": 1e39, "tags": ["a", 2], "unit": "KELVIN",
+           "at": "yesterday", "inner": {"n": 1.5, "next": {"m": 1}}, "raw": "not base64!", "extra": {"h": "x"},
+           "nope": 1}  # fmt: skip
+    assert failures(schema, bad) == [
+        ("/at", "format"), ("/celsius", "type"), ("/count", "range"), ("/extra/h", "type"),
+        ("/inner/n", "type"), ("/inner/next/m", "unknown_field"), ("/nope", "unknown_field"),
+        ("/ratio", "range"), ("/raw", "format"), ("/seq", "type"), ("/tags/1", "type"), ("/unit", "type"),
+    ]  # fmt: skip
+
+
+def test_what_only_the_encoder_can_refuse_names_the_record() -> None:
+    schema = compiled(RICH)
+    ok = {"celsius": 1.0}
+    with pytest.raises(RecordNotEncodable) as refused:
+        schema.encode_all([ok, {"room": "a", "floor": 2}])  # two fields of one oneof
+    assert refused.value.index == 1
+    assert "oneof" in refused.value.reason
+    with pytest.raises(RecordNotEncodable):
+        schema.encode_all([{"seq": "99999999999999999999"}])  # digits, but beyond 64 bits
+
+
+def test_a_plain_message_is_built_by_its_constructor_with_the_same_bytes() -> None:
+    proto = compile_record_type(PLAIN)
+    fast = proto.encoder(b"P")
+    record = {"celsius": 21.5, "site": "b", "seq": -3, "samples": [1, 2.5], "points": {"a": {"x": 1, "y": 2}},
+              "at": {"x": 0.5}, "ok": False}  # fmt: skip
+    reference = b"P" + FIRST_MESSAGE_INDEXES + json_format.ParseDict(record, proto.message_class()).SerializeToString()
+    assert fast(record) == reference
+    assert fast({"celsius": 1}) == b"P" + FIRST_MESSAGE_INDEXES + proto.message_class(celsius=1.0).SerializeToString()
+    # what the constructor cannot take goes to the JSON parser, which says why
+    with pytest.raises(json_format.ParseError):
+        fast({"seq": "x"})
+
+
+def test_a_recursive_message_validates_at_any_depth() -> None:
+    schema = compiled(RICH)
+    deep: dict[str, Any] = {"n": 1}
+    for _ in range(20):
+        deep = {"n": 1, "next": deep}
+    records.validate(records.parse_body(json.dumps({"inner": deep}).encode()), schema)
+    deep["next"]["n"] = -1
+    assert failures(schema, {"inner": deep}) == [("/inner/next/n", "range")]
+
+
+def test_a_proto2_required_field_is_required() -> None:
+    schema = compiled('syntax = "proto2";\nmessage R { required double celsius = 1; optional string site = 2; }')
+    assert failures(schema, {"site": "x"}) == [("/celsius", "required")]
