@@ -23,6 +23,9 @@ What it measures, on the record of ``bench/ingestbench/workload.py``:
   encoding, fastavro's own ``validate`` + writer, and the cost of handing a Python record
   to Rust (the call itself, and what the record's fields add when no keyword reads them:
   whether jsonschema-rs converts the instance up front or reads it in place);
+* Protobuf (a third format, outside P4's targets): the same path for the same record as a
+  proto3 message (``devices.protobuf``: the message's JSON Schema, then its constructor or
+  ``json_format.ParseDict``);
 * which drafts and keywords each JSON Schema library enforces (probes), and how each copes
   with a catastrophically backtracking ``pattern`` (each in a subprocess, killed after
   ``--regex-timeout`` seconds).
@@ -54,7 +57,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # ``ingest`` app).
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench"))]
 
-from bench.ingestbench.workload import AVRO_SCHEMA, INVALID_RECORD, JSON_SCHEMA, RECORD, body_for  # noqa: E402
+from bench.ingestbench.workload import (  # noqa: E402
+    AVRO_SCHEMA,
+    INVALID_RECORD,
+    JSON_SCHEMA,
+    PROTOBUF_SCHEMA,
+    RECORD,
+    body_for,
+)
 
 BATCH = 100
 D7 = "http://json-schema.org/draft-07/schema#"
@@ -396,6 +406,47 @@ def avro_cases(bench: Bench) -> None:
     )
 
 
+def protobuf_cases(bench: Bench) -> None:
+    from confluent_kafka.schema_registry import Schema
+    from google.protobuf import json_format, message_factory
+
+    from devices.registry import PROTOBUF, _compile
+    from ingest import records
+
+    latest = _compile("bench-protobuf-value", 3, 1, Schema(PROTOBUF_SCHEMA, PROTOBUF))
+    body1, body100 = body_for(1), body_for(BATCH)
+    camel = {"".join(w.capitalize() if i else w for i, w in enumerate(k.split("_"))): v for k, v in RECORD.items()}
+    body1_camel = json.dumps(camel).encode()
+    message_class = message_factory.GetMessageClass(latest.parsed)
+
+    g = "Protobuf: Sluice's code (not a P4 target: a third format)"
+    bench.time(
+        g,
+        "whole path, 1 record/request: parse_body + validate + encode_all",
+        lambda: _today(records, latest, body1),
+    )
+    bench.time(g, f"whole path, {BATCH} records/request (per record)", lambda: _today(records, latest, body100), BATCH)
+    parsed1 = records.parse_body(body1)
+    bench.time(g, "validate, 1 valid record (jsonschema-rs, the message's JSON Schema)",
+               lambda: records.validate(parsed1, latest))  # fmt: skip
+    bench.time(
+        g,
+        "encode_all, 1 record, fields by proto name (the message's constructor + header)",
+        lambda: latest.encode_all(parsed1.records),
+    )
+    camel1 = records.parse_body(body1_camel)
+    bench.time(
+        g,
+        "encode_all, 1 record, fields by JSON name (json_format.ParseDict + header)",
+        lambda: latest.encode_all(camel1.records),
+    )
+    bench.time(
+        g,
+        "json_format.ParseDict + SerializeToString alone, 1 record",
+        lambda: json_format.ParseDict(RECORD, message_class()).SerializeToString(),
+    )
+
+
 def _lean_avro(
     orjson: Any, fastavro: Any, parsed: Any, writer: Callable[[Any], bytes], body: bytes, *, batch: bool
 ) -> list[bytes]:
@@ -647,6 +698,7 @@ def main() -> None:
         bench = Bench(args.repeats, args.seconds)
         extra = json_cases(bench)
         avro_cases(bench)
+        protobuf_cases(bench)
         drafts = probes()
         regex = catastrophic_regex(args.regex_timeout)
     finally:

@@ -60,6 +60,22 @@ AVRO_SCHEMA: dict[str, Any] = {
     ],
 }
 
+# The same record as a Protobuf message (proto3; the optional fields as `optional`).
+PROTOBUF_SCHEMA = """syntax = "proto3";
+package bench.sluice;
+
+message AirQualityReading {
+  string measured_at = 1;
+  string sensor = 2;
+  double temperature_celsius = 3;
+  double relative_humidity = 4;
+  optional double pressure_hpa = 5;
+  optional int32 co2_ppm = 6;
+  int32 battery_percent = 7;
+  optional string status = 8;
+}
+"""
+
 FORMATS = ("json", "avro")
 
 

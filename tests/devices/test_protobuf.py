@@ -54,6 +54,7 @@ message Reading {
   map<string, Point> points = 5;
   Point at = 6;
   bool ok = 7;
+  optional double site_temperature = 8;
   message Point { double x = 1; double y = 2; }
 }
 """
@@ -123,6 +124,9 @@ def test_a_plain_message_is_built_by_its_constructor_with_the_same_bytes() -> No
     reference = b"P" + FIRST_MESSAGE_INDEXES + json_format.ParseDict(record, proto.message_class()).SerializeToString()
     assert fast(record) == reference
     assert fast({"celsius": 1}) == b"P" + FIRST_MESSAGE_INDEXES + proto.message_class(celsius=1.0).SerializeToString()
+    # a field by its JSON name goes to the JSON parser, with the same bytes
+    by_json_name = b"P" + FIRST_MESSAGE_INDEXES + proto.message_class(site_temperature=1.5).SerializeToString()
+    assert fast({"siteTemperature": 1.5}) == fast({"site_temperature": 1.5}) == by_json_name
     # what the constructor cannot take goes to the JSON parser, which says why
     with pytest.raises(json_format.ParseError):
         fast({"seq": "x"})
