@@ -250,7 +250,7 @@ def _message(descriptor: Descriptor, defs: dict[str, Any]) -> None:
         schema = _field(field, defs)
         properties[field.json_name] = schema
         properties[field.name] = schema
-        if _is_required(field):
+        if field.is_required:  # proto2's `required`
             required.append(field.json_name)
     body: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
@@ -258,29 +258,14 @@ def _message(descriptor: Descriptor, defs: dict[str, Any]) -> None:
     defs[descriptor.full_name] = body
 
 
-def _is_required(field: FieldDescriptor) -> bool:
-    # proto2's `required`; the attribute's name changed across protobuf releases.
-    is_required = getattr(field, "is_required", None)
-    if is_required is not None:
-        return bool(is_required)
-    return field.label == FieldDescriptor.LABEL_REQUIRED  # type: ignore[attr-defined, unused-ignore]
-
-
 def _field(field: FieldDescriptor, defs: dict[str, Any]) -> dict[str, Any]:
     message = field.message_type
     if message is not None and message.GetOptions().map_entry:
         return {"type": "object", "additionalProperties": _single(message.fields_by_name["value"], defs)}
     single = _single(field, defs)
-    if _is_repeated(field):
+    if field.is_repeated:
         return {"type": "array", "items": single}
     return single
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    is_repeated = getattr(field, "is_repeated", None)
-    if is_repeated is not None:
-        return bool(is_repeated)
-    return field.label == FieldDescriptor.LABEL_REPEATED  # type: ignore[attr-defined, unused-ignore]
 
 
 def _single(field: FieldDescriptor, defs: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +328,7 @@ def sample_record(descriptor: Descriptor, *, text: str, expanding: tuple[str, ..
             out[field.json_name] = {"key": _sample_single(message.fields_by_name["value"], text, expanding)}
             continue
         value = _sample_single(field, text, expanding)
-        out[field.json_name] = [value] if _is_repeated(field) else value
+        out[field.json_name] = [value] if field.is_repeated else value
     return out
 
 
