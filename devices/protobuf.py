@@ -162,11 +162,11 @@ class CompiledProto:
 
         A message whose fields are all plain (numbers of at most 32 bits, doubles, floats,
         booleans, strings, such messages, lists and string-keyed maps of them) is built by its
-        constructor, which takes the fields' proto names (~1.5 us for a small record); a
-        record the constructor refuses (a field by its JSON name, ``siteName`` for
-        ``site_name``), and any record of another message, by ``json_format.ParseDict``
-        (~20 us), which reads the JSON mapping's special forms (64-bit strings, base64, enum
-        names, timestamps, JSON names)."""
+        constructor, which takes the fields' proto names (~1.5 us for a small record), or
+        after its JSON names (``siteName`` for ``site_name``) are renamed; a record the
+        constructor still refuses, and any record of another message, by
+        ``json_format.ParseDict`` (~40 us), which reads the JSON mapping's special forms
+        (64-bit strings, base64, enum names, timestamps) and says what is wrong."""
         make, parse, head = self.message_class, json_format.ParseDict, prefix + FIRST_MESSAGE_INDEXES
 
         def encode(record: Any) -> bytes:
@@ -174,14 +174,73 @@ class CompiledProto:
 
         if not _plain(self.descriptor, set()):
             return encode
+        rename = _Renamer(self.descriptor)
 
         def encode_plain(record: Any) -> bytes:
             try:
                 return head + make(**record).SerializeToString()
             except (TypeError, ValueError):
+                pass
+            try:
+                return head + make(**rename(record)).SerializeToString()
+            except (TypeError, ValueError):
                 return encode(record)  # says precisely what is wrong
 
         return encode_plain
+
+
+class _Renamer:
+    """A record with its fields' JSON names (and those of the messages inside it) turned
+    into their proto names, as the message's constructor takes them."""
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self.top = descriptor.full_name
+        # message -> (JSON name -> proto name, proto name -> (message inside, "one"/"list"/"map"))
+        self.tables: dict[str, tuple[dict[str, str], dict[str, tuple[str, str]]]] = {}
+        self._add(descriptor)
+
+    def _add(self, descriptor: Descriptor) -> None:
+        if descriptor.full_name in self.tables:
+            return
+        renames = {f.json_name: f.name for f in descriptor.fields if f.json_name != f.name}
+        children: dict[str, tuple[str, str]] = {}
+        self.tables[descriptor.full_name] = (renames, children)
+        for field in descriptor.fields:
+            message = field.message_type
+            if message is None:
+                continue
+            if message.GetOptions().map_entry:
+                value = message.fields_by_name["value"].message_type
+                if value is not None:
+                    children[field.name] = (value.full_name, "map")
+                    self._add(value)
+            else:
+                children[field.name] = (message.full_name, "list" if field.is_repeated else "one")
+                self._add(message)
+
+    def __call__(self, record: Any) -> Any:
+        return self._rename(record, self.top)
+
+    def _rename(self, value: Any, message: str) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError("not an object")
+        renames, children = self.tables[message]
+        out = {}
+        for key, item in value.items():
+            name = renames.get(key, key)
+            child = children.get(name)
+            if child is not None and item is not None:
+                inner, mode = child
+                if mode == "one":
+                    item = self._rename(item, inner)
+                elif mode == "list":
+                    item = [self._rename(each, inner) for each in item]
+                else:
+                    item = {k: self._rename(each, inner) for k, each in item.items()}
+            out[name] = item
+        if len(out) != len(value):
+            raise ValueError("a field named twice (by its JSON name and its proto name)")
+        return out
 
 
 def compile_record_type(schema_str: str) -> CompiledProto:

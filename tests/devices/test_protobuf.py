@@ -55,7 +55,7 @@ message Reading {
   Point at = 6;
   bool ok = 7;
   optional double site_temperature = 8;
-  message Point { double x = 1; double y = 2; }
+  message Point { double x = 1; double y = 2; double z_value = 3; }
 }
 """
 VALID = {
@@ -124,9 +124,17 @@ def test_a_plain_message_is_built_by_its_constructor_with_the_same_bytes() -> No
     reference = b"P" + FIRST_MESSAGE_INDEXES + json_format.ParseDict(record, proto.message_class()).SerializeToString()
     assert fast(record) == reference
     assert fast({"celsius": 1}) == b"P" + FIRST_MESSAGE_INDEXES + proto.message_class(celsius=1.0).SerializeToString()
-    # a field by its JSON name goes to the JSON parser, with the same bytes
+    # fields by their JSON names give the same bytes (renamed for the constructor), nested too
     by_json_name = b"P" + FIRST_MESSAGE_INDEXES + proto.message_class(site_temperature=1.5).SerializeToString()
     assert fast({"siteTemperature": 1.5}) == fast({"site_temperature": 1.5}) == by_json_name
+    nested = {"at": {"x": 1.0}, "points": {"p": {"y": 2.0}}, "siteTemperature": 3.0}
+    assert (
+        fast(nested)
+        == b"P" + FIRST_MESSAGE_INDEXES + json_format.ParseDict(nested, proto.message_class()).SerializeToString()
+    )
+    # one field by both names is for the JSON parser to refuse
+    with pytest.raises(json_format.ParseError):
+        fast({"siteTemperature": 1.5, "site_temperature": 2.5})
     # what the constructor cannot take goes to the JSON parser, which says why
     with pytest.raises(json_format.ParseError):
         fast({"seq": "x"})
