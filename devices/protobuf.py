@@ -227,7 +227,7 @@ class _Renamer:
         renames, children = self.tables[message]
         out = {}
         for key, item in value.items():
-            name = renames.get(key, key)
+            name: str = renames.get(key) or key
             child = children.get(name)
             if child is not None and item is not None:
                 inner, mode = child

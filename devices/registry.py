@@ -17,6 +17,7 @@ A new schema version therefore applies to ingest within that time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -50,7 +51,7 @@ from config.env import Runtime
 from config.errors import Conflict, InvalidInput, RegistryUnavailable, SluiceError
 from devices.avro_encoder import Encoder, compile_encoder
 from devices.avro_json import AVRO_CODES, avro_json_schema
-from devices.protobuf import PROTOBUF_CODES, ProtoError, compile_record_type
+from devices.protobuf import PROTOBUF_CODES, ProtoError, compile_proto, compile_record_type
 from devices.registry_client import registry_client_for
 
 log = logging.getLogger("sluice.ingest")
@@ -585,6 +586,75 @@ class SchemaCache:
             )  # fmt: skip
         finally:
             self._refreshing.pop(subject, None)
+
+
+# -- a tenant's own schemas, read-only (the scoped registry API, devices/registry_api.py) ---------
+
+
+def tenant_owns_subject(tenant_slug: str, subject: str) -> bool:
+    """Whether ``subject`` lies in the tenant's namespace (its topics' subjects)."""
+    return subject.startswith(f"iot.{tenant_slug}.")
+
+
+def tenant_schema_by_id(*, tenant_slug: str, schema_id: int, serialized: bool = False) -> dict[str, Any] | None:
+    """Schema ``schema_id`` as the Confluent API answers ``GET /schemas/ids/{id}``, or None when
+    no subject of the tenant holds it (another tenant's id is as absent as an unused one).
+    ``serialized``: a Protobuf schema as its base64 ``FileDescriptorProto`` (what
+    confluent-kafka's ``ProtobufDeserializer`` asks for; the registry only has the text)."""
+    client = registry_client()
+    versions = _read(str(schema_id), lambda: client.get_schema_versions(schema_id)) or []
+    if not any(tenant_owns_subject(tenant_slug, v.subject) for v in versions if v.subject):
+        return None
+    schema = _read(str(schema_id), lambda: client.get_schema(schema_id))
+    if schema is None:
+        return None
+    return _confluent_schema(schema.schema_type or AVRO, schema.schema_str or "", serialized=serialized)
+
+
+def tenant_subjects(*, tenant_slug: str) -> list[str]:
+    """The tenant's subjects in the registry, sorted."""
+    subjects = _read(tenant_slug, lambda: list(registry_client().get_subjects())) or []
+    return sorted(s for s in subjects if tenant_owns_subject(tenant_slug, s))
+
+
+def tenant_subject_versions(*, tenant_slug: str, subject: str) -> list[int] | None:
+    """The versions of one of the tenant's subjects, or None (not the tenant's, or none)."""
+    if not tenant_owns_subject(tenant_slug, subject):
+        return None
+    versions = schema_versions(subject=subject)
+    return versions or None
+
+
+def tenant_subject_version(
+    *, tenant_slug: str, subject: str, version: int | None, serialized: bool = False
+) -> dict[str, Any] | None:
+    """Version ``version`` (None: the latest) of one of the tenant's subjects, as the Confluent
+    API answers ``GET /subjects/{subject}/versions/{version}``, or None."""
+    if not tenant_owns_subject(tenant_slug, subject):
+        return None
+    found = schema_latest(subject=subject) if version is None else schema_version(subject=subject, version=version)
+    if found is None:
+        return None
+    return {"subject": found.subject, "id": found.schema_id, "version": found.version,
+            **_confluent_schema(found.schema_type, found.schema_str, serialized=serialized)}  # fmt: skip
+
+
+def _confluent_schema(schema_type: str, text: str, *, serialized: bool) -> dict[str, Any]:
+    if schema_type == PROTOBUF and serialized:
+        text = serialized_descriptor(text)
+    body: dict[str, Any] = {"schema": text, "references": []}
+    if schema_type != AVRO:  # the Confluent API leaves the type out for Avro
+        body["schemaType"] = schema_type
+    return body
+
+
+def serialized_descriptor(text: str) -> str:
+    """A ``.proto``'s own ``FileDescriptorProto``, base64 (its imports are the well-known
+    types, which every Protobuf runtime has)."""
+    try:
+        return base64.b64encode(compile_proto(text).file[-1].SerializeToString()).decode()
+    except ProtoError as exc:
+        raise RegistryUnavailable(f"A registered .proto could not be compiled ({exc}).") from None
 
 
 def _compile(subject: str, schema_id: int | None, version: int | None, schema: Schema) -> LatestSchema:

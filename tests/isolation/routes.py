@@ -126,6 +126,14 @@ EXPECTATIONS: dict[str, Expect] = {
     f"{T}oauth-clients/": api(tenant="tenant"),
     f"{T}oauth-clients/<str:client_id>/": api(tenant="tenant", client_id="client"),
     f"{T}oauth-clients/<str:client_id>/rotate-secret": api(tenant="tenant", client_id="client"),
+    # -- the scoped schema registry (Confluent's API shape): B's tenant, and B's ids and
+    # subjects under A's tenant, are 404 like missing ones
+    "registry/<str:tenant>/subjects": api(tenant="tenant"),
+    "registry/<str:tenant>/schemas/ids/<int:schema_id>": api(tenant="tenant", schema_id="schema_id"),
+    "registry/<str:tenant>/subjects/<str:subject>/versions": api(tenant="tenant", subject="subject"),
+    "registry/<str:tenant>/subjects/<str:subject>/versions/<str:version>": api(
+        tenant="tenant", subject="subject", version="version"
+    ),
     # -- REST API without a tenant in the path: A's lists hold A's rows only
     "api/v1/": unscoped(API),
     "api/v1/tenants/": unscoped(API),

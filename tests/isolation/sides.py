@@ -38,6 +38,7 @@ MISSING_ID = "987654321"
 MISSING = {
     "tenant": "no-such-tenant", "stream": MISSING_ID, "version": "424242", "group": "no-such-group",
     "device": "no-such-device", "serial": "0badc0ffee0badc0ffee", "client": "no-such-client",
+    "subject": "iot.no-such-tenant.eu.nothing-value", "schema_id": MISSING_ID,
 }  # fmt: skip
 
 
@@ -64,6 +65,8 @@ class Side:
             "tenant": self.tenant.slug, "stream": self.stream.pk, "version": 1, "group": self.group.slug,
             "device": self.device.device_id, "serial": self.certificate.serial, "client": self.service_client.client_id,
             "device_type": ContentType.objects.get_for_model(Device).pk,
+            # the registry's: B's stream's subject, and an id (B's schema, were one registered)
+            "subject": f"{self.stream.topic}-value", "schema_id": 1,
         }  # fmt: skip
         if key in by_key:
             return str(by_key[key])
