@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import logging
@@ -648,9 +649,11 @@ def _confluent_schema(schema_type: str, text: str, *, serialized: bool) -> dict[
     return body
 
 
+@functools.lru_cache(maxsize=256)
 def serialized_descriptor(text: str) -> str:
     """A ``.proto``'s own ``FileDescriptorProto``, base64 (its imports are the well-known
-    types, which every Protobuf runtime has)."""
+    types, which every Protobuf runtime has).  Kept per text: protoc costs ~50 ms a run, and
+    a schema's text never changes under its id."""
     try:
         return base64.b64encode(compile_proto(text).file[-1].SerializeToString()).decode()
     except ProtoError as exc:

@@ -153,3 +153,15 @@ def test_a_recursive_message_validates_at_any_depth() -> None:
 def test_a_proto2_required_field_is_required() -> None:
     schema = compiled('syntax = "proto2";\nmessage R { required double celsius = 1; optional string site = 2; }')
     assert failures(schema, {"site": "x"}) == [("/celsius", "required")]
+
+
+def test_the_serialized_form_is_the_files_own_descriptor() -> None:
+    import base64
+
+    from google.protobuf import descriptor_pb2
+
+    from devices.registry import serialized_descriptor
+
+    parsed = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(serialized_descriptor(RICH)))
+    assert (parsed.package, [m.name for m in parsed.message_type]) == ("acme.telemetry", ["Reading", "NotTheRecordType"])
+    assert list(parsed.dependency) == ["google/protobuf/timestamp.proto", "google/protobuf/wrappers.proto"]
