@@ -122,6 +122,7 @@ def banner(ctx: Context, names: Sequence[str]) -> list[str]:
             f"a token: `{manage_command(rt, 'sluice_token', 'admin')}`)",
             f"  Health          {rt.web_url}/healthz",
             f"  OAuth2 tokens   {rt.web_url}/oauth/token  (keys: {rt.jwks_url})",
+            f"  Tenant schemas  {rt.web_url}/registry/<tenant>/  (Confluent API, read-only, for tenant backends)",
             f"  CA certificate  {ctx.pki.root_cert}  (trust it: `curl --cacert {root_ca} {rt.web_url}/healthz`; "
             f"download: {rt.root_ca_url})",
         ]
