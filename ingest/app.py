@@ -105,10 +105,12 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._flush()
-        await self.idempotency.close()
-        await self.limiter.close()
+        # The producer delivers what it still holds first: keys waiting for their records'
+        # outcome get it (its reports reach them through the loop), then the waits end.
         if self._producer is not None:
             await self._producer.aclose()
+        await self.idempotency.close()
+        await self.limiter.close()
 
     # -- identity ----------------------------------------------------------------------
 
@@ -327,6 +329,7 @@ class IngestApp:
         worker = self.worker
         writer = await self.authenticate(worker, headers)
         claim: Claim | None = None
+        producing = False
         # A try block costs nothing until something is raised (CPython 3.11's zero-cost
         # exceptions): only a refusal pays for its attribution to the device.
         try:
@@ -347,7 +350,8 @@ class IngestApp:
                 raise
             extra.append((b"ratelimit", remaining_header(verdict).encode()))
             if key is not None:
-                held = await worker.idempotency.claim(writer.tenant_id, writer.pk, key, body, request_id)
+                held = await worker.idempotency.claim(writer.tenant_id, writer.pk, key, media.encode() + body,
+                                                      request_id)  # fmt: skip
                 if isinstance(held, Replay):
                     extra.append(idempotency.REPLAYED)
                     return held.status, held.body, held.request_id
@@ -355,11 +359,18 @@ class IngestApp:
             schema = await worker.schemas.get(writer.schema_subject)
             prepared = services.records_prepare(writer=writer, parsed=parsed, schema=schema,
                                                 request_id=request_id.decode())  # fmt: skip
+            producing = True
             accepted = await services.records_produce(worker.producer, prepared, idempotent=claim is not None)
         except SluiceError as error:
             worker.outcomes.refused_device(writer.tenant_id, writer.pk, error.code)
             if claim is not None:
                 await worker.idempotency.refused(claim, error)
+            raise
+        except BaseException:
+            # A bug (500) or a cancelled request: the key is freed if nothing was produced,
+            # and otherwise held for as long as librdkafka may still write the records.
+            if claim is not None:
+                worker.idempotency.abandoned(claim, produced=producing)
             raise
         worker.outcomes.accepted(len(accepted.offsets), writer.pk)
         answer = accepted.as_json()

@@ -35,6 +35,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis
@@ -54,6 +55,8 @@ CLAIM_SECONDS = 90
 # ... and while librdkafka still tries its records, as long as librdkafka may (and a margin).
 UNSETTLED_SECONDS = DELIVERY_TIMEOUT_MS // 1000 + 60
 IN_USE_RETRY_AFTER = 1
+SETTLING_RETRY_AFTER = 5  # while librdkafka retries a 503's records (Kafka is away)
+WRITE_ATTEMPTS = 3  # a key's answer is worth a retry: without it, a retry could write twice
 # Visible ASCII without the quote and the backslash, optionally inside one pair of quotes
 # (the draft's structured-field string; a bare key is accepted as most clients send one).
 _KEY = re.compile(rb'"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?')
@@ -133,7 +136,7 @@ class Idempotency:
                 "A request with this Idempotency-Key is still being written (its records may be waiting for "
                 "Kafka); nothing was produced by this one. Retry shortly with the same key to get its answer.",
                 code="idempotency_key_in_use",
-                retry_after=IN_USE_RETRY_AFTER,
+                retry_after=SETTLING_RETRY_AFTER if kept.get("settling") else IN_USE_RETRY_AFTER,
             )
         return Replay(kept["status"], kept["body"].encode(), kept["rid"].encode())
 
@@ -141,31 +144,57 @@ class Idempotency:
         """The request's answer is final: keep it for the window."""
         value = orjson.dumps({"fp": claim.fingerprint, "rid": claim.request_id.decode(), "status": status,
                               "body": body.decode()})  # fmt: skip
-        try:
-            await self._client().set(claim.redis_key, value, ex=self.window)
-        except (redis.RedisError, OSError):
-            # The answer stands (the records are written); only a retry within CLAIM_SECONDS
-            # is still recognised (as in use).
-            log.warning("ingest: could not keep the answer for an Idempotency-Key", exc_info=True)
+        if not await self._set(claim, value, self.window):
+            # The answer stands (the records are written); only a retry within the claim's
+            # remaining time is still recognised (as in use).
+            log.warning("ingest: could not keep the answer for an Idempotency-Key")
 
     async def refused(self, claim: Claim, error: SluiceError) -> None:
         """The request was refused: free the key, unless Kafka may still write its records
         (then hold it while librdkafka tries them, and keep what became of them)."""
+        if isinstance(error, KafkaUnacknowledged) and error.outcome.queued:
+            await self._hold(claim)
+            self._spawn(self._settle(claim, error))
+            return
+        await self._free(claim)
+
+    def abandoned(self, claim: Claim, *, produced: bool) -> None:
+        """The request ended without an answer of its own (a bug, or cancelled): free the key
+        when nothing was produced, else hold it while librdkafka may still write."""
+        self._spawn(self._hold(claim) if produced else self._free(claim))
+
+    async def _free(self, claim: Claim) -> None:
         try:
-            if isinstance(error, KafkaUnacknowledged) and error.outcome.queued:
-                await self._client().expire(claim.redis_key, UNSETTLED_SECONDS)
-                task = asyncio.get_running_loop().create_task(self._settle(claim, error))
-                self._settling.add(task)
-                task.add_done_callback(self._settling.discard)
-            else:
-                await self._client().delete(claim.redis_key)
+            await self._client().delete(claim.redis_key)
         except (redis.RedisError, OSError):
-            log.warning("ingest: could not free or hold an Idempotency-Key (it frees itself within %d s)",
-                        CLAIM_SECONDS, exc_info=True)  # fmt: skip
+            log.warning("ingest: could not free an Idempotency-Key (it frees itself within %d s)", CLAIM_SECONDS)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _hold(self, claim: Claim) -> None:
+        held = orjson.dumps({"fp": claim.fingerprint, "rid": claim.request_id.decode(), "settling": True})
+        if not await self._set(claim, held, UNSETTLED_SECONDS):
+            log.warning("ingest: could not hold an Idempotency-Key while Kafka settles its records")
+
+    async def _set(self, claim: Claim, value: bytes, seconds: int) -> bool:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                await self._client().set(claim.redis_key, value, ex=seconds)
+                return True
+            except (redis.RedisError, OSError):
+                if attempt + 1 < WRITE_ATTEMPTS:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+        return False
 
     async def _settle(self, claim: Claim, error: KafkaUnacknowledged) -> None:
         settle = error.outcome.settle
-        final = await settle() if settle is not None else error.outcome
+        try:
+            final = await asyncio.wait_for(settle(), UNSETTLED_SECONDS) if settle is not None else error.outcome
+        except TimeoutError:
+            final = error.outcome  # librdkafka never reported: as unknown as it gets
         if final.complete:
             body = Accepted(topic=error.topic, offsets=final.delivered).as_json()  # type: ignore[arg-type]
             await self.complete(claim, 200, body)
@@ -180,8 +209,11 @@ class Idempotency:
         )
         await self.complete(claim, unknown.status, orjson.dumps(error_body(unknown.code, unknown.message)))
 
-    async def close(self) -> None:
-        """Stop waiting for settlements (their keys free themselves when their claim ends)."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Let settlements finish (the producer was flushed first), then stop waiting: a key
+        still held frees itself when its hold ends."""
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=grace)
         for task in self._settling:
             task.cancel()
         await asyncio.gather(*self._settling, return_exceptions=True)

@@ -435,6 +435,8 @@ class IngestProducer:
             # librdkafka still holds some of these records (it retries them for up to
             # DELIVERY_TIMEOUT_MS): whoever needs their final outcome can await it.
             waiter.settled = loop.create_future()
+            if waiter.pending <= 0:  # the last report came meanwhile (a flush on another thread)
+                _resolve(waiter.settled)
             outcome = replace(outcome, settle=functools.partial(self._settle, waiter, queued))
         return outcome
 

@@ -175,7 +175,9 @@ def test_records_kafka_never_confirmed_leave_the_key_saying_so(
         # when the request gets its 503, and is retried while the records are in doubt
         answer = client.request(headers=headers)
         assert (answer.status, answer.code) == (503, "kafka_unavailable")
-        assert client.request(headers=headers).code == "idempotency_key_in_use"
+        waiting = client.request(headers=headers)
+        assert waiting.code == "idempotency_key_in_use"
+        assert waiting.headers["retry-after"] == "5"  # Kafka is away: no point in asking every second
         # then once librdkafka gave up, the key answers that the outcome is unknown, for good
         client.settle(3.0)
         final = client.request(headers=headers)
@@ -206,3 +208,39 @@ def test_redis_down_refuses_a_request_with_a_key(services: Runtime, make_sender:
 
 async def _no_redis_needed(_budget: Any) -> int:
     return 1_000
+
+
+def test_a_request_that_fails_unexpectedly_before_producing_frees_its_key(
+    services: Runtime, make_sender: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker whose schema lookup fails with a bug (a 500, nothing produced)
+    sender: Sender = make_sender()
+    client = Client(IngestApp())
+    headers = nginx_headers(sender.issued, **{"Idempotency-Key": "bug-1"})
+    worker = client.worker()
+    real_get = worker.schemas.get
+
+    async def broken(subject: str) -> Any:
+        raise RuntimeError("a bug")
+
+    try:
+        monkeypatch.setattr(worker.schemas, "get", broken)
+        assert client.request(headers=headers).status == 500
+        client.settle(0.2)  # the key is freed in the background
+        # when the bug is gone, then the retry is judged afresh (not "in use" for 90 s)
+        monkeypatch.setattr(worker.schemas, "get", real_get)
+        retried = client.request(headers=headers)
+    finally:
+        client.close()
+    assert retried.status == 200, retried.body
+    assert "idempotency-replayed" not in retried.headers
+    assert topic_size(sender.topic, services) == 1
+
+
+def test_the_same_bytes_as_another_media_type_are_another_body(services: Runtime, make_sender: Any) -> None:
+    sender: Sender = make_sender()
+    key = {"Idempotency-Key": "media-1"}
+    body = b'{"celsius": 1.5}'
+    assert sender.post(raw=body, headers=key)[0] == 200
+    status, answer, _ = sender.post(raw=body, content_type="application/x-ndjson", headers=key)
+    assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused"), answer
