@@ -21,7 +21,7 @@ from django.views import defaults
 from config.errors import DatabaseUnavailable, SluiceError, database_unavailable, error_response
 from config.request_id import current_request_id
 
-JSON_PREFIXES = ("/api/", "/oauth/", "/.well-known/")
+JSON_PREFIXES = ("/api/", "/oauth/", "/.well-known/", "/registry/")
 
 
 def _speaks_json(request: HttpRequest) -> bool:

@@ -53,6 +53,7 @@ UINT64 = (0, 2**64 - 1)
 FLOAT32_MAX = 3.4028234663852886e38
 PROTOC_TIMEOUT = 20  # seconds
 SCHEMA_FILE = "record.proto"
+MAX_SAMPLE_FIELDS = 2_000  # a sample record larger than this is no sample
 # What a Protobuf-stream refusal is called, by the JSON Schema keyword that refused it.
 PROTOBUF_CODES = {
     "anyOf": "type",
@@ -246,13 +247,18 @@ class _Renamer:
 def compile_record_type(schema_str: str) -> CompiledProto:
     """The schema's first message, ready to validate and encode (blocking: runs protoc)."""
     files = compile_proto(schema_str)
-    pool = descriptor_pool.DescriptorPool()
-    for file in files.file:
-        pool.Add(file)
-    schema_file = files.file[-1]
-    package = f"{schema_file.package}." if schema_file.package else ""
-    descriptor = pool.FindMessageTypeByName(package + schema_file.message_type[0].name)
-    return CompiledProto(descriptor, message_factory.GetMessageClass(descriptor), json_schema(descriptor))
+    try:
+        pool = descriptor_pool.DescriptorPool()
+        for file in files.file:
+            pool.Add(file)
+        schema_file = files.file[-1]
+        package = f"{schema_file.package}." if schema_file.package else ""
+        descriptor = pool.FindMessageTypeByName(package + schema_file.message_type[0].name)
+        return CompiledProto(descriptor, message_factory.GetMessageClass(descriptor), json_schema(descriptor))
+    except (TypeError, KeyError) as exc:  # what protoc lets through and the runtime refuses
+        raise ProtoError(str(exc) or type(exc).__name__) from None
+    except RecursionError:
+        raise ProtoError("its messages nest too deeply to follow") from None
 
 
 _PLAIN = {
@@ -265,8 +271,13 @@ def _plain(descriptor: Descriptor, seen: set[str]) -> bool:
     """Whether the constructor reads every valid JSON record of ``descriptor`` it accepts
     as ``ParseDict`` would (see ``CompiledProto.encoder``)."""
     if descriptor.full_name in seen:
-        return True
+        return False  # a message inside itself: the constructor would follow any depth
     seen.add(descriptor.full_name)
+    names = {field.name for field in descriptor.fields}
+    if any(len(oneof.fields) > 1 for oneof in descriptor.oneofs):
+        return False  # the constructor keeps the last field of a oneof without a word
+    if any(field.json_name != field.name and field.json_name in names for field in descriptor.fields):
+        return False  # a JSON name that is another field's proto name
     for field in descriptor.fields:
         message = field.message_type
         if message is None:
@@ -284,7 +295,7 @@ def _plain(descriptor: Descriptor, seen: set[str]) -> bool:
 
 
 def _plain_message(message: Descriptor, seen: set[str]) -> bool:
-    return message.full_name not in _WELL_KNOWN and _plain(message, seen)
+    return message.full_name not in _WELL_KNOWN and _plain(message, set(seen))
 
 
 def json_schema(descriptor: Descriptor) -> dict[str, Any]:
@@ -305,12 +316,12 @@ def _message(descriptor: Descriptor, defs: dict[str, Any]) -> None:
     defs[descriptor.full_name] = {}  # placed first: a recursive field refers to it
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for field in descriptor.fields:
-        schema = _field(field, defs)
-        properties[field.json_name] = schema
-        properties[field.name] = schema
-        if field.is_required:  # proto2's `required`
-            required.append(field.json_name)
+    schemas = [(field, _field(field, defs)) for field in descriptor.fields]
+    # Proto names first, JSON names last: where a JSON name is another field's proto name,
+    # the JSON name wins, as in protobuf's JSON parser.
+    properties |= {field.name: schema for field, schema in schemas}
+    properties |= {field.json_name: schema for field, schema in schemas}
+    required += [field.json_name for field, _ in schemas if field.is_required]  # proto2's `required`
     body: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         body["required"] = required
@@ -368,9 +379,21 @@ _SAMPLE_WELL_KNOWN: dict[str, Any] = {
 }
 
 
-def sample_record(descriptor: Descriptor, *, text: str, expanding: tuple[str, ...] = ()) -> dict[str, Any]:
+class SampleTooLarge(ValueError):
+    """A sample of every field would hold more than ``MAX_SAMPLE_FIELDS`` values."""
+
+
+def sample_record(
+    descriptor: Descriptor, *, text: str, expanding: tuple[str, ...] = (), budget: list[int] | None = None
+) -> dict[str, Any]:
     """Every field of the message with a value of its type (JSON names; the first field of
-    each oneof only; a message field that would contain itself left out, as proto3 allows)."""
+    each oneof only; a message field that would contain itself left out, as proto3 allows).
+    Raises ``SampleTooLarge`` past ``MAX_SAMPLE_FIELDS`` values (a message that holds two of
+    the next, each two of the next, ... doubles with every level)."""
+    budget = [MAX_SAMPLE_FIELDS] if budget is None else budget
+    budget[0] -= len(descriptor.fields)
+    if budget[0] < 0:
+        raise SampleTooLarge(f"A sample of every field would hold more than {MAX_SAMPLE_FIELDS} values.")
     out: dict[str, Any] = {}
     oneofs_used: set[str] = set()
     expanding = (*expanding, descriptor.full_name)
@@ -384,14 +407,16 @@ def sample_record(descriptor: Descriptor, *, text: str, expanding: tuple[str, ..
         if message is not None and message.full_name in expanding:
             continue
         if message is not None and message.GetOptions().map_entry:
-            out[field.json_name] = {"key": _sample_single(message.fields_by_name["value"], text, expanding)}
+            key = _sample_single(message.fields_by_name["key"], text, expanding, budget)
+            out[field.json_name] = {str(key).lower(): _sample_single(message.fields_by_name["value"], text, expanding,
+                                                                     budget)}  # fmt: skip
             continue
-        value = _sample_single(field, text, expanding)
+        value = _sample_single(field, text, expanding, budget)
         out[field.json_name] = [value] if field.is_repeated else value
     return out
 
 
-def _sample_single(field: FieldDescriptor, text: str, expanding: tuple[str, ...]) -> Any:
+def _sample_single(field: FieldDescriptor, text: str, expanding: tuple[str, ...], budget: list[int]) -> Any:
     kind = field.type
     if kind in _INTEGERS or kind in _LONGS:
         return 0
@@ -411,5 +436,5 @@ def _sample_single(field: FieldDescriptor, text: str, expanding: tuple[str, ...]
     if message.full_name in _SAMPLE_WELL_KNOWN:
         return _SAMPLE_WELL_KNOWN[message.full_name]
     if message.full_name in _WRAPPERS:
-        return _sample_single(message.fields_by_name["value"], text, expanding)
-    return sample_record(message, text=text, expanding=expanding)
+        return _sample_single(message.fields_by_name["value"], text, expanding, budget)
+    return sample_record(message, text=text, expanding=expanding, budget=budget)

@@ -44,6 +44,7 @@ from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from django.conf import settings
 from google.protobuf import json_format
+from google.protobuf.message import EncodeError
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft7Validator, validator_for
 from rest_framework import status
@@ -468,8 +469,8 @@ def _encode_protobuf(encoder: Encoder, records: list[Any]) -> list[bytes]:
     for index, record in enumerate(records):
         try:
             out.append(encoder(record))
-        except json_format.ParseError as exc:
-            raise RecordNotEncodable(index, str(exc)) from None
+        except (json_format.ParseError, EncodeError) as exc:
+            raise RecordNotEncodable(index, str(exc) or type(exc).__name__) from None
     return out
 
 

@@ -17,6 +17,7 @@ Not part of the REST API's OpenAPI document: the shape is Confluent's.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rest_framework.negotiation import BaseContentNegotiation
@@ -86,6 +87,9 @@ class _InvalidVersion(SluiceError):
 
 class SchemaById(RegistryApi):
     def get(self, request: Request, tenant: str, schema_id: int) -> Response:
+        if schema_id >= 2**31:  # the registry's ids are 32-bit: no need to ask it
+            self.tenant_slug()
+            raise _Absent(f"Schema {schema_id} not found.", SCHEMA_NOT_FOUND)
         found = registry.tenant_schema_by_id(tenant_slug=self.tenant_slug(), schema_id=schema_id,
                                              serialized=self.serialized(request))  # fmt: skip
         if found is None:
@@ -122,6 +126,6 @@ def _version(text: str) -> int | None:
     """``latest`` (or -1, as Confluent's clients may send) is None; otherwise a positive number."""
     if text in ("latest", "-1"):
         return None
-    if text.isdigit() and 0 < int(text) < 2**31:
+    if re.fullmatch(r"[0-9]{1,10}", text) and 0 < int(text) < 2**31:
         return int(text)
     raise _InvalidVersion(f"The version must be a positive number or 'latest', not '{text[:40]}'.")

@@ -318,7 +318,10 @@ def sample_record(*, schema_str: str, schema_type: str) -> dict[str, Any]:
     the sample check it with ``validate`` first.  Raises ``NoSample`` when no simple rule
     gives a record."""
     if schema_type == PROTOBUF:
-        return protobuf.sample_record(protobuf.compile_record_type(schema_str).descriptor, text=SAMPLE_STRING)
+        try:
+            return protobuf.sample_record(protobuf.compile_record_type(schema_str).descriptor, text=SAMPLE_STRING)
+        except protobuf.SampleTooLarge as exc:
+            raise NoSample(str(exc)) from None
     document = json.loads(schema_str)
     if schema_type == AVRO:
         parsed = fastavro.parse_schema(document)

@@ -166,3 +166,63 @@ def test_the_serialized_form_is_the_files_own_descriptor() -> None:
     assert parsed.package == "acme.telemetry"
     assert [m.name for m in parsed.message_type] == ["Reading", "NotTheRecordType"]
     assert list(parsed.dependency) == ["google/protobuf/timestamp.proto", "google/protobuf/wrappers.proto"]
+
+
+# -- what the constructor must not be trusted with (review findings, each one a case) ------
+
+
+def _both_encoders(text: str) -> tuple[Any, Any]:
+    proto = compile_record_type(text)
+    reference = proto.message_class
+
+    def parse(record: Any) -> bytes:
+        return b"P" + FIRST_MESSAGE_INDEXES + json_format.ParseDict(record, reference()).SerializeToString()
+
+    return proto.encoder(b"P"), parse
+
+
+def test_two_fields_of_one_oneof_are_refused_even_in_a_plain_message() -> None:
+    fast, _ = _both_encoders('syntax = "proto3";\nmessage R { oneof w { string room = 1; int32 floor = 2; } }')
+    with pytest.raises(json_format.ParseError):
+        fast({"room": "a", "floor": 2})
+
+
+def test_a_message_inside_itself_is_refused_past_protobufs_depth() -> None:
+    fast, parse = _both_encoders('syntax = "proto3";\nmessage N { N next = 1; int32 a = 2; }')
+    deep: dict[str, Any] = {"a": 1}
+    for _ in range(150):
+        deep = {"next": deep}
+    with pytest.raises(json_format.ParseError):
+        fast(deep)
+    assert fast({"next": {"a": 2}}) == parse({"next": {"a": 2}})
+
+
+def test_a_json_name_that_is_another_fields_name_goes_where_protobuf_puts_it() -> None:
+    text = 'syntax = "proto3";\nmessage R { int32 a = 1 [json_name="b"]; int32 b = 2 [json_name="c"]; }'
+    fast, parse = _both_encoders(text)
+    assert fast({"b": 5}) == parse({"b": 5}) == b"P" + FIRST_MESSAGE_INDEXES + b"\x08\x05"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'syntax = "proto2";\nmessage R { optional int32 foo_bar = 1; optional int32 fooBar = 2; }',
+        'syntax = "proto3";\n'
+        + "".join(f"message M{i} {{ M{i + 1} a = 1; }}\n" for i in range(400))
+        + "message M400 {}",
+    ],
+    ids=["json-name-clash", "400-deep"],
+)
+def test_a_proto_the_runtime_refuses_is_a_proto_error(text: str) -> None:
+    from devices.protobuf import ProtoError
+
+    with pytest.raises(ProtoError):
+        compile_record_type(text)
+
+
+def test_a_sample_that_would_double_with_every_level_is_no_sample() -> None:
+    from ingest import records
+
+    text = 'syntax = "proto3";\n' + "".join(f"message M{i} {{ M{i + 1} a = 1; M{i + 1} b = 2; }}\n" for i in range(30))
+    with pytest.raises(records.NoSample):
+        records.sample_record(schema_str=text + "message M30 { int32 x = 1; }", schema_type="PROTOBUF")

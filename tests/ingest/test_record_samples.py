@@ -164,7 +164,7 @@ def test_protobuf_samples_hold_every_field_by_its_json_name() -> None:
         "siteName": "example",
         "seq": 0,
         "tags": ["example"],
-        "axes": {"key": 0.0},
+        "axes": {"example": 0.0},
         "unit": "C",
         "at": "2024-01-01T00:00:00Z",
         "room": "example",

@@ -126,6 +126,12 @@ def test_bad_versions_and_formats_are_named(services: Runtime, make_sender: Any)
     base = f"/registry/{sender.device.tenant.slug}"
     status, body = get(services, f"{base}/subjects/{sender.subject}/versions/zero", token)
     assert (status, body["error_code"], body["error"]["code"]) == (422, 42202, "invalid_version")
+    status, body = get(services, f"{base}/subjects/{sender.subject}/versions/%C2%B2", token)  # a superscript 2
+    assert (status, body["error_code"]) == (422, 42202)
+    status, body = get(services, f"{base}/schemas/ids/{2**40}", token)
+    assert (status, body["error_code"]) == (404, 40403)
+    status, body = get(services, f"{base}/schemas/ids/1/subjects", token)  # not served here: JSON all the same
+    assert (status, body["error"]["code"]) == (404, "not_found")
     status, body = get(services, f"{base}/subjects/{sender.subject}/versions/7", token)
     assert (status, body["error_code"]) == (404, 40402)
     status, body = get(services, f"{base}/subjects/{sender.subject}/versions/latest?format=xml", token)
