@@ -164,8 +164,8 @@ class CompiledProto:
         A message whose fields are all plain (numbers of at most 32 bits, doubles, floats,
         booleans, strings, such messages, lists and string-keyed maps of them; no oneof of
         several fields, no message inside itself, no JSON name that is another field's proto
-        name: ``_plain``) is built by its constructor, which takes the fields' proto names (~1.5 us for a small record), or
-        after its JSON names (``siteName`` for ``site_name``) are renamed; a record the
+        name: ``_plain``) is built by its constructor, which takes the fields' proto names
+        (~1.5 us for a small record), or after its JSON names (``siteName`` for ``site_name``) are renamed; a record the
         constructor still refuses, and any record of another message, by
         ``json_format.ParseDict`` (~40 us), which reads the JSON mapping's special forms
         (64-bit strings, base64, enum names, timestamps) and says what is wrong."""
