@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
 
 from config.errors import PayloadTooLarge, RateLimited, ServiceUnavailable
 
@@ -46,6 +49,9 @@ KEY_PREFIX = "sluice:ingest"
 LEASE_FRACTION = 0.05  # of a second's budget per lease
 LEASE_SECONDS = 0.25  # a lease not spent by then goes back
 REDIS_TIMEOUT = 0.5  # seconds: a stuck Redis costs a request half a second, not a worker
+# A pooled connection that a Redis restart closed fails its next command at once: that one
+# is tried again on a new connection (redis-py's clients made by from_url retry nothing).
+# A timeout is not retried: a stuck Redis still costs a request REDIS_TIMEOUT, not twice it.
 IDLE_DEVICE_SECONDS = 5.0  # a bucket untouched this long is full again: forget it
 
 
@@ -169,8 +175,9 @@ class RateLimiter:
     def client(self) -> redis.asyncio.Redis:
         if self._client is None:
             self._client = redis.asyncio.Redis.from_url(
-                self._redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-            )
+                self._redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            )  # fmt: skip
         return self._client
 
     async def close(self) -> None:
@@ -291,5 +298,6 @@ def redis_client() -> redis.Redis:
     """A blocking client (the control plane's view of the same Redis: metrics, tests)."""
     from django.conf import settings
 
+    once = redis.retry.Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
     return redis.Redis.from_url(settings.SLUICE_RUNTIME.redis_url(), socket_timeout=REDIS_TIMEOUT,
-                                socket_connect_timeout=REDIS_TIMEOUT)  # fmt: skip
+                                socket_connect_timeout=REDIS_TIMEOUT, retry=once)  # fmt: skip

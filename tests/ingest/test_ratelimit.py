@@ -5,9 +5,13 @@ across workers, and closed when Redis cannot answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -177,3 +181,39 @@ def test_the_ratelimit_fields() -> None:
         '"device";q=10;w=1, "tenant-records";q=500;w=1, "tenant-bytes";q=2048;w=1;qu="content-bytes"'
     )
     assert remaining_header(ratelimit.Verdict(9, 1, 480)) == '"device";r=9;t=1, "tenant-records";r=480;t=1'
+
+
+def test_a_connection_a_redis_restart_closed_is_replaced_not_refused(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    # given a worker's limiter that has talked to a Redis (its connection pooled)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def start() -> subprocess.Popen[bytes]:
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(tmp_path)]  # fmt: skip
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if redis.Redis(port=port, socket_timeout=0.5).ping():
+                    return server
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    server = start()
+    limiter = RateLimiter(f"redis://127.0.0.1:{port}/0")
+    try:
+        loop.run_until_complete(limiter.take(budget()))
+        # when Redis restarts (the pooled connection is closed by the old server)
+        server.terminate()
+        server.wait()
+        server = start()
+        # then the next request that needs Redis is let through, on a new connection
+        assert loop.run_until_complete(limiter.take(budget())).tenant_records_remaining >= 0
+    finally:
+        loop.run_until_complete(limiter.close())
+        server.terminate()
+        server.wait()
