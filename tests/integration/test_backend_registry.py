@@ -5,9 +5,6 @@ another tenant's ids and subjects are 404, and nobody without a credential reads
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -26,6 +23,7 @@ from devices.registry import registry_client
 from tests.integration.test_ingest import Sender, consume
 from tests.integration.test_ingest import make_sender as make_sender  # the fixture
 from tests.integration.test_ingest_ndjson import PROTO
+from tests.postgres.test_database_down import https_get
 from tests.schemas import READING_AVRO, READING_JSON
 from tests.tenants.oauth.support import access_token, make_oauth_client
 
@@ -43,18 +41,9 @@ def scoped(services: Runtime, tenant_slug: str, token: str) -> SchemaRegistryCli
     })  # fmt: skip
 
 
-def get(services: Runtime, path: str, token: str | None = None) -> tuple[int, Any]:
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(PlatformPki(services.pki_dir).trust_bundle))
-    request = urllib.request.Request(f"https://127.0.0.1:{services.ports.web}{path}")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+def get(services: Runtime, path: str, token: str = "") -> tuple[int, Any]:
+    status, _, body = https_get(services, path, token)
+    return status, body
 
 
 def test_a_tenant_backend_deserializes_its_streams_through_the_scoped_registry(
