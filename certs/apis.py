@@ -1,4 +1,4 @@
-"""Device certificates over REST: issue (CSR or generated), list, revoke; the tenant's CA chain."""
+"""Device and consumer certificates over REST: issue (CSR or generated), list, revoke; the tenant's CA chain."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from certs import selectors, services
 from certs.models import Certificate, CertificateAuthority
 from devices.apis import device_id_field
 from devices.models import Device
-from devices.selectors import device_get
+from devices.selectors import consumer_get, device_get
 from tenants import policy
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer
 
@@ -31,13 +31,15 @@ class CsrField(serializers.CharField):
 
 
 class CertificateOutput(serializers.ModelSerializer):
-    device = serializers.CharField(source="device_ref")
+    device = serializers.CharField(source="device_ref", help_text="Blank for a consumer's certificate.")
+    consumer = serializers.CharField(source="consumer.slug", default=None, read_only=True, allow_null=True)
     ca_serial = serializers.CharField(source="ca.serial")
 
     class Meta:
         model = Certificate
         fields: tuple[str, ...] = (
-            "serial", "device", "subject", "fingerprint_sha256", "key_type", "origin", "status", "not_before",
+            "serial", "device", "consumer", "kafka_principal", "subject", "fingerprint_sha256", "key_type", "origin",
+            "status", "not_before",
             "not_after", "revoked_at", "revocation_reason", "ca_serial", "certificate_pem", "created_at",
             "renewal_due", "overlap_until",
         )  # fmt: skip
@@ -132,15 +134,42 @@ class DeviceCertificatesApi(ScopedApi):
             issued = services.certificate_issue_generated(
                 actor=self.actor, device=device, passphrase=data["passphrase"]
             )
-        body = dict(CertificateOutput(issued.certificate).data)
-        body["chain_pem"] = issued.chain_pem
-        if issued.key_pem is not None and issued.pkcs12 is not None:
-            # Returned this once; Sluice keeps no copy of a key it generated.
-            body["private_key_pem"] = issued.key_pem
-            body["pkcs12_base64"] = base64.b64encode(issued.pkcs12).decode()
-        response = Response(body, status=status.HTTP_201_CREATED)
-        response["Cache-Control"] = "no-store"
-        return response
+        return _issued_body(issued)
+
+
+def _issued_body(issued: services.Issued) -> Response:
+    body = dict(CertificateOutput(issued.certificate).data)
+    body["chain_pem"] = issued.chain_pem
+    if issued.key_pem is not None and issued.pkcs12 is not None:
+        # Returned this once; Sluice keeps no copy of a key it generated.
+        body["private_key_pem"] = issued.key_pem
+        body["pkcs12_base64"] = base64.b64encode(issued.pkcs12).decode()
+    response = Response(body, status=status.HTTP_201_CREATED)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class ConsumerCertificatesApi(ScopedApi):
+    """A consumer's client certificates: on Kafka each is its own principal
+    ``User:<tenant>.consumers.<consumer>.<id>`` with the consumer's READ grants; at nginx it
+    reaches the tenant's schemas (``/registry/<tenant>/``).  Valid 365 days, not renewed by
+    rotation: issue the next one before it ends."""
+
+    @extend_schema(responses=CertificateOutput(many=True))
+    def get(self, request: Request, tenant: str, consumer: str) -> Response:
+        scope = self.tenant_scope
+        found = consumer_get(scope=scope, slug=consumer)
+        return self.page(selectors.consumer_certificate_list(scope=scope, consumer=found), CertificateOutput)
+
+    @extend_schema(request=ISSUE_REQUEST, responses={201: IssuedOutput})
+    def post(self, request: Request, tenant: str, consumer: str) -> Response:
+        self.writable_tenant()
+        found = consumer_get(scope=self.tenant_scope, slug=consumer)
+        data = self.parse(IssueInput)
+        csr = data["csr"].encode() if data.get("csr") else None
+        issued = services.consumer_certificate_issue(actor=self.actor, consumer=found, csr_pem=csr,
+                                                     passphrase=None if csr else data["passphrase"])  # fmt: skip
+        return _issued_body(issued)
 
 
 class CertificateRevokeApi(ScopedApi):

@@ -18,3 +18,4 @@ class CertsConfig(AppConfig):
         tenant_services.tenant_deleting.connect(services.tenant_cas_revoke)
         device_services.device_certificates_withdrawn.connect(services.device_certificates_revoke)
         device_services.group_certificates_withdrawn.connect(services.group_certificates_revoke)
+        device_services.consumer_certificates_withdrawn.connect(services.consumer_certificates_revoke)

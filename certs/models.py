@@ -47,7 +47,7 @@ class CertificateAuthority(models.Model):
 
 
 class Certificate(models.Model):
-    """A device's client certificate.  The private key is never stored: it stays on the
+    """A device's (or a consumer's) client certificate.  The private key is never stored: it stays on the
     device (CSR) or is handed out once (server-generated)."""
 
     class Status(models.TextChoices):
@@ -72,6 +72,16 @@ class Certificate(models.Model):
     device_ref = models.CharField(
         verbose_name="device ID", max_length=128
     )  # the device id, kept after the device is deleted
+    # A consumer's certificate (no device; device_ref is blank): a tenant backend reading
+    # its streams from Kafka as ``User:<tenant>.consumers.<consumer>.<credential id>``.
+    consumer = models.ForeignKey(
+        "devices.Consumer",
+        verbose_name="consumer",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="certificates",
+    )
     ca = models.ForeignKey(
         CertificateAuthority, verbose_name="issuing CA", on_delete=models.PROTECT, related_name="issued"
     )

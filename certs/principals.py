@@ -10,6 +10,9 @@ nothing is confused with the platform's names, which hold a space).  The rules t
 * ``User:<tenant>.<group>.<id>`` for device certificates with a credential id: Kafka-direct
   grants are per credential (``ingest.acls``), so ending one certificate's right is one ACL
   change that reaches an already-open connection at its next request;
+* ``User:<tenant>.consumers.<consumer>.<id>`` for a consumer's certificates, whose subject
+  is ``UID=<id>,CN=<consumer>,O=<tenant>`` (no ``OU``: it names no device group, so the
+  device rule cannot take it, nor the consumer rule a device's);
 * ``User:<tenant>.<group>`` for device certificates issued before credential ids existed.
   That principal gets no ACL any more: such certificates keep working on HTTPS ingest but
   not on Kafka directly (renew them to get Kafka-direct access).
@@ -28,7 +31,7 @@ import secrets
 from cryptography import x509
 
 from certs.ca import name
-from devices.principals import CREDENTIAL_ID, CREDENTIAL_ID_PATTERN
+from devices.principals import CONSUMERS, CREDENTIAL_ID, CREDENTIAL_ID_PATTERN
 
 PLATFORM_ORGANIZATION = "Sluice Platform"
 BROKER = "broker"
@@ -41,6 +44,8 @@ _SLUG = "[a-z0-9][a-z0-9-]*"
 KAFKA_PRINCIPAL_MAPPING_RULES = ",".join(
     [
         f"RULE:^CN=({_SLUG}),O={PLATFORM_ORGANIZATION}$/$1/",
+        # A consumer's certificate: no OU.
+        f"RULE:^UID=({CREDENTIAL_ID}),CN=({_SLUG}),O=({_SLUG})$/$3.{CONSUMERS}.$2.$1/",
         # Device ids may hold letters, digits and . _ : - (never a comma), hence [^,]+.
         f"RULE:^UID=({CREDENTIAL_ID}),CN=[^,]+,OU=({_SLUG}),O=({_SLUG})$/$3.$2.$1/",
         # Certificates issued before credential ids: a principal no ACL names.
@@ -68,3 +73,10 @@ def device_subject(*, tenant: str, group: str, device: str, credential_id: str |
     if not CREDENTIAL_ID_PATTERN.match(credential_id):
         raise ValueError(f"not a credential id: {credential_id!r}")
     return name(O=tenant, OU=group, CN=device, UID=credential_id)
+
+
+def consumer_subject(*, tenant: str, consumer: str, credential_id: str) -> x509.Name:
+    """``UID=<id>,CN=<consumer>,O=<tenant>`` in RFC 2253 form."""
+    if not CREDENTIAL_ID_PATTERN.match(credential_id):
+        raise ValueError(f"not a credential id: {credential_id!r}")
+    return name(O=tenant, CN=consumer, UID=credential_id)

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from certs.models import Certificate, CertificateAuthority
 from config.errors import NotFound
-from devices.models import Device
+from devices.models import Consumer, Device
 from tenants import policy
 from tenants.scoping import Scope, restrict
 
@@ -59,6 +59,11 @@ def certificate_get(*, scope: Scope, serial: str) -> Certificate:
 
 def _of_device(scope: Scope, device: Device) -> QuerySet[Certificate]:
     return certificate_list(scope=scope).filter(tenant_id=device.tenant_id, device=device)
+
+
+def consumer_certificate_list(*, scope: Scope, consumer: Consumer) -> QuerySet[Certificate]:
+    """Every certificate of ``consumer`` (none when it is outside ``scope``)."""
+    return restrict(Certificate.objects.select_related("ca", "consumer"), scope=scope).filter(consumer=consumer)
 
 
 def device_certificate_list(*, scope: Scope, device: Device) -> QuerySet[Certificate]:

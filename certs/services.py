@@ -15,11 +15,11 @@ from django.utils import timezone
 from certs import ca, crl_files, selectors
 from certs.models import Certificate, CertificateAuthority
 from certs.platform_pki import ensure_root
-from certs.principals import device_subject, new_certificate_id
+from certs.principals import consumer_subject, device_subject, new_certificate_id
 from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
 from devices import selectors as device_selectors
-from devices.models import Device, DeviceGroup
-from devices.principals import credential_principal
+from devices.models import Consumer, Device, DeviceGroup
+from devices.principals import consumer_principal, credential_principal
 from tenants import policy
 from tenants.audit import Actor, audit_record
 from tenants.models import Tenant
@@ -193,9 +193,9 @@ def issue_for_key(
     return Issued(certificate=record, chain_pem=record.certificate_pem + authority.certificate_pem)
 
 
-def certificate_issue_from_csr(*, actor: Actor, device: Device, csr_pem: bytes) -> Issued:
-    """Sign a device's CSR: the key never leaves the device.  The CSR must prove possession
-    of an acceptable key; its subject and extensions are ignored."""
+def _csr_key(csr_pem: bytes) -> tuple[ca.PublicKey, ca.KeyType]:
+    """The public key of a CSR that proves possession of an acceptable key (its subject and
+    extensions are ignored), or InvalidInput on ``/csr``."""
     try:
         csr = ca.load_csr(csr_pem)
         key_type = ca.check_csr(csr)
@@ -205,6 +205,32 @@ def certificate_issue_from_csr(*, actor: Actor, device: Device, csr_pem: bytes) 
         ) from None
     public_key = csr.public_key()
     assert isinstance(public_key, ca.PublicKey)
+    return public_key, key_type
+
+
+def _check_passphrase(passphrase: str) -> None:
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise InvalidInput(
+            f"The PKCS#12 passphrase needs at least {MIN_PASSPHRASE} characters.",
+            fields=[
+                {"pointer": "/passphrase", "code": "too_short", "message": f"At least {MIN_PASSPHRASE} characters."}
+            ],
+        )
+
+
+def _with_key(issued: Issued, *, key: ca.PrivateKey, name: str, passphrase: str) -> Issued:
+    """``issued`` with its server-generated key, as PEM and in a PKCS#12 bundle."""
+    leaf = ca.load_certificate(issued.certificate.certificate_pem.encode())
+    chain = [ca.load_certificate(issued.certificate.ca.certificate_pem.encode())]
+    bundle = ca.pkcs12_bundle(name=name, key=key, certificate=leaf, chain=chain, passphrase=passphrase.encode())
+    return Issued(certificate=issued.certificate, chain_pem=issued.chain_pem, key_pem=ca.private_key_pem(key).decode(),
+                  pkcs12=bundle)  # fmt: skip
+
+
+def certificate_issue_from_csr(*, actor: Actor, device: Device, csr_pem: bytes) -> Issued:
+    """Sign a device's CSR: the key never leaves the device.  The CSR must prove possession
+    of an acceptable key; its subject and extensions are ignored."""
+    public_key, key_type = _csr_key(csr_pem)
     return issue_for_key(
         actor=actor, device=device, public_key=public_key, key_type=key_type, origin=Certificate.Origin.CSR
     )
@@ -213,23 +239,84 @@ def certificate_issue_from_csr(*, actor: Actor, device: Device, csr_pem: bytes) 
 def certificate_issue_generated(*, actor: Actor, device: Device, passphrase: str) -> Issued:
     """Generate the key here (the group's key type) and return it once, as PEM and as a
     PKCS#12 bundle encrypted with ``passphrase``."""
-    if len(passphrase) < MIN_PASSPHRASE:
-        raise InvalidInput(
-            f"The PKCS#12 passphrase needs at least {MIN_PASSPHRASE} characters.",
-            fields=[
-                {"pointer": "/passphrase", "code": "too_short", "message": f"At least {MIN_PASSPHRASE} characters."}
-            ],
-        )
+    _check_passphrase(passphrase)
     key_type = ca.KeyType(_usable_group(device).cert_key_type)
     key = ca.generate_key(key_type)
     issued = issue_for_key(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
                     origin=Certificate.Origin.GENERATED)  # fmt: skip
-    leaf = ca.load_certificate(issued.certificate.certificate_pem.encode())
-    chain = [ca.load_certificate(issued.certificate.ca.certificate_pem.encode())]
-    bundle = ca.pkcs12_bundle(name=device.device_id, key=key, certificate=leaf, chain=chain,
-                              passphrase=passphrase.encode())  # fmt: skip
-    return Issued(certificate=issued.certificate, chain_pem=issued.chain_pem, key_pem=ca.private_key_pem(key).decode(),
-                  pkcs12=bundle)  # fmt: skip
+    return _with_key(issued, key=key, name=device.device_id, passphrase=passphrase)
+
+
+# A consumer's certificate: not renewed by rotation (a backend gets a new one through the API
+# before this ends; both work meanwhile).
+CONSUMER_CERTIFICATE_DAYS = 365
+
+
+def consumer_certificate_issue(
+    *, actor: Actor, consumer: Consumer, csr_pem: bytes | None = None, passphrase: str | None = None
+) -> Issued:
+    """A client certificate from the tenant CA for ``consumer``'s own key (``csr_pem``) or a
+    key generated here and returned once (``passphrase`` for its PKCS#12 bundle).  Its
+    subject ``UID=<id>,CN=<consumer>,O=<tenant>`` maps to the principal
+    ``User:<tenant>.consumers.<consumer>.<id>`` on Kafka, where it reads what the consumer
+    is granted (``ingest.acls``); at nginx it reaches the tenant's schemas
+    (``/registry/<tenant>/``) and nothing else."""
+    tenant = consumer.tenant
+    if not tenant.is_active:
+        raise Conflict(f"Tenant '{tenant.slug}' is suspended.", code="tenant_suspended")
+    if not consumer.is_active:
+        raise Conflict(f"Consumer '{consumer.slug}' is disabled; enable it first.", code="consumer_disabled")
+    if (csr_pem is None) == (passphrase is None):
+        both = "Send either a CSR or a passphrase for a key generated here, not both."
+        raise InvalidInput(both, fields=[{"pointer": "/csr", "code": "csr_or_passphrase", "message": both}])
+    key: ca.PrivateKey | None = None
+    if csr_pem is not None:
+        public_key, key_type = _csr_key(csr_pem)
+        origin = Certificate.Origin.CSR
+    else:
+        assert passphrase is not None
+        _check_passphrase(passphrase)
+        key_type = ca.KeyType.EC_P256
+        key = ca.generate_key(key_type)
+        public_key, origin = key.public_key(), Certificate.Origin.GENERATED
+    authority = active_ca(tenant)
+    credential_id = new_certificate_id()
+    cert = ca.issue_leaf(
+        issuer=ca_issuer(authority),
+        subject=consumer_subject(tenant=tenant.slug, consumer=consumer.slug, credential_id=credential_id),
+        public_key=public_key,
+        usage=ca.Usage.CLIENT,
+        valid_days=CONSUMER_CERTIFICATE_DAYS,
+        uris=[f"urn:sluice:consumer:{tenant.slug}:{consumer.slug}"],
+        crl_urls=[settings.SLUICE_RUNTIME.crl_url(crl_name(authority))],
+    )
+    principal = consumer_principal(tenant=tenant.slug, consumer=consumer.slug, credential_id=credential_id)
+    with transaction.atomic():
+        record = Certificate.objects.create(
+            tenant=tenant, consumer=consumer, device_ref="", ca=authority, serial=format(cert.serial_number, "x"),
+            fingerprint_sha256=ca.fingerprint_sha256(cert), subject=cert.subject.rfc4514_string(),
+            certificate_pem=ca.certificate_pem(cert).decode(), key_type=key_type.value, origin=origin,
+            not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, kafka_principal=principal,
+        )  # fmt: skip
+        audit_record(actor=actor, tenant=tenant, action="certificate.issue", obj=record,
+                     after={"consumer": consumer.slug, "serial": record.serial, "origin": origin,
+                            "not_after": record.not_after.isoformat(), "key_type": key_type.value,
+                            "kafka_principal": principal})  # fmt: skip
+        rights_changed(tenant_id=tenant.pk, certificates=[record.serial])
+    issued = Issued(certificate=record, chain_pem=record.certificate_pem + authority.certificate_pem)
+    if key is None:
+        return issued
+    assert passphrase is not None
+    return _with_key(issued, key=key, name=consumer.slug, passphrase=passphrase)
+
+
+def consumer_certificates_revoke(*, actor: Actor, consumer: Consumer, reason: str) -> list[str]:
+    """Revoke every still-usable certificate of ``consumer`` (it is deleted).  Call inside
+    the caller's transaction."""
+    usable = (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
+    certificates = list(Certificate.objects.filter(consumer=consumer, status__in=usable).select_related("ca", "tenant"))
+    return _revoke_many(actor=actor, certificates=certificates, reason=reason, from_statuses=usable,
+                        extra={"consumer": consumer.slug})  # fmt: skip
 
 
 def certificate_revoke(*, actor: Actor, certificate: Certificate, reason: str = "unspecified") -> Certificate:

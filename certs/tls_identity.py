@@ -8,17 +8,20 @@ local process talking to the app's socket directly cannot claim one."""
 from __future__ import annotations
 
 import hmac
+from typing import Any
 from urllib.parse import unquote
 
 from cryptography import x509
 from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
+from rest_framework import authentication, exceptions
 
 from certs import ca
 from certs.models import Certificate
 from config.errors import PermissionDenied, Unauthenticated
 from tenants import policy
+from tenants.oauth.resource import ConsumerPrincipal
 
 # nginx's $ssl_client_verify reasons (OpenSSL's X509_verify_cert_error_string) -> what
 # tenants.policy answers for them: (code, error class, message).
@@ -78,3 +81,39 @@ def client_certificate_record(request: HttpRequest) -> Certificate:
     if refusal is not None:
         raise refusal.exception()
     return record
+
+
+def consumer_certificate_principal(request: HttpRequest) -> ConsumerPrincipal:
+    """The consumer whose verified client certificate this is, if it may read now (the
+    certificate usable, the consumer enabled, the tenant active); a device's certificate is
+    refused (403 ``not_a_consumer_certificate``): devices write, they do not read."""
+    record = client_certificate_record(request)
+    consumer = record.consumer
+    if consumer is None:
+        raise PermissionDenied("Only a consumer's certificate reads schemas here.", code="not_a_consumer_certificate")
+    refusal = policy.certificate_refusal(policy.Use.KAFKA_CERTIFICATE, status=record.status,
+                                         not_after=record.not_after, overlap_until=record.overlap_until,
+                                         now=timezone.now()) or policy.holder_refusal(
+        policy.Use.KAFKA_CERTIFICATE, tenant_status=record.tenant.status, device_status=None, credential_policy=None,
+        consumer_status=consumer.status, tenant=record.tenant.slug)  # fmt: skip
+    if refusal is not None:
+        raise refusal.exception()
+    return ConsumerPrincipal(tenant_id=record.tenant_id, label=f"cert:{record.serial}")
+
+
+class ConsumerCertificateAuthentication(authentication.BaseAuthentication):
+    """A consumer's client certificate, as nginx verified it (DRF's side of
+    ``consumer_certificate_principal``); no certificate, no opinion."""
+
+    def authenticate(self, request: Any) -> tuple[Any, Any] | None:
+        if not client_certificate_presented(request._request):
+            return None
+        try:
+            return consumer_certificate_principal(request._request), None
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
+        except PermissionDenied as exc:
+            raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
+
+    def authenticate_header(self, request: Any) -> str:
+        return 'Bearer realm="sluice-registry"'

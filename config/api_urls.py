@@ -75,6 +75,13 @@ urlpatterns = [
     path(f"{T}certificates/<str:serial>/", cert_apis.CertificateDetailApi.as_view(), name="certificate-detail"),
     path(f"{T}certificates/<str:serial>/revoke", cert_apis.CertificateRevokeApi.as_view(), name="certificate-revoke"),
     path(f"{T}ca/", cert_apis.TenantCaApi.as_view(), name="tenant-ca"),
+    path(f"{T}consumers/", device_apis.ConsumerListApi.as_view(), name="consumer-list"),
+    path(f"{T}consumers/<slug:consumer>/", device_apis.ConsumerDetailApi.as_view(), name="consumer-detail"),
+    path(
+        f"{T}consumers/<slug:consumer>/certificates/",
+        cert_apis.ConsumerCertificatesApi.as_view(),
+        name="consumer-certs",
+    ),
     path(f"{T}oauth-clients/", oauth_apis.OAuthClientListApi.as_view(), name="oauth-client-list"),
     path(f"{T}oauth-clients/<str:client_id>/", oauth_apis.OAuthClientDetailApi.as_view(), name="oauth-client-detail"),
     path(

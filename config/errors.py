@@ -227,6 +227,7 @@ STATE_FIELD_CODES: dict[str, tuple[int, str]] = {
     "credential_policy": (status.HTTP_409_CONFLICT, "conflict"),
     "not_eligible": (status.HTTP_409_CONFLICT, "conflict"),
     "device_disabled": (status.HTTP_409_CONFLICT, "conflict"),
+    "consumer_disabled": (status.HTTP_409_CONFLICT, "conflict"),
     "group_mismatch": (status.HTTP_409_CONFLICT, "conflict"),
     "duplicate": (status.HTTP_409_CONFLICT, "conflict"),
     "contradicts_stream": (status.HTTP_409_CONFLICT, "conflict"),

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 
 from config.errors import NotFound
 from devices import selectors as device_selectors
-from devices.models import Device, DeviceGroup
+from devices.models import Consumer, Device, DeviceGroup
 from tenants.api_base import NulFreeCharField, ScopedApi, StrictSerializer, slug_field
 from tenants.oauth import openapi as _openapi  # noqa: F401 - registers the spec's security schemes
 from tenants.oauth import scopes as oauth_scopes
@@ -29,6 +29,7 @@ class OAuthClientOutput(serializers.ModelSerializer):
     scopes = serializers.ListField(child=serializers.ChoiceField(oauth_scopes.ALL))
     device = serializers.CharField(source="device.device_id", default=None, read_only=True, allow_null=True)
     group = serializers.CharField(source="effective_group.slug", default=None, read_only=True, allow_null=True)
+    consumer = serializers.CharField(source="consumer.slug", default=None, read_only=True, allow_null=True)
     kafka_principal = serializers.CharField(default=None, read_only=True, allow_null=True)
 
     class Meta:
@@ -40,6 +41,7 @@ class OAuthClientOutput(serializers.ModelSerializer):
             "scopes",
             "device",
             "group",
+            "consumer",
             "kafka_principal",
             "status",
             "created_at",
@@ -85,6 +87,11 @@ class OAuthClientInput(StrictSerializer):
         allow_null=True,
         help_text="gateway clients: the device group's slug (404 if none in this tenant).",
     )
+    consumer = slug_field(
+        required=False,
+        allow_null=True,
+        help_text="consumer clients: the consumer's slug (404 if none in this tenant).",
+    )
 
     def _missing(self, what: str) -> serializers.ValidationError:
         return serializers.ValidationError(
@@ -107,10 +114,23 @@ class OAuthClientInput(StrictSerializer):
         except NotFound:
             raise self._missing("device group") from None
 
+    def validate_consumer(self, value: str | None) -> Consumer | None:
+        if value is None:
+            return None
+        try:
+            return device_selectors.consumer_get(scope=self.context["scope"], slug=value)
+        except NotFound:
+            raise self._missing("consumer") from None
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # A name a kind does not have is refused even as null: each kind's input is exactly
         # what the spec's CLIENT_REQUEST says.
-        names = {OAuthClient.Kind.GATEWAY: ("device",), OAuthClient.Kind.SERVICE: ("device", "group")}
+        names = {
+            OAuthClient.Kind.DEVICE: ("consumer",),
+            OAuthClient.Kind.GATEWAY: ("device", "consumer"),
+            OAuthClient.Kind.SERVICE: ("device", "group", "consumer"),
+            OAuthClient.Kind.CONSUMER: ("device", "group"),
+        }
         present = sorted(set(names.get(attrs.get("kind", ""), ())) & set(self.initial_data))
         if present:
             raise serializers.ValidationError({
@@ -156,9 +176,20 @@ class ServiceClientInput(StrictSerializer):
     scopes = _scopes(oauth_scopes.SERVICE_SCOPES)
 
 
+class ConsumerClientInput(StrictSerializer):
+    """A tenant backend reading the streams its consumer is granted (``kafka:consume`` on the
+    broker's OAUTHBEARER listener) and the tenant's schemas (``registry:read``)."""
+
+    name = NulFreeCharField(max_length=100)
+    kind = serializers.ChoiceField(["consumer"])
+    scopes = _scopes(oauth_scopes.CONSUMER_SCOPES)
+    consumer = slug_field(help_text="The consumer's slug (404 if none in this tenant).")
+
+
 # What OAuthClientInput accepts, as the spec says it: one shape per kind.
 CLIENT_REQUEST = PolymorphicProxySerializer(
-    component_name="OAuthClientRequest", serializers=[DeviceClientInput, GatewayClientInput, ServiceClientInput],
+    component_name="OAuthClientRequest",
+    serializers=[DeviceClientInput, GatewayClientInput, ServiceClientInput, ConsumerClientInput],
     resource_type_field_name=None,
 )  # fmt: skip
 

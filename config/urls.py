@@ -24,7 +24,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("onboarding/", include("config.onboarding_urls")),
     path("api/v1/", include("config.api_urls")),
-    path("registry/<str:tenant>/", include("devices.registry_urls")),
+    path("registry/<str:tenant>/", include("config.registry_urls")),
     path("api/schema/", ApiSchemaView.as_view(), name="api-schema"),
     path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
 ]

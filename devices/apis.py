@@ -24,8 +24,9 @@ from rest_framework.response import Response
 
 from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from devices import registry, selectors, services
-from devices.models import DEVICE_ID_RULE, Device, DeviceGroup, Stream
+from devices.models import DEVICE_ID_RULE, Consumer, Device, DeviceGroup, Stream
 from tenants.api_base import MAX_ID, NulFreeCharField, ScopedApi, StrictSerializer, path_id, slug_field, slug_rule
+from tenants.scoping import Scope
 
 # The model's device-id rule anchored with \Z (a "$" pattern lets a final newline through).
 device_id_rule = RegexValidator(
@@ -410,6 +411,90 @@ class GroupDetailApi(ScopedApi):
         target = self.get_group(group)
         self.scope.require_admin(target.tenant)
         services.group_delete(actor=self.actor, group=target)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# -- consumers --------------------------------------------------------------------------
+
+
+class ConsumerOutput(serializers.ModelSerializer):
+    streams = serializers.SerializerMethodField(help_text="The ids of the streams it reads (all_streams: every one).")
+    topics = serializers.SerializerMethodField(help_text="The topics its credentials may read, DLQ included.")
+    kafka_principal_prefix = serializers.CharField(read_only=True, help_text="Each credential's principal starts so.")
+    group_prefix = serializers.CharField(read_only=True, help_text="Its consumer group ids must start so.")
+
+    class Meta:
+        model = Consumer
+        fields = ("slug", "name", "status", "all_streams", "streams", "dead_letters", "topics",
+                  "kafka_principal_prefix", "group_prefix", "created_at", "updated_at")  # fmt: skip
+
+    def _streams(self, obj: Consumer) -> list[Stream]:
+        if obj.all_streams:
+            return list(selectors.stream_list(scope=Scope.of_tenant(obj.tenant)))
+        return list(obj.streams.all())
+
+    def get_streams(self, obj: Consumer) -> list[int]:
+        return sorted(s.pk for s in self._streams(obj))
+
+    def get_topics(self, obj: Consumer) -> list[str]:
+        topics = sorted(s.topic for s in self._streams(obj))
+        return [*topics, obj.tenant.dlq_topic] if obj.dead_letters else topics
+
+
+class ConsumerInput(StrictSerializer):
+    slug = slug_field()
+    name = NulFreeCharField(max_length=200, required=False, allow_blank=True)
+    all_streams = serializers.BooleanField(
+        required=False, help_text="Read every stream of the tenant, present and future (default unless streams)."
+    )
+    streams = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), required=False, max_length=1000,
+        help_text="Read these streams of this tenant only (404 for one it does not have).",
+    )  # fmt: skip
+    dead_letters = serializers.BooleanField(required=False, help_text="Also read the tenant's DLQ; default false.")
+    status = serializers.ChoiceField(Consumer.Status.choices, required=False)
+
+
+class ConsumerUpdateInput(ConsumerInput):
+    slug = None  # type: ignore[assignment]
+
+
+class ConsumerListApi(ScopedApi):
+    @extend_schema(responses=ConsumerOutput(many=True))
+    def get(self, request: Request, tenant: str) -> Response:
+        return self.page(selectors.consumer_list(scope=self.tenant_scope), ConsumerOutput)
+
+    @extend_schema(request=ConsumerInput, responses={201: ConsumerOutput})
+    def post(self, request: Request, tenant: str) -> Response:
+        target = self.writable_tenant()
+        consumer = services.consumer_create(actor=self.actor, tenant=target, **self.parse(ConsumerInput))
+        return Response(ConsumerOutput(consumer).data, status=status.HTTP_201_CREATED)
+
+
+class ConsumerDetailApi(ScopedApi):
+    def get_consumer(self, slug: str) -> Consumer:
+        return selectors.consumer_get(scope=self.tenant_scope, slug=slug)
+
+    @extend_schema(responses=ConsumerOutput)
+    def get(self, request: Request, tenant: str, consumer: str) -> Response:
+        return Response(ConsumerOutput(self.get_consumer(consumer)).data)
+
+    @extend_schema(request=ConsumerUpdateInput, responses=ConsumerOutput)
+    def patch(self, request: Request, tenant: str, consumer: str) -> Response:
+        """Disabling a consumer takes every Kafka grant of its credentials away at once;
+        narrowing its streams takes those topics'."""
+        target = self.get_consumer(consumer)
+        self.scope.require_admin(target.tenant)
+        changes = self.parse(ConsumerUpdateInput, partial=True)
+        return Response(ConsumerOutput(services.consumer_update(actor=self.actor, consumer=target, **changes)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, tenant: str, consumer: str) -> Response:
+        """Delete the consumer: its certificates are revoked, its OAuth clients removed, and
+        its Kafka grants go at once."""
+        target = self.get_consumer(consumer)
+        self.scope.require_admin(target.tenant)
+        services.consumer_delete(actor=self.actor, consumer=target)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

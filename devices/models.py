@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-from devices.principals import group_principal
+from devices.principals import CONSUMERS, consumer_group_prefix, group_principal
 from tenants import states
 from tenants.models import SLUG_REGEX, SLUG_RULE, Tenant, slug_validator
 
@@ -263,4 +263,57 @@ class Device(models.Model):
         return f"{self.tenant.slug}/{self.device_id}"
 
 
-__all__ = ["SLUG_REGEX", "SLUG_RULE", "Device", "DeviceGroup", "Stream"]
+class Consumer(models.Model):
+    """A tenant's backend that reads its streams from Kafka with its own credentials (client
+    certificates from the tenant CA, OAuth clients with ``kafka:consume``).  Each usable
+    credential is its own principal ``User:<tenant>.consumers.<consumer>.<credential id>``
+    and gets READ on the topics this consumer is granted (``all_streams`` or ``streams``,
+    plus the tenant's DLQ with ``dead_letters``) and on the consumer groups under
+    ``<tenant>.<consumer>.``; nothing else (``ingest.acls``).  Disabling or deleting it
+    takes every grant away; its credentials are revoked on deletion."""
+
+    class Status(models.TextChoices):
+        ACTIVE = states.ACTIVE
+        DISABLED = states.DISABLED
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="consumers")
+    slug = models.CharField(verbose_name="slug", max_length=40, validators=[slug_validator])
+    name = models.CharField(max_length=200, blank=True)
+    all_streams = models.BooleanField(
+        verbose_name="all streams", default=True, help_text="Read every stream of the tenant, present and future."
+    )
+    streams = models.ManyToManyField(
+        Stream, blank=True, related_name="consumers", help_text="The streams it reads when not all of them."
+    )
+    dead_letters = models.BooleanField(
+        verbose_name="dead letters", default=False, help_text="Also read the tenant's dead-letter topic."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
+    updated_at = models.DateTimeField(verbose_name="updated", auto_now=True)
+
+    class Meta:
+        ordering: ClassVar = ["tenant", "slug"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["tenant", "slug"], name="consumer_slug_unique_per_tenant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.slug}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    @property
+    def kafka_principal_prefix(self) -> str:
+        """``User:<tenant>.consumers.<consumer>.``: every credential principal of it starts so."""
+        return f"User:{self.tenant.slug}.{CONSUMERS}.{self.slug}."
+
+    @property
+    def group_prefix(self) -> str:
+        """The consumer-group ids it may use start with this: ``<tenant>.<consumer>.``."""
+        return consumer_group_prefix(tenant=self.tenant.slug, consumer=self.slug)
+
+
+__all__ = ["SLUG_REGEX", "SLUG_RULE", "Consumer", "Device", "DeviceGroup", "Stream"]

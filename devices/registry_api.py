@@ -8,9 +8,12 @@ subjects``, ``GET subjects/{subject}/versions`` and ``GET subjects/{subject}/ver
 (a number or ``latest``).  Only the tenant's own subjects (``iot.<tenant>.*``) and the ids
 they hold exist here: any other is 404, as an id nobody registered.
 
-Who may read: whoever may read the tenant through the REST API, with the same credentials
-(a member's API token or session, a service client's access token, ``provision:read``);
-anyone else gets the tenant as absent (404).  Errors carry the Confluent fields
+Who may read: the tenant's consumers -- an OAuth client of kind ``consumer`` with a token for
+``registry:read``, or a consumer's client certificate (mTLS, verified by nginx) -- and whoever
+may read the tenant through the REST API, with the same credentials (a member's API token or
+session, a service client's access token, ``provision:read``); anyone else gets the tenant as
+absent (404).  A device's certificate is refused (403): devices write, they do not read.
+The authentication classes are set where the URLs are (``config.registry_urls``).  Errors carry the Confluent fields
 ``error_code`` and ``message`` (which its clients read) beside Sluice's own ``error``.
 Not part of the REST API's OpenAPI document: the shape is Confluent's.
 """

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 
 from config.errors import Conflict, NotFound
 from devices import registry
-from devices.models import Device, DeviceGroup, Stream
+from devices.models import Consumer, Device, DeviceGroup, Stream
 from tenants.models import AuditEvent
 from tenants.scoping import Scope, restrict
 
@@ -47,6 +47,17 @@ def group_get(*, scope: Scope, slug: str) -> DeviceGroup:
     if group is None:
         raise NotFound(f"No device group '{slug}'.")
     return group
+
+
+def consumer_list(*, scope: Scope) -> QuerySet[Consumer]:
+    return restrict(Consumer.objects.select_related("tenant").prefetch_related("streams__tenant"), scope=scope)
+
+
+def consumer_get(*, scope: Scope, slug: str) -> Consumer:
+    consumer = consumer_list(scope=scope).filter(slug=slug).first()
+    if consumer is None:
+        raise NotFound(f"No consumer '{slug}'.")
+    return consumer
 
 
 def device_list(*, scope: Scope) -> QuerySet[Device]:

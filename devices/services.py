@@ -23,8 +23,8 @@ from config.errors import (
 )
 from config.hooks import Hook
 from devices import registry, selectors
-from devices.models import Device, DeviceGroup, Stream
-from devices.principals import credential_principal
+from devices.models import Consumer, Device, DeviceGroup, Stream
+from devices.principals import consumer_principal, credential_principal
 from tenants.audit import Actor, audit_record, snapshot
 from tenants.models import Tenant
 from tenants.oauth.models import OAuthClient
@@ -36,6 +36,7 @@ STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_po
 GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
                  "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second", "kafka_direct")  # fmt: skip
 DEVICE_MUTABLE = ("group", "status", "labels")
+CONSUMER_MUTABLE = ("name", "all_streams", "streams", "dead_letters", "status")
 # One stream's partitions, whatever the tenant's total allows: more spreads a topic's
 # records thinner than any consumer group of an IoT fleet can use, and each partition
 # costs every broker replica file handles and memory.
@@ -53,6 +54,8 @@ stream_deleted = Hook("devices.services.stream_deleted")
 device_certificates_withdrawn = Hook("devices.services.device_certificates_withdrawn")
 # group_certificates_withdrawn(actor, group, reason): revoke the group's usable certificates.
 group_certificates_withdrawn = Hook("devices.services.group_certificates_withdrawn")
+# consumer_certificates_withdrawn(actor, consumer, reason): revoke the consumer's usable certificates.
+consumer_certificates_withdrawn = Hook("devices.services.consumer_certificates_withdrawn")
 
 
 def _duplicate(pointer: str, what: str) -> InvalidInput:
@@ -470,3 +473,103 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
         raise Conflict("Some of these devices were created meanwhile by another request; nothing was imported. "
                        "Retry to see which.", code="unique") from None  # fmt: skip
     return created
+
+
+# -- consumers -------------------------------------------------------------------------------
+
+
+def _own_streams(tenant: Tenant, streams: Any) -> list[Stream]:
+    """Stream ids (or objects) inside ``tenant`` only, each missing one named by its index."""
+    if not isinstance(streams, list | tuple):
+        field = {"pointer": "/streams", "code": "not_a_list", "message": "A list of stream ids."}
+        raise InvalidInput("streams is a list of stream ids.", fields=[field])
+    ids = [s.pk if isinstance(s, Stream) else s for s in streams]
+    found = {s.pk: s for s in selectors.stream_list(scope=Scope.of_tenant(tenant)).filter(pk__in=ids)}
+    missing = [{"pointer": f"/streams/{i}", "code": "does_not_exist", "message": "No such stream in this tenant."}
+               for i, stream_id in enumerate(ids) if stream_id not in found]  # fmt: skip
+    if missing:
+        raise InvalidInput("Some streams do not exist in this tenant.", fields=missing)
+    return [found[i] for i in dict.fromkeys(ids)]
+
+
+def _check_grant(all_streams: bool, streams: list[Stream]) -> None:
+    if all_streams and streams:
+        message = "Choose all_streams or a list of streams, not both."
+        raise InvalidInput(message, fields=[{"pointer": "/streams", "code": "all_streams_granted", "message": message}])
+
+
+def consumer_principals(consumer: Consumer) -> list[str]:
+    """The Kafka principals of every credential of ``consumer`` that may hold a grant."""
+    usable = ("active", "superseded")
+    principals = list(consumer.certificates.filter(status__in=usable)
+                      .exclude(kafka_principal="").values_list("kafka_principal", flat=True))  # fmt: skip
+    principals += [consumer_principal(tenant=consumer.tenant.slug, consumer=consumer.slug, credential_id=client_id)
+                   for client_id in consumer.oauth_clients.filter(status=OAuthClient.Status.ACTIVE)
+                   .values_list("client_id", flat=True)]  # fmt: skip
+    return principals
+
+
+def _consumer_view(consumer: Consumer) -> dict[str, Any]:
+    return {**snapshot(consumer), "streams": sorted(s.topic for s in consumer.streams.all())}
+
+
+def consumer_create(
+    *,
+    actor: Actor,
+    tenant: Tenant,
+    slug: str,
+    name: str = "",
+    all_streams: bool | None = None,
+    streams: Any = (),
+    dead_letters: bool = False,
+    status: str = Consumer.Status.ACTIVE,
+) -> Consumer:
+    """A new consumer of ``tenant``: no credentials yet, so nothing on Kafka changes until one
+    is issued.  ``all_streams`` defaults to true unless ``streams`` names some."""
+    granted = _own_streams(tenant, list(streams))
+    every = not granted if all_streams is None else all_streams
+    _check_grant(every, granted)
+    consumer = Consumer(tenant=tenant, slug=slug, name=name, all_streams=every, dead_letters=dead_letters,
+                        status=status)  # fmt: skip
+    _refuse_duplicate(Consumer.objects.filter(tenant=tenant, slug=slug), "/slug", f"Consumer '{slug}'")
+    validate_model(consumer)
+    with transaction.atomic():
+        consumer.save()
+        consumer.streams.set(granted)
+        audit_record(actor=actor, tenant=tenant, action="consumer.create", obj=consumer, after=_consumer_view(consumer))
+    return consumer
+
+
+def consumer_update(*, actor: Actor, consumer: Consumer, **changes: Any) -> Consumer:
+    """Change what a consumer reads or whether it may read at all: its credentials' grants
+    follow at the commit (disabling it takes every grant away; enabling gives them back)."""
+    before = _consumer_view(consumer)
+    streams = _own_streams(consumer.tenant, list(changes.pop("streams"))) if "streams" in changes else None
+    _apply(consumer, changes, CONSUMER_MUTABLE, "consumer")
+    if streams is not None and streams and "all_streams" not in changes:
+        consumer.all_streams = False  # naming streams narrows an all-streams consumer to them
+    _check_grant(consumer.all_streams, streams if streams is not None else list(consumer.streams.all()))
+    if consumer.all_streams and streams is None:
+        streams = []  # widening to all streams forgets the selection
+    validate_model(consumer)
+    with transaction.atomic():
+        consumer.save()
+        if streams is not None:
+            consumer.streams.set(streams)
+        audit_record(actor=actor, tenant=consumer.tenant, action="consumer.update", obj=consumer, before=before,
+                     after=_consumer_view(consumer))  # fmt: skip
+        rights_changed(tenant_id=consumer.tenant_id, kafka_principals=consumer_principals(consumer))
+    return consumer
+
+
+def consumer_delete(*, actor: Actor, consumer: Consumer) -> None:
+    """Delete a consumer: its certificates are revoked (CRL), its OAuth clients revoked then
+    removed with it, and every grant of its credentials leaves Kafka at the commit."""
+    with transaction.atomic():
+        principals = consumer_principals(consumer)
+        audit_record(actor=actor, tenant=consumer.tenant, action="consumer.delete", obj=consumer,
+                     before=_consumer_view(consumer))  # fmt: skip
+        consumer_certificates_withdrawn(actor=actor, consumer=consumer, reason="cessation_of_operation")
+        _revoke_oauth_clients(actor, consumer.oauth_clients.all())
+        rights_changed(tenant_id=consumer.tenant_id, kafka_principals=principals)
+        consumer.delete()

@@ -46,13 +46,15 @@ from django.utils import timezone
 from redis.exceptions import LockError
 
 from certs.models import Certificate
-from devices.models import Device, DeviceGroup
+from devices.models import Consumer, Device, DeviceGroup, Stream
 from ingest.acls import (
     CertificateFacts,
     ClientFacts,
+    ConsumerSnapshot,
     GroupSnapshot,
     TenantSnapshot,
     acl_bindings_for,
+    consumer_principal_parts,
     describe_binding,
     enum_name,
     is_managed,
@@ -190,6 +192,7 @@ def tenant_snapshot(tenant: Tenant, *, principals: Iterable[str] | None = None) 
     return TenantSnapshot(
         slug=tenant.slug,
         active=tenant.is_active,
+        consumers=_consumer_snapshots(tenant, principals=wanted if principals is not None else None),
         groups=tuple(
             GroupSnapshot(slug=g.slug, topic=g.stream.topic, kafka_direct=g.kafka_direct,
                           credential_policy=g.credential_policy,
@@ -198,6 +201,41 @@ def tenant_snapshot(tenant: Tenant, *, principals: Iterable[str] | None = None) 
             for g in groups
         ),
     )  # fmt: skip
+
+
+def _consumer_snapshots(tenant: Tenant, *, principals: list[str] | None) -> tuple[ConsumerSnapshot, ...]:
+    """The tenant's consumers as ``acl_bindings_for`` takes them (with ``principals``, only
+    the credentials that could be those principals)."""
+    usable = (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
+    certificates = Certificate.objects.filter(tenant=tenant, status__in=usable, consumer__isnull=False).exclude(
+        kafka_principal=""
+    )
+    clients = OAuthClient.objects.filter(tenant=tenant, status=OAuthClient.Status.ACTIVE,
+                                         kind=OAuthClient.Kind.CONSUMER)  # fmt: skip
+    if principals is not None:
+        certificates = certificates.filter(kafka_principal__in=principals)
+        clients = clients.filter(client_id__in=[_client_id(p) for p in principals])
+    certs_of: dict[int, list[CertificateFacts]] = {}
+    for consumer_id, principal, status, not_after, overlap_until in certificates.values_list(
+        "consumer_id", "kafka_principal", "status", "not_after", "overlap_until"
+    ):
+        facts = CertificateFacts(principal=principal, status=status, not_after=not_after, overlap_until=overlap_until)
+        certs_of.setdefault(consumer_id, []).append(facts)
+    clients_of: dict[int, list[ClientFacts]] = {}
+    for consumer_id, client_id, scopes in clients.values_list("consumer_id", "client_id", "scopes"):
+        clients_of.setdefault(consumer_id, []).append(
+            ClientFacts(client_id=client_id, active=True, scopes=frozenset(scopes or ()))
+        )
+    every_topic = sorted(stream.topic for stream in Stream.objects.filter(tenant=tenant).select_related("tenant"))
+    snapshots = []
+    for consumer in Consumer.objects.filter(tenant=tenant).prefetch_related("streams__tenant").order_by("slug"):
+        topics = every_topic if consumer.all_streams else sorted(s.topic for s in consumer.streams.all())
+        if consumer.dead_letters:
+            topics = [*topics, tenant.dlq_topic]
+        snapshots.append(ConsumerSnapshot(slug=consumer.slug, active=consumer.is_active, topics=tuple(topics),
+                                          certificates=tuple(certs_of.get(consumer.pk, ())),
+                                          clients=tuple(clients_of.get(consumer.pk, ()))))  # fmt: skip
+    return tuple(snapshots)
 
 
 def desired_acls(
@@ -318,7 +356,8 @@ def _desired_quotas(tenant_slug: str, granted: Iterable[AclBinding]) -> dict[str
     if tenant is None:
         return {}
     plan = QuotaPlan(producer_byte_rate=tenant.kafka_producer_byte_rate,
-                     request_percentage=tenant.kafka_request_percentage)  # fmt: skip
+                     request_percentage=tenant.kafka_request_percentage,
+                     consumer_byte_rate=tenant.kafka_consumer_byte_rate)  # fmt: skip
     return desired_quotas({b.principal for b in granted}, plan)
 
 
@@ -473,6 +512,8 @@ def kafka_scope(change: RightsChange, extra_principals: Iterable[str] = ()) -> K
     direct = set(DeviceGroup.objects.filter(tenant=tenant, kafka_direct=True).values_list("slug", flat=True))
     principals = {p for p in candidates if (parts := principal_parts(p)) and parts[0] == tenant.slug
                   and parts[1] in direct}  # fmt: skip
+    # A consumer's credentials hold grants whatever the groups do.
+    principals |= {p for p in candidates if (parts := consumer_principal_parts(p)) and parts[0] == tenant.slug}
     if not principals:
         return None
     if len(principals) > MAX_PRINCIPALS_PER_SYNC:

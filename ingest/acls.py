@@ -27,11 +27,21 @@ What a tenant gets, and why (the broker runs ``StandardAuthorizer`` with
   and an idempotent producer needs no ``IDEMPOTENT_WRITE`` on the cluster since Kafka 3.0
   (InitProducerId is allowed to any principal with WRITE on some topic, KIP-679).  Devices
   get no READ, no consumer-group grant and nothing on the DLQ.
+* A **consumer** (a tenant's backend, ``devices.models.Consumer``) that is active: each usable
+  credential -- a certificate from the tenant CA, or an OAuth client holding
+  ``kafka:consume`` -- is its own principal ``User:<tenant>.consumers.<consumer>.<id>`` and
+  gets ALLOW READ on each topic the consumer is granted (every stream of the tenant, or the
+  selected ones, and the tenant's DLQ if granted), LITERAL, and ALLOW READ on the consumer
+  groups ``<tenant>.<consumer>.`` PREFIXED.  Nothing else: READ implies DESCRIBE on the
+  same topic or group (Kafka's authorizer), so a consumer fetches, lists offsets, reads
+  metadata and commits offsets for its own groups; it cannot write, describe or read any
+  other topic, or join any other group (another consumer's prefix included).
 * A suspended tenant gets nothing.
 
 Sluice owns a namespace on the cluster: every principal ``User:<slug>.<slug>`` (the group
-principal of certificates issued before credential ids, which no longer gets a grant) and
-``User:<slug>.<slug>.<id>``, and every topic under ``iot.<slug>.``.  Any ACL in it that the
+principal of certificates issued before credential ids, which no longer gets a grant),
+``User:<slug>.<slug>.<id>`` and ``User:<slug>.consumers.<slug>.<id>``, and every topic
+under ``iot.<slug>.``.  Any ACL in it that the
 model does not produce is stale and is removed by a sync; ACLs outside it (the platform's
 own, ``User:someone-else`` on other topics, wildcard grants) are never touched.
 """
@@ -52,7 +62,14 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from devices.principals import CREDENTIAL_ID, credential_principal, group_principal
+from devices.principals import (
+    CONSUMERS,
+    CREDENTIAL_ID,
+    consumer_group_prefix,
+    consumer_principal,
+    credential_principal,
+    group_principal,
+)
 from tenants import policy
 
 ANY_HOST = "*"
@@ -61,8 +78,10 @@ ANY_HOST = "*"
 # ``iot.<tenant>.``, so a slug is always recovered unambiguously.
 _SLUG = r"[a-z][a-z0-9-]{0,38}[a-z0-9]"
 _MANAGED_PRINCIPAL = re.compile(rf"^User:({_SLUG})\.({_SLUG})(?:\.({CREDENTIAL_ID}))?$")
+_CONSUMER_PRINCIPAL = re.compile(rf"^User:({_SLUG})\.{CONSUMERS}\.({_SLUG})\.({CREDENTIAL_ID})$")
 _TENANT_TOPIC = re.compile(rf"^iot\.({_SLUG})\.")
 CREDENTIAL_OPERATION = AclOperation.WRITE
+CONSUMER_OPERATION = AclOperation.READ
 
 
 @dataclass(frozen=True)
@@ -101,12 +120,25 @@ class GroupSnapshot:
 
 
 @dataclass(frozen=True)
+class ConsumerSnapshot:
+    """What the ACLs need of one consumer: the topics it is granted (its streams' and the
+    DLQ, resolved) and the credentials that read as it."""
+
+    slug: str
+    active: bool = True
+    topics: tuple[str, ...] = ()
+    certificates: tuple[CertificateFacts, ...] = ()
+    clients: tuple[ClientFacts, ...] = ()
+
+
+@dataclass(frozen=True)
 class TenantSnapshot:
     """What the ACLs need of one tenant, taken from the database by ``acl_sync``."""
 
     slug: str
     active: bool
     groups: tuple[GroupSnapshot, ...] = ()
+    consumers: tuple[ConsumerSnapshot, ...] = ()
 
     @property
     def topic_prefix(self) -> str:
@@ -151,6 +183,16 @@ def credential_binding(principal: str, topic: str) -> AclBinding:
                       CREDENTIAL_OPERATION, AclPermissionType.ALLOW)  # fmt: skip
 
 
+def consumer_topic_binding(principal: str, topic: str) -> AclBinding:
+    return AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, principal, ANY_HOST,
+                      CONSUMER_OPERATION, AclPermissionType.ALLOW)  # fmt: skip
+
+
+def consumer_group_binding(principal: str, prefix: str) -> AclBinding:
+    return AclBinding(ResourceType.GROUP, prefix, ResourcePatternType.PREFIXED, principal, ANY_HOST,
+                      CONSUMER_OPERATION, AclPermissionType.ALLOW)  # fmt: skip
+
+
 def _status(active: bool, inactive: str) -> str:
     return policy.ACTIVE if active else inactive
 
@@ -192,6 +234,57 @@ def client_usable(client: ClientFacts, *, group: GroupSnapshot, tenant_active: b
     return refusal is None
 
 
+def consumer_certificate_usable(
+    certificate: CertificateFacts, *, tenant: str, consumer: ConsumerSnapshot, now: dt.datetime,
+    tenant_active: bool = True,
+) -> bool:  # fmt: skip
+    """Whether this certificate may read as ``consumer`` now (``tenants.policy``)."""
+    parts = consumer_principal_parts(certificate.principal)
+    named = parts is not None and parts[:2] == (tenant, consumer.slug)
+    own = policy.certificate_refusal(policy.Use.KAFKA_CERTIFICATE, status=certificate.status,
+                                     not_after=certificate.not_after, overlap_until=certificate.overlap_until,
+                                     now=now)  # fmt: skip
+    holder = policy.holder_refusal(policy.Use.KAFKA_CERTIFICATE, tenant_status=_status(tenant_active, policy.SUSPENDED),
+                                   device_status=None, credential_policy=None,
+                                   consumer_status=_status(consumer.active, policy.DISABLED))  # fmt: skip
+    return named and own is None and holder is None
+
+
+def consumer_client_usable(client: ClientFacts, *, consumer: ConsumerSnapshot, tenant_active: bool = True) -> bool:
+    """Whether this OAuth client may read as ``consumer`` now (``tenants.policy``)."""
+    refusal = policy.oauth_client_refusal(
+        policy.Use.KAFKA_CONSUMER_CLIENT,
+        status=_status(client.active, policy.REVOKED),
+        tenant_status=_status(tenant_active, policy.SUSPENDED),
+        device_status=None,
+        credential_policy=None,
+        scopes=client.scopes,
+        consumer_status=_status(consumer.active, policy.DISABLED),
+    )
+    return refusal is None
+
+
+def consumer_bindings(
+    tenant: str, consumer: ConsumerSnapshot, *, now: dt.datetime, tenant_active: bool = True
+) -> list[AclBinding]:
+    """The bindings of one consumer (unsorted): READ on each granted topic and on its own
+    consumer groups, for each usable credential."""
+    principals = [
+        c.principal
+        for c in consumer.certificates
+        if consumer_certificate_usable(c, tenant=tenant, consumer=consumer, now=now, tenant_active=tenant_active)
+    ]
+    principals += [consumer_principal(tenant=tenant, consumer=consumer.slug, credential_id=c.client_id)
+                   for c in consumer.clients if consumer_client_usable(c, consumer=consumer,
+                                                                       tenant_active=tenant_active)]  # fmt: skip
+    prefix = consumer_group_prefix(tenant=tenant, consumer=consumer.slug)
+    bindings: list[AclBinding] = []
+    for principal in principals:
+        bindings += [consumer_topic_binding(principal, topic) for topic in consumer.topics]
+        bindings.append(consumer_group_binding(principal, prefix))
+    return bindings
+
+
 def group_bindings(
     tenant: str, group: GroupSnapshot, *, now: dt.datetime, tenant_active: bool = True
 ) -> list[AclBinding]:
@@ -220,6 +313,11 @@ def acl_bindings_for(tenant: TenantSnapshot, *, now: dt.datetime) -> list[AclBin
         if not group.topic.startswith(tenant.topic_prefix):
             raise ValueError(f"{group.topic} is not a topic of tenant '{tenant.slug}'")
         bindings += group_bindings(tenant.slug, group, now=now, tenant_active=tenant.active)
+    for consumer in tenant.consumers:
+        for topic in consumer.topics:
+            if not topic.startswith(tenant.topic_prefix):
+                raise ValueError(f"{topic} is not a topic of tenant '{tenant.slug}'")
+        bindings += consumer_bindings(tenant.slug, consumer, now=now, tenant_active=tenant.active)
     for binding in bindings:
         if managed_tenant_slugs(binding) != {tenant.slug}:
             raise ValueError(f"{binding.principal} is not a credential principal of tenant '{tenant.slug}'")
@@ -232,15 +330,22 @@ def principal_parts(principal: str) -> tuple[str, str, str | None] | None:
     return (match.group(1), match.group(2), match.group(3)) if match else None
 
 
+def consumer_principal_parts(principal: str) -> tuple[str, str, str] | None:
+    """(tenant, consumer, credential id) of a consumer principal, or None."""
+    match = _CONSUMER_PRINCIPAL.match(principal)
+    return (match.group(1), match.group(2), match.group(3)) if match else None
+
+
 def managed_principal_tenant(principal: str) -> str | None:
     """The tenant (by slug) whose namespace ``principal`` lies in, or None."""
-    parts = principal_parts(principal)
+    parts = principal_parts(principal) or consumer_principal_parts(principal)
     return parts[0] if parts else None
 
 
 def managed_tenant_slugs(binding: AclBinding) -> frozenset[str]:
     """The tenants (by slug) in whose namespace ``binding`` lies: the tenant of a
-    ``User:<tenant>.<group>[.<id>]`` principal and the tenant of a topic under
+    ``User:<tenant>.<group>[.<id>]`` or ``User:<tenant>.consumers.<consumer>.<id>``
+    principal and the tenant of a topic under
     ``iot.<tenant>.``.  Empty when the binding is none of Sluice's business."""
     slugs: set[str] = set()
     principal_tenant = managed_principal_tenant(binding.principal)

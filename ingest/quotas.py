@@ -7,6 +7,8 @@ broker's bandwidth or threads from the rest:
 * ``producer_byte_rate`` -- bytes per second the principal may produce, per broker; past
   it the broker delays its responses (and mutes its connection) until it is back under the
   rate (KIP-13);
+* ``consumer_byte_rate`` -- for a consumer's credentials (``<tenant>.consumers.<consumer>.<id>``)
+  instead of ``producer_byte_rate``: bytes per second it may fetch, per broker;
 * ``request_percentage`` -- the share of one broker thread (network + I/O) its requests
   may use, in percent per quota window (KIP-124).
 
@@ -20,11 +22,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ingest.acls import managed_principal_tenant
+from ingest.acls import consumer_principal_parts, managed_principal_tenant
 
 PRODUCER_BYTE_RATE = "producer_byte_rate"
+CONSUMER_BYTE_RATE = "consumer_byte_rate"
 REQUEST_PERCENTAGE = "request_percentage"
-QUOTA_KEYS = (PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE)
+PRODUCER_KEYS = (PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE)
+CONSUMER_KEYS = (CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE)
+
+
+def quota_keys(entity: str) -> tuple[str, ...]:
+    """The keys Sluice sets on ``entity`` (a consumer's or a producer's); any other key on it
+    (an operator's ``consumer_byte_rate`` on a producer, say) is left alone."""
+    return CONSUMER_KEYS if consumer_principal_parts(f"User:{entity}") else PRODUCER_KEYS
 
 Quotas = dict[str, float]  # quota key -> value
 
@@ -35,8 +45,13 @@ class QuotaPlan:
 
     producer_byte_rate: int
     request_percentage: float
+    consumer_byte_rate: int = 2 * 2**20
 
-    def values(self) -> Quotas:
+    def values(self, principal: str = "") -> Quotas:
+        """A producer's quotas, or a consumer's for a consumer principal."""
+        if consumer_principal_parts(principal):
+            return {CONSUMER_BYTE_RATE: float(self.consumer_byte_rate),
+                    REQUEST_PERCENTAGE: float(self.request_percentage)}  # fmt: skip
         return {PRODUCER_BYTE_RATE: float(self.producer_byte_rate), REQUEST_PERCENTAGE: float(self.request_percentage)}
 
 
@@ -52,7 +67,7 @@ def managed_entity_tenant(entity: str) -> str | None:
 
 def desired_quotas(principals: Iterable[str], plan: QuotaPlan) -> dict[str, Quotas]:
     """Entity -> quotas for every principal that holds a Kafka-direct grant."""
-    return {user_entity(p): plan.values() for p in sorted(set(principals))}
+    return {user_entity(p): plan.values(p) for p in sorted(set(principals))}
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,7 @@ def quota_changes(existing: dict[str, Quotas], desired: dict[str, Quotas]) -> Qu
     to_set: dict[str, Quotas] = {}
     to_remove: dict[str, tuple[str, ...]] = {}
     for entity in sorted(set(existing) | set(desired)):
-        have = {k: v for k, v in existing.get(entity, {}).items() if k in QUOTA_KEYS}
+        have = {k: v for k, v in existing.get(entity, {}).items() if k in quota_keys(entity)}
         want = desired.get(entity, {})
         changed = {k: v for k, v in want.items() if have.get(k) != v}
         gone = tuple(sorted(k for k in have if k not in want))

@@ -73,3 +73,25 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         if error is None:
             return f'{self.keyword} realm="{REALM}"'
         return f'{self.keyword} realm="{REALM}", error="invalid_token", error_description="{error}"'
+
+
+class RegistryBearerAuthentication(ApiTokenAuthentication):
+    """The tenant-scoped registry's bearer credentials: a consumer client's access token for
+    audience ``sluice-registry`` (``registry:read``), or whatever the REST API accepts."""
+
+    def _access_token(self, request: Any, token: str) -> tuple[Any, Any]:
+        from config.errors import PermissionDenied, Unauthenticated
+        from tenants.oauth.resource import consumer_token_principal, verify_registry_token
+
+        try:
+            claims = verify_registry_token(token)
+        except Unauthenticated:
+            return super()._access_token(request, token)  # not a registry token: the API's rules
+        try:
+            principal = consumer_token_principal(claims)
+        except Unauthenticated as exc:
+            request._sluice_bearer_error = exc.code
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
+        except PermissionDenied as exc:
+            raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
+        return principal, claims

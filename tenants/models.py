@@ -66,6 +66,12 @@ class Tenant(models.Model):
     kafka_producer_byte_rate = models.PositiveIntegerField(
         verbose_name="Kafka producer byte rate (bytes per second)", default=2**20, validators=[MinValueValidator(1024)]
     )
+    kafka_consumer_byte_rate = models.PositiveIntegerField(
+        verbose_name="Kafka consumer byte rate (bytes per second)",
+        default=2 * 2**20,
+        validators=[MinValueValidator(1024)],
+        help_text="What each of the tenant's consumer credentials may fetch per broker.",
+    )
     kafka_request_percentage = models.FloatField(
         verbose_name="Kafka request percentage",
         default=10.0,

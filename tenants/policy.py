@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from config.errors import Conflict, InvalidInput, PermissionDenied, SluiceError, Unauthenticated
-from tenants.oauth.scopes import KAFKA_PRODUCE
+from tenants.oauth.scopes import KAFKA_CONSUME, KAFKA_PRODUCE
 from tenants.states import (  # noqa: F401 - the values, re-exported for the policy's callers
     ACTIVE,
     BOTH,
@@ -70,10 +70,15 @@ class Use:
     TOKEN_USE = "token_use"  # noqa: S105 - a token's client acting on the provisioning API
     KAFKA_CERTIFICATE = "kafka_certificate"  # a certificate's Kafka ACL (Kafka-direct groups)
     KAFKA_CLIENT = "kafka_client"  # an OAuth client's Kafka ACL (Kafka-direct groups)
+    KAFKA_CONSUMER_CLIENT = "kafka_consumer_client"  # a consumer's OAuth client's Kafka ACL (kafka:consume)
 
 
 # The uses by an OAuth client (the others are a certificate's): the group's policy must admit OAuth2.
-CLIENT_USES = frozenset({Use.INGEST_TOKEN, Use.TOKEN_ISSUANCE, Use.TOKEN_USE, Use.KAFKA_CLIENT})
+CLIENT_USES = frozenset(
+    {Use.INGEST_TOKEN, Use.TOKEN_ISSUANCE, Use.TOKEN_USE, Use.KAFKA_CLIENT, Use.KAFKA_CONSUMER_CLIENT}
+)
+# The scope a client's Kafka ACL needs, per use.
+_KAFKA_SCOPE = {Use.KAFKA_CLIENT: KAFKA_PRODUCE, Use.KAFKA_CONSUMER_CLIENT: KAFKA_CONSUME}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +158,11 @@ def certificate_refusal(
 
 def client_refusal(use: str, *, status: str, scopes: frozenset[str] | None = None) -> Refusal | None:
     """Whether an OAuth client may act for ``use`` now, by its own status (and, for its
-    Kafka ACL, whether it holds ``kafka:produce``)."""
+    Kafka ACL, whether it holds ``kafka:produce``, or ``kafka:consume`` for a consumer's)."""
     if status != ACTIVE:
         return _refuse(use, "client_revoked")
-    if use == Use.KAFKA_CLIENT and (scopes is None or KAFKA_PRODUCE not in scopes):
+    needed = _KAFKA_SCOPE.get(use)
+    if needed is not None and (scopes is None or needed not in scopes):
         return _refuse(use, "missing_scope")
     return None
 
@@ -173,15 +179,18 @@ def holder_refusal(
     tenant: str = "",
     device: str = "",
     group: str = "",
+    consumer_status: str | None = None,
 ) -> Refusal | None:
     """Whether the tenant, device and group a credential speaks for let it act for ``use``
-    now.  ``device_status`` None: the credential has no device (a gateway or service
-    client); ``credential_policy`` None: no group (a service client).  ``tenant``,
-    ``device`` and ``group`` name them in the message."""
+    now.  ``device_status`` None: the credential has no device (a gateway, service or
+    consumer client); ``credential_policy`` None: no group (a service or consumer
+    credential); ``consumer_status`` None: no consumer.  ``tenant``, ``device`` and
+    ``group`` name them in the message."""
     certificates = use not in CLIENT_USES
     if (
         tenant_status == ACTIVE
         and (device_status is None or device_status == ACTIVE)
+        and (consumer_status is None or consumer_status == ACTIVE)
         and (
             credential_policy is None or credential_policy in (CERTIFICATE_POLICIES if certificates else OAUTH_POLICIES)
         )
@@ -200,6 +209,8 @@ def holder_refusal(
         return None
     if tenant_status != ACTIVE:
         return _holder(use, "tenant_suspended", tenant, device, device_status, group, credential_policy)
+    if consumer_status is not None and consumer_status != ACTIVE:
+        return _refuse(use, "consumer_disabled")
     if use == Use.EST_RENEWAL:
         return None  # the device and its group: certificate issuance, which renewal is
     if device_status is not None and device_status != ACTIVE:
@@ -219,11 +230,16 @@ def oauth_client_refusal(
     device_status: str | None,
     credential_policy: str | None,
     scopes: frozenset[str] | None = None,
+    consumer_status: str | None = None,
 ) -> Refusal | None:
     """Token issuance, the provisioning API and a client's Kafka ACL: the client itself first,
     then what it speaks for (a revoked client is refused whatever its device)."""
     return client_refusal(use, status=status, scopes=scopes) or holder_refusal(
-        use, tenant_status=tenant_status, device_status=device_status, credential_policy=credential_policy
+        use,
+        tenant_status=tenant_status,
+        device_status=device_status,
+        credential_policy=credential_policy,
+        consumer_status=consumer_status,
     )
 
 
@@ -253,6 +269,7 @@ _INGEST: Wording = {
         PermissionDenied,
         "Device group '{group}' does not accept {kind} (its credential policy is '{policy}').",
     ),
+    "consumer_disabled": ("consumer_disabled", PermissionDenied, "The consumer is disabled."),
 }
 # What nginx's verdict on a certificate is answered with (certs.tls_identity.VERIFY_REASONS).
 _TLS: Wording = {
@@ -279,6 +296,7 @@ _CLIENT: Wording = {
     "client_revoked": ("client_revoked", Unauthenticated, "The OAuth client is revoked."),
     "tenant_suspended": ("tenant_suspended", Unauthenticated, "The client's tenant is suspended."),
     "device_disabled": ("device_disabled", Unauthenticated, "The client's device is disabled."),
+    "consumer_disabled": ("consumer_disabled", Unauthenticated, "The client's consumer is disabled."),
     "credential_not_allowed": (
         "credential_policy",
         Unauthenticated,
@@ -311,6 +329,10 @@ _KAFKA: Wording = {
     ),
     "missing_scope": ("insufficient_scope", PermissionDenied, f"The client does not hold '{KAFKA_PRODUCE}'."),
 }
+_KAFKA_CONSUMER: Wording = {
+    **_KAFKA,
+    "missing_scope": ("insufficient_scope", PermissionDenied, f"The client does not hold '{KAFKA_CONSUME}'."),
+}
 
 WORDING: dict[str, Wording] = {
     Use.INGEST_CERTIFICATE: _INGEST,
@@ -324,6 +346,7 @@ WORDING: dict[str, Wording] = {
     Use.TOKEN_USE: _CLIENT,
     Use.KAFKA_CERTIFICATE: _KAFKA,
     Use.KAFKA_CLIENT: _KAFKA,
+    Use.KAFKA_CONSUMER_CLIENT: _KAFKA_CONSUMER,
 }
 
 

@@ -23,7 +23,7 @@ from django.db.models import Model, QuerySet
 
 from config.errors import NotFound, PermissionDenied
 from tenants.models import Membership, Tenant
-from tenants.oauth.resource import ServiceClientPrincipal
+from tenants.oauth.resource import ConsumerPrincipal, ServiceClientPrincipal
 
 M = TypeVar("M", bound=Model)
 
@@ -108,7 +108,7 @@ def restrict(queryset: QuerySet[M], *, scope: Scope, lookup: str = "tenant") -> 
 
 
 def scope_for(user: Any) -> Scope:
-    if isinstance(user, ServiceClientPrincipal):
+    if isinstance(user, ServiceClientPrincipal | ConsumerPrincipal):
         # Checked first: nothing a token carries can make it an operator.
         return Scope(user=user, is_operator=False, roles={user.tenant_id: user.role})
     if not getattr(user, "is_authenticated", False):

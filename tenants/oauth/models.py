@@ -22,6 +22,7 @@ class PolicyFacts(TypedDict):
     tenant_status: str
     device_status: str | None
     credential_policy: str | None
+    consumer_status: str | None
 
 
 class OAuthClient(models.Model):
@@ -33,6 +34,9 @@ class OAuthClient(models.Model):
     * ``gateway``: speaks for the devices of one group; its tokens carry the client's principal.
     * ``service``: a tenant's backend automation; its tokens reach the provisioning API for
       this tenant only (``provision:read`` as a viewer, ``provision:write`` as an admin).
+    * ``consumer``: one consumer of the tenant (a backend reading its streams); its tokens
+      carry the consumer credential's principal (``<tenant>.consumers.<consumer>.<client_id>``)
+      for ``kafka:consume`` and reach the tenant's schemas with ``registry:read``.
 
     Only the SHA-256 of the secret is stored: the secret is 256 random bits, so a fast hash
     cannot be brute-forced, and the secret is shown once, at creation or rotation.  A device
@@ -44,6 +48,7 @@ class OAuthClient(models.Model):
         DEVICE = "device"
         GATEWAY = "gateway"
         SERVICE = "service"
+        CONSUMER = "consumer"
 
     class Status(models.TextChoices):
         ACTIVE = states.ACTIVE
@@ -62,6 +67,9 @@ class OAuthClient(models.Model):
     group = models.ForeignKey(
         "devices.DeviceGroup", null=True, blank=True, on_delete=models.CASCADE, related_name="oauth_clients"
     )
+    consumer = models.ForeignKey(
+        "devices.Consumer", null=True, blank=True, on_delete=models.CASCADE, related_name="oauth_clients"
+    )
     scopes = models.JSONField(default=list)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(verbose_name="created", auto_now_add=True)
@@ -76,9 +84,10 @@ class OAuthClient(models.Model):
         constraints: ClassVar = [
             models.CheckConstraint(
                 condition=(
-                    models.Q(kind="device", device__isnull=False, group__isnull=True)
-                    | models.Q(kind="gateway", device__isnull=True, group__isnull=False)
-                    | models.Q(kind="service", device__isnull=True, group__isnull=True)
+                    models.Q(kind="device", device__isnull=False, group__isnull=True, consumer__isnull=True)
+                    | models.Q(kind="gateway", device__isnull=True, group__isnull=False, consumer__isnull=True)
+                    | models.Q(kind="service", device__isnull=True, group__isnull=True, consumer__isnull=True)
+                    | models.Q(kind="consumer", device__isnull=True, group__isnull=True, consumer__isnull=False)
                 ),
                 name="oauth_client_subject_matches_kind",
             ),
@@ -106,6 +115,8 @@ class OAuthClient(models.Model):
         (``sasl.oauthbearer.sub.claim.name``).  Per client, so revoking one client ends its
         Kafka access by one ACL change; the group is the effective one, so a device client's
         principal moves with its device (and its old tokens name the old group)."""
+        if self.consumer is not None:
+            return f"{self.consumer.kafka_principal_prefix}{self.client_id}".removeprefix("User:")
         group = self.effective_group
         if group is None:
             return None
@@ -126,4 +137,5 @@ class OAuthClient(models.Model):
             tenant_status=self.tenant.status,
             device_status=self.device.status if self.device is not None else None,
             credential_policy=group.credential_policy if group is not None else None,  # type: ignore[attr-defined]
+            consumer_status=self.consumer.status if self.consumer is not None else None,
         )

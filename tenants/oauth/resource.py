@@ -88,3 +88,45 @@ def authenticate_service_token(token: str) -> ServiceClientPrincipal:
     if not granted:
         raise PermissionDenied("The access token holds no provision:* scope.", code="insufficient_scope")
     return ServiceClientPrincipal(client=client, scopes=granted, claims=claims)
+
+
+@dataclass(frozen=True)
+class ConsumerPrincipal:
+    """``request.user`` at the tenant-scoped registry (``/registry/<tenant>/``) for a
+    consumer's credential: its OAuth client's token (``registry:read``) or its client
+    certificate.  It reads that tenant's schemas, as a viewer would, and reaches nothing
+    else: only the registry's views accept it (``tenants.scoping`` gives it its tenant)."""
+
+    tenant_id: int
+    label: str  # oauth:<client_id> or cert:<serial>
+
+    is_authenticated: ClassVar[bool] = True
+    is_anonymous: ClassVar[bool] = False
+    is_active: ClassVar[bool] = True
+    is_staff: ClassVar[bool] = False
+    is_superuser: ClassVar[bool] = False
+    pk: ClassVar[None] = None
+    role: ClassVar[str] = Membership.Role.VIEWER
+
+    def get_username(self) -> str:
+        return self.label
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def verify_registry_token(token: str) -> tokens.AccessClaims:
+    """The claims of a valid token for audience ``sluice-registry`` (``Unauthenticated`` if not)."""
+    return tokens.verify_access_token(settings.SLUICE_RUNTIME, token, audience=tokens.AUD_REGISTRY)
+
+
+def consumer_token_principal(claims: tokens.AccessClaims) -> ConsumerPrincipal:
+    """The principal of a verified ``sluice-registry`` token of a consumer client that may
+    still act (client active, consumer enabled, tenant active, re-read now) and still holds
+    ``registry:read``; otherwise ``Unauthenticated`` or ``PermissionDenied`` with a code."""
+    client = token_client(claims)
+    if client.kind != OAuthClient.Kind.CONSUMER:
+        raise Unauthenticated("The access token does not belong to a consumer client of Sluice.", code="invalid_token")
+    if oauth_scopes.REGISTRY_READ not in claims.scopes & frozenset(client.scopes):
+        raise PermissionDenied("The access token does not hold registry:read.", code="insufficient_scope")
+    return ConsumerPrincipal(tenant_id=client.tenant_id, label=f"oauth:{client.client_id}")

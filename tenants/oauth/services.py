@@ -20,7 +20,7 @@ from tenants.oauth.models import OAuthClient
 from tenants.rights import rights_changed
 
 if TYPE_CHECKING:  # devices is a layer above tenants: its models are named for types only
-    from devices.models import Device, DeviceGroup
+    from devices.models import Consumer, Device, DeviceGroup
 
 CLIENT_ID_PREFIX = "sc_"
 # The field code of a subject whose group's credential policy refuses OAuth2 (a 409).
@@ -43,6 +43,7 @@ def _audit_view(client: OAuthClient) -> dict[str, Any]:
         "scopes": list(client.scopes),
         "device": client.device.device_id if client.device is not None else None,
         "group": group.slug if group is not None else None,  # type: ignore[attr-defined]
+        "consumer": client.consumer.slug if client.consumer is not None else None,
         "status": client.status,
     }
 
@@ -73,7 +74,7 @@ def _scope_errors(kind: str, scopes: list[str]) -> list[dict[str, str]]:
 
 
 def _subject_errors(
-    *, tenant: Tenant, kind: str, device: Device | None, group: DeviceGroup | None
+    *, tenant: Tenant, kind: str, device: Device | None, group: DeviceGroup | None, consumer: Consumer | None = None
 ) -> list[dict[str, str]]:
     """The device or group a client speaks for: present exactly when its kind needs it, of
     this tenant (another tenant's object is answered like a missing one), and allowed to use
@@ -105,6 +106,15 @@ def _subject_errors(
         for name, value in (("device", device), ("group", group)):
             if value is not None:
                 errors.append(_field(f"/{name}", "not_allowed", f"A {kind} client has no {name}."))
+    if kind == OAuthClient.Kind.CONSUMER:
+        if consumer is None:
+            errors.append(_field("/consumer", "required", "A consumer client names its consumer."))
+        elif consumer.tenant_id != tenant.pk:
+            errors.append(_field("/consumer", "does_not_exist", "No such consumer in this tenant."))
+        elif not consumer.is_active:
+            errors.append(_field("/consumer", "consumer_disabled", "The consumer is disabled."))
+    elif consumer is not None:
+        errors.append(_field("/consumer", "not_allowed", f"A {kind} client has no consumer."))
     return errors
 
 
@@ -117,12 +127,15 @@ def oauth_client_create(
     scopes: list[str],
     device: Device | None = None,
     group: DeviceGroup | None = None,
+    consumer: Consumer | None = None,
 ) -> tuple[OAuthClient, str]:
     """A new active client of ``tenant`` and its secret, which is returned here and never again."""
     if kind not in OAuthClient.Kind.values:
         choice = _field("/kind", "invalid_choice", f"Use one of {OAuthClient.Kind.values}.")
         raise InvalidInput(f"Unknown client kind '{kind}'.", fields=[choice])
-    errors = _scope_errors(kind, scopes) + _subject_errors(tenant=tenant, kind=kind, device=device, group=group)
+    errors = _scope_errors(kind, scopes) + _subject_errors(
+        tenant=tenant, kind=kind, device=device, group=group, consumer=consumer
+    )
     if errors:
         raise InvalidInput(errors[0]["message"] if len(errors) == 1 else "Some fields are invalid.", fields=errors)
     secret = _new_secret()
@@ -134,6 +147,7 @@ def oauth_client_create(
         kind=kind,
         device=device if kind == OAuthClient.Kind.DEVICE else None,
         group=group if kind == OAuthClient.Kind.GATEWAY else None,
+        consumer=consumer if kind == OAuthClient.Kind.CONSUMER else None,
         scopes=sorted(set(scopes)),
     )
     validate_model(client)
@@ -147,7 +161,8 @@ def oauth_client_create(
             object_id=client.client_id,
             after=_audit_view(client),
         )
-        # A grant: a Kafka-direct group's new client with kafka:produce gets its ACL (and quota).
+        # A grant: a Kafka-direct group's new client with kafka:produce gets its ACL (and
+        # quota), a consumer's with kafka:consume its READ grants.
         rights_changed(tenant_id=tenant.pk, clients=[client.client_id])
     return client, secret
 

@@ -30,6 +30,7 @@ from tenants.oauth import keys
 AUD_INGEST = "sluice-ingest"
 AUD_API = "sluice-api"
 AUD_KAFKA = "kafka"
+AUD_REGISTRY = "sluice-registry"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 — the JWT "typ" of access tokens (RFC 9068 §2.1), not a secret
 DEFAULT_LIFETIME = dt.timedelta(minutes=15)
 MAX_LIFETIME = dt.timedelta(hours=1)

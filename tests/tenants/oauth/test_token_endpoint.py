@@ -296,4 +296,6 @@ def test_metadata_names_the_issuer_endpoints_and_scopes(runtime: Runtime, db: No
     assert meta["jwks_uri"] == f"{runtime.web_url}/oauth/jwks.json"
     assert meta["grant_types_supported"] == ["client_credentials"]
     assert meta["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post"]
-    assert meta["scopes_supported"] == ["ingest:write", "kafka:produce", "provision:read", "provision:write"]
+    assert meta["scopes_supported"] == [
+        "ingest:write", "kafka:produce", "kafka:consume", "registry:read", "provision:read", "provision:write"
+    ]  # fmt: skip
