@@ -548,9 +548,9 @@ def consumer_update(*, actor: Actor, consumer: Consumer, **changes: Any) -> Cons
     _apply(consumer, changes, CONSUMER_MUTABLE, "consumer")
     if streams is not None and streams and "all_streams" not in changes:
         consumer.all_streams = False  # naming streams narrows an all-streams consumer to them
-    _check_grant(consumer.all_streams, streams if streams is not None else list(consumer.streams.all()))
     if consumer.all_streams and streams is None:
         streams = []  # widening to all streams forgets the selection
+    _check_grant(consumer.all_streams, streams if streams is not None else list(consumer.streams.all()))
     validate_model(consumer)
     with transaction.atomic():
         consumer.save()

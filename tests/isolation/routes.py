@@ -71,7 +71,7 @@ def routes(urlconf: str | None = None) -> list[Route]:
 
 # -- the table ---------------------------------------------------------------------------
 
-API, CONSOLE, DEVICE, PUBLIC = "api", "console", "device", "public"  # which credentials try it
+API, CONSOLE, DEVICE, PUBLIC, REGISTRY = "api", "console", "device", "public", "registry"  # which credentials try it
 NOT_FOUND = frozenset({404, 405})  # the API's promise: another tenant's object is a 404, never a 403
 OPERATORS_ONLY = frozenset({403, 405})
 
@@ -88,6 +88,10 @@ class Expect:
 
 def api(**fill: str) -> Expect:
     return Expect("scoped", API, fill, NOT_FOUND, anchor="tenant")
+
+
+def registry(**fill: str) -> Expect:
+    return Expect("scoped", REGISTRY, fill, NOT_FOUND, anchor="tenant")
 
 
 def unscoped(door: str, **fill: str) -> Expect:
@@ -123,15 +127,18 @@ EXPECTATIONS: dict[str, Expect] = {
     f"{T}certificates/<str:serial>/": api(tenant="tenant", serial="serial"),
     f"{T}certificates/<str:serial>/revoke": api(tenant="tenant", serial="serial"),
     f"{T}ca/": api(tenant="tenant"),
+    f"{T}consumers/": api(tenant="tenant"),
+    f"{T}consumers/<slug:consumer>/": api(tenant="tenant", consumer="consumer"),
+    f"{T}consumers/<slug:consumer>/certificates/": api(tenant="tenant", consumer="consumer"),
     f"{T}oauth-clients/": api(tenant="tenant"),
     f"{T}oauth-clients/<str:client_id>/": api(tenant="tenant", client_id="client"),
     f"{T}oauth-clients/<str:client_id>/rotate-secret": api(tenant="tenant", client_id="client"),
     # -- the scoped schema registry (Confluent's API shape): B's tenant, and B's ids and
     # subjects under A's tenant, are 404 like missing ones
-    "registry/<str:tenant>/subjects": api(tenant="tenant"),
-    "registry/<str:tenant>/schemas/ids/<int:schema_id>": api(tenant="tenant", schema_id="schema_id"),
-    "registry/<str:tenant>/subjects/<str:subject>/versions": api(tenant="tenant", subject="subject"),
-    "registry/<str:tenant>/subjects/<str:subject>/versions/<str:version>": api(
+    "registry/<str:tenant>/subjects": registry(tenant="tenant"),
+    "registry/<str:tenant>/schemas/ids/<int:schema_id>": registry(tenant="tenant", schema_id="schema_id"),
+    "registry/<str:tenant>/subjects/<str:subject>/versions": registry(tenant="tenant", subject="subject"),
+    "registry/<str:tenant>/subjects/<str:subject>/versions/<str:version>": registry(
         tenant="tenant", subject="subject", version="version"
     ),
     # -- REST API without a tenant in the path: A's lists hold A's rows only

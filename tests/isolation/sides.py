@@ -2,7 +2,8 @@
 
 Tenant A (``acme``) and tenant B (``globex``) each get a stream, a device group and a device
 of their own name, a tenant CA and a device certificate, a service and a device OAuth client,
-a tenant admin with an API token, and audit events.  ``Side.value`` fills a route's path
+a consumer with a certificate and an OAuth client, a tenant admin with an API token, and
+audit events.  ``Side.value`` fills a route's path
 parameter with one of those objects; ``MISSING`` fills it with one that does not exist."""
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from rest_framework.test import APIClient
 
 from certs import ca
 from certs.models import Certificate, CertificateAuthority
-from certs.services import certificate_issue_from_csr, tenant_ca_create
-from devices.models import Device, DeviceGroup, Stream
+from certs.services import certificate_issue_from_csr, consumer_certificate_issue, tenant_ca_create
+from devices.models import Consumer, Device, DeviceGroup, Stream
+from devices.services import consumer_create
 from tenants.audit import Actor
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 from tenants.oauth.models import OAuthClient
@@ -38,7 +40,7 @@ MISSING_ID = "987654321"
 MISSING = {
     "tenant": "no-such-tenant", "stream": MISSING_ID, "version": "424242", "group": "no-such-group",
     "device": "no-such-device", "serial": "0badc0ffee0badc0ffee", "client": "no-such-client",
-    "subject": "iot.no-such-tenant.eu.nothing-value", "schema_id": MISSING_ID,
+    "subject": "iot.no-such-tenant.eu.nothing-value", "schema_id": MISSING_ID, "consumer": "no-such-consumer",
 }  # fmt: skip
 
 
@@ -58,6 +60,10 @@ class Side:
     api_token: ApiToken
     api_secret: str
     staff_group: Group
+    consumer: Consumer
+    consumer_certificate: Certificate
+    consumer_client: OAuthClient
+    consumer_secret: str
 
     def value(self, key: str) -> str:
         """The path value of this side's object ``key`` (see ``routes.EXPECTATIONS``)."""
@@ -66,7 +72,7 @@ class Side:
             "device": self.device.device_id, "serial": self.certificate.serial, "client": self.service_client.client_id,
             "device_type": ContentType.objects.get_for_model(Device).pk,
             # the registry's: B's stream's subject, and an id (B's schema, were one registered)
-            "subject": f"{self.stream.topic}-value", "schema_id": 1,
+            "subject": f"{self.stream.topic}-value", "schema_id": 1, "consumer": self.consumer.slug,
         }  # fmt: skip
         if key in by_key:
             return str(by_key[key])
@@ -88,7 +94,8 @@ class Side:
         """Strings that appear only where this side's rows are shown."""
         return [self.tenant.slug, self.user.username, self.group.slug, self.device.device_id,
                 self.certificate.serial, self.authority.serial, self.service_client.client_id,
-                self.device_client.client_id, self.api_token.prefix, self.staff_group.name]  # fmt: skip
+                self.device_client.client_id, self.api_token.prefix, self.staff_group.name, self.consumer.slug,
+                self.consumer_certificate.serial, self.consumer_client.client_id]  # fmt: skip
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Every row of this side's, field by field: equal before and after means untouched."""
@@ -100,6 +107,7 @@ class Side:
             "authorities": CertificateAuthority.objects.filter(tenant=tenant),
             "certificates": Certificate.objects.filter(tenant=tenant),
             "oauth_clients": OAuthClient.objects.filter(tenant=tenant),
+            "consumers": Consumer.objects.filter(tenant=tenant),
             "audit": AuditEvent.objects.filter(tenant_slug=tenant.slug),
             "tokens": ApiToken.objects.filter(user=self.user), "user": type(self.user).objects.filter(pk=self.user.pk),
             "staff_group": Group.objects.filter(pk=self.staff_group.pk),
@@ -130,8 +138,12 @@ def build_side(slug: str, prefix: str) -> Side:
     service_client, service_secret = make_oauth_client(tenant)
     device_client, device_secret = make_oauth_client(tenant, "device", ["ingest:write"], device=device)
     staff_group = Group.objects.create(name=f"{prefix}-staff-group")
+    consumer = consumer_create(actor=ACTOR, tenant=tenant, slug=f"{prefix}-reader")
+    consumer_certificate = consumer_certificate_issue(actor=ACTOR, consumer=consumer, csr_pem=_csr()).certificate
+    consumer_client, consumer_secret = make_oauth_client(tenant, "consumer", consumer=consumer)
     return Side(tenant, user, stream, group, device, authority, certificate, service_client, service_secret,
-                device_client, device_secret, api_token, api_secret, staff_group)  # fmt: skip
+                device_client, device_secret, api_token, api_secret, staff_group, consumer, consumer_certificate,
+                consumer_client, consumer_secret)  # fmt: skip
 
 
 # -- A's credentials ------------------------------------------------------------------------
@@ -139,8 +151,11 @@ def build_side(slug: str, prefix: str) -> Side:
 SESSION, API_TOKEN, SERVICE_TOKEN, DEVICE_TOKEN, DEVICE_CERTIFICATE = (
     "session", "API token", "service access token", "device access token", "device certificate",
 )  # fmt: skip
+CONSUMER_TOKEN, CONSUMER_CERTIFICATE = "consumer access token", "consumer certificate"
 # Credentials the REST API refuses outright, whatever the URL (401/403 before any lookup).
-REFUSED_BY_API = {DEVICE_TOKEN, DEVICE_CERTIFICATE}
+REFUSED_BY_API = {DEVICE_TOKEN, DEVICE_CERTIFICATE, CONSUMER_TOKEN, CONSUMER_CERTIFICATE}
+# ... and the scoped registry (a consumer's credentials read there).
+REFUSED_BY_REGISTRY = {DEVICE_TOKEN, DEVICE_CERTIFICATE}
 
 
 def client_as(side: Side, principal: str) -> APIClient:
@@ -156,10 +171,13 @@ def client_as(side: Side, principal: str) -> APIClient:
     elif principal == DEVICE_TOKEN:
         token = access_token(side.device_client.client_id, side.device_secret)
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    elif principal == DEVICE_CERTIFICATE:  # as nginx forwards a verified client certificate
+    elif principal == CONSUMER_TOKEN:  # kafka:consume and registry:read, from the token endpoint
+        token = access_token(side.consumer_client.client_id, side.consumer_secret)
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    elif principal in (DEVICE_CERTIFICATE, CONSUMER_CERTIFICATE):  # as nginx forwards a verified certificate
+        pem = (side.certificate if principal == DEVICE_CERTIFICATE else side.consumer_certificate).certificate_pem
         client.credentials(HTTP_X_SLUICE_PROXY_SECRET=settings.SLUICE_PROXY_SECRET,
-                           HTTP_X_SLUICE_CLIENT_VERIFY="SUCCESS",
-                           HTTP_X_SLUICE_CLIENT_CERT=quote(side.certificate.certificate_pem))  # fmt: skip
+                           HTTP_X_SLUICE_CLIENT_VERIFY="SUCCESS", HTTP_X_SLUICE_CLIENT_CERT=quote(pem))  # fmt: skip
     else:
         raise AssertionError(principal)
     return client

@@ -13,14 +13,17 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from tests.isolation import routes
-from tests.isolation.routes import API, CONSOLE, DEVICE, EXPECTATIONS, PUBLIC, Expect, Route
+from tests.isolation.routes import API, CONSOLE, DEVICE, EXPECTATIONS, PUBLIC, REGISTRY, Expect, Route
 from tests.isolation.sides import (
     API_TOKEN,
+    CONSUMER_CERTIFICATE,
+    CONSUMER_TOKEN,
     DEVICE_CERTIFICATE,
     DEVICE_TOKEN,
     MISSING,
     MISSING_ID,
     REFUSED_BY_API,
+    REFUSED_BY_REGISTRY,
     SERVICE_TOKEN,
     SESSION,
     Side,
@@ -36,11 +39,15 @@ BODY = {"name": "pwned", "device_id": "x", "group": "sensors", "region": "eu", "
         "role": "admin", "username": "acme-admin", "slug": "pwned", "confirm": "pwned"}  # fmt: skip
 # Which of A's credentials knock on which door.
 PRINCIPALS = {
-    API: (SESSION, API_TOKEN, SERVICE_TOKEN, DEVICE_TOKEN),
+    API: (SESSION, API_TOKEN, SERVICE_TOKEN, DEVICE_TOKEN, CONSUMER_TOKEN, CONSUMER_CERTIFICATE),
     CONSOLE: (SESSION,),
     DEVICE: (DEVICE_CERTIFICATE,),
-    PUBLIC: (SESSION, API_TOKEN, SERVICE_TOKEN, DEVICE_TOKEN, DEVICE_CERTIFICATE),
-}
+    REGISTRY: (SESSION, API_TOKEN, SERVICE_TOKEN, DEVICE_TOKEN, DEVICE_CERTIFICATE, CONSUMER_TOKEN,
+               CONSUMER_CERTIFICATE),
+    PUBLIC: (SESSION, API_TOKEN, SERVICE_TOKEN, DEVICE_TOKEN, DEVICE_CERTIFICATE, CONSUMER_TOKEN,
+             CONSUMER_CERTIFICATE),
+}  # fmt: skip
+REFUSED = {API: REFUSED_BY_API, REGISTRY: REFUSED_BY_REGISTRY}
 CASES = sorted({(door, principal) for door, principals in PRINCIPALS.items() for principal in principals})
 # Concrete paths for the patterns that are regular expressions.
 SAMPLE_PATHS = {
@@ -158,7 +165,7 @@ def test_other_tenants_objects_answer_as_missing_ones(sides: tuple[Side, Side], 
                 if answer(got) != answer(twin, replacements):
                     failures.append(f"{verb.upper()} {path}: {got.status_code} differs from {twin_path}'s "
                                     f"{twin.status_code}: {got.content[:300]!r} vs {twin.content[:300]!r}")  # fmt: skip
-                allowed = {401, 403} if principal in REFUSED_BY_API and door == API else expect.answers
+                allowed = {401, 403} if principal in REFUSED.get(door, ()) else expect.answers
                 if got.status_code not in allowed and not (verb == "options" and got.status_code == 200):
                     failures.append(f"{verb.upper()} {path}: {got.status_code}, expected one of {sorted(allowed)}")
         # and nothing of B's changed

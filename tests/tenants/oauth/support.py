@@ -12,7 +12,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from rest_framework.test import APIClient
 
-from devices.models import Device, DeviceGroup
+from devices.models import Consumer, Device, DeviceGroup
 from tenants.audit import Actor
 from tenants.models import Tenant
 from tenants.oauth.models import OAuthClient
@@ -28,8 +28,10 @@ def make_oauth_client(
     *,
     device: Device | None = None,
     group: DeviceGroup | None = None,
+    consumer: Consumer | None = None,
 ) -> tuple[OAuthClient, str]:
-    default = ["provision:read", "provision:write"] if kind == "service" else ["ingest:write", "kafka:produce"]
+    defaults = {"service": ["provision:read", "provision:write"], "consumer": ["kafka:consume", "registry:read"]}
+    default = defaults.get(kind, ["ingest:write", "kafka:produce"])
     return oauth_client_create(
         actor=Actor.system("test"),
         tenant=tenant,
@@ -38,6 +40,7 @@ def make_oauth_client(
         scopes=scopes or default,
         device=device,
         group=group,
+        consumer=consumer,
     )
 
 
