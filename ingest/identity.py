@@ -124,6 +124,7 @@ class CertificateGrant:
     tenant_id: int
     device_pk: int | None
     issuer: str  # the issuing CA's subject (RFC 4514), to match what nginx saw
+    consumer: bool = False  # a consumer's certificate: it reads, it never writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,7 @@ def load_certificate(serial: str) -> Identity | None:
         tenant_id=row.tenant_id,
         device_pk=row.device_id,
         issuer=row.ca.subject,
+        consumer=row.consumer_id is not None,
     )
     return Identity(grant, Writer.from_device(row.device) if row.device is not None else None)
 

@@ -36,6 +36,7 @@ def quota_keys(entity: str) -> tuple[str, ...]:
     (an operator's ``consumer_byte_rate`` on a producer, say) is left alone."""
     return CONSUMER_KEYS if consumer_principal_parts(f"User:{entity}") else PRODUCER_KEYS
 
+
 Quotas = dict[str, float]  # quota key -> value
 
 

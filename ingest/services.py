@@ -90,6 +90,9 @@ def certificate_verdict(identity: Identity | None, *, issuer: str, now: float) -
         raise refusal.exception()
     writer = identity.writer
     if writer is None:
+        if grant.consumer:
+            raise PermissionDenied("A consumer's certificate reads the tenant's streams; it does not write.",
+                                   code="not_a_device_certificate")  # fmt: skip
         raise PermissionDenied("The device of this certificate no longer exists.", code="unknown_device")
     if not (writer.tenant_id == grant.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
         # Cannot happen through the services (they keep a device, its group and its stream in

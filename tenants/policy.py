@@ -269,7 +269,6 @@ _INGEST: Wording = {
         PermissionDenied,
         "Device group '{group}' does not accept {kind} (its credential policy is '{policy}').",
     ),
-    "consumer_disabled": ("consumer_disabled", PermissionDenied, "The consumer is disabled."),
 }
 # What nginx's verdict on a certificate is answered with (certs.tls_identity.VERIFY_REASONS).
 _TLS: Wording = {
@@ -328,6 +327,8 @@ _KAFKA: Wording = {
         "The group's credential policy does not admit this credential.",
     ),
     "missing_scope": ("insufficient_scope", PermissionDenied, f"The client does not hold '{KAFKA_PRODUCE}'."),
+    # a consumer's credentials (the Kafka ACL, the scoped registry): never ingest's
+    "consumer_disabled": ("consumer_disabled", PermissionDenied, "The consumer is disabled."),
 }
 _KAFKA_CONSUMER: Wording = {
     **_KAFKA,

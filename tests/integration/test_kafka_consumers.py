@@ -149,18 +149,27 @@ def write(config: dict[str, Any], topic: str) -> int | None:
     return None if outcome[0] is None else outcome[0].code()
 
 
-def registry_get(runtime: Runtime, path: str, *, token: str = "", cert: tuple[Path, Path] | None = None) -> int:
-    """GET through nginx with a bearer token or a client certificate; the status."""
+def https(
+    runtime: Runtime, path: str, *, token: str = "", cert: tuple[Path, Path] | None = None, body: bytes | None = None
+) -> tuple[int, bytes]:
+    """GET (or POST ``body`` as JSON) through nginx with a bearer token or a client
+    certificate; the status and the body."""
     context = ssl.create_default_context(cafile=str(PlatformPki(runtime.pki_dir).trust_bundle))
     if cert is not None:
         context.load_cert_chain(certfile=str(cert[0]), keyfile=str(cert[1]))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(f"https://127.0.0.1:{runtime.ports.web}{path}", headers=headers)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(f"https://127.0.0.1:{runtime.ports.web}{path}", headers=headers, data=body)
     try:
         with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
-            return int(response.status)
+            return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), exc.read()
+
+
+def registry_get(runtime: Runtime, path: str, *, token: str = "", cert: tuple[Path, Path] | None = None) -> int:
+    return https(runtime, path, token=token, cert=cert)[0]
 
 
 @pytest.fixture
@@ -243,6 +252,16 @@ def test_isolation_on_the_way_out(tenant_a: Provisioned, tenant_b: Provisioned, 
     for name, statuses in (("token", by_token), ("certificate", by_cert)):
         if statuses != wanted:
             failures.append(f"registry by {name}: {statuses}")
+    # and a consumer's credentials write nothing through ingest
+    record = b'{"celsius": 1.0}'
+    by_cert_post = https(runtime, "/ingest/v1/records", cert=(cert, key), body=record)
+    if by_cert_post[0] != 403 or b"not_a_device_certificate" not in by_cert_post[1]:
+        failures.append(f"ingest by certificate: {by_cert_post}")
+    kafka_token, _ = OAuthClientAdapter(OAuthClient.objects.get(pk=reader.client.pk)).mint(["kafka:consume"])
+    for name, bearer in (("registry token", token), ("kafka token", kafka_token)):
+        status, _body = https(runtime, "/ingest/v1/records", token=bearer, body=record)
+        if status != 401:
+            failures.append(f"ingest by {name}: {status} {_body[:200]!r}")
     assert failures == [], "\n".join(failures)
 
 

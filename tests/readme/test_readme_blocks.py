@@ -17,7 +17,7 @@ checkout, so ``.venv/bin/python manage.py ...`` runs as written (with the enviro
 write land there.  A Python block runs at its place in the same session, as the venv's
 python reading the block on stdin, so it sees what the blocks before it exported.  The only
 variables set for the blocks are those the README tells a reader to set (``SLUICE``, ``CA``,
-``KAFKA_OAUTH``, ``TENANT``: a fresh tenant, since other tests share the stack's Kafka and
+``KAFKA``, ``KAFKA_OAUTH``, ``TENANT``: a fresh tenant, since other tests share the stack's Kafka and
 registry), pointing at this test stack.  curl reads a ``.curlrc`` from ``CURL_HOME`` that
 makes an HTTP error status fail the command (``fail-with-body``) without a character of the
 blocks changing.
@@ -187,6 +187,9 @@ NOT_INGEST = {
     "required": "registry.py: a schema registration without a schema (REST API), as a field code",
     "conflict": "registry.py: the registry's compatibility verdict on a registration (REST API)",
     "credential_policy": "policy.py: token issuance and the provisioning API refuse a client whose group is mTLS only",
+    "consumer_disabled": "policy.py: a disabled consumer's token or certificate at the scoped registry (and its ACLs)",
+    "not_a_consumer_certificate": "tls_identity.py: a device's certificate at the scoped registry, which reads for "
+    "consumers",
 }
 
 
@@ -295,6 +298,7 @@ def test_the_readme_runs_as_written(
         **os.environ,
         "SLUICE": services.web_url,
         "CA": str(services.pki_dir / "root-ca.crt"),
+        "KAFKA": services.kafka_bootstrap,
         "KAFKA_OAUTH": services.kafka_oauth_bootstrap,
         "TENANT": tenant,
         "CURL_HOME": str(curl_home),
@@ -328,7 +332,14 @@ def test_the_readme_runs_as_written(
     assert re.search(r'"accepted":\s*2\b', first_post or ""), transcript
     # and the Python program delivered its record over OAUTHBEARER to the group's topic
     topic = f"iot.{tenant}.eu.temperature"
-    assert f"delivered to {topic} [" in (outputs[-1] or ""), transcript
+    produced = next(o for b, o in zip(blocks, outputs, strict=True) if "def produce_one" in b.text)
+    assert f"delivered to {topic} [" in (produced or ""), transcript
+    # and the consumer read it back: the Python program deserialized three records through the
+    # scoped registry and printed their identity headers; kcat read three over each listener
+    consumed = next(o for b, o in zip(blocks, outputs, strict=True) if "JSONDeserializer" in b.text) or ""
+    assert consumed.count(f"{tenant} thermo thermo-0001 {{'celsius': ") == 3, transcript
+    kcat = next(o for b, o in zip(blocks, outputs, strict=True) if "kcat -C" in b.text) or ""
+    assert len(re.findall(rf"^p\d+@\d+ sluice-tenant={tenant},sluice-group=", kcat, re.MULTILINE)) == 6, transcript
 
     # and the device holds its renewed certificate, with its tenant CA, as the later blocks used it
     device_certificates = Certificate.objects.filter(tenant__slug=tenant, device_ref="thermo-0001")
