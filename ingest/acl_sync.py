@@ -9,7 +9,8 @@ one at a time under a Redis lock, each writing one audit row per binding it chan
   database.  This is the path that ends a revoked credential's open Kafka session, so it
   stays small: a handful of DescribeAcls, one CreateAcls, one DeleteAcls.
 * ``tenant_acls_sync`` -- a whole tenant (a group changed, the tenant suspended, resumed or
-  deleted): it asks for the bindings on each of the tenant's topics (exact topic filters).
+  deleted): it asks for the bindings on each of the tenant's topics (exact topic filters)
+  and the prefixed consumer-group bindings (where its consumers' group grants are).
 * ``acls_reconcile`` -- the backstop Celery beat runs: every binding on the cluster, every
   tenant, and the namespaces of tenants that no longer exist.
 
@@ -39,6 +40,7 @@ from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
     AdminClient,
+    ResourceType,
 )
 from django.conf import settings
 from django.db.models import Q
@@ -67,6 +69,7 @@ from ingest.kafka_admin import (
     ALL_ACLS,
     admin_client,
     await_acls,
+    consumer_groups_filter,
     create_acls,
     delete_acls,
     described,
@@ -383,8 +386,11 @@ def tenant_acls_sync(
     actor = actor or Actor.system("acl-sync")
     with acl_lock() as lock:
         wanted = set(desired_acls(tenant_slug) if desired is None else desired)
-        names = sorted(set(tenant_topics(tenant_slug)) | set(topics) | {b.name for b in wanted})
-        return _sync(_admin(), actor, lock, tenant_slug, [topic_filter(t) for t in names], wanted, None)
+        granted_topics = {b.name for b in wanted if b.restype == ResourceType.TOPIC}
+        names = sorted(set(tenant_topics(tenant_slug)) | set(topics) | granted_topics)
+        # and the consumers' group grants (a suspended or deleted tenant's included)
+        filters = [*(topic_filter(t) for t in names), consumer_groups_filter()]
+        return _sync(_admin(), actor, lock, tenant_slug, filters, wanted, None)
 
 
 def credential_acls_sync(*, tenant_slug: str, principals: Iterable[str], actor: Actor | None = None) -> AclSyncReport:

@@ -212,6 +212,14 @@ def topic_filter(topic: str) -> AclBindingFilter:
                             AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
 
 
+def consumer_groups_filter() -> AclBindingFilter:
+    """Every PREFIXED binding on consumer groups: where consumers' group grants are (the
+    caller keeps the ones in its tenant's namespace)."""
+    # None matches any value (see ALL_ACLS for the ignore).
+    return AclBindingFilter(ResourceType.GROUP, None, ResourcePatternType.PREFIXED, None, None,  # type: ignore[arg-type]
+                            AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
+
+
 def described(admin: AdminClient, filters: Iterable[AclBindingFilter]) -> set[AclBinding]:
     """The bindings matching any of ``filters``: one DescribeAcls each, sent together."""
     futures = [admin.describe_acls(f, request_timeout=TIMEOUT) for f in filters]

@@ -39,7 +39,7 @@ from tenants.oauth.models import OAuthClient
 from tenants.oauth.server import OAuthClientAdapter
 from tenants.oauth.services import oauth_client_create, oauth_client_revoke
 from tenants.services import tenant_set_status
-from tests.integration.test_acls_live import Provisioned, eager_tasks, provision
+from tests.integration.test_acls_live import Provisioned, eager_tasks, eventually, namespace_acls, provision
 from tests.integration.test_kafka_sessions import BOUND_SECONDS
 from tests.integration.test_kafka_sessions import kafka_worker as kafka_worker  # the fixture
 
@@ -369,3 +369,6 @@ def test_a_suspended_tenant_stops_its_consumers(
     _reader, live = sessions
     tenant_set_status(actor=ACTOR, tenant=tenant_a.tenant, status="suspended")
     assert_stopped(live["mtls"], live["oauth"])
+    # and no grant of the tenant is left: its consumers' group grants went with the topics'
+    admin = AdminClient(admin_config(tenant_a.runtime))
+    assert eventually(lambda: namespace_acls(admin, tenant_a.tenant.slug), lambda left: not left) == []
