@@ -15,12 +15,13 @@ from cryptography import x509
 from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
-from rest_framework import authentication, exceptions
+from rest_framework import authentication
 
 from certs import ca
 from certs.models import Certificate
 from config.errors import PermissionDenied, Unauthenticated
 from tenants import policy
+from tenants.authentication import as_drf_refusal
 from tenants.oauth.resource import ConsumerPrincipal
 
 # nginx's $ssl_client_verify reasons (OpenSSL's X509_verify_cert_error_string) -> what
@@ -108,12 +109,7 @@ class ConsumerCertificateAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Any) -> tuple[Any, Any] | None:
         if not client_certificate_presented(request._request):
             return None
-        try:
-            return consumer_certificate_principal(request._request), None
-        except Unauthenticated as exc:
-            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
-        except PermissionDenied as exc:
-            raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
+        return as_drf_refusal(request, lambda: consumer_certificate_principal(request._request)), None
 
     def authenticate_header(self, request: Any) -> str:
         return 'Bearer realm="sluice-registry"'

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -24,6 +25,23 @@ TOKEN_PREFIX = "slc_"  # noqa: S105 - a public marker, not a secret
 # Three base64url parts (RFC 7515 §7.1, JWS compact serialization).
 JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 REALM = "sluice-api"
+T = TypeVar("T")
+
+
+def as_drf_refusal(request: Any, check: Callable[[], T]) -> T:
+    """``check()``, with Sluice's refusals raised as DRF's: a 401 keeps its code for the
+    challenge header (RFC 6750 §3: error="invalid_token"), a 403 stays a 403."""
+    # Imported here: DRF imports this module while config.errors is still loading
+    # (config.errors -> rest_framework.views -> the authentication classes).
+    from config.errors import PermissionDenied, Unauthenticated
+
+    try:
+        return check()
+    except Unauthenticated as exc:
+        request._sluice_bearer_error = exc.code
+        raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
+    except PermissionDenied as exc:
+        raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
@@ -53,19 +71,9 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         return token.user, token
 
     def _access_token(self, request: Any, token: str) -> tuple[Any, Any]:
-        # Imported here: DRF imports this module while config.errors is still loading
-        # (config.errors -> rest_framework.views -> the authentication classes).
-        from config.errors import PermissionDenied, Unauthenticated
         from tenants.oauth.resource import authenticate_service_token
 
-        try:
-            principal = authenticate_service_token(token)
-        except Unauthenticated as exc:
-            # Remembered for the challenge header (RFC 6750 §3: error="invalid_token").
-            request._sluice_bearer_error = exc.code
-            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
-        except PermissionDenied as exc:
-            raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
+        principal = as_drf_refusal(request, lambda: authenticate_service_token(token))
         return principal, principal.claims
 
     def authenticate_header(self, request: Any) -> str:
@@ -80,18 +88,11 @@ class RegistryBearerAuthentication(ApiTokenAuthentication):
     audience ``sluice-registry`` (``registry:read``), or whatever the REST API accepts."""
 
     def _access_token(self, request: Any, token: str) -> tuple[Any, Any]:
-        from config.errors import PermissionDenied, Unauthenticated
+        from config.errors import Unauthenticated
         from tenants.oauth.resource import consumer_token_principal, verify_registry_token
 
         try:
             claims = verify_registry_token(token)
         except Unauthenticated:
             return super()._access_token(request, token)  # not a registry token: the API's rules
-        try:
-            principal = consumer_token_principal(claims)
-        except Unauthenticated as exc:
-            request._sluice_bearer_error = exc.code
-            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
-        except PermissionDenied as exc:
-            raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
-        return principal, claims
+        return as_drf_refusal(request, lambda: consumer_token_principal(claims)), claims
