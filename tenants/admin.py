@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # The site itself (titles, the index's overview) is config.console.SluiceAdminSite.
 
 QUOTA_FIELDS = ("max_devices", "max_streams", "max_partitions", "max_records_per_second", "max_bytes_per_second",
-                "kafka_producer_byte_rate", "kafka_request_percentage")  # fmt: skip
+                "kafka_producer_byte_rate", "kafka_consumer_byte_rate", "kafka_request_percentage")  # fmt: skip
 OPERATOR_ONLY_FIELDS = ("status", *QUOTA_FIELDS, "topic_deletion_policy")
 
 

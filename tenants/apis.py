@@ -21,7 +21,7 @@ from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
 OPERATOR_ONLY_FIELDS = {"max_devices", "max_streams", "max_partitions", "max_records_per_second",
                         "max_bytes_per_second", "topic_deletion_policy", "kafka_producer_byte_rate",
-                        "kafka_request_percentage"}  # fmt: skip
+                        "kafka_consumer_byte_rate", "kafka_request_percentage"}  # fmt: skip
 # Upper bounds of the operator-set limits: far above any real tenant, well inside the
 # database's integer range.
 MAX_QUOTA = 2**31 - 1
@@ -35,7 +35,8 @@ class TenantOutput(serializers.ModelSerializer):
         model = Tenant
         fields = ("slug", "name", "status", "max_devices", "max_streams", "max_partitions", "max_records_per_second",
                   "max_bytes_per_second", "topic_deletion_policy", "kafka_producer_byte_rate",
-                  "kafka_request_percentage", "topic_prefix", "dlq_topic", "created_at", "updated_at")  # fmt: skip
+                  "kafka_consumer_byte_rate", "kafka_request_percentage", "topic_prefix", "dlq_topic", "created_at",
+                  "updated_at")  # fmt: skip
 
 
 def _quota(help_text: str) -> serializers.IntegerField:
@@ -55,9 +56,13 @@ class TenantInput(StrictSerializer):
         min_value=1024, max_value=MAX_QUOTA, required=False,
         help_text="Bytes/s each Kafka-direct credential may produce (broker quota; operators only).",
     )  # fmt: skip
+    kafka_consumer_byte_rate = serializers.IntegerField(
+        min_value=1024, max_value=MAX_QUOTA, required=False,
+        help_text="Bytes/s each consumer credential may fetch (broker quota; operators only).",
+    )  # fmt: skip
     kafka_request_percentage = serializers.FloatField(
         min_value=0.1, max_value=1000.0, required=False,
-        help_text="Percent of a broker thread each Kafka-direct credential may use (broker quota).",
+        help_text="Percent of a broker thread each Kafka-direct or consumer credential may use (broker quota).",
     )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from tenants.selectors import membership_list
 
 TENANT_FIELDS = ("name", "max_devices", "max_records_per_second", "max_bytes_per_second", "max_streams",
                  "max_partitions", "topic_deletion_policy", "kafka_producer_byte_rate",
-                 "kafka_request_percentage")  # fmt: skip
+                 "kafka_consumer_byte_rate", "kafka_request_percentage")  # fmt: skip
 # How long a deleted tenant's slug stays reserved when its topics went with it: longer than
 # any of its credentials could still act somewhere (access tokens live at most 1 h, the
 # broker's and nginx's CRL caches about 30 s), with a wide margin.

@@ -34,6 +34,8 @@ from config.env import Runtime
 from devices import services as device_services
 from devices.models import Consumer as ConsumerModel
 from ingest.kafka import admin_config, client_config, oauth_client_config
+from ingest.kafka_admin import described_quotas
+from ingest.quotas import user_entity
 from tenants.audit import Actor
 from tenants.oauth.models import OAuthClient
 from tenants.oauth.server import OAuthClientAdapter
@@ -186,6 +188,10 @@ def test_a_consumer_reads_its_streams_on_both_listeners_and_commits_its_own_grou
     runtime = tenant_a.runtime
     reader = make_reader(tenant_a, "analytics", dead_letters=True)
     temperature = tenant_a.streams["temperature"].topic
+    # each credential holds a consumer's quota from its tenant's plan
+    entities = [user_entity(reader.certificate.kafka_principal), user_entity(f"User:{reader.client.kafka_principal}")]
+    plan = {"consumer_byte_rate": float(2 * 2**20), "request_percentage": 10.0}
+    assert described_quotas(entities) == dict.fromkeys(entities, plan)
     produce(runtime, temperature, 3)
     produce(runtime, tenant_a.tenant.dlq_topic)
     for kind, config in reader.configs.items():
