@@ -1,24 +1,38 @@
 """The Sluice console for the PKI: tenant CAs, device certificates (revoke, see what is due),
-and issuing certificates for selected devices (the private key is shown once)."""
+issuing certificates for selected devices (the private key is shown once), and a consumer's
+page with its credentials (a client certificate or an OAuth client, each shown once)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 
 from certs import selectors, services
+from certs.apis import MAX_CSR_CHARS
+from certs.downloads import issued_downloads
 from certs.models import Certificate, CertificateAuthority
 from config.errors import SluiceError
-from devices.admin import DeviceAdmin
-from devices.models import Device
-from tenants.admin_scoping import TenantScopedAdmin, status_badge
+from devices.admin import ConsumerAdmin, DeviceAdmin
+from devices.models import Consumer, Device
+from devices.principals import consumer_principal
+from tenants.admin_scoping import TenantScopedAdmin, show_service_error, status_badge
+from tenants.oauth.admin import ClientCreateForm
+from tenants.oauth.models import OAuthClient
+from tenants.oauth.selectors import oauth_client_list
+from tenants.oauth.services import oauth_client_create
+from tenants.oauth.views import metadata_document
+from tenants.scoping import Scope
 
 TENANT_FILTER = ("tenant", admin.RelatedOnlyFieldListFilter)
 
@@ -150,3 +164,147 @@ def issue_certificates(
 
 # A class attribute Django reads per instance; django-stubs types it per instance only.
 DeviceAdmin.actions = (*tuple(DeviceAdmin.actions or ()), issue_certificates)  # type: ignore[misc]
+
+
+# -- a consumer's page: its credentials ---------------------------------------------------
+
+
+class ConsumerIssueForm(forms.Form):
+    """A consumer's client certificate, as ``POST .../consumers/<slug>/certificates/`` issues
+    one: for the backend's own key (its CSR), or a key generated here and shown once."""
+
+    passphrase = forms.CharField(
+        label="Passphrase", required=False, min_length=8, max_length=256,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Sluice generates the key and shows it once, with a PKCS#12 bundle this protects (at least 8 "
+        "characters). It keeps no copy.",
+    )  # fmt: skip
+    csr = forms.CharField(
+        label="Or the backend's CSR", required=False, max_length=MAX_CSR_CHARS,
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 70, "spellcheck": "false"}),
+        help_text="A PKCS#10 request in PEM: the key never leaves the backend. Its subject is replaced by the "
+        "consumer's.",
+    )  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns (django-stubs allows None)
+        if bool(data.get("passphrase")) == bool((data.get("csr") or "").strip()) and not self.errors:
+            raise forms.ValidationError("Give a passphrase for a key generated here, or paste a CSR (one of them).")
+        return data
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One of a consumer's credentials as its page lists it: a certificate or an OAuth client."""
+
+    kind: str
+    name: str
+    principal: str
+    state: str
+    until: dt.datetime | None
+    url: str
+
+
+def consumer_credentials(*, scope: Scope, consumer: Consumer) -> list[Credential]:
+    """``consumer``'s certificates and OAuth clients, each with the principal it is on Kafka
+    and its state now (usable ones first, then the newest)."""
+    now = timezone.now()
+    rows = [
+        Credential("certificate", f"serial {c.serial[:16]}", c.kafka_principal, selectors.certificate_state(c, now=now),
+                   c.not_after, reverse("admin:certs_certificate_change", args=[c.pk]))
+        for c in selectors.consumer_certificate_list(scope=scope, consumer=consumer).order_by("-created_at")
+    ]  # fmt: skip
+    clients = oauth_client_list(scope=scope).filter(consumer=consumer).order_by("-created_at")
+    rows += [
+        Credential("OAuth client", f"{c.client_id} ({c.name})",
+                   consumer_principal(tenant=consumer.tenant.slug, consumer=consumer.slug, credential_id=c.client_id),
+                   c.status, None, reverse("admin:tenants_oauthclient_change", args=[c.pk]))
+        for c in clients
+    ]  # fmt: skip
+    usable = (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
+    return sorted(rows, key=lambda row: row.state not in usable)
+
+
+class ConsumerPageAdmin(ConsumerAdmin):
+    """The consumer's page with its credentials: issue a client certificate (a generated key
+    shown once, or for a CSR) and create an OAuth client (its secret shown once), through the
+    same services as ``POST .../consumers/<slug>/certificates/`` and ``.../oauth-clients/``.
+    Lives here, above devices, because it draws on the PKI; registered in ConsumerAdmin's place."""
+
+    change_form_template = "admin/devices/consumer/sluice_change_form.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path("<path:object_id>/certificates/issue/", self.admin_site.admin_view(self.issue_view),
+                 name="devices_consumer_certificate_issue"),
+            path("<path:object_id>/oauth-clients/add/", self.admin_site.admin_view(self.oauth_client_view),
+                 name="devices_consumer_oauth_client_add"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:  # fmt: skip
+        consumer = self.scoped_object(request, object_id)
+        context = dict(extra_context or {})
+        if consumer is not None:
+            context.update(credentials=consumer_credentials(scope=self.scope(request), consumer=consumer),
+                           can_add_credentials=self.has_change_permission(request, consumer))  # fmt: skip
+        return super().change_view(request, object_id, form_url, context)
+
+    def issue_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        consumer = self.writable_object(request, object_id)
+        form = ConsumerIssueForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            csr = form.cleaned_data["csr"].strip()
+            try:
+                issued = services.consumer_certificate_issue(
+                    actor=self.actor(request), consumer=consumer, csr_pem=csr.encode() if csr else None,
+                    passphrase=None if csr else form.cleaned_data["passphrase"],
+                )  # fmt: skip
+            except SluiceError as error:
+                show_service_error(form, error)
+            else:
+                response = self.object_page(
+                    request, "admin/certs/issued.html", consumer, f"Certificate issued for {consumer.slug}",
+                    issued=[issued], holder=consumer.slug, consumer=consumer, back_url=self.change_url(consumer),
+                    downloads=issued_downloads(consumer.slug, issued),
+                    kafka_bootstrap=settings.SLUICE_RUNTIME.kafka_bootstrap,
+                )  # fmt: skip
+                response["Cache-Control"] = "no-store"
+                return response
+        return self.object_page(request, "admin/devices/consumer/credential_add.html", consumer,
+                                f"Issue a client certificate for {consumer.slug}", form=form,
+                                submit="Issue certificate")  # fmt: skip
+
+    def oauth_client_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        consumer = self.writable_object(request, object_id)
+        form = ClientCreateForm(request.POST if request.method == "POST" else None, kind=OAuthClient.Kind.CONSUMER,
+                                initial={"name": f"{consumer.slug} backend"})  # fmt: skip
+        if request.method == "POST" and form.is_valid():
+            try:
+                client, secret = oauth_client_create(
+                    actor=self.actor(request), tenant=consumer.tenant, kind=OAuthClient.Kind.CONSUMER,
+                    name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], consumer=consumer,
+                )  # fmt: skip
+            except SluiceError as error:
+                show_service_error(form, error)
+            else:
+                runtime = settings.SLUICE_RUNTIME
+                response = self.object_page(
+                    request, "admin/tenants/oauthclient/secret.html", consumer, f"OAuth client for {consumer.slug}",
+                    client=client, secret=secret, token_endpoint=metadata_document()["token_endpoint"],
+                    principal=consumer_principal(tenant=consumer.tenant.slug, consumer=consumer.slug,
+                                                 credential_id=client.client_id),
+                    consumer=consumer, kafka_bootstrap=runtime.kafka_oauth_bootstrap,
+                    back_url=self.change_url(consumer),
+                )  # fmt: skip
+                response["Cache-Control"] = "no-store"
+                return response
+        return self.object_page(request, "admin/devices/consumer/credential_add.html", consumer,
+                                f"Create an OAuth client for {consumer.slug}", form=form,
+                                submit="Create client")  # fmt: skip
+
+
+admin.site.unregister(Consumer)
+admin.site.register(Consumer, ConsumerPageAdmin)

@@ -1,5 +1,6 @@
 """Guided onboarding of a new tenant by a platform operator, in six pages: tenant, its first
-admin, a stream with its schema, a device group, a device, and a summary.
+admin, a stream with its schema, a device group, a device, and a summary (where the device
+gets its first certificate, and the tenant its consumers: backends that read its streams).
 
 Views are thin: parse a form, call one service, redirect.  What the flow has made so far is
 carried in the URL (tenant slug, stream id, group slug, device id), never in the session, so
@@ -26,13 +27,14 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from certs.downloads import PEM_CERTIFICATES, ROOT_CA_FILENAME
+from certs.downloads import ROOT_CA_FILENAME, issued_downloads
 from certs.models import Certificate
 from certs.platform_pki import PlatformPki, root_fingerprint
 from certs.selectors import device_active_certificate
-from certs.services import RENEWAL_OVERLAP, Issued, certificate_issue_generated
+from certs.services import RENEWAL_OVERLAP, certificate_issue_generated
 from config.errors import NotFound, SluiceError
 from config.onboarding_forms import (
+    ConsumerForm,
     CredentialsForm,
     DeviceForm,
     GroupForm,
@@ -43,8 +45,8 @@ from config.onboarding_forms import (
 )
 from devices import registry
 from devices import selectors as device_selectors
-from devices.models import Device
-from devices.services import device_create, group_create, stream_with_schema_create
+from devices.models import Consumer, Device
+from devices.services import consumer_create, device_create, group_create, stream_with_schema_create
 from ingest.selectors import record_sample_for
 from tenants.audit import Actor
 from tenants.models import Tenant
@@ -53,8 +55,6 @@ from tenants.selectors import tenant_admin_usernames, tenant_get
 from tenants.services import tenant_create, user_create_tenant_admin
 
 T = TypeVar("T")
-# The key as PKCS#8 PEM (RFC 7468 §10); application/pkcs8 would be its DER form.
-PEM_KEY = "application/x-pem-file"
 View = Callable[..., HttpResponse]
 
 
@@ -63,23 +63,6 @@ class Step:
     number: int
     key: str
     title: str
-
-
-@dataclass(frozen=True)
-class Download:
-    """A file the credentials page offers inside itself, as a ``data:`` URL with a file name
-    (``<a download>``): the private key is in that one response only, never stored or served
-    again, so there is nothing a second request could fetch."""
-
-    element_id: str
-    label: str
-    filename: str
-    media_type: str
-    content: bytes
-
-    @property
-    def href(self) -> str:
-        return f"data:{self.media_type};base64,{base64.b64encode(self.content).decode()}"
 
 
 STEPS = (
@@ -248,12 +231,56 @@ def _device(request: HttpRequest, target: Tenant, device: str) -> Device:
         raise Http404("No such device.") from None
 
 
-def _summary_page(request: HttpRequest, target: Tenant, found: Device, credentials_form: Any) -> HttpResponse:
+@dataclass(frozen=True)
+class ConsumerSummary:
+    """A consumer of the tenant as the summary shows it: what it reads, and where its
+    credentials come from (its console page, and the REST API)."""
+
+    consumer: Consumer
+    topics: list[str]
+    console_url: str
+    certificates_api: str
+    oauth_clients_api: str
+
+
+def _consumers(scope: Scope, target: Tenant) -> list[ConsumerSummary]:
+    api = f"/api/v1/tenants/{target.slug}"
+    return [
+        ConsumerSummary(consumer, device_selectors.consumer_topics(consumer=consumer),
+                        reverse("admin:devices_consumer_change", args=[consumer.pk]),
+                        f"{api}/consumers/{consumer.slug}/certificates/", f"{api}/oauth-clients/")
+        for consumer in device_selectors.consumer_list(scope=scope)
+    ]  # fmt: skip
+
+
+def _summary_page(request: HttpRequest, target: Tenant, found: Device, credentials_form: Any,
+                  consumer_form: ConsumerForm | None = None) -> HttpResponse:  # fmt: skip
     scope = _scope(request, target)
     return _page(request, "summary.html", 6, tenant=target, device=found, group=found.group,
                  stream=found.group.stream, admins=tenant_admin_usernames(scope=scope),
-                 credentials_form=credentials_form,
+                 credentials_form=credentials_form, consumers=_consumers(scope, target),
+                 consumer_form=consumer_form
+                 or ConsumerForm(streams=device_selectors.stream_list(scope=scope), prefix=ConsumerForm.PREFIX),
                  certificate=device_active_certificate(scope=scope, device=found))  # fmt: skip
+
+
+@operator_only
+@require_http_methods(["GET", "POST"])
+def consumer(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
+    """Create a consumer of the tenant from the summary (a backend that reads its streams
+    from Kafka), then show the summary again with it and how to get its credentials."""
+    target = _tenant(request, tenant)
+    found = _device(request, target, device)
+    if request.method == "GET":
+        return redirect("onboarding:summary", tenant=target.slug, device=found.device_id)
+    streams = device_selectors.stream_list(scope=_scope(request, target))
+    form = _bound(ConsumerForm, request, streams=streams, prefix=ConsumerForm.PREFIX)
+    created = _submit(request, form, lambda data: consumer_create(actor=_actor(request), tenant=target, **data))
+    if created is None:
+        return _summary_page(request, target, found, CredentialsForm(), form)
+    messages.success(request, f"Consumer {created.slug} created: issue its credentials below.")
+    return redirect(reverse("onboarding:summary", kwargs={"tenant": target.slug, "device": found.device_id})
+                    + "#consumers")  # fmt: skip
 
 
 @never_cache  # the success response carries the device's private key
@@ -284,17 +311,8 @@ def credentials(request: HttpRequest, tenant: str, device: str) -> HttpResponse:
     return _page(request, "credentials.html", 6, tenant=target, device=found, issued=issued,
                  pkcs12_base64=base64.b64encode(issued.pkcs12 or b"").decode(), web_url=runtime.web_url,
                  root_ca_url=runtime.root_ca_url, root_fingerprint=root_fingerprint(root_pem),
-                 root_ca_filename=ROOT_CA_FILENAME, downloads=_downloads(found, issued), sample=sample,
+                 root_ca_filename=ROOT_CA_FILENAME, downloads=issued_downloads(found.device_id, issued), sample=sample,
                  overlap_hours=int(RENEWAL_OVERLAP.total_seconds() // 3600))  # fmt: skip
-
-
-def _downloads(found: Device, issued: Issued) -> list[Download]:
-    name = found.device_id
-    return [
-        Download("download-chain", "Certificate chain", f"{name}.crt", PEM_CERTIFICATES, issued.chain_pem.encode()),
-        Download("download-key", "Private key", f"{name}.key", PEM_KEY, (issued.key_pem or "").encode()),
-        Download("download-pkcs12", "PKCS#12 bundle", f"{name}.p12", "application/x-pkcs12", issued.pkcs12 or b""),
-    ]
 
 
 def _shown_once(request: HttpRequest, target: Tenant, found: Device, current: Certificate) -> HttpResponse:

@@ -108,6 +108,11 @@ class StreamChoiceField(forms.ModelChoiceField):
         return str(obj.topic)
 
 
+class StreamsChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return str(obj.topic)
+
+
 class GroupForm(forms.Form):
     slug = forms.CharField(max_length=40, help_text=f"{SLUG_HELP} Part of the group's Kafka principal.")
     name = forms.CharField(max_length=200, required=False)
@@ -132,6 +137,32 @@ class GroupForm(forms.Form):
 class DeviceForm(forms.Form):
     device_id = forms.CharField(max_length=128, label="Device ID", help_text=f"{DEVICE_ID_RULE}.")
     labels = LabelsField()
+
+
+class ConsumerForm(forms.Form):
+    """A consumer of the tenant: a backend that reads its streams from Kafka with its own
+    credentials (``devices.services.consumer_create``).  On the summary page beside the
+    device's credentials form, so its fields are prefixed (``consumer-slug``, ...)."""
+
+    PREFIX = "consumer"
+
+    slug = forms.CharField(max_length=40, help_text=f"{SLUG_HELP} For example analytics; part of its Kafka principal.")
+    name = forms.CharField(max_length=200, required=False, help_text="What it is, e.g. Analytics backend.")
+    all_streams = forms.BooleanField(
+        required=False, initial=True, label="Every stream",
+        help_text="Reads every stream of the tenant, present and future. Untick it to choose streams below.",
+    )  # fmt: skip
+    streams = StreamsChoiceField(
+        queryset=Stream.objects.none(), required=False, widget=forms.CheckboxSelectMultiple,
+        label="Only these streams", help_text="When not every stream.",
+    )  # fmt: skip
+    dead_letters = forms.BooleanField(
+        required=False, label="Dead letters too", help_text="Also reads the tenant's dead-letter topic."
+    )
+
+    def __init__(self, *args: Any, streams: QuerySet[Stream], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(StreamsChoiceField, self.fields["streams"]).queryset = streams
 
 
 class CredentialsForm(forms.Form):

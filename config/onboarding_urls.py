@@ -14,4 +14,5 @@ urlpatterns = [
     path("<slug:tenant>/groups/<slug:group>/device/", onboarding.device_step, name="device"),
     path("<slug:tenant>/devices/<str:device>/", onboarding.summary, name="summary"),
     path("<slug:tenant>/devices/<str:device>/credentials/", onboarding.credentials, name="credentials"),
+    path("<slug:tenant>/devices/<str:device>/consumer/", onboarding.consumer, name="consumer"),
 ]

@@ -1,4 +1,4 @@
-"""The Sluice console (Django admin): streams, device groups and devices.
+"""The Sluice console (Django admin): streams, device groups, devices and consumers.
 
 Scoping and permissions come from ``TenantScopedAdmin``; every write calls a service, so
 streams are provisioned in Kafka after the admin's transaction commits."""
@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import Count, QuerySet
+from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
@@ -17,7 +19,7 @@ from django.utils.text import Truncator
 from config.errors import SluiceError
 from devices import registry, selectors, services
 from devices.forms import LabelsField
-from devices.models import Device, DeviceGroup, Stream
+from devices.models import Consumer, Device, DeviceGroup, Stream
 from tenants.admin_scoping import ServiceForm, ServiceRejected, TenantScopedAdmin, status_badge
 from tenants.audit import Actor
 
@@ -285,3 +287,128 @@ class DeviceAdmin(TenantScopedAdmin[Device]):
 
     def service_delete(self, request: HttpRequest, actor: Actor, obj: Device) -> None:
         services.device_delete(actor=actor, device=obj)
+
+
+# Credentials that may hold a grant, as ``services.consumer_principals`` counts them (and
+# not expired): certificates active or in their overlap, OAuth clients not revoked.
+USABLE_CERTIFICATES = Q(certificates__status__in=("active", "superseded"), certificates__not_after__gt=Now()) & ~Q(
+    certificates__kafka_principal=""
+)
+ACTIVE_CLIENTS = Q(oauth_clients__status="active")
+
+
+class ConsumerForm(ServiceForm):
+    """A consumer reads every stream of its tenant (``all streams``) or the streams ticked
+    here, never both; the service says so on the streams field."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        streams = self.fields.get("streams")
+        if streams is not None and self.instance.pk is not None:
+            # A consumer keeps its tenant: offer that tenant's streams only.
+            streams.queryset = streams.queryset.filter(tenant_id=self.instance.tenant_id)  # type: ignore[attr-defined]
+
+
+@admin.register(Consumer)
+class ConsumerAdmin(TenantScopedAdmin[Consumer]):
+    """A tenant's backend reading its streams from Kafka.  Its credentials (client
+    certificates, OAuth clients) are issued on its page (``certs.admin.ConsumerPageAdmin``)."""
+
+    form = ConsumerForm
+    immutable_fields = ("tenant", "slug")
+    list_display = ("slug", "name", "tenant", "status_display", "reads", "credential_count")
+    list_filter = ("status", "all_streams", "dead_letters", TENANT_FILTER)
+    search_fields = ("slug", "name", "tenant__slug")
+    list_select_related = ("tenant",)
+    readonly_fields = ("topics", "principal_prefix", "consumer_group_prefix", "created_at", "updated_at")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Consumer]:
+        certificates = Count("certificates", filter=USABLE_CERTIFICATES, distinct=True)
+        clients = Count("oauth_clients", filter=ACTIVE_CLIENTS, distinct=True)
+        queryset = super().get_queryset(request).prefetch_related("streams__tenant")
+        return queryset.annotate(credential_total=certificates + clients)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Consumer | None = None) -> FieldsetSpec:
+        reads = ("all_streams", "streams", "dead_letters")
+        if obj is None:
+            return [(None, {"fields": ("tenant", "slug", "name", "status")}), ("What it reads", {"fields": reads})]
+        return [
+            (None, {"fields": ("tenant", "slug", "name", "status")}),
+            ("What it reads", {"fields": (*reads, "topics")}),
+            ("On Kafka", {"fields": ("principal_prefix", "consumer_group_prefix"),
+                          "description": "Each credential of the consumer is its own Kafka principal; all of them "
+                                         "read the topics above, in consumer groups under the group prefix."}),
+            ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+        ]  # fmt: skip
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "streams":
+            kwargs["widget"] = forms.CheckboxSelectMultiple(attrs={"class": "radiolist"})  # the admin's list style
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        widget = getattr(field, "widget", None)
+        if field is not None and db_field.name == "streams" and isinstance(widget, RelatedFieldWidgetWrapper):
+            field.widget = widget.widget  # no "add a stream" popup: a stream is made on its own page
+        return field
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: Consumer) -> str:
+        return status_badge(obj.status)
+
+    @admin.display(description="reads")
+    def reads(self, obj: Consumer) -> str:
+        what = "All streams" if obj.all_streams else ", ".join(sorted(s.topic for s in obj.streams.all())) or "—"
+        return f"{what} + dead letters" if obj.dead_letters else what
+
+    @admin.display(description="usable credentials", ordering="credential_total")
+    def credential_count(self, obj: Consumer) -> int:
+        return obj.credential_total  # type: ignore[attr-defined]
+
+    @admin.display(description="topics it reads")
+    def topics(self, obj: Consumer) -> str:
+        found = selectors.consumer_topics(consumer=obj)
+        if not found:
+            return "None: tick “All streams” or some streams."
+        return format_html('<ul id="consumer-topics" style="margin: 0; padding: 0">{}</ul>',
+                           format_html_join("", '<li style="list-style: none"><code>{}</code></li>',
+                                            ((t,) for t in found)))  # fmt: skip
+
+    @admin.display(description="Kafka principal prefix")
+    def principal_prefix(self, obj: Consumer) -> str:
+        return format_html('<code id="principal-prefix">{}</code>&lt;credential id&gt;', obj.kafka_principal_prefix)
+
+    @admin.display(description="consumer group prefix")
+    def consumer_group_prefix(self, obj: Consumer) -> str:
+        return format_html('<code id="group-prefix">{}</code>', obj.group_prefix)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set, list]:
+        """What deleting a consumer does, the way ``consumer_delete`` does it, instead of
+        Django's cascade walk (which would ask for the right to delete OAuth clients, a page
+        that only revokes them)."""
+        deleted: list[Any] = []
+        counts: dict[str, int] = {}
+        for consumer in objs:
+            certificates = consumer.certificates.filter(status__in=("active", "superseded")).count()
+            clients = consumer.oauth_clients.count()
+            counts["consumers"] = counts.get("consumers", 0) + 1
+            deleted.append(f"Consumer: {consumer.slug} ({consumer.name or 'no name'})")
+            deleted.append([f"{certificates} usable certificate(s) revoked (the CRL lists them)",
+                            f"{clients} OAuth client(s) revoked and removed",
+                            f"every Kafka grant of principals {consumer.kafka_principal_prefix}…"])  # fmt: skip
+        return deleted, counts, set(), []
+
+    def service_create(self, request: HttpRequest, actor: Actor, data: dict[str, Any]) -> Consumer:
+        return services.consumer_create(actor=actor, **data)
+
+    def service_update(self, request: HttpRequest, actor: Actor, obj: Consumer,
+                       changes: dict[str, Any]) -> Consumer:  # fmt: skip
+        if "streams" in changes:
+            # The form shows both: streams ticked beside a ticked "all streams" is a
+            # contradiction to point out, not a narrowing (the API's PATCH of streams alone).
+            changes.setdefault("all_streams", obj.all_streams)
+        return services.consumer_update(actor=actor, consumer=obj, **changes)
+
+    def service_delete(self, request: HttpRequest, actor: Actor, obj: Consumer) -> None:
+        services.consumer_delete(actor=actor, consumer=obj)

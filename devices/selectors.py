@@ -60,6 +60,15 @@ def consumer_get(*, scope: Scope, slug: str) -> Consumer:
     return consumer
 
 
+def consumer_topics(*, consumer: Consumer) -> list[str]:
+    """The topics ``consumer``'s credentials may read: its streams' (with ``all_streams``,
+    every stream its tenant has now), then the tenant's DLQ with ``dead_letters``."""
+    # A selection's streams are prefetched with their tenants by consumer_list.
+    streams = stream_list(scope=Scope.of_tenant(consumer.tenant)) if consumer.all_streams else consumer.streams.all()
+    topics = sorted(stream.topic for stream in streams)
+    return [*topics, consumer.tenant.dlq_topic] if consumer.dead_letters else topics
+
+
 def device_list(*, scope: Scope) -> QuerySet[Device]:
     return restrict(Device.objects.select_related("tenant", "group__stream__tenant"), scope=scope)
 

@@ -20,9 +20,11 @@ from typing import Any, Generic, TypeVar
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -75,21 +77,25 @@ class ServiceForm(forms.ModelForm):
 
     def _post_clean(self) -> None:
         super()._post_clean()  # type: ignore[misc]  # Django's hook after field cleaning; not in django-stubs
-        error = self.sluice_error
-        if error is None:
-            return
-        field_messages: list[str] = []
-        for item in error.fields:
-            name = _field_name(item.get("pointer", ""))
-            message = item.get("message") or error.message
-            if name in self.fields:
-                self.add_error(name, message)
-                field_messages.append(message)
-            else:
-                label = f"{name}: " if name else ""
-                self.add_error(None, f"{label}{message}")
-        if not error.fields or (error.message not in field_messages and error.message not in GENERIC_MESSAGES):
-            self.add_error(None, error.message)
+        if self.sluice_error is not None:
+            show_service_error(self, self.sluice_error)
+
+
+def show_service_error(form: forms.BaseForm, error: SluiceError) -> None:
+    """Put a service's error on ``form``: each field pointer on the form field it starts at,
+    anything else (and the error's own message, unless a field already says it) above the form."""
+    field_messages: list[str] = []
+    for item in error.fields:
+        name = _field_name(item.get("pointer", ""))
+        message = item.get("message") or error.message
+        if name in form.fields:
+            form.add_error(name, message)
+            field_messages.append(message)
+        else:
+            label = f"{name}: " if name else ""
+            form.add_error(None, f"{label}{message}")
+    if not error.fields or (error.message not in field_messages and error.message not in GENERIC_MESSAGES):
+        form.add_error(None, error.message)
 
 
 class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
@@ -204,6 +210,16 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
             kwargs["queryset"] = restrict(related._default_manager.select_related("tenant"), scope=writable)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def formfield_for_manytomany(self, db_field: models.ManyToManyField, request: HttpRequest,
+                                 **kwargs: Any) -> Any:  # fmt: skip
+        # The same rule as a foreign key's: only rows of tenants the user administers.
+        related = db_field.related_model
+        assert not isinstance(related, str)
+        if any(f.name == "tenant" and f.related_model is Tenant for f in related._meta.fields):
+            writable = self.scope(request).writable()
+            kwargs["queryset"] = restrict(related._default_manager.select_related("tenant"), scope=writable)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
     def get_form(self, request: HttpRequest, obj: models.Model | None = None, change: bool = False,
                  **kwargs: Any) -> type[forms.ModelForm]:  # fmt: skip
         form_class = super().get_form(request, obj, change, **kwargs)
@@ -245,6 +261,12 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
         obj.refresh_from_db()
         obj._state.adding = False
 
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        # Many-to-many fields are the service's to write (``save_model``), with the rest of
+        # the object: the form's own ``save_m2m`` would set them again behind its back.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
     def delete_model(self, request: HttpRequest, obj: ModelT) -> None:
         try:
             self.service_delete(request, self.actor(request), obj)
@@ -254,6 +276,38 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> None:
         for obj in queryset:
             self.delete_model(request, obj)
+
+    # -- pages of an object's own (issue a credential, ...) ---------------------------------
+
+    def scoped_object(self, request: HttpRequest, object_id: str) -> ModelT | None:
+        """The object if this user may see it (the scoped queryset), else None."""
+        try:
+            return self.get_queryset(request).get(pk=int(object_id))
+        except (ValueError, self.model.DoesNotExist):
+            return None
+
+    def writable_object(self, request: HttpRequest, object_id: str) -> ModelT:
+        """The object for a page that changes it: 404 outside the user's scope (as for no
+        object at all), 403 for a tenant viewer."""
+        obj = self.scoped_object(request, object_id)
+        if obj is None:
+            raise Http404(f"No such {self.opts.verbose_name}.")
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def change_url(self, obj: models.Model) -> str:
+        opts = self.opts
+        return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk],
+                       current_app=self.admin_site.name)  # fmt: skip
+
+    def object_page(self, request: HttpRequest, template: str, obj: models.Model, title: str,
+                    **context: Any) -> TemplateResponse:  # fmt: skip
+        """A console page about ``obj`` (its breadcrumbs lead back to its change page)."""
+        return TemplateResponse(request, template, {
+            **self.admin_site.each_context(request), "opts": self.opts, "original": obj, "title": title,
+            "change_url": self.change_url(obj), **context,
+        })  # fmt: skip
 
     def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
                         extra_context: dict[str, Any] | None = None) -> HttpResponse:  # fmt: skip
@@ -277,4 +331,4 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
             return HttpResponseRedirect(url)
 
 
-__all__ = ["ServiceForm", "ServiceRejected", "TenantScopedAdmin"]
+__all__ = ["ServiceForm", "ServiceRejected", "TenantScopedAdmin", "show_service_error"]

@@ -1,19 +1,40 @@
-"""OAuth clients in the Sluice console: listed and revoked, never created or edited here.
+"""OAuth clients in the Sluice console: listed and revoked, never edited here.
 
-Creation belongs to the API, where the secret is shown once in the answer; the admin would
-have to carry it through a message (a cookie or the session).  The secret's hash is never
-shown.  Imported by ``tenants.admin`` so the admin site's autodiscovery finds it."""
+A client is created through the API, or on the page of what it speaks for (a consumer's:
+``certs.admin.ConsumerPageAdmin``) with ``ClientCreateForm``: the secret is in that POST's
+answer only (``admin/tenants/oauthclient/secret.html``, never stored, never carried through
+a message, the session or a cookie).  The secret's hash is never shown.  Imported by
+``tenants.admin`` so the admin site's autodiscovery finds it."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from config.errors import SluiceError
 from tenants.admin_scoping import TenantScopedAdmin, status_badge
+from tenants.oauth import scopes as oauth_scopes
 from tenants.oauth import services
 from tenants.oauth.models import OAuthClient
+
+
+class ClientCreateForm(forms.Form):
+    """A new client of one ``kind``: a name and the scopes that kind may hold (all of them
+    ticked at first).  ``tenants.oauth.services.oauth_client_create`` checks both again."""
+
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. analytics backend (prod).")
+    scopes = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, choices=())
+
+    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        allowed = sorted(oauth_scopes.ALLOWED_FOR_KIND[kind])
+        field = self.fields["scopes"]
+        field.choices = [(scope, scope) for scope in allowed]  # type: ignore[attr-defined]
+        field.initial = allowed
 
 
 @admin.register(OAuthClient)
@@ -27,6 +48,7 @@ class OAuthClientAdmin(TenantScopedAdmin[OAuthClient]):
         "kind",
         "device",
         "group",
+        "consumer",
         "scopes",
         "status",
         "created_at",
@@ -37,7 +59,7 @@ class OAuthClientAdmin(TenantScopedAdmin[OAuthClient]):
     readonly_fields = fields
     list_display = ("client_id", "name", "tenant", "kind", "state", "scope_list", "last_used_at", "created_at")
     list_filter = ("kind", "status", ("tenant", admin.RelatedOnlyFieldListFilter))
-    search_fields = ("client_id", "name", "tenant__slug", "device__device_id", "group__slug")
+    search_fields = ("client_id", "name", "tenant__slug", "device__device_id", "group__slug", "consumer__slug")
     list_select_related = ("tenant", "device", "group")
     actions = ("revoke",)
 

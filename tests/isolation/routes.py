@@ -171,6 +171,7 @@ EXPECTATIONS: dict[str, Expect] = {
             "<slug:tenant>/groups/<slug:group>/device/": {"tenant": "tenant", "group": "group"},
             "<slug:tenant>/devices/<str:device>/": {"tenant": "tenant", "device": "device"},
             "<slug:tenant>/devices/<str:device>/credentials/": {"tenant": "tenant", "device": "device"},
+            "<slug:tenant>/devices/<str:device>/consumer/": {"tenant": "tenant", "device": "device"},
         }.items()
     },
     # -- the console's own pages
@@ -190,6 +191,13 @@ EXPECTATIONS: dict[str, Expect] = {
     "admin/devices/device/<path:object_id>/certificates/<str:serial>/revoke/": Expect(
         "scoped", CONSOLE, {"object_id": "devices.device", "serial": "serial"}, frozenset({404}), anchor="object_id"
     ),
+    # a consumer's credential pages: B's consumer answers as a missing one
+    "admin/devices/consumer/<path:object_id>/certificates/issue/": Expect(
+        "scoped", CONSOLE, {"object_id": "devices.consumer"}, frozenset({404})
+    ),
+    "admin/devices/consumer/<path:object_id>/oauth-clients/add/": Expect(
+        "scoped", CONSOLE, {"object_id": "devices.consumer"}, frozenset({404})
+    ),
     "admin/auth/user/<id>/password/": Expect("scoped", CONSOLE, {"id": "auth.user"}, frozenset({403})),
 }
 
@@ -199,8 +207,8 @@ EXPECTATIONS: dict[str, Expect] = {
 # model brings the ModelAdmin's standard URLs.
 CONSOLE_MODELS = (
     "auth.group", "auth.user", "tenants.tenant", "tenants.membership", "tenants.apitoken", "tenants.auditevent",
-    "tenants.oauthclient", "devices.stream", "devices.devicegroup", "devices.device", "certs.certificateauthority",
-    "certs.certificate",
+    "tenants.oauthclient", "devices.stream", "devices.devicegroup", "devices.device", "devices.consumer",
+    "certs.certificateauthority", "certs.certificate",
 )  # fmt: skip
 CONSOLE_REFUSALS = frozenset({302, 403, 405})
 for _label in CONSOLE_MODELS:

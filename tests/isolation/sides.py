@@ -86,7 +86,7 @@ class Side:
             "tenants.apitoken": self.api_token,
             "tenants.auditevent": AuditEvent.objects.filter(tenant=self.tenant).earliest("pk"),
             "tenants.oauthclient": self.service_client, "devices.stream": self.stream,
-            "devices.devicegroup": self.group, "devices.device": self.device,
+            "devices.devicegroup": self.group, "devices.device": self.device, "devices.consumer": self.consumer,
             "certs.certificateauthority": self.authority, "certs.certificate": self.certificate,
         }  # fmt: skip
 
