@@ -428,17 +428,12 @@ class ConsumerOutput(serializers.ModelSerializer):
         fields = ("slug", "name", "status", "all_streams", "streams", "dead_letters", "topics",
                   "kafka_principal_prefix", "group_prefix", "created_at", "updated_at")  # fmt: skip
 
-    def _streams(self, obj: Consumer) -> list[Stream]:
-        if obj.all_streams:
-            return list(selectors.stream_list(scope=Scope.of_tenant(obj.tenant)))
-        return list(obj.streams.all())
-
     def get_streams(self, obj: Consumer) -> list[int]:
-        return sorted(s.pk for s in self._streams(obj))
+        streams = selectors.stream_list(scope=Scope.of_tenant(obj.tenant)) if obj.all_streams else obj.streams.all()
+        return sorted(s.pk for s in streams)
 
     def get_topics(self, obj: Consumer) -> list[str]:
-        topics = sorted(s.topic for s in self._streams(obj))
-        return [*topics, obj.tenant.dlq_topic] if obj.dead_letters else topics
+        return selectors.consumer_topics(consumer=obj)
 
 
 class ConsumerInput(StrictSerializer):

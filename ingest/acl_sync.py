@@ -48,7 +48,8 @@ from django.utils import timezone
 from redis.exceptions import LockError
 
 from certs.models import Certificate
-from devices.models import Consumer, Device, DeviceGroup, Stream
+from devices.models import Device, DeviceGroup
+from devices.selectors import consumer_list, consumer_topics
 from ingest.acls import (
     CertificateFacts,
     ClientFacts,
@@ -92,6 +93,7 @@ from ingest.quotas import (
 from tenants.audit import Actor, audit_record
 from tenants.models import AuditEvent, Tenant
 from tenants.oauth.models import OAuthClient
+from tenants.scoping import Scope
 
 if TYPE_CHECKING:
     from tenants.rights import RightsChange
@@ -229,12 +231,9 @@ def _consumer_snapshots(tenant: Tenant, *, principals: list[str] | None) -> tupl
         clients_of.setdefault(consumer_id, []).append(
             ClientFacts(client_id=client_id, active=True, scopes=frozenset(scopes or ()))
         )
-    every_topic = sorted(stream.topic for stream in Stream.objects.filter(tenant=tenant).select_related("tenant"))
     snapshots = []
-    for consumer in Consumer.objects.filter(tenant=tenant).prefetch_related("streams__tenant").order_by("slug"):
-        topics = every_topic if consumer.all_streams else sorted(s.topic for s in consumer.streams.all())
-        if consumer.dead_letters:
-            topics = [*topics, tenant.dlq_topic]
+    for consumer in consumer_list(scope=Scope.of_tenant(tenant)).order_by("slug"):
+        topics = consumer_topics(consumer=consumer)
         snapshots.append(ConsumerSnapshot(slug=consumer.slug, active=consumer.is_active, topics=tuple(topics),
                                           certificates=tuple(certs_of.get(consumer.pk, ())),
                                           clients=tuple(clients_of.get(consumer.pk, ()))))  # fmt: skip
