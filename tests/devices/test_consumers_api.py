@@ -195,6 +195,15 @@ def test_a_consumers_token_and_certificate_reach_the_registry_not_the_api(
     assert by_cert.get("/registry/acme/subjects", secure=True).status_code in (200, 503)
     assert by_cert.get("/registry/globex/subjects", secure=True).status_code == 404
     assert by_cert.get("/api/v1/tenants/acme/").status_code in (401, 403)
+    # a revoked certificate is refused at once (the row decides before nginx's CRL reload)
+    second = admin_client.post(f"{BASE}analytics/certificates/", {"csr": _csr()}, format="json").json()
+    revoked = APIClient()
+    revoked.credentials(HTTP_X_SLUICE_PROXY_SECRET=settings.SLUICE_PROXY_SECRET, HTTP_X_SLUICE_CLIENT_VERIFY="SUCCESS",
+                        HTTP_X_SLUICE_CLIENT_CERT=quote(second["certificate_pem"]))  # fmt: skip
+    assert admin_client.post(f"/api/v1/tenants/acme/certificates/{second['serial']}/revoke", {},
+                             format="json").status_code == 200  # fmt: skip
+    refused_cert = revoked.get("/registry/acme/subjects", secure=True)
+    assert (refused_cert.status_code, refused_cert.json()["error"]["code"]) == (403, "certificate_revoked")
     # disabling the consumer ends both at once
     admin_client.patch(f"{BASE}analytics/", {"status": "disabled"}, format="json")
     assert by_cert.get("/registry/acme/subjects", secure=True).json()["error"]["code"] == "consumer_disabled"
