@@ -430,6 +430,9 @@ def _presented_may_act(use: str, presented: Certificate, *, now: dt.datetime) ->
         raise refusal.exception()
     device = presented.device
     if device is None:
+        if presented.consumer_id is not None:
+            raise PermissionDenied("A consumer's certificate is not renewed over EST; issue a new one through the API.",
+                                   code="not_a_device_certificate")  # fmt: skip
         raise PermissionDenied("The certificate's device no longer exists.", code="device_gone")
     refusal = policy.holder_refusal(use, tenant_status=device.tenant.status, device_status=device.status,
                                     credential_policy=device.group.credential_policy, tenant=device.tenant.slug,

@@ -109,7 +109,8 @@ class ConsumerCertificateAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Any) -> tuple[Any, Any] | None:
         if not client_certificate_presented(request._request):
             return None
-        return as_drf_refusal(request, lambda: consumer_certificate_principal(request._request)), None
+        principal = as_drf_refusal(request, lambda: consumer_certificate_principal(request._request), bearer=False)
+        return principal, None
 
     def authenticate_header(self, request: Any) -> str:
         return 'Bearer realm="sluice-registry"'

@@ -6,6 +6,7 @@ sees what the database rolled back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -116,7 +117,16 @@ def stream_create(*, actor: Actor, tenant: Tenant, **values: Any) -> Stream:
         stream.save()
         audit_record(actor=actor, tenant=tenant, action="stream.create", obj=stream, after=snapshot(stream))
         stream_saved(stream=stream)
+        _consumers_follow_streams(tenant)
     return stream
+
+
+def _consumers_follow_streams(tenant: Tenant) -> None:
+    """A stream came or went: consumers reading every stream gain its topic, and no grant on
+    a deleted stream's topic may outlive it (a stream re-created under the same name must be
+    granted afresh).  A whole-tenant sync, only when the tenant has consumers."""
+    if Consumer.objects.filter(tenant=tenant).exists():
+        rights_changed(tenant_id=tenant.pk, whole_tenant=True)
 
 
 def stream_update(*, actor: Actor, stream: Stream, **changes: Any) -> Stream:
@@ -154,6 +164,7 @@ def stream_delete(*, actor: Actor, stream: Stream) -> None:
     try:
         with transaction.atomic():
             audit_record(actor=actor, tenant=stream.tenant, action="stream.delete", obj=stream, before=before)
+            _consumers_follow_streams(stream.tenant)  # resolved now, while the topic is still the tenant's
             stream.delete()
             groups = selectors.group_list(scope=Scope.of_tenant(stream.tenant))
             unused = not groups.filter(schema_subject=subject).exists()
@@ -480,7 +491,7 @@ def device_bulk_import(*, actor: Actor, tenant: Tenant, rows: list[dict[str, Any
 
 def _own_streams(tenant: Tenant, streams: Any) -> list[Stream]:
     """Stream ids (or objects) inside ``tenant`` only, each missing one named by its index."""
-    if not isinstance(streams, list | tuple):
+    if isinstance(streams, str | bytes | dict) or not isinstance(streams, Iterable):
         field = {"pointer": "/streams", "code": "not_a_list", "message": "A list of stream ids."}
         raise InvalidInput("streams is a list of stream ids.", fields=[field])
     ids = [s.pk if isinstance(s, Stream) else s for s in streams]
@@ -520,14 +531,14 @@ def consumer_create(
     slug: str,
     name: str = "",
     all_streams: bool | None = None,
-    streams: Any = (),
+    streams: Any = None,
     dead_letters: bool = False,
     status: str = Consumer.Status.ACTIVE,
 ) -> Consumer:
     """A new consumer of ``tenant``: no credentials yet, so nothing on Kafka changes until one
-    is issued.  ``all_streams`` defaults to true unless ``streams`` names some."""
-    granted = _own_streams(tenant, list(streams))
-    every = not granted if all_streams is None else all_streams
+    is issued.  ``all_streams`` defaults to true unless ``streams`` is given (even empty)."""
+    granted = _own_streams(tenant, streams) if streams is not None else []
+    every = streams is None if all_streams is None else all_streams
     _check_grant(every, granted)
     consumer = Consumer(tenant=tenant, slug=slug, name=name, all_streams=every, dead_letters=dead_letters,
                         status=status)  # fmt: skip
@@ -544,10 +555,10 @@ def consumer_update(*, actor: Actor, consumer: Consumer, **changes: Any) -> Cons
     """Change what a consumer reads or whether it may read at all: its credentials' grants
     follow at the commit (disabling it takes every grant away; enabling gives them back)."""
     before = _consumer_view(consumer)
-    streams = _own_streams(consumer.tenant, list(changes.pop("streams"))) if "streams" in changes else None
+    streams = _own_streams(consumer.tenant, changes.pop("streams")) if "streams" in changes else None
     _apply(consumer, changes, CONSUMER_MUTABLE, "consumer")
-    if streams is not None and streams and "all_streams" not in changes:
-        consumer.all_streams = False  # naming streams narrows an all-streams consumer to them
+    if streams is not None and "all_streams" not in changes:
+        consumer.all_streams = False  # naming streams (even none) narrows an all-streams consumer to them
     if consumer.all_streams and streams is None:
         streams = []  # widening to all streams forgets the selection
     _check_grant(consumer.all_streams, streams if streams is not None else list(consumer.streams.all()))

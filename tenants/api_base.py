@@ -65,6 +65,11 @@ def _wrong_type(field: serializers.Field, value: Any) -> str | None:
         return None if isinstance(value, bool) else "Must be a boolean (true or false)."
     if isinstance(field, serializers.IntegerField):
         return None if isinstance(value, int) and not isinstance(value, bool) else "Must be an integer."
+    if isinstance(field, serializers.ListField) and isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _wrong_type(field.child, item)
+            if problem is not None:
+                return f"Item {index}: {problem}"
     if isinstance(field, serializers.CharField | serializers.ChoiceField):
         if not isinstance(value, str):
             return "Must be a string."

@@ -28,9 +28,9 @@ REALM = "sluice-api"
 T = TypeVar("T")
 
 
-def as_drf_refusal(request: Any, check: Callable[[], T]) -> T:
-    """``check()``, with Sluice's refusals raised as DRF's: a 401 keeps its code for the
-    challenge header (RFC 6750 §3: error="invalid_token"), a 403 stays a 403."""
+def as_drf_refusal(request: Any, check: Callable[[], T], *, bearer: bool = True) -> T:
+    """``check()``, with Sluice's refusals raised as DRF's: a 401 of a bearer token keeps its
+    code for the challenge header (RFC 6750 §3: error="invalid_token"), a 403 stays a 403."""
     # Imported here: DRF imports this module while config.errors is still loading
     # (config.errors -> rest_framework.views -> the authentication classes).
     from config.errors import PermissionDenied, Unauthenticated
@@ -38,7 +38,8 @@ def as_drf_refusal(request: Any, check: Callable[[], T]) -> T:
     try:
         return check()
     except Unauthenticated as exc:
-        request._sluice_bearer_error = exc.code
+        if bearer:
+            request._sluice_bearer_error = exc.code
         raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
     except PermissionDenied as exc:
         raise exceptions.PermissionDenied(exc.message, code=exc.code) from None
@@ -76,23 +77,28 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         principal = as_drf_refusal(request, lambda: authenticate_service_token(token))
         return principal, principal.claims
 
+    realm = REALM
+
     def authenticate_header(self, request: Any) -> str:
         error = getattr(request, "_sluice_bearer_error", None)
         if error is None:
-            return f'{self.keyword} realm="{REALM}"'
-        return f'{self.keyword} realm="{REALM}", error="invalid_token", error_description="{error}"'
+            return f'{self.keyword} realm="{self.realm}"'
+        return f'{self.keyword} realm="{self.realm}", error="invalid_token", error_description="{error}"'
 
 
 class RegistryBearerAuthentication(ApiTokenAuthentication):
     """The tenant-scoped registry's bearer credentials: a consumer client's access token for
-    audience ``sluice-registry`` (``registry:read``), or whatever the REST API accepts."""
+    audience ``sluice-registry`` (``registry:read``), or whatever the REST API accepts.  A
+    token that names the registry's audience is judged by the registry's rules alone, so an
+    expired one says so (not that it lacks the API's audience)."""
+
+    realm = "sluice-registry"
 
     def _access_token(self, request: Any, token: str) -> tuple[Any, Any]:
-        from config.errors import Unauthenticated
+        from tenants.oauth import tokens
         from tenants.oauth.resource import consumer_token_principal, verify_registry_token
 
-        try:
-            claims = verify_registry_token(token)
-        except Unauthenticated:
+        if tokens.AUD_REGISTRY not in tokens.unverified_audiences(token):
             return super()._access_token(request, token)  # not a registry token: the API's rules
+        claims = as_drf_refusal(request, lambda: verify_registry_token(token))
         return as_drf_refusal(request, lambda: consumer_token_principal(claims)), claims

@@ -226,3 +226,50 @@ def test_delete_revokes_its_certificates_and_removes_its_clients(
     assert not OAuthClient.objects.filter(kind="consumer").exists()
     assert AuditEvent.objects.filter(action="oauth_client.revoke", tenant=tenant).exists()
     assert admin_client.get(f"{BASE}analytics/").status_code == 404
+
+
+def test_naming_no_stream_narrows_to_none_and_list_items_are_typed(admin_client: APIClient, tenant: Tenant) -> None:
+    admin_client.post(BASE, {"slug": "analytics", "dead_letters": True}, format="json")
+    # "streams": [] on an all-streams consumer means what it says: no stream (the DLQ stays)
+    narrowed = admin_client.patch(f"{BASE}analytics/", {"streams": []}, format="json")
+    assert narrowed.status_code == 200, narrowed.content
+    assert (narrowed.json()["all_streams"], narrowed.json()["topics"]) == (False, ["iot.acme.dlq"])
+    created = admin_client.post(BASE, {"slug": "nothing", "streams": []}, format="json").json()
+    assert (created["all_streams"], created["topics"]) == (False, [])
+    # stream ids are JSON integers, as the document says, not strings or floats coerced
+    stream = Stream.objects.get(tenant=tenant).pk
+    for wrong in ([str(stream)], [float(stream)], [True]):
+        refused = admin_client.post(BASE, {"slug": "typed", "streams": wrong}, format="json")
+        assert refused.status_code == 400, (wrong, refused.content)
+        assert refused.json()["error"]["fields"][0]["pointer"] == "/streams"
+
+
+def test_the_registry_judges_its_own_tokens_and_says_why(tenant: Tenant, pki: None) -> None:
+    import datetime as dt
+
+    from tenants.oauth import tokens
+
+    consumer = Consumer.objects.create(tenant=tenant, slug="analytics")
+    client, _secret = make_oauth_client(tenant, "consumer", consumer=consumer)
+    expired, _ = tokens.mint_access_token(settings.SLUICE_RUNTIME, client_id=client.client_id, tenant="acme",
+                                          scopes=["registry:read"], audiences=[tokens.AUD_REGISTRY],
+                                          now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))  # fmt: skip
+    refused = bearer(expired).get("/registry/acme/subjects", secure=True)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "token_expired"
+    assert refused["WWW-Authenticate"].startswith('Bearer realm="sluice-registry", error="invalid_token"')
+
+
+def test_a_consumers_certificate_is_not_renewed_over_est(admin_client: APIClient, pki: None) -> None:
+    import base64
+
+    admin_client.post(BASE, {"slug": "analytics"}, format="json")
+    issued = admin_client.post(f"{BASE}analytics/certificates/", {"csr": _csr()}, format="json").json()
+    csr = x509.load_pem_x509_csr(_csr().encode()).public_bytes(serialization.Encoding.DER)
+    answer = APIClient().post(
+        "/.well-known/est/acme/simplereenroll", data=base64.encodebytes(csr), content_type="application/pkcs10",
+        headers={"X-Sluice-Client-Verify": "SUCCESS", "X-Sluice-Client-Cert": quote(issued["certificate_pem"]),
+                 "X-Sluice-Proxy-Secret": settings.SLUICE_PROXY_SECRET},
+        secure=True,
+    )  # fmt: skip
+    assert (answer.status_code, answer.json()["error"]["code"]) == (403, "not_a_device_certificate")

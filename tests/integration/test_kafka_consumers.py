@@ -41,7 +41,7 @@ from tenants.oauth.models import OAuthClient
 from tenants.oauth.server import OAuthClientAdapter
 from tenants.oauth.services import oauth_client_create, oauth_client_revoke
 from tenants.services import tenant_set_status
-from tests.integration.test_acls_live import Provisioned, eager_tasks, eventually, namespace_acls, provision
+from tests.integration.test_acls_live import Provisioned, acls_of, eager_tasks, eventually, namespace_acls, provision
 from tests.integration.test_kafka_sessions import BOUND_SECONDS
 from tests.integration.test_kafka_sessions import kafka_worker as kafka_worker  # the fixture
 
@@ -378,3 +378,27 @@ def test_a_suspended_tenant_stops_its_consumers(
     # and no grant of the tenant is left: its consumers' group grants went with the topics'
     admin = AdminClient(admin_config(tenant_a.runtime))
     assert eventually(lambda: namespace_acls(admin, tenant_a.tenant.slug), lambda left: not left) == []
+
+
+def test_a_stream_created_is_read_by_all_stream_consumers_and_a_deleted_ones_grants_go(
+    tenant_a: Provisioned, kafka_admin: AdminClient
+) -> None:
+    # given a consumer of every stream and one of the temperature stream only
+    every = make_reader(tenant_a, "every")
+    narrow = make_reader(tenant_a, "narrow", streams=[tenant_a.streams["temperature"]])
+    # when a stream is added, then the all-streams consumer's credentials read it at once
+    with eager_tasks(), tenant_a.capture(execute=True):
+        added = device_services.stream_create(actor=ACTOR, tenant=tenant_a.tenant, region="us", type="vibration",
+                                              partitions=1)  # fmt: skip
+    grant = f"READ TOPIC:LITERAL:{added.topic} "
+    for principal in (every.certificate.kafka_principal, f"User:{every.client.kafka_principal}"):
+        assert any(grant in line for line in acls_of(kafka_admin, principal)), principal
+    assert not any(grant in line for line in acls_of(kafka_admin, narrow.certificate.kafka_principal))
+    produce(tenant_a.runtime, added.topic)
+    assert read(every.configs["oauth"], added.topic, f"{every.group_prefix}vib") == (1, set())
+    # when it is deleted, then no grant on its topic is left (a stream re-created under the
+    # same name would be granted afresh, not inherit these)
+    with eager_tasks(), tenant_a.capture(execute=True):
+        device_services.stream_delete(actor=ACTOR, stream=added)
+    left = [line for line in namespace_acls(kafka_admin, tenant_a.tenant.slug) if added.topic in line]
+    assert left == []
