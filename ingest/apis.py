@@ -32,6 +32,7 @@ class ReconcileApi(ScopedApi):
     def post(self, request: Request, tenant: str) -> Response:
         target = self.tenant
         self.scope.require_operator()
+        self.check_query()
         fix = _boolean(request, "fix", default=True)
         try:
             report = topics_reconcile(tenant=target, fix=fix)

@@ -9,6 +9,7 @@ accepts (or refuses only for the state it finds: 404, 409)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, ClassVar
 
@@ -32,7 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFound
+from config.errors import InvalidInput, NotFound
 from tenants.audit import Actor
 from tenants.models import SLUG_REGEX, SLUG_RULE, Tenant
 from tenants.scoping import Scope, scope_for
@@ -111,6 +112,51 @@ class NulFreeCharField(serializers.CharField):
 # -- scope -------------------------------------------------------------------------------------
 
 
+def _openapi_path(route: str) -> str:
+    """A Django route as the OpenAPI document spells its path: ``<int:pk>`` -> ``{pk}``."""
+    return "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+
+
+@functools.cache
+def declared_query_parameters() -> dict[tuple[str, str], frozenset[str]]:
+    """(OpenAPI path, method) -> the query parameters the API's document declares, for the
+    operations that declare some.  Built once per process from the document itself (the same
+    generator ``/api/schema/`` answers with), so what is refused is what the document says."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    declared: dict[tuple[str, str], frozenset[str]] = {}
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            names = frozenset(p["name"] for p in operation.get("parameters", ()) if p.get("in") == "query")
+            if names:
+                declared[(path, method.upper())] = names
+    return declared
+
+
+def _refuse_unknown_query_parameters(request: Request) -> None:
+    """An operation that declares query parameters refuses any other (400 ``unknown_parameter``,
+    one field error each), as its body refuses unknown fields: a misspelt filter must not
+    silently answer everything.  Operations that declare none ignore the query string, as
+    their document says nothing of one."""
+    if not request.query_params:
+        return
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    if not route:
+        return
+    declared = declared_query_parameters().get((_openapi_path(route), request.method or ""))
+    if declared is None:
+        return
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        message = f"Unknown query parameter(s): {', '.join(repr(n[:40]) for n in unknown)}; this operation takes " \
+                  f"{', '.join(sorted(declared))}."  # fmt: skip
+        fields = [{"pointer": f"/query/{n[:40]}", "code": "unknown_parameter", "message": "Not a parameter of this "
+                   "operation."} for n in unknown]  # fmt: skip
+        raise InvalidInput(message, fields=fields)
+
+
 class Page(LimitOffsetPagination):
     """``limit`` (1-1000, default 100) and ``offset``, checked: a value that is not one is a
     400 with a field error instead of being silently replaced by the default."""
@@ -156,6 +202,12 @@ class ScopedApi(APIView):
     pagination_class = Page
     extra_error_statuses: ClassVar[dict[str, tuple[int, ...]]] = {}
 
+    def check_query(self) -> None:
+        """Refuse query parameters the operation does not declare; called where the query is
+        read (``page``, and the operations with parameters of their own), after the path's
+        objects are found, so another tenant's object is still a 404 first."""
+        _refuse_unknown_query_parameters(self.request)
+
     @property
     def scope(self) -> Scope:
         if not hasattr(self, "_scope"):
@@ -192,11 +244,13 @@ class ScopedApi(APIView):
         return dict(serializer.validated_data)
 
     def page(self, queryset: QuerySet, output: type[serializers.Serializer]) -> Response:
+        self.check_query()
         paginator = self.pagination_class()
         items = paginator.paginate_queryset(queryset, self.request, view=self)
         return paginator.get_paginated_response(output(items, many=True).data)
 
     def filtered(self, filterset_class: Any, queryset: QuerySet) -> QuerySet:
+        self.check_query()
         empty = sorted(name for name in filterset_class.base_filters if self.request.query_params.get(name) == "")
         if empty:
             detail = serializers.ErrorDetail("Must not be empty; leave the parameter out instead.", code="blank")

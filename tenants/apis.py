@@ -109,6 +109,7 @@ class TenantDetailApi(ScopedApi):
     def delete(self, request: Request, tenant: str) -> Response:
         target = self.tenant
         self.scope.require_operator()
+        self.check_query()
         if "confirm" not in request.query_params:
             detail = serializers.ErrorDetail(f"Confirm with the tenant's slug: ?confirm={target.slug}", code="required")
             raise serializers.ValidationError({"confirm": [detail]})

@@ -279,3 +279,17 @@ def test_audit_since_takes_any_iso_offset(admin_client: APIClient, tenant: Tenan
     # then it is the same instant in UTC: an answer, not a 500
     assert response.status_code == 200, response.content
     assert (response.json()["count"] > 0) is found
+
+
+def test_an_operation_with_query_parameters_refuses_unknown_ones(operator_client: APIClient, tenant: Tenant) -> None:
+    # a misspelt filter must not silently answer everything
+    refused = operator_client.get("/api/v1/tenants/acme/devices/?grup=sensors")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"] == [
+        {"pointer": "/query/grup", "code": "unknown_parameter", "message": "Not a parameter of this operation."}
+    ]
+    # a parameter without a name is no parameter either
+    assert operator_client.get("/api/v1/tenants/?limit=4&=").status_code == 400
+    # the declared ones work, and an operation that declares none ignores the query string
+    assert operator_client.get("/api/v1/tenants/acme/devices/?group=sensors&limit=1").status_code == 200
+    assert operator_client.get("/api/v1/tenants/acme/?anything=1").status_code == 200
