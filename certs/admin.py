@@ -25,7 +25,6 @@ from certs.models import Certificate, CertificateAuthority
 from config.errors import SluiceError
 from devices.admin import ConsumerAdmin, DeviceAdmin
 from devices.models import Consumer, Device
-from devices.principals import consumer_principal
 from tenants.admin_scoping import TenantScopedAdmin, show_service_error, status_badge
 from tenants.oauth.admin import ClientCreateForm
 from tenants.oauth.models import OAuthClient
@@ -215,12 +214,11 @@ def consumer_credentials(*, scope: Scope, consumer: Consumer) -> list[Credential
                    c.not_after, reverse("admin:certs_certificate_change", args=[c.pk]))
         for c in selectors.consumer_certificate_list(scope=scope, consumer=consumer).order_by("-created_at")
     ]  # fmt: skip
-    clients = oauth_client_list(scope=scope).filter(consumer=consumer).order_by("-created_at")
+    clients = oauth_client_list(scope=scope).filter(consumer=consumer).select_related("consumer__tenant")
     rows += [
-        Credential("OAuth client", f"{c.client_id} ({c.name})",
-                   consumer_principal(tenant=consumer.tenant.slug, consumer=consumer.slug, credential_id=c.client_id),
-                   c.status, None, reverse("admin:tenants_oauthclient_change", args=[c.pk]))
-        for c in clients
+        Credential("OAuth client", f"{c.client_id} ({c.name})", f"User:{c.kafka_principal}", c.status, None,
+                   reverse("admin:tenants_oauthclient_change", args=[c.pk]))
+        for c in clients.order_by("-created_at")
     ]  # fmt: skip
     usable = (Certificate.Status.ACTIVE, Certificate.Status.SUPERSEDED)
     return sorted(rows, key=lambda row: row.state not in usable)
@@ -294,8 +292,7 @@ class ConsumerPageAdmin(ConsumerAdmin):
                 response = self.object_page(
                     request, "admin/tenants/oauthclient/secret.html", consumer, f"OAuth client for {consumer.slug}",
                     client=client, secret=secret, token_endpoint=metadata_document()["token_endpoint"],
-                    principal=consumer_principal(tenant=consumer.tenant.slug, consumer=consumer.slug,
-                                                 credential_id=client.client_id),
+                    principal=f"User:{client.kafka_principal}",
                     consumer=consumer, kafka_bootstrap=runtime.kafka_oauth_bootstrap,
                     back_url=self.change_url(consumer),
                 )  # fmt: skip

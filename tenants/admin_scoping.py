@@ -200,24 +200,24 @@ class TenantScopedAdmin(admin.ModelAdmin, Generic[ModelT]):
             fields += tuple(f for f in self.immutable_fields if f not in fields)
         return fields
 
-    def formfield_for_foreignkey(self, db_field: models.ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
+    def _writable_choices(self, db_field: models.Field, request: HttpRequest, kwargs: dict[str, Any]) -> None:
+        """A relation's choices: only the tenants, or the rows of tenants, the user administers."""
         related = db_field.related_model
         assert not isinstance(related, str)  # "self" is resolved to the model once the apps are loaded
         if related is Tenant:
             kwargs["queryset"] = self.writable_tenants(request)
-        elif any(f.name == "tenant" and f.related_model is Tenant for f in related._meta.fields):
+        elif related is not None and any(f.name == "tenant" and f.related_model is Tenant
+                                         for f in related._meta.fields):  # fmt: skip
             writable = self.scope(request).writable()
             kwargs["queryset"] = restrict(related._default_manager.select_related("tenant"), scope=writable)
+
+    def formfield_for_foreignkey(self, db_field: models.ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
+        self._writable_choices(db_field, request, kwargs)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def formfield_for_manytomany(self, db_field: models.ManyToManyField, request: HttpRequest,
                                  **kwargs: Any) -> Any:  # fmt: skip
-        # The same rule as a foreign key's: only rows of tenants the user administers.
-        related = db_field.related_model
-        assert not isinstance(related, str)
-        if any(f.name == "tenant" and f.related_model is Tenant for f in related._meta.fields):
-            writable = self.scope(request).writable()
-            kwargs["queryset"] = restrict(related._default_manager.select_related("tenant"), scope=writable)
+        self._writable_choices(db_field, request, kwargs)
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def get_form(self, request: HttpRequest, obj: models.Model | None = None, change: bool = False,
