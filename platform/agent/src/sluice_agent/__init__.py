@@ -1,0 +1,1 @@
+"""sluice-agent: a store-and-forward agent for gateways that send records to Sluice over HTTPS."""

@@ -1,0 +1,5 @@
+import sys
+
+from sluice_agent.cli import main
+
+sys.exit(main())
