@@ -39,6 +39,19 @@ temporary state directory and ``--offset`` ports; stopped at the end, also on er
    services up to ``--p8-tenants`` / ``--p8-devices`` (Celery's provisioning waited for),
    then the same runs again.
 
+MQTT against HTTPS (``--only mqtt``, not in the default set; about 12 minutes with the
+defaults, results in ``bench/results/mqtt-vs-https-2026-12-05.md``): on the same platform,
+JSON stream and devices, ``--mqtt-rounds`` rounds of HTTPS 1 record/request (P2's client),
+HTTPS ``--mqtt-batch`` records/request, and MQTT QoS 1, one record per message, from
+``--mqtt-connections`` mTLS connections (``ingestbench/mqtt.py``: a minimal MQTT 5 publisher,
+or paho with ``--mqtt-client paho``; up to ``--mqtt-inflight`` PUBLISHes in flight each),
+once per ``--mqtt-backlog``.  MQTT's server CPU is Mosquitto + mqtt-auth + mqtt-bridge
+(HTTPS's is shown beside, and the other way round); its records are what reached the stream
+topic (end offsets), never PUBACKs, and the publishers are held to at most ``--mqtt-backlog``
+messages published and not yet in Kafka, so every window starts and ends with a bounded,
+steady backlog (reported).  A bridge that takes nothing for 3 s while messages wait is
+restarted and that window discarded.
+
 Every run warms up, then takes ``--windows`` clean windows of ``--window`` seconds (up to
 ``--windows + --extra-windows`` tries).  Server CPU is nginx plus every process of the ASGI
 server components (``web``, and any ``*ingest*`` component), workers and reaped children
@@ -73,7 +86,11 @@ from bench.ingestbench.apiload import ApiLoad  # noqa: E402
 from bench.ingestbench.ceiling import ProducerLoad  # noqa: E402
 from bench.ingestbench.clients import ClientLoad  # noqa: E402
 from bench.ingestbench.floor import Floor, asgi_components  # noqa: E402
+from bench.ingestbench.mqtt import MqttLoad, kafka_end_offsets  # noqa: E402
+
+PRODUCE_APP = "bench.produce_app:app"
 from bench.ingestbench.report import (  # noqa: E402
+    TITLE,
     Run,
     Summary,
     header_lines,
@@ -86,7 +103,9 @@ from bench.ingestbench.stack import Platform, Sources, tree_pids  # noqa: E402
 from bench.ingestbench.windows import LogWatch, Meter, Plan, Spread, measure  # noqa: E402
 from bench.ingestbench.workload import body_for, record_bytes  # noqa: E402
 
-FIGURES = ("p1", "p2", "p3", "p5", "p8")
+FIGURES = ("p1", "p2", "p3", "p5", "p8", "mqtt")
+DEFAULT_FIGURES = ("p1", "p2", "p3", "p5", "p8")  # mqtt is asked for by name
+MQTT_PARTS = ("mosquitto", "mqtt-auth", "mqtt-bridge")
 PREVIOUS = """Previous figures (2026-11-26, `bench/results/ingest-2026-11-26.md`): a 78 B record and a
 ceiling that made a uuid per record, so not comparable ratio for ratio: records per server
 CPU-second 372 (1 record/request), 10,186 (50), 20,853 (500); per CPU-second against that
@@ -120,6 +139,7 @@ def run_load(
     mode: str,
     server_parts: list[str] | None = None,
     plan: Plan | None = None,
+    beside: list[str] | None = None,
     **extra: Any,
 ) -> Run:
     part = "producer" if isinstance(load, ProducerLoad) else "clients"
@@ -140,7 +160,11 @@ def run_load(
         windows=windows,
         max_foreign=ctx.plan.max_foreign,
         extra=extra,
+        beside=beside or [],
     )
+    if isinstance(load, MqttLoad):
+        run.connections = len(load.devices)
+        run.extra.update(mqtt_outcome(load))
     if isinstance(load, ClientLoad):
         run.connections, run.connects, run.rate = len(load.credentials), load.connects, load.rate
     if isinstance(load, ProducerLoad):
@@ -151,7 +175,11 @@ def run_load(
                 f"{trips[len(trips) // 2]:.1f}/{trips[min(len(trips) - 1, round(0.99 * (len(trips) - 1)))]:.1f} ms"
             )
         run.extra["settings"] = load.outcome.get("settings", {})
-    metric = "records/cpu" if kind == "ceiling" or (kind == "sluice" and rpr != 1) else "requests/cpu"
+    metric = (
+        "records/cpu"
+        if kind in ("ceiling", "mqtt") or (kind in ("sluice", "produce-only") and rpr != 1)
+        else "requests/cpu"
+    )
     spread = run.spread(metric)
     say(
         f"    {metric.replace('cpu', 'server CPU-s')}: {spread.fmt()}  ({len(run.clean)}/{len(windows)} clean windows, "
@@ -224,7 +252,9 @@ def main() -> None:
         max_foreign=args.max_foreign,
     )
     root = Path(tempfile.mkdtemp(prefix="sluice-bench-ingest-"))
-    platform = Platform(root / "data", args.offset)
+    # Prometheus scrapes nginx's /metrics: a request that is not the benchmark's in a window
+    # (discarded) and CPU in the web app; the benchmark leaves it out unless asked.
+    platform = Platform(root / "data", args.offset, [] if args.prometheus else ["--no-prometheus"])
     floor: Floor | None = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
     runs: list[Run] = []
@@ -236,7 +266,7 @@ def main() -> None:
         prov_mod.setup_django(platform.env)
         token = f"sluice-bench/{secrets.token_hex(6)}"
         began = time.monotonic()
-        devices = max(args.clients, args.paced_clients, args.single_clients)
+        devices = max(args.clients, args.paced_clients, args.single_clients, args.mqtt_connections)
         prov = prov_mod.provision(root, devices, args.partitions, tuple(args.formats))
         prov_mod.wait_until_accepting(prov, token)
         written = {fmt: prov_mod.read_back(stream.topic) for fmt, stream in prov.streams.items()}
@@ -277,8 +307,13 @@ def main() -> None:
                 for fmt in args.formats
                 for rpr in args.shapes
             }
+            produce_batches = (
+                {rpr: produce_floor_run(ctx, root, facts, rpr) for rpr in args.shapes}
+                if args.produce_floor and "json" in args.formats
+                else {}
+            )
             after = {fmt: ceiling(ctx, fmt, written[fmt], "after") for fmt in args.formats}
-            runs += [*before.values(), *sluice.values(), *after.values()]
+            runs += [*before.values(), *sluice.values(), *produce_batches.values(), *after.values()]
             settings = next(iter(before.values())).extra.get("settings", {})
             facts.append(
                 "Producer settings (Sluice's `ingest_producer_config`, as the ceiling used them): "
@@ -301,6 +336,19 @@ def main() -> None:
                         target,
                         ".3f",
                     )
+                    if fmt == "json" and rpr in produce_batches:
+                        batch_bound = produce_batches[rpr]
+                        summary.rows.append(
+                            (
+                                f"P1 bound, {rpr} records/request: produce-only app (parse, write back, produce, wait) "
+                                "÷ ceiling's",
+                                ratio_spread([batch_bound.records_per_cpu(w) for w in batch_bound.clean], top).fmt(
+                                    ".3f"
+                                ),
+                                "-",
+                                "",
+                            )
+                        )
 
         single: dict[str, Run] = {}
         if {"p2", "p3", "p5"} & set(args.only):
@@ -340,6 +388,9 @@ def main() -> None:
                         rpr=1,
                         mode="new TLS handshake per request",
                     )
+            produce_only = None
+            if with_floor and args.produce_floor:
+                produce_only = produce_floor_run(ctx, root, facts, 1)
             if with_floor:
                 assert floor is not None
                 floor_runs.append(floor_run(ctx, floor, floor_parts, "after"))
@@ -352,6 +403,29 @@ def main() -> None:
                         ratio_spread([run.requests_per_cpu(w) for w in run.clean], bottom),
                         0.5,
                         ".3f",
+                    )
+                if produce_only is not None:
+                    runs.insert(-1, produce_only)
+                    bound = produce_only.spread("requests/cpu").median
+                    summary.rows.append(
+                        (
+                            "P2 bound: produce-only app (read the body, produce it, wait for acks=all) ÷ floor's",
+                            ratio_spread([produce_only.requests_per_cpu(w) for w in produce_only.clean], bottom).fmt(
+                                ".3f"
+                            ),
+                            "-",
+                            "",
+                        )
+                    )
+                    summary.rows.append(
+                        (
+                            "P2 json ÷ produce-only app (what Sluice's own work costs beside producing)",
+                            ratio_spread([single["json"].requests_per_cpu(w) for w in single["json"].clean], bound).fmt(
+                                ".3f"
+                            ),
+                            "-",
+                            "",
+                        )
                     )
             else:
                 runs += list(single.values())
@@ -411,6 +485,9 @@ def main() -> None:
 
         if "p8" in args.only:
             runs += p8(ctx, summary, facts)
+
+        if "mqtt" in args.only:
+            mqtt_figure(ctx, summary, facts, runs)
     except BaseException as exc:  # noqa: BLE001 - reported, then raised again
         # Whatever was measured is still reported, marked incomplete; then the error.
         failure: BaseException | None = exc
@@ -471,7 +548,12 @@ def p3_with_api_load(ctx: Context, summary: Summary, facts: list[str], rate: flo
 def write_report(
     args: argparse.Namespace, runs: list[Run], summary: Summary, facts: list[str], command: str, started: float
 ) -> None:
-    header = header_lines(command=command, started=started, seconds=time.time() - started, facts=facts)
+    title = (
+        "MQTT and HTTPS ingest per server CPU-second, in one run (`bench/ingest.py --only mqtt`)"
+        if args.only == ["mqtt"]
+        else TITLE
+    )
+    header = header_lines(command=command, started=started, seconds=time.time() - started, facts=facts, title=title)
     text = render(runs=runs, summary=summary, header=header, notes=[PREVIOUS, "", NOTES.strip()], smoke=args.smoke)
     print(text)
     if args.out:
@@ -483,6 +565,61 @@ def write_report(
 def floor_run(ctx: Context, floor: Floor, parts: list[str], when: str) -> Run:
     load = clients(ctx, "json", 1, "keepalive", port=floor.port, connections=ctx.args.single_clients)
     return run_load(ctx, f"floor {when}", "floor", load, fmt="json", rpr=1, mode="keep-alive", server_parts=parts)
+
+
+def produce_floor_run(ctx: Context, root: Path, facts: list[str], rpr: int) -> Run:
+    """Single-record requests to ``bench/produce_app.py`` behind the floor's nginx: the
+    produce-only floor (the same server command, Sluice's producer, one acks=all wait)."""
+    topic = ctx.prov.streams["json"].topic
+    produce_floor = Floor(
+        ctx.platform.env,
+        root / "produce-floor",
+        ctx.args.offset + ctx.args.floor_offset + 500,
+        ctx.args.asgi_components,
+        app=PRODUCE_APP,
+        app_env={
+            "SLUICE_BENCH_TOPIC": topic,
+            "SLUICE_BENCH_PLATFORM_STATE_DIR": ctx.platform.env["SLUICE_STATE_DIR"],
+            "SLUICE_BENCH_PLATFORM_PORT_OFFSET": ctx.platform.env["SLUICE_PORT_OFFSET"],
+        },
+    )
+    produce_floor.start()
+    logs = ctx.meter.logs
+    try:
+        for name, pid in produce_floor.pid_groups().items():
+            ctx.sources.trees[f"produce-only {name.removeprefix('floor ')}"] = lambda pid=pid: [pid]  # type: ignore[misc]
+        ctx.meter.logs = [*ctx.meter.logs, produce_floor.logs]
+        fact = (
+            f"Produce-only floor: `{PRODUCE_APP}` (`bench/produce_app.py`) under the floor's commands, producing each "
+            f"request's records with Sluice's producer to `{topic}` and waiting for their acknowledgement."
+        )
+        if fact not in facts:
+            facts.append(fact)
+        parts = [f"produce-only {name.removeprefix('floor ')}" for name in produce_floor.pid_groups()]
+        load = clients(
+            ctx,
+            "json",
+            rpr,
+            "keepalive",
+            port=produce_floor.port,
+            connections=ctx.args.single_clients if rpr == 1 else None,
+        )
+        return run_load(
+            ctx,
+            f"produce-only {rpr}",
+            "produce-only",
+            load,
+            fmt="json",
+            rpr=rpr,
+            mode="keep-alive",
+            server_parts=parts,
+        )
+    finally:
+        ctx.meter.logs = logs
+        for name in list(ctx.sources.trees):
+            if name.startswith("produce-only "):
+                del ctx.sources.trees[name]
+        produce_floor.stop()
 
 
 def p8(ctx: Context, summary: Summary, facts: list[str]) -> list[Run]:
@@ -547,6 +684,195 @@ def p8(ctx: Context, summary: Summary, facts: list[str]) -> list[Run]:
     return [*before.values(), *after.values()]
 
 
+def mqtt_outcome(load: MqttLoad) -> dict[str, Any]:
+    """What the MQTT load did in all (also outside the windows), for the run's facts."""
+    o = load.outcome
+    out = {
+        "published": f"{o.get('published', 0):,.0f}",
+        "PUBACK accepted": f"{o.get('acknowledged', 0):,.0f}",
+        "in Kafka after the drain": (
+            f"{o.get('delivered', 0):,.0f} ({o.get('drained_in', 0):.1f} s after the last publish)"
+        ),
+        "acknowledged by Mosquitto, never in Kafka": f"{o.get('lost', 0):,.0f}",
+    }
+    if o.get("refused"):
+        out["PUBACK refused"] = f"{o['refused']:,.0f}"
+    if o.get("extra_in_kafka"):
+        out["more in Kafka than acknowledged (redelivered?)"] = f"{o['extra_in_kafka']:,.0f}"
+    if o.get("errors"):
+        out["client errors"] = "; ".join(o["errors"])[:300]
+    if o.get("stalls"):
+        out["bridge stalls (restarted)"] = "; ".join(o["stalls"])
+    return out
+
+
+def mqtt_load(ctx: Context, kind: str, backlog: int, delivered: Any) -> MqttLoad:
+    from django.conf import settings
+
+    from ingest.mqtt_auth import device_topic
+
+    stream = ctx.prov.streams["json"]
+    devices = stream.devices[: ctx.args.mqtt_connections]
+
+    def restart_bridge() -> None:
+        # ingest.mqtt_bridge before 4b00a82 could stop taking messages for good (a lost
+        # wake-up between paho's thread and its event loop); should a bridge stall again, the
+        # window is flagged and the bridge restarted rather than the run lost.
+        say("    the MQTT bridge stalled: restarting it ...")
+        say(f"    mqtt-bridge restarted (pid {ctx.platform.restart('mqtt-bridge')})")
+
+    return MqttLoad(
+        host="127.0.0.1",
+        port=settings.SLUICE_RUNTIME.ports.mqtt,
+        server_hostname=ctx.prov.hostname,
+        ca_file=ctx.prov.ca_file,
+        devices=[
+            (
+                f"{ctx.prov.tenant}/{d.device_id}",
+                device_topic(ctx.prov.tenant, stream.group, d.device_id),
+                d.chain,
+                d.key,
+            )
+            for d in devices
+        ],
+        payload=body_for(1),
+        delivered=delivered,
+        client=kind,
+        procs=ctx.args.mqtt_procs,
+        inflight=ctx.args.mqtt_inflight,
+        backlog=backlog,
+        poll=ctx.args.mqtt_poll,
+        on_stall=restart_bridge,
+    )
+
+
+def mqtt_figure(ctx: Context, summary: Summary, facts: list[str], out: list[Run]) -> None:
+    """HTTPS 1 record/request, HTTPS ``--mqtt-batch`` records/request and MQTT QoS 1 (one
+    record per message), alternating for ``--mqtt-rounds`` rounds on the same platform,
+    devices and stream; each per server CPU-second of its own transport's processes.  Each
+    run goes to ``out`` as soon as it is measured (a failure later still reports it)."""
+    from django.conf import settings
+
+    from ingest.kafka import admin_config
+
+    args = ctx.args
+    components = list(ctx.platform.components)
+    missing = [p for p in MQTT_PARTS if p not in components]
+    if missing:
+        raise RuntimeError(f"the platform has no {', '.join(missing)} (components: {', '.join(components)})")
+    mqtt_parts = list(MQTT_PARTS)
+    topic = ctx.prov.streams["json"].topic
+    delivered = kafka_end_offsets(admin_config(settings.SLUICE_RUNTIME), topic)
+    h1: list[Run] = []
+    hb: list[Run] = []
+    variants = [(kind, backlog) for backlog in args.mqtt_backlog for kind in args.mqtt_client]
+    mq: dict[tuple[str, int], list[Run]] = {v: [] for v in variants}
+    ordered: list[Run] = []
+    for r in range(1, args.mqtt_rounds + 1):
+        h1.append(
+            run_load(
+                ctx,
+                f"round {r}: HTTPS json 1 record/request",
+                "sluice",
+                clients(ctx, "json", 1, "keepalive", connections=args.single_clients),
+                fmt="json",
+                rpr=1,
+                mode="keep-alive",
+                beside=mqtt_parts,
+            )
+        )
+        hb.append(
+            run_load(
+                ctx,
+                f"round {r}: HTTPS json {args.mqtt_batch} records/request",
+                "sluice",
+                clients(ctx, "json", args.mqtt_batch, "keepalive"),
+                fmt="json",
+                rpr=args.mqtt_batch,
+                mode="keep-alive",
+                beside=mqtt_parts,
+            )
+        )
+        ordered += [h1[-1], hb[-1]]
+        out += [h1[-1], hb[-1]]
+        for kind, backlog in variants:
+            run = run_load(
+                ctx,
+                f"round {r}: MQTT json QoS 1 ({kind} client, backlog {backlog})",
+                "mqtt",
+                mqtt_load(ctx, kind, backlog, delivered),
+                fmt="json",
+                rpr=1,
+                mode=(
+                    f"{args.mqtt_connections} connections over {args.mqtt_procs} processes, up to "
+                    f"{args.mqtt_inflight} in flight each, at most {backlog} published and not yet in Kafka"
+                ),
+                server_parts=mqtt_parts,
+                beside=ctx.server_parts,
+            )
+            mq[(kind, backlog)].append(run)
+            ordered.append(run)
+            out.append(run)
+    for run in ordered:
+        run.extra["client CPU per record"] = per_record_us_pooled([run], "clients").fmt(",.1f") + " µs"
+
+    def pooled(runs: list[Run], metric: str) -> Spread:
+        return Spread.of([metric_of(run, w, metric) for run in runs for w in run.clean])
+
+    def row(figure: str, measured: str) -> None:
+        summary.rows.append((figure, measured, "-", ""))
+
+    https = {"HTTPS 1 record/request": h1, f"HTTPS {args.mqtt_batch} records/request": hb}
+    labels = {v: f"MQTT QoS 1, 1 record/message ({v[0]} client, backlog {v[1]})" for v in variants}
+    for label, these in [*https.items(), *((labels[v], runs) for v, runs in mq.items())]:
+        row(
+            f"{label}: records per server CPU-s (records/s)",
+            f"{pooled(these, 'records/cpu').fmt()} ({pooled(these, 'records/s').fmt()}/s)",
+        )
+    for v, runs in mq.items():
+        for label, base in https.items():
+            bottom = mean_of_medians(base, "records/cpu")
+            row(
+                f"{labels[v]} ÷ {label}, per server CPU-s (MQTT's windows ÷ mean of the HTTPS runs' medians)",
+                "**"
+                + ratio_spread([run.records_per_cpu(w) for run in runs for w in run.clean], bottom).fmt(".2f")
+                + "**",
+            )
+            rounds = [
+                m.spread("records/cpu").median / h.spread("records/cpu").median for m, h in zip(runs, base, strict=True)
+            ]
+            row(
+                "  the same, round by round (MQTT's median ÷ that round's HTTPS median)",
+                ", ".join(f"{x:.2f}" for x in rounds),
+            )
+    for v, runs in mq.items():
+        row(
+            f"{labels[v]}: server CPU per record, by part",
+            "; ".join(f"{part} {per_record_us_pooled(runs, part).fmt(',.1f')} µs" for part in mqtt_parts),
+        )
+        row(
+            f"{labels[v]}: backlog (published, not yet in Kafka) at window ends",
+            Spread.of([w.load.get("backlog", math.nan) for run in runs for w in run.clean]).fmt(),
+        )
+    for label, base in https.items():
+        row(
+            f"{label}: server CPU per record, by part",
+            "; ".join(f"{part} {per_record_us_pooled(base, part).fmt(',.1f')} µs" for part in ctx.server_parts),
+        )
+    facts.append(
+        f"MQTT: server = {' + '.join(mqtt_parts)} (each component's process tree); HTTPS: server = "
+        f"{' + '.join(ctx.server_parts)}; each run shows the other transport's parts beside. MQTT records are "
+        f"counted as `{topic}`'s end offsets advancing across the window (read with one ListOffsets request "
+        f"every {args.mqtt_poll * 1000:.0f} ms by the benchmark process), not by PUBACKs."
+    )
+
+
+def per_record_us_pooled(runs: list[Run], part: str) -> Spread:
+    return Spread.of(
+        [w.cpu.get(part, 0.0) / w.load["records"] * 1e6 for run in runs for w in run.clean if w.load.get("records")]
+    )
+
+
 def describe(ctx: Context, written: dict[str, prov_mod.Written]) -> list[str]:
     import psutil
 
@@ -578,7 +904,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default=",".join(FIGURES), help="figures to measure: p1,p2,p3,p5,p8")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_FIGURES), help="figures to measure: p1,p2,p3,p5,p8 (default), mqtt"
+    )
     parser.add_argument("--formats", default="json,avro", help="record formats for P1 and P2: json,avro")
     parser.add_argument("--shapes", default="100,500", help="P1 records per request, comma-separated")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections (one device each)")
@@ -605,6 +933,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--p8-tenants", type=int, default=1000, help="P8: tenants on the platform")
     parser.add_argument("--p8-devices", type=int, default=10_000, help="P8: devices on the platform")
     parser.add_argument("--p8-shapes", default="1,100", help="P8: records per request, comma-separated")
+    parser.add_argument("--mqtt-rounds", type=int, default=2, help="mqtt: rounds of HTTPS 1, HTTPS batch, MQTT")
+    parser.add_argument("--mqtt-batch", type=int, default=50, help="mqtt: records per request of the HTTPS batch run")
+    parser.add_argument(
+        "--mqtt-client",
+        default="raw",
+        help="mqtt: publisher(s) to run each round, comma-separated: raw (a minimal MQTT 5 publisher), paho",
+    )
+    parser.add_argument("--mqtt-connections", type=int, default=16, help="mqtt: MQTT connections (one device each)")
+    parser.add_argument(
+        "--mqtt-procs", type=int, default=2, help="mqtt: processes the MQTT connections are spread over"
+    )
+    parser.add_argument("--mqtt-inflight", type=int, default=20, help="mqtt: unacknowledged PUBLISHes per connection")
+    parser.add_argument(
+        "--mqtt-backlog",
+        default="400,2000",
+        help="mqtt: messages published and not yet in Kafka, at most (comma-separated: one MQTT run each per "
+        "round); keep it below Mosquitto's max_queued_messages, above which Mosquitto drops QoS 1 messages",
+    )
+    parser.add_argument(
+        "--mqtt-poll", type=float, default=0.05, help="mqtt: seconds between two readings of the topic's end offsets"
+    )
     parser.add_argument("--window", type=float, default=10.0, help="seconds per measured window")
     parser.add_argument("--windows", type=int, default=3, help="clean windows wanted per run")
     parser.add_argument("--extra-windows", type=int, default=3, help="further windows tried when some are discarded")
@@ -617,12 +966,23 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-idle", dest="idle", action="store_false", help="skip the idle window")
     parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="start the scratch platform with Prometheus (its scrapes of /metrics are foreign requests: those "
+        "windows are discarded)",
+    )
+    parser.add_argument(
         "--asgi-components",
         help="launcher components that serve HTTP behind nginx, comma-separated (default: web and any *ingest*); "
         "their CPU is server CPU and the floor runs each one's command with the no-op app",
     )
     parser.add_argument("--partitions", type=int, help="topic partitions (default: the platform's default)")
     parser.add_argument("--offset", type=int, default=45000, help="SLUICE_PORT_OFFSET of the scratch platform")
+    parser.add_argument(
+        "--produce-floor",
+        action="store_true",
+        help="P2: also measure the produce-only floor (bench/produce_app.py: read, produce, wait for acks=all)",
+    )
     parser.add_argument("--floor-offset", type=int, default=1000, help="the floor's ports: --offset plus this")
     parser.add_argument(
         "--smoke",
@@ -643,7 +1003,11 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    if "json" not in args.formats and {"p3", "p5", "p8"} & set(args.only):
+    args.mqtt_client = [c.strip() for c in args.mqtt_client.split(",") if c.strip()]
+    args.mqtt_backlog = [int(b) for b in args.mqtt_backlog.split(",") if b.strip()]
+    if set(args.mqtt_client) - {"raw", "paho"}:
+        parser.error("--mqtt-client: raw and/or paho")
+    if "json" not in args.formats and {"p3", "p5", "p8", "mqtt"} & set(args.only):
         args.formats.insert(0, "json")  # P3, P5 and P8 use the JSON stream
     args.asgi_components = [c.strip() for c in (args.asgi_components or "").split(",") if c.strip()] or None
     args.shapes = [int(s) for s in args.shapes.split(",") if s.strip()]

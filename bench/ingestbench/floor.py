@@ -40,9 +40,18 @@ def asgi_components(names: list[str], chosen: list[str] | None = None) -> list[s
 
 class Floor:
     def __init__(
-        self, platform_env: dict[str, str], state: Path, offset: int, servers: list[str] | None = None
+        self,
+        platform_env: dict[str, str],
+        state: Path,
+        offset: int,
+        servers: list[str] | None = None,
+        *,
+        app: str = NOOP_APP,
+        app_env: dict[str, str] | None = None,
     ) -> None:
         self.platform_env = platform_env
+        self.app = app
+        self.app_env = app_env or {}
         self.servers = servers
         self.state = state
         self.offset = offset
@@ -78,10 +87,10 @@ class Floor:
         components.render(template, _move(target, moves, {}, {}), mode=mode, **floor_values)
         for name in asgi_components(list(components.ALL), self.servers):
             spec = components.ALL[name].process(floor)
-            argv = [NOOP_APP if APP_SPEC.match(arg) else arg for arg in spec.argv]
-            if argv.count(NOOP_APP) != 1:
+            argv = [self.app if APP_SPEC.match(arg) else arg for arg in spec.argv]
+            if argv.count(self.app) != 1:
                 raise RuntimeError(f"cannot find the application in the {name} command: {spec.argv}")
-            env = dict(spec.env or os.environ)
+            env = {**(spec.env or os.environ), **self.app_env}
             self.argv[name] = argv
             self.processes[f"floor {name}"] = Process(
                 f"floor-{name}", argv, floor.log(f"floor-{name}"), env=env, cwd=spec.cwd

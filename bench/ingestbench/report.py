@@ -32,6 +32,7 @@ class Run:
     connects: int = 0
     rate: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    beside: list[str] = field(default_factory=list)  # further parts shown beside (e.g. the other transport's)
 
     @property
     def clean(self) -> list[Window]:
@@ -204,6 +205,10 @@ def _run_table(run: Run) -> list[str]:
         "ceiling": f"direct producer, {run.format} record, runs of {run.extra.get('run_length', '?')} per key",
         "sluice": f"Sluice, {run.format}, {run.records_per_request} record(s)/request, {run.mode}",
         "floor": f"floor (nginx + no-op ASGI app), 1 record/request, {run.mode}",
+        "produce-only": (
+            f"produce-only floor (nginx + produce_app), {run.records_per_request} record(s)/request, {run.mode}"
+        ),
+        "mqtt": f"Sluice over MQTT, {run.format}, 1 record/message, QoS 1, {run.mode}",
         "idle": "idle platform (no traffic)",
     }[run.kind]
     head = [f"### {run.name}: {what}", ""]
@@ -216,7 +221,7 @@ def _run_table(run: Run) -> list[str]:
         if key not in ("run_length", "settings"):
             facts.append(f"{key}: {value}")
     head += ["; ".join(facts) + ".", ""]
-    beside = [p for p in BESIDE if any(abs(w.cpu.get(p, 0.0)) >= 0.005 for w in run.windows)]
+    beside = [p for p in (*run.beside, *BESIDE) if any(abs(w.cpu.get(p, 0.0)) >= 0.005 for w in run.windows)]
     if run.kind == "ceiling":
         return [*head, *_ceiling_rows(run, beside), ""]
     cols = [
@@ -262,9 +267,12 @@ def _run_table(run: Run) -> list[str]:
     return [*head, *rows, ""]
 
 
-def header_lines(*, command: str, started: float, seconds: float, facts: list[str]) -> list[str]:
+TITLE = "HTTPS ingest against its ceiling and its floor (`bench/ingest.py`)"
+
+
+def header_lines(*, command: str, started: float, seconds: float, facts: list[str], title: str = TITLE) -> list[str]:
     return [
-        "# HTTPS ingest against its ceiling and its floor (`bench/ingest.py`)",
+        f"# {title}",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))} with `{command}` "
         f"({seconds / 60:.1f} min in all).",

@@ -97,8 +97,9 @@ class Platform:
     """``platform/bin/sluice up`` on a scratch state directory, read until "ready in"; its
     output is drained by a thread afterwards (a full pipe would block the launcher)."""
 
-    def __init__(self, state: Path, offset: int) -> None:
+    def __init__(self, state: Path, offset: int, up_args: list[str] | None = None) -> None:
         self.state = state
+        self.up_args = up_args or []
         self.env = dict(os.environ, SLUICE_STATE_DIR=str(state), SLUICE_PORT_OFFSET=str(offset))
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -107,7 +108,7 @@ class Platform:
     def start(self, timeout: float = 300.0) -> float:
         began = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(ROOT / "platform" / "bin" / "sluice"), "up"],
+            [str(ROOT / "platform" / "bin" / "sluice"), "up", *self.up_args],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -150,6 +151,24 @@ class Platform:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+    def restart(self, name: str, timeout: float = 120.0) -> int:
+        """End component ``name`` (SIGTERM) and wait until the launcher has started it again
+        and its readiness check passed (its state ``running`` under a new pid); the new pid."""
+        old = self.components[name]
+        os.kill(old, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                state = json.loads((self.state / "run" / "launcher.json").read_text())
+            except (OSError, ValueError):
+                continue
+            pid = state["components"].get(name)
+            if pid and pid != old and state.get("supervision", {}).get(name, {}).get("state") == "running":
+                self._components = {}
+                return int(pid)
+        raise RuntimeError(f"the launcher did not have {name} running again within {timeout:.0f} s")
 
     @property
     def components(self) -> dict[str, int]:

@@ -51,13 +51,14 @@ class Window:
     logged: int  # access-log lines of the benchmark's own requests
     mark: tuple[Any, Any]
     load: dict[str, Any] = field(default_factory=dict)  # what the load did: records, requests, latencies
+    flagged: list[str] = field(default_factory=list)  # what the load itself says went wrong in the window
 
     @property
     def seconds(self) -> float:
         return self.end - self.start
 
     def problems(self, max_foreign: float) -> list[str]:
-        found = []
+        found = list(self.flagged)
         if self.reloads:
             found.append(f"{self.reloads} nginx reload(s)")
         if self.foreign_requests:
@@ -163,6 +164,10 @@ def measure(meter: Meter, load: Load | None, plan: Plan, say: Callable[[str], No
             time.sleep(max(0.0, edge.at + plan.seconds - time.time()))
             after = meter.edge(load)
             window = meter.window(edge, after)
+            # A load may know of trouble the meter cannot see (the MQTT bridge stalled).
+            flag = getattr(load, "problems", None)
+            if flag is not None:
+                window.flagged += flag(window)
             windows.append(window)
             problems = window.problems(plan.max_foreign)
             if problems:

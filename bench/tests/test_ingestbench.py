@@ -16,7 +16,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench"))]
 
-from bench import noop_app  # noqa: E402
+from bench import noop_app, produce_app  # noqa: E402
 from bench.ingestbench.ceiling import build_items  # noqa: E402
 from bench.ingestbench.clients import Connection  # noqa: E402
 from bench.ingestbench.floor import APP_SPEC, _move  # noqa: E402
@@ -178,3 +178,60 @@ def test_the_noop_app_completes_startup_and_shutdown() -> None:
     asyncio.run(noop_app.app({"type": "lifespan"}, receive, send))
     # then
     assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+class _Outcome:
+    def __init__(self, complete: bool) -> None:
+        self.complete = complete
+
+
+class _Producer:
+    def __init__(self, complete: bool = True) -> None:
+        self.sent: list[Any] = []
+        self.complete = complete
+
+    async def produce_and_wait_async(self, topic: str, outgoing: Any) -> _Outcome:
+        self.sent.append((topic, outgoing))
+        return _Outcome(self.complete)
+
+
+def _call(app: Any, body: bytes, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    incoming = [{"type": "http.request", "body": body}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "headers": headers}, receive, send))
+    return sent
+
+
+def test_the_produce_app_writes_a_single_record_keyed_by_the_serial_with_sluices_headers(monkeypatch: Any) -> None:
+    # given a producer that acknowledges everything
+    producer = _Producer()
+    monkeypatch.setattr(produce_app, "_producer", producer)
+    monkeypatch.setattr(produce_app, "_topic", "iot.t.g")
+    # when one record is sent by a device whose certificate has serial 0A
+    sent = _call(produce_app.app, b'{"celsius": 21.5}', [(b"x-sluice-client-serial", b"0A")])
+    # then it is produced as sent, keyed by the serial, with the five headers Sluice's records carry
+    topic, outgoing = producer.sent[0]
+    assert (topic, outgoing.key, outgoing.values) == ("iot.t.g", b"0A", [b'{"celsius": 21.5}'])
+    assert [name for name, _ in outgoing.headers] == ["sluice-tenant", "sluice-group", "sluice-device",
+                                                      "sluice-request-id"]  # fmt: skip
+    assert sent[0]["status"] == 200
+
+
+def test_the_produce_app_writes_each_record_of_a_batch_and_answers_503_when_kafka_does_not_acknowledge(
+    monkeypatch: Any,
+) -> None:
+    # given a producer that acknowledges nothing
+    producer = _Producer(complete=False)
+    monkeypatch.setattr(produce_app, "_producer", producer)
+    # when a batch of two is sent
+    sent = _call(produce_app.app, b'{"records": [{"a": 1}, {"b": 2}]}', [])
+    # then each record is one value, and the answer is 503
+    assert producer.sent[0][1].values == [b'{"a":1}', b'{"b":2}']
+    assert sent[0]["status"] == 503
