@@ -12,16 +12,15 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 
-from certs import selectors, services
+from certs import jobs, selectors, services
 from certs.apis import MAX_CSR_CHARS
 from certs.downloads import issued_downloads
-from certs.models import Certificate, CertificateAuthority
+from certs.models import Certificate, CertificateAuthority, Job
 from config.errors import SluiceError
 from devices.admin import ConsumerAdmin, DeviceAdmin
 from devices.models import Consumer, Device
@@ -134,31 +133,27 @@ class CertificateAdmin(TenantScopedAdmin[Certificate]):
                               messages.SUCCESS)  # fmt: skip
 
 
-@admin.action(description="Issue certificates (server-generated key, shown once)", permissions=["change"])
+@admin.action(description="Issue certificates (server-generated keys, downloaded once)", permissions=["change"])
 def issue_certificates(
     model_admin: DeviceAdmin, request: HttpRequest, queryset: QuerySet[Device]
 ) -> HttpResponse | None:
+    """Starts an issuance job for the selected devices (of one tenant) and opens its page,
+    which shows the progress and then offers the generated keys, once (``certs.jobs``)."""
     scope = model_admin.scope(request)
-    devices = [d for d in queryset.select_related("tenant", "group") if scope.can_admin(d.tenant)]
-    by_tenant: dict[int, list[Device]] = {}
-    for device in devices:
-        by_tenant.setdefault(device.tenant_id, []).append(device)
-    issued = []
-    for tenant_devices in by_tenant.values():
-        try:
-            issued += services.certificates_issue_bulk(
-                actor=model_admin.actor(request), tenant=tenant_devices[0].tenant,
-                items=[{"device_id": d.device_id} for d in tenant_devices],
-            )  # fmt: skip
-        except SluiceError as error:
-            details = "; ".join(f["message"] for f in error.fields) or error.message
-            model_admin.message_user(request, f"{error.message} {details}", messages.ERROR)
-            return None
-    response = TemplateResponse(request, "admin/certs/issued.html", {
-        **model_admin.admin_site.each_context(request), "title": "Certificates issued", "issued": issued,
-    })  # fmt: skip
-    response["Cache-Control"] = "no-store"
-    return response
+    devices = [d for d in queryset.select_related("tenant") if scope.can_admin(d.tenant)]
+    tenants = {d.tenant_id: d.tenant for d in devices}
+    if len(tenants) != 1:
+        model_admin.message_user(request, "Select devices of one tenant you administer; each issuance is one job "
+                                 "of one tenant.", messages.ERROR)  # fmt: skip
+        return None
+    tenant = next(iter(tenants.values()))
+    try:
+        job = jobs.job_start(actor=model_admin.actor(request), tenant=tenant, kind=Job.Kind.CERTIFICATE_ISSUE,
+                             items=[{"device_id": d.device_id} for d in devices])  # fmt: skip
+    except SluiceError as error:
+        model_admin.message_user(request, error.message, messages.ERROR)
+        return None
+    return HttpResponseRedirect(reverse("admin:devices_device_job", args=[job.pk]))
 
 
 # A class attribute Django reads per instance; django-stubs types it per instance only.

@@ -138,6 +138,7 @@ def write_anchor(runtime: Runtime, name: str, crl: x509.CertificateRevocationLis
                       mode=BUNDLE_MODE)  # fmt: skip
         _write_bundle(runtime)
     reload_nginx(runtime)
+    reload_mosquitto(runtime)
 
 
 def has_anchor(runtime: Runtime, name: str) -> bool:
@@ -289,9 +290,48 @@ def follow_nginx_inputs(runtime: Runtime, stop: threading.Event, period: float =
         if now != seen or tick % FOLLOW_FULL_CHECK_EVERY == 0:
             try:
                 reload_nginx(runtime)
+                reload_mosquitto(runtime)
                 seen = now
             except Exception as exc:  # noqa: BLE001 - the follower must outlive any one failure; the next tick retries
                 log.warning("could not reload nginx after a CRL change: %s: %s", type(exc).__name__, exc)
+
+
+# Mosquitto (the MQTT devices' broker) reads the same CRL and trust bundles: SIGHUP makes it
+# re-read both for new connections (seen with Debian's 2.0.11: a certificate revoked in the
+# CRL file is refused at the next handshake after the signal) without ending open sessions.
+def _mosquitto_marker(runtime: Runtime) -> Path:
+    return runtime.run_dir / "mosquitto-inputs.sha256"
+
+
+def note_mosquitto_inputs_loaded(runtime: Runtime) -> None:
+    """Record the inputs as loaded: called just before Mosquitto starts (it reads them then)."""
+    runtime.run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(_mosquitto_marker(runtime), nginx_inputs_fingerprint(runtime).encode(), mode=0o600)
+
+
+def reload_mosquitto(runtime: Runtime) -> bool:
+    """SIGHUP this platform's Mosquitto (if it runs) when the CRL or trust bundle differs from
+    what it last loaded.  Returns whether it signalled."""
+    try:
+        pid = int((runtime.run_dir / "mosquitto.pid").read_text().strip())
+        if b"mosquitto" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False  # a stale pid file
+    except (OSError, ValueError):
+        return False
+    with open(runtime.run_dir / ".mosquitto-reload.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fingerprint = nginx_inputs_fingerprint(runtime)
+        try:
+            if _mosquitto_marker(runtime).read_text() == fingerprint:
+                return False
+        except OSError:
+            pass
+        _atomic_write(_mosquitto_marker(runtime), fingerprint.encode(), mode=0o600)
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError:
+            return False
+        return True
 
 
 def _shutting_down(pid: int) -> bool:
@@ -314,6 +354,15 @@ def root_crl_entries(runtime: Runtime) -> list[ca.Revoked]:
             reason = None
         entries.append(ca.Revoked(item.serial_number, item.revocation_date_utc, reason))
     return entries
+
+
+def root_crl_next_update(runtime: Runtime) -> dt.datetime | None:
+    """The published root CRL's nextUpdate (None: not published yet, or unreadable)."""
+    try:
+        crl = x509.load_der_x509_crl((runtime.crl_dir / f"{ROOT_CRL_NAME}.crl").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return crl.next_update_utc
 
 
 def root_crl_due(runtime: Runtime, *, now: dt.datetime | None = None) -> bool:
@@ -345,4 +394,5 @@ def publish_root_crl(
         _write_published(runtime, ROOT_CRL_NAME, crl)
         _write_bundle(runtime, drop=drop_anchors)
     reload_nginx(runtime)
+    reload_mosquitto(runtime)
     return crl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from django.conf import settings
 from django.db import models
 
 from devices.models import Device
@@ -126,3 +127,70 @@ class Certificate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} #{self.serial[:12]}"
+
+
+class Job(models.Model):
+    """Bulk work run by a Celery task, which the API and the console poll (``certs.jobs``).
+
+    It lives here, in the highest domain app, because its two kinds call both ``devices``
+    (device import) and ``certs`` (certificate issuance).  A job row never holds a secret:
+    the private keys an issuance job generates are sealed in ``JobKeys`` (encrypted under the
+    key-encryption key) until its creator collects them, once, or they expire; ``input``
+    (device ids, CSRs) is cleared when the job ends."""
+
+    class Kind(models.TextChoices):
+        DEVICE_IMPORT = "device_import"
+        CERTIFICATE_ISSUE = "certificate_issue"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"  # every item done
+        FAILED = "failed"  # no item done
+        PARTIAL = "partial"  # some items done, some refused (see errors)
+
+    ENDED: ClassVar = (Status.SUCCEEDED, Status.FAILED, Status.PARTIAL)
+
+    tenant = models.ForeignKey(Tenant, verbose_name="tenant", on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0, help_text="Items handled so far, succeeded or failed.")
+    failed = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True, help_text="Per-item errors, the first few only.")
+    result = models.JSONField(default=dict, blank=True)
+    input = models.JSONField(default=list, blank=True, help_text="The items to do; cleared when the job ends.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")  # fmt: skip
+    created_by_label = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    keys_generated = models.PositiveIntegerField(default=0, help_text="Private keys Sluice generated (issuance).")
+    keys_expire_at = models.DateTimeField(null=True, blank=True, help_text="Uncollected keys are deleted then.")
+    keys_collected_at = models.DateTimeField(null=True, blank=True)
+    keys_collected_by_label = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
+
+class JobKeys(models.Model):
+    """The private keys (and chains) one chunk of an issuance job generated, sealed with
+    AES-256-GCM under a key derived from the key-encryption key (``certs.jobs``), until the
+    job's creator collects them (then deleted) or they expire (then deleted by beat)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="sealed_keys")
+    start = models.PositiveIntegerField(help_text="Index of the chunk's first item.")
+    count = models.PositiveIntegerField()
+    sealed = models.BinaryField(help_text="Nonce, then ciphertext and tag.")
+
+    class Meta:
+        ordering: ClassVar = ["start"]
+        constraints: ClassVar = [models.UniqueConstraint(fields=["job", "start"], name="one_sealed_chunk")]
+
+    def __str__(self) -> str:
+        return f"keys of job #{self.job_id} from item {self.start} ({self.count})"

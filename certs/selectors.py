@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
-from certs.models import Certificate, CertificateAuthority
+from certs.models import Certificate, CertificateAuthority, Job
 from config.errors import NotFound
 from devices.models import Consumer, Device
 from tenants import policy
@@ -91,6 +91,32 @@ def certificates_expiring(*, scope: Scope, within: dt.timedelta = EXPIRING_WITHI
     )
 
 
+def certificates_at_risk(*, scope: Scope, within: dt.timedelta = EXPIRING_WITHIN) -> QuerySet[Certificate]:
+    """Active device certificates of ``scope`` expiring within ``within`` without a successor:
+    the device holds no other active certificate that lasts longer (rotation's successor
+    supersedes the old one, so a renewed certificate is no longer active).  Soonest first."""
+    now = timezone.now()
+    successors = Certificate.objects.filter(
+        device_id=OuterRef("device_id"), status=Certificate.Status.ACTIVE, not_after__gt=OuterRef("not_after")
+    )
+    return (
+        certificates_expiring(scope=scope, within=within)
+        .filter(device__isnull=False, not_after__gt=now)
+        .exclude(Exists(successors))
+        .select_related("device__group")
+        .order_by("not_after", "pk")
+    )
+
+
+def certificate_at_risk_get(*, scope: Scope, serial: str) -> Certificate:
+    """The at-risk certificate with ``serial`` of ``scope`` (NotFound otherwise: another
+    tenant's, or one renewed meanwhile)."""
+    found = certificates_at_risk(scope=scope).filter(serial=serial.lower()).first()
+    if found is None:
+        raise NotFound(f"No certificate {serial} that needs renewing.")
+    return found
+
+
 def device_active_certificate(*, scope: Scope, device: Device) -> Certificate | None:
     """The device's newest active certificate (its tenant is the device's), or None."""
     return _of_device(scope, device).filter(status=Certificate.Status.ACTIVE).order_by("-not_before", "-pk").first()
@@ -102,3 +128,14 @@ def authority_list(*, scope: Scope, current: bool = False) -> QuerySet[Certifica
     if current:
         authorities = authorities.exclude(status=CertificateAuthority.Status.RETIRED)
     return authorities
+
+
+def job_list(*, scope: Scope) -> QuerySet[Job]:
+    return restrict(Job.objects.select_related("tenant"), scope=scope)
+
+
+def job_get(*, scope: Scope, pk: int) -> Job:
+    found = job_list(scope=scope).filter(pk=pk).first()
+    if found is None:
+        raise NotFound(f"No job {pk}.")
+    return found

@@ -563,3 +563,28 @@ def certificates_issue_bulk(*, actor: Actor, tenant: Tenant, items: list[dict[st
         # One announcement for the batch: one Kafka sync, not one per certificate.
         rights_changed(tenant_id=tenant.pk, certificates=[r.certificate.serial for r in results])
     return results
+
+
+def certificate_renew_generated(*, actor: Actor, certificate: Certificate) -> Issued:
+    """Renew an active device certificate from the console: a successor for a key generated
+    here (the group's key type), returned once.  The old certificate is superseded and stays
+    valid for ``RENEWAL_OVERLAP`` (then rotation retires it), as after an EST renewal."""
+    device = certificate.device
+    if device is None or certificate.status != Certificate.Status.ACTIVE:
+        raise Conflict("Only a device's active certificate can be renewed.", code="certificate_not_renewable")
+    key_type = ca.KeyType(_usable_group(device).cert_key_type)
+    key = ca.generate_key(key_type)
+    now = timezone.now()
+    with transaction.atomic():
+        issued = issue_for_key(actor=actor, device=device, public_key=key.public_key(), key_type=key_type,
+                               origin=Certificate.Origin.GENERATED)  # fmt: skip
+        changed = Certificate.objects.filter(pk=certificate.pk, status=Certificate.Status.ACTIVE).update(
+            status=Certificate.Status.SUPERSEDED, superseded_by=issued.certificate, overlap_until=now + RENEWAL_OVERLAP
+        )
+        if not changed:
+            raise Conflict("This certificate was renewed or revoked meanwhile.", code="certificate_superseded")
+        rights_changed(tenant_id=certificate.tenant_id, certificates=[certificate.serial])
+        audit_record(actor=actor, tenant=device.tenant, action="certificate.renew", obj=issued.certificate,
+                     after={"old_serial": certificate.serial, "new_serial": issued.certificate.serial,
+                            "old_valid_until": (now + RENEWAL_OVERLAP).isoformat(), "origin": "console"})  # fmt: skip
+    return Issued(certificate=issued.certificate, chain_pem=issued.chain_pem, key_pem=ca.private_key_pem(key).decode())

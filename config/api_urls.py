@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from certs import apis as cert_apis
+from certs import job_apis
 from config import oauth_client_apis as oauth_apis
 from devices import apis as device_apis
 from ingest import apis as ingest_apis
@@ -69,9 +70,14 @@ urlpatterns = [
     path(f"{T}groups/<slug:group>/", device_apis.GroupDetailApi.as_view(), name="group-detail"),
     path(f"{T}devices/", device_apis.DeviceListApi.as_view(), name="device-list"),
     path(f"{T}devices/bulk", device_apis.DeviceBulkImportApi.as_view(), name="device-bulk"),
+    path(f"{T}devices/import-jobs", job_apis.DeviceImportJobApi.as_view(), name="device-import-job"),
     path(f"{T}devices/<str:device_id>/", device_apis.DeviceDetailApi.as_view(), name="device-detail"),
     path(f"{T}devices/<str:device_id>/certificates/", cert_apis.DeviceCertificatesApi.as_view(), name="device-certs"),
     path(f"{T}certificates/bulk", cert_apis.BulkIssueApi.as_view(), name="certificate-bulk"),
+    path(f"{T}certificates/issue-jobs", job_apis.CertificateIssueJobApi.as_view(), name="certificate-issue-job"),
+    path(f"{T}jobs/", job_apis.JobListApi.as_view(), name="job-list"),
+    path(f"{T}jobs/<int:job>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
+    path(f"{T}jobs/<int:job>/keys", job_apis.JobKeysApi.as_view(), name="job-keys"),
     path(f"{T}certificates/<str:serial>/", cert_apis.CertificateDetailApi.as_view(), name="certificate-detail"),
     path(f"{T}certificates/<str:serial>/revoke", cert_apis.CertificateRevokeApi.as_view(), name="certificate-revoke"),
     path(f"{T}ca/", cert_apis.TenantCaApi.as_view(), name="tenant-ca"),

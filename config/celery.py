@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+
+from config import instruments
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 log = logging.getLogger("sluice.celery")
@@ -41,6 +43,15 @@ class SluiceTask(Task):
             raise self.retry(exc=exc, countdown=DATABASE_RETRY_SECONDS, max_retries=DATABASE_RETRIES) from None
 
 
+@signals.setup_logging.connect
+def _logging_as_django_configures_it(**_kwargs: Any) -> None:
+    """A receiver here tells Celery's worker and beat not to set up logging of their own: the
+    JSON lines of settings.LOGGING (config.logs), which Django's setup applies, stay."""
+    from logging.config import dictConfig
+
+    dictConfig(settings.LOGGING)
+
+
 app = Celery("sluice", task_cls=SluiceTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
@@ -58,3 +69,35 @@ def heartbeat() -> None:
     redis.Redis.from_url(settings.SLUICE_RUNTIME.redis_url(), socket_timeout=2, socket_connect_timeout=2).set(
         BEAT_KEY, str(time.time()), ex=3600
     )
+
+
+# -- metrics: every task's outcome and run time (config.instruments) ----------------------
+
+# task id -> perf_counter at its start, in the process that runs it (a prefork child runs one
+# task at a time; the bound keeps a lost postrun from growing it).
+_started: dict[str, float] = {}
+_MAX_STARTED = 10_000
+# Celery's final states of a run, as the metric's outcomes.
+_OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str | None = None, **_: Any) -> None:
+    if task_id is not None:
+        if len(_started) >= _MAX_STARTED:
+            _started.clear()
+        _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str | None = None, task: Task | None = None, state: str | None = None, **_: Any) -> None:
+    """Counted once per run, when it ended: ``state`` is SUCCESS, FAILURE or RETRY (what
+    task_failure and task_retry also announce, earlier)."""
+    started = _started.pop(task_id, None) if task_id is not None else None
+    name = getattr(task, "name", None) or "unknown"
+    try:
+        instruments.CELERY_TASKS.labels(task=name, outcome=_OUTCOMES.get(state or "", "failure")).inc()
+        if started is not None:
+            instruments.CELERY_TASK_DURATION.labels(task=name).observe(time.perf_counter() - started)
+    except Exception:  # metrics never fail a task
+        log.warning("could not count task %s", name, exc_info=True)

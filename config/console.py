@@ -7,6 +7,7 @@ composed here, above the apps, from each app's own selectors; nothing here write
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.contrib.admin import AdminSite
@@ -14,7 +15,7 @@ from django.contrib.admin.apps import AdminConfig
 from django.contrib.auth.apps import AuthConfig
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Overview:
     certificates_expiring: int
     refusals_last_hour: int | None
     is_operator: bool
+    tenant_slugs: list[str]  # the tenants whose overview the user may open (the first OVERVIEW_LINKS)
+
+
+OVERVIEW_LINKS = 50
 
 
 def console_overview(*, user: Any) -> Overview:
@@ -43,6 +48,7 @@ def console_overview(*, user: Any) -> Overview:
         certificates_expiring=certificates_expiring(scope=scope).count(),
         refusals_last_hour=refusals_last_hour(scope=scope),
         is_operator=scope.is_operator,
+        tenant_slugs=list(tenant_list(scope=scope).order_by("slug").values_list("slug", flat=True)[:OVERVIEW_LINKS]),
     )
 
 
@@ -61,7 +67,17 @@ class SluiceAdminSite(AdminSite):
         # Without Django's "view on site" redirect (/admin/r/<content type>/<id>/): no Sluice
         # model has a page outside the console, and its 404 told any signed-in user whether a
         # row of any tenant exists ("has no get_absolute_url" against "doesn't exist").
-        return [url for url in super().get_urls() if getattr(url, "name", None) != "view_on_site"]
+        from config import overviews
+
+        own = [
+            path("overview/", self.admin_view(partial(overviews.operator_overview_view, site=self)),
+                 name="sluice_operator_overview"),
+            path("overview/<slug:tenant>/", self.admin_view(partial(overviews.tenant_overview_view, site=self)),
+                 name="sluice_tenant_overview"),
+            path("overview/<slug:tenant>/certificates/<str:serial>/renew/",
+                 self.admin_view(partial(overviews.renew_view, site=self)), name="sluice_certificate_renew"),
+        ]  # fmt: skip
+        return own + [url for url in super().get_urls() if getattr(url, "name", None) != "view_on_site"]
 
 
 class SluiceAdminConfig(AdminConfig):

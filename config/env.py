@@ -37,12 +37,20 @@ DEFAULT_PORTS = {
     "kafka_controller": 9093,
     "kafka_internal": 9094,
     "kafka_oauth": 9095,
+    # Broker 1's Prometheus JMX exporter (a Java agent in the broker's JVM, loopback only).
+    "kafka_metrics": 9096,
     "registry_management": 8082,
     "redis": 6379,
     "crl": 8080,
     # The PostgreSQL the launcher starts (SLUICE_DATABASE=postgres), on loopback beside its
     # Unix socket; unused with SQLite or an external DATABASE_URL.
     "postgres": 5432,
+    # The Prometheus the launcher starts (on loopback; ``sluice up --no-prometheus`` starts none).
+    "prometheus": 9090,
+    # Mosquitto's MQTT listeners (``sluice up --no-mqtt`` starts none): devices with a client
+    # certificate (mTLS), and devices of token groups (TLS, the access token as the password).
+    "mqtt": 8883,
+    "mqtt_token": 8884,
 }
 
 
@@ -54,7 +62,7 @@ NODE_PORTS = ("web", "crl")
 # KRaft quorum needs a majority of its voters, so an even count adds a node without adding a
 # failure it survives (2 survive no loss, like 1; 4 survive one, like 3).
 KAFKA_BROKER_COUNTS = (1, 3, 5)
-# Broker n (1-based) listens on broker 1's four ports + (n - 1) * this: 9192-9195 and 9292-9295
+# Broker n (1-based) listens on broker 1's five ports + (n - 1) * this: 9192-9196 and 9292-9296
 # for brokers 2 and 3 by default, clear of every port in DEFAULT_PORTS, and shifted by
 # SLUICE_PORT_OFFSET (or SLUICE_KAFKA*_PORT) with them.
 BROKER_PORT_STRIDE = 100
@@ -73,10 +81,14 @@ class Ports:
     kafka_controller: int
     kafka_internal: int
     kafka_oauth: int
+    kafka_metrics: int
     registry_management: int
     redis: int
     crl: int
     postgres: int
+    prometheus: int
+    mqtt: int
+    mqtt_token: int
 
     def named(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in DEFAULT_PORTS}
@@ -85,12 +97,14 @@ class Ports:
 @dataclass(frozen=True)
 class BrokerPorts:
     """One broker's listeners: MTLS (clients with a certificate), CONTROLLER (the KRaft
-    quorum), INTERNAL (replication between brokers) and OAUTH (SASL_SSL OAUTHBEARER)."""
+    quorum), INTERNAL (replication between brokers), OAUTH (SASL_SSL OAUTHBEARER) and its
+    JMX exporter's HTTP port (``/metrics`` for Prometheus, on loopback)."""
 
     client: int
     controller: int
     internal: int
     oauth: int
+    metrics: int
 
 
 @dataclass(frozen=True)
@@ -249,11 +263,17 @@ class Runtime:
         shift = (node - 1) * BROKER_PORT_STRIDE
         p = self.ports
         return BrokerPorts(client=p.kafka + shift, controller=p.kafka_controller + shift,
-                           internal=p.kafka_internal + shift, oauth=p.kafka_oauth + shift)  # fmt: skip
+                           internal=p.kafka_internal + shift, oauth=p.kafka_oauth + shift,
+                           metrics=p.kafka_metrics + shift)  # fmt: skip
 
     @property
     def registry_data_dir(self) -> Path:
         return self.state_dir / "registry"
+
+    @property
+    def mosquitto_data_dir(self) -> Path:
+        """Mosquitto's persistence file (sessions and the messages queued for the bridge)."""
+        return self.state_dir / "mosquitto"
 
     @property
     def redis_data_dir(self) -> Path:
@@ -292,6 +312,18 @@ class Runtime:
     @property
     def web_socket(self) -> Path:
         return self.public_socket_dir / "web.sock"
+
+    @property
+    def mqtt_auth_socket(self) -> Path:
+        """Where ingest.mqtt_auth answers Mosquitto's plugin (owner-only: only Mosquitto,
+        run as the launcher's user, asks it)."""
+        return self.platform_run_dir / "mqtt-auth.sock"
+
+    @property
+    def mqtt_bridge_socket(self) -> Path:
+        """Mosquitto's listener for ingest.mqtt_bridge alone (a Unix socket in an owner-only
+        directory; no device reaches it, and the bridge still authenticates on it)."""
+        return self.platform_run_dir / "mqtt-bridge.sock"
 
     def ingest_socket(self, index: int) -> Path:
         """Each ingest worker listens on its own socket: nginx sends every request of one
@@ -425,9 +457,28 @@ class Runtime:
         headers) as forwarded by nginx."""
         return self._secret("proxy-secret", "SLUICE_PROXY_SECRET")
 
+    @property
+    def mqtt_bridge_password(self) -> str:
+        """What ingest.mqtt_bridge presents to Mosquitto (ingest.mqtt_auth checks it): the
+        one identity that may subscribe to every device's records."""
+        return self._secret("mqtt-bridge-password", "SLUICE_MQTT_BRIDGE_PASSWORD")
+
+    @property
+    def metrics_scrape_token(self) -> str:
+        """The bearer token Prometheus presents to scrape Sluice's ``/metrics`` (read by
+        Prometheus from ``metrics_scrape_token_file``); it grants nothing else."""
+        return self._secret("metrics-scrape-token", "SLUICE_METRICS_SCRAPE_TOKEN")
+
+    @property
+    def metrics_scrape_token_file(self) -> Path:
+        """Where ``metrics_scrape_token`` lives when Sluice generated it (development/test);
+        with ``SLUICE_METRICS_SCRAPE_TOKEN`` set, the launcher writes it there for Prometheus."""
+        return self.secrets_dir / "metrics-scrape-token"
+
     def ensure_secrets(self) -> None:
         """Resolve (and in development create) every secret now, before processes fork."""
         _ = self.secret_key, self.redis_password, self.key_encryption_key, self.proxy_secret
+        _ = self.metrics_scrape_token, self.mqtt_bridge_password
         if self.starts_postgres:
             _ = self.database_password, self.database_admin_password
 

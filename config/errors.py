@@ -10,6 +10,7 @@ Every API error body has the same shape::
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -21,6 +22,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+log = logging.getLogger("sluice.api")
+
 
 class SluiceError(Exception):
     """Base of every expected failure; ``code`` is stable, ``status`` is the HTTP status."""
@@ -30,6 +33,11 @@ class SluiceError(Exception):
     # Seconds a client should wait before trying again (sent as Retry-After, RFC 9110
     # §10.2.3); set on errors that say "not now" rather than "not like this".
     retry_after: int | None = None
+    # Who the refused request was attributed to, for its log line (config.logs): the
+    # tenant, group and device slugs, where the refusing code knew them.
+    subject: tuple[str, str, str] | None = None
+    # The tenant (slug) a refusal was for, when it is known (ingest's metrics label it).
+    tenant: str = ""
 
     def __init__(
         self,
@@ -60,6 +68,13 @@ class NotFound(SluiceError):
 class Conflict(SluiceError):
     code = "conflict"
     status = status.HTTP_409_CONFLICT
+
+
+class Gone(SluiceError):
+    """It was here and will not be again (a key already collected, or expired)."""
+
+    code = "gone"
+    status = status.HTTP_410_GONE
 
 
 class PermissionDenied(SluiceError):
@@ -111,6 +126,8 @@ class RateLimited(SluiceError):
     code = "rate_limited"
     status = status.HTTP_429_TOO_MANY_REQUESTS
     retry_after = 1
+    # Whose limit was reached: "device" (its group's rate) or "tenant" (the tenant's budget).
+    scope = "device"
 
 
 class ServiceUnavailable(SluiceError):
@@ -262,6 +279,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if database_unavailable(exc):
         exc = DatabaseUnavailable()
     if isinstance(exc, SluiceError):
+        _log_refusal(exc, context)
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status, headers=headers)
     if isinstance(exc, Http404):
@@ -272,6 +290,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         codes = exc.get_codes()
         response.data = error_body(codes if isinstance(codes, str) else "error", detail)
     return response
+
+
+def _log_refusal(error: SluiceError, context: dict[str, Any]) -> None:
+    """One line per refused API call: its code and status, the tenant named in its URL, the
+    view; never the request's body or the error's fields (they may quote what was sent)."""
+    kwargs = context.get("kwargs") or {}
+    view = context.get("view")
+    line = {"outcome": "refused", "code": error.code, "status": error.status, "tenant": kwargs.get("tenant", ""),
+            "view": type(view).__name__ if view is not None else ""}  # fmt: skip
+    log.info("api: refused %s (%s)", error.code, error.status, extra=line)
 
 
 def error_response(error: SluiceError) -> JsonResponse:

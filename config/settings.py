@@ -184,6 +184,10 @@ SPECTACULAR_SETTINGS = {
     'shape: {"error": {"code", "message", "fields": [{"pointer", "code", "message"}]}}; each operation lists '
     "the statuses it answers.",
     "VERSION": "0.2.0",
+    # OpenAPI 3.1 (JSON Schema 2020-12): 3.0's schema object has no ``propertyNames``, so a
+    # 3.0 document could not say that a label's name may not hold NUL (PostgreSQL cannot
+    # store it), and a client generated from it would send one.
+    "OAS_VERSION": "3.1.0",
     # The docs' JavaScript and CSS from the pinned drf-spectacular-sidecar, collected with
     # the console's static files: the page works offline and never loads "@latest".
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -218,7 +222,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "beat-heartbeat": {"task": "sluice.heartbeat", "schedule": 10.0},
     "topics-reconcile": {"task": "devices.topics_reconcile", "schedule": 300.0},
     "acls-reconcile": {"task": "devices.acls_reconcile", "schedule": 300.0},
+    # Each tenant consumer's lag for /metrics (ingest.observed.CONSUMER_LAG_SECONDS).
+    "consumer-lag": {"task": "ingest.consumer_lag_refresh", "schedule": 30.0},
     "pki-rotate": {"task": "certs.pki_rotate", "schedule": 900.0},
+    # Private keys an issuance job generated and nobody collected within a day (certs.jobs).
+    "job-keys-purge": {"task": "certs.job_keys_purge", "schedule": 3600.0},
     # Hourly: a successor is published once the newest key is 30 days old, and a retired
     # key is deleted two hours after its successor started signing (tenants.oauth.keys).
     "oauth-signing-keys-rotate": {"task": "oauth.signing_keys_rotate", "schedule": 3600.0},
@@ -226,10 +234,25 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 # Task modules outside INSTALLED_APPS' <app>.tasks, which autodiscovery does not find.
 CELERY_IMPORTS = ("tenants.oauth.tasks",)
 
+# JSON lines on stderr, which the launcher appends to <state>/logs/<process>.log (config.logs).
+# uvicorn's own loggers are taken over too (it configured them with its plain format before
+# Django was set up); Celery leaves logging to this (config.celery, setup_logging).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"json": {"()": "config.logs.JsonFormatter"}},
+    "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {
+        # uvicorn at the level its command line asks (the launcher: warning); Celery at INFO.
+        **{
+            name: {"handlers": ["console"], "level": "WARNING", "propagate": False}
+            for name in ("uvicorn", "uvicorn.error")
+        },
+        **{
+            name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+            for name in ("celery", "celery.app.trace")
+        },
+    },
 }

@@ -231,7 +231,8 @@ class DeviceGroupAdmin(TenantScopedAdmin[DeviceGroup]):
         identity = ("tenant", "slug", "name") if obj is None else ("tenant", "slug", "name", "kafka_principal")
         fieldsets: FieldsetSpec = [
             (None, {"fields": identity}),
-            ("Data", {"fields": ("region", "device_type", "stream", "schema_subject", "rate_limit_per_second")}),
+            ("Data", {"fields": ("region", "device_type", "stream", "schema_subject", "rate_limit_per_second",
+                                 "expected_interval_seconds")}),
             ("Credentials", {"fields": ("credential_policy", "kafka_direct", "cert_key_type", "cert_lifetime_days",
                                         "cert_renewal_window_days")}),
         ]  # fmt: skip

@@ -24,7 +24,16 @@ from rest_framework.response import Response
 
 from config.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from devices import registry, selectors, services
-from devices.models import DEVICE_ID_RULE, Consumer, Device, DeviceGroup, Stream
+from devices.models import (
+    DEVICE_ID_RULE,
+    EXPECTED_INTERVAL_DEFAULT,
+    EXPECTED_INTERVAL_MAX,
+    EXPECTED_INTERVAL_MIN,
+    Consumer,
+    Device,
+    DeviceGroup,
+    Stream,
+)
 from tenants.api_base import MAX_ID, NulFreeCharField, ScopedApi, StrictSerializer, path_id, slug_field, slug_rule
 from tenants.scoping import Scope
 
@@ -79,7 +88,7 @@ class StreamInput(StrictSerializer):
 
     # A custom stream says how long it keeps records (JSON Schema of what validate() checks).
     openapi_rules: ClassVar[dict[str, Any]] = {"anyOf": [
-        {"properties": {"retention_class": {"enum": ["raw", "enriched"]}}},
+        {"properties": {"retention_class": {"type": "string", "enum": ["raw", "enriched"]}}},
         {"required": ["custom_retention_hours"], "properties": {"custom_retention_hours": {"type": "integer"}}},
     ]}  # fmt: skip
 
@@ -346,7 +355,8 @@ class GroupOutput(serializers.ModelSerializer):
         model = DeviceGroup
         fields = ("slug", "name", "region", "device_type", "stream", "topic", "schema_subject", "credential_policy",
                   "cert_lifetime_days", "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second",
-                  "kafka_direct", "kafka_principal", "created_at", "updated_at")  # fmt: skip
+                  "expected_interval_seconds", "kafka_direct", "kafka_principal", "created_at",
+                  "updated_at")  # fmt: skip
 
 
 class GroupInput(StrictSerializer):
@@ -371,6 +381,11 @@ class GroupInput(StrictSerializer):
     cert_key_type = serializers.ChoiceField(DeviceGroup.KeyType.choices, required=False)
     cert_renewal_window_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
     rate_limit_per_second = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    expected_interval_seconds = serializers.IntegerField(
+        min_value=EXPECTED_INTERVAL_MIN, max_value=EXPECTED_INTERVAL_MAX, required=False,
+        help_text=f"How often its devices report, in seconds ({EXPECTED_INTERVAL_MIN} to {EXPECTED_INTERVAL_MAX}; "
+        f"default {EXPECTED_INTERVAL_DEFAULT}): a device silent for longer is listed as silent.",
+    )  # fmt: skip
     kafka_direct = serializers.BooleanField(
         required=False, help_text="Its credentials may also produce to Kafka directly (one ACL each); default false."
     )
@@ -513,11 +528,24 @@ class LabelValue(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class Labels(serializers.DictField):
+    """A device's labels: string keys to string values; a key may not hold NUL (no database
+    can store it, and the document says so with ``propertyNames``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=LabelValue(max_length=256, allow_blank=True), **kwargs)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict) and any(isinstance(key, str) and "\x00" in key for key in data):
+            raise serializers.ValidationError("A label's name may not contain a NUL character.")
+        return super().to_internal_value(data)
+
+
 class DeviceInput(StrictSerializer):
     device_id = device_id_field()
     group = slug_field(help_text="A device group of this tenant, by slug (404 if none).")
     status = serializers.ChoiceField(Device.Status.choices, required=False)
-    labels = serializers.DictField(child=LabelValue(max_length=256, allow_blank=True), required=False)
+    labels = Labels(required=False)
 
 
 class DeviceUpdateInput(DeviceInput):
@@ -614,7 +642,7 @@ class DeviceRow(StrictSerializer):
     device_id = device_id_field()
     group = slug_field(help_text="A device group of this tenant, by slug (404 if none).")
     status = serializers.ChoiceField(Device.Status.choices, required=False)
-    labels = serializers.DictField(child=LabelValue(max_length=256, allow_blank=True), required=False)
+    labels = Labels(required=False)
 
 
 class BulkImportInput(StrictSerializer):
@@ -625,6 +653,18 @@ class BulkImportInput(StrictSerializer):
 
 class BulkImportOutput(serializers.Serializer):
     created = serializers.IntegerField(help_text="Devices created (all of the request's, or none).")
+
+
+def import_rows(request: Request) -> list[dict[str, Any]]:
+    """The rows of an import request (JSON ``{"devices": [...]}`` or a CSV with a header
+    row), each checked like a single device; for devices/bulk and for import jobs."""
+    data = request.data
+    if request.content_type.startswith(CsvParser.media_type):
+        if not data:
+            raise InvalidInput("The CSV has no header row.")
+    elif not isinstance(data, dict):
+        raise InvalidInput('Send {"devices": [...]} as JSON or a CSV with a header row.')
+    return _rows(data)
 
 
 def _rows(data: Any) -> list[dict[str, Any]]:
@@ -672,6 +712,10 @@ def _row_shape_errors(row: Any, pointer: str) -> list[dict[str, str]]:
         elif isinstance(value, str) and name in ROW_RULES and "\n" in value:
             rule = ROW_RULES[name]
             errors.append({"pointer": f"{pointer}/{name}", "code": str(rule.code), "message": str(rule.message)})
+    labels = row.get("labels")
+    if isinstance(labels, dict) and any(isinstance(key, str) and "\x00" in key for key in labels):
+        errors.append({"pointer": f"{pointer}/labels", "code": "invalid",
+                       "message": "A label's name may not contain a NUL character."})  # fmt: skip
     return errors
 
 
@@ -697,12 +741,6 @@ class DeviceBulkImportApi(ScopedApi):
     )  # fmt: skip
     def post(self, request: Request, tenant: str) -> Response:
         target = self.writable_tenant()
-        data = request.data
-        if request.content_type.startswith(CsvParser.media_type):
-            if not data:
-                raise InvalidInput("The CSV has no header row.")
-        elif not isinstance(data, dict):
-            raise InvalidInput('Send {"devices": [...]} as JSON or a CSV with a header row.')
-        rows = _rows(data)
+        rows = import_rows(request)
         created = services.device_bulk_import(actor=self.actor, tenant=target, rows=rows)
         return Response({"created": len(created)}, status=status.HTTP_201_CREATED)

@@ -130,6 +130,13 @@ class Stream(models.Model):
         }
 
 
+# A device group's expected reporting interval: an hour unless said otherwise, from ten
+# seconds to thirty days.
+EXPECTED_INTERVAL_DEFAULT = 3600
+EXPECTED_INTERVAL_MIN = 10
+EXPECTED_INTERVAL_MAX = 30 * 24 * 3600
+
+
 class DeviceGroup(models.Model):
     """The unit of policy: which stream its devices write to, under which schema subject,
     with which credentials and limits, and whether they may also write to Kafka directly
@@ -182,6 +189,14 @@ class DeviceGroup(models.Model):
     )
     rate_limit_per_second = models.PositiveIntegerField(
         verbose_name="rate limit (records per second)", default=10, validators=[MinValueValidator(1)]
+    )
+    # How often its devices are expected to report: one silent for longer shows on the
+    # console's overviews ("devices silent").
+    expected_interval_seconds = models.PositiveIntegerField(
+        verbose_name="expected reporting interval (seconds)",
+        default=EXPECTED_INTERVAL_DEFAULT,
+        validators=[MinValueValidator(EXPECTED_INTERVAL_MIN), MaxValueValidator(EXPECTED_INTERVAL_MAX)],
+        help_text="A device silent for longer than this is listed as silent on the console's overviews.",
     )
     # Kafka-direct access is a privilege of its own: only then does each usable credential
     # of the group get its own ACL (ingest.acls).  HTTPS ingest produces as the platform.

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
 
 from config.errors import Conflict, NotFound
 from devices import registry
@@ -71,6 +72,23 @@ def consumer_topics(*, consumer: Consumer) -> list[str]:
 
 def device_list(*, scope: Scope) -> QuerySet[Device]:
     return restrict(Device.objects.select_related("tenant", "group__stream__tenant"), scope=scope)
+
+
+def devices_silent(*, scope: Scope, now: dt.datetime | None = None) -> QuerySet[Device]:
+    """Active devices of ``scope`` silent for longer than their group's expected reporting
+    interval: last seen before it, or never seen though created before it.  Longest silent
+    first (never seen before any)."""
+    now = now or timezone.now()
+    late = Q(pk__in=[])
+    # One condition per distinct interval (a handful), not per group (thousands for an operator).
+    intervals = group_list(scope=scope).order_by().values_list("expected_interval_seconds", flat=True).distinct()
+    for interval in intervals:
+        since = now - dt.timedelta(seconds=interval)
+        late |= Q(group__expected_interval_seconds=interval) & (
+            Q(last_seen_at__lt=since) | Q(last_seen_at__isnull=True, created_at__lt=since)
+        )
+    silent = device_list(scope=scope).filter(late, status=Device.Status.ACTIVE)
+    return silent.order_by(F("last_seen_at").asc(nulls_first=True), "tenant__slug", "device_id")
 
 
 def device_get(*, scope: Scope, device_id: str) -> Device:

@@ -35,7 +35,8 @@ from tenants.scoping import Scope
 
 STREAM_MUTABLE = ("partitions", "replication_factor", "compression", "cleanup_policy", "custom_retention_hours")
 GROUP_MUTABLE = ("name", "region", "device_type", "stream", "schema_subject", "credential_policy", "cert_lifetime_days",
-                 "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second", "kafka_direct")  # fmt: skip
+                 "cert_key_type", "cert_renewal_window_days", "rate_limit_per_second",
+                 "expected_interval_seconds", "kafka_direct")  # fmt: skip
 DEVICE_MUTABLE = ("group", "status", "labels")
 CONSUMER_MUTABLE = ("name", "all_streams", "streams", "dead_letters", "status")
 # One stream's partitions, whatever the tenant's total allows: more spreads a topic's

@@ -50,6 +50,7 @@ from redis.exceptions import LockError
 from certs.models import Certificate
 from devices.models import Device, DeviceGroup
 from devices.selectors import consumer_list, consumer_topics
+from ingest import observed
 from ingest.acls import (
     CertificateFacts,
     ClientFacts,
@@ -128,6 +129,9 @@ class AclDriftReport:
     stale: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Per tenant slug (every live one, and every gone one with bindings left): how many
+    # bindings were missing or stale (sluice_acl_drift_bindings).
+    per_tenant: dict[str, int] = field(default_factory=dict)
 
     @property
     def drift(self) -> bool:
@@ -410,7 +414,9 @@ def acls_reconcile(*, fix: bool, actor: Actor | None = None) -> AclDriftReport:
     no longer exists (their bindings are all stale); with ``fix``, repair it."""
     actor = actor or Actor.system("acl-reconcile")
     with acl_lock() as lock:
-        return _reconcile(_admin(), actor, fix=fix, lock=lock)
+        report = _reconcile(_admin(), actor, fix=fix, lock=lock)
+    observed.record_acl_drift(report.per_tenant)
+    return report
 
 
 def _reconcile(admin: AdminClient, actor: Actor, *, fix: bool, lock: redis.lock.Lock | None = None) -> AclDriftReport:
@@ -436,6 +442,7 @@ def _reconcile(admin: AdminClient, actor: Actor, *, fix: bool, lock: redis.lock.
         create = sorted_bindings(wanted - mine)
         delete = sorted_bindings(mine - wanted - claimed)
         claimed |= set(delete)
+        report.per_tenant[slug] = len(create) + len(delete)
         if create or delete:
             changes[slug] = (create, delete)
             report.missing += [describe_binding(b) for b in create]

@@ -10,23 +10,30 @@ on a page of its own and audited by the service."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
+from certs import jobs
 from certs import selectors as cert_selectors
 from certs import services as cert_services
 from certs.apis import MAX_CSR_CHARS
+from certs.job_apis import checked_rows
+from certs.models import Job
 from config.errors import SluiceError
 from devices.admin import DeviceAdmin
+from devices.apis import CsvParser, _rows
 from devices.models import Device
 from ingest.selectors import device_activity
+from tenants.models import Tenant
 
 if TYPE_CHECKING:
     # django-stubs' name for what get_fields returns.
@@ -80,6 +87,32 @@ class RevokeForm(forms.Form):
     )
 
 
+class ImportForm(forms.Form):
+    tenant: forms.ModelChoiceField = forms.ModelChoiceField(queryset=Tenant.objects.none(), empty_label=None)
+    csv_file = forms.FileField(
+        label="CSV file", required=False, help_text="A header row device_id,group[,status][,label:<key>...]."
+    )
+    csv_text = forms.CharField(label="or CSV text", required=False, widget=forms.Textarea(attrs={"rows": 6}))
+
+    def __init__(self, *args: Any, tenants: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["tenant"]
+        assert isinstance(field, forms.ModelChoiceField)
+        field.queryset = tenants
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("csv_file") and not data.get("csv_text"):
+            raise forms.ValidationError("Choose a CSV file or paste CSV text.")
+        return data
+
+    def csv_bytes(self) -> bytes:
+        upload = self.cleaned_data.get("csv_file")
+        if upload is not None:
+            return bytes(upload.read())
+        return str(self.cleaned_data["csv_text"]).encode()
+
+
 class DevicePageAdmin(DeviceAdmin):
     change_form_template = "admin/devices/device/sluice_change_form.html"
 
@@ -90,6 +123,10 @@ class DevicePageAdmin(DeviceAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         own = [
+            path("import/", self.admin_site.admin_view(self.import_view), name="devices_device_import"),
+            path("jobs/<int:job>/", self.admin_site.admin_view(self.job_view), name="devices_device_job"),
+            path("jobs/<int:job>/keys/", self.admin_site.admin_view(self.job_keys_view),
+                 name="devices_device_job_keys"),
             path("<path:object_id>/certificates/issue/", self.admin_site.admin_view(self.issue_view),
                  name="devices_device_certificate_issue"),
             path("<path:object_id>/certificates/<str:serial>/revoke/", self.admin_site.admin_view(self.revoke_view),
@@ -108,6 +145,74 @@ class DevicePageAdmin(DeviceAdmin):
                 can_change_certificates=self.has_change_permission(request, device),
             )
         return super().change_view(request, object_id, form_url, context)
+
+    # -- bulk import as a job ------------------------------------------------------------
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        """A CSV of devices imported by a job (``certs.jobs``): the page then polls the job
+        through the API (the session authenticates it) and draws its progress."""
+        tenants = self.writable_tenants(request)
+        if not tenants.exists():
+            raise PermissionDenied
+        form = ImportForm(request.POST or None, request.FILES or None, tenants=tenants)
+        if request.method == "POST" and form.is_valid():
+            try:
+                rows = checked_rows(_rows(CsvParser().parse(io.BytesIO(form.csv_bytes()))))
+                job = jobs.job_start(actor=self.actor(request), tenant=form.cleaned_data["tenant"],
+                                     kind=Job.Kind.DEVICE_IMPORT, items=rows)  # fmt: skip
+                return HttpResponseRedirect(reverse("admin:devices_device_job", args=[job.pk]))
+            except SluiceError as error:
+                form.add_error(None, error.message)
+                for field in error.fields[:20]:
+                    form.add_error(None, f"{field.get('pointer', '')}: {field.get('message', '')}")
+        return TemplateResponse(request, "admin/devices/device/import.html", {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": "Import devices", "form": form,
+            "changelist_url": reverse("admin:devices_device_changelist"),
+        })  # fmt: skip
+
+    # -- a job's page: its progress, its outcome, and (issuance) its keys, once --------------
+
+    def _job(self, request: HttpRequest, job_id: int) -> Job:
+        try:
+            return cert_selectors.job_get(scope=self.scope(request), pk=job_id)
+        except SluiceError:
+            raise Http404("No such job.") from None
+
+    def job_view(self, request: HttpRequest, job: int) -> HttpResponse:
+        """A job of the user's tenants: the page polls it through the API (the session
+        authenticates it) and draws its progress, then its outcome."""
+        found = self._job(request, job)
+        title = "Import devices" if found.kind == Job.Kind.DEVICE_IMPORT else "Issue certificates"
+        return TemplateResponse(request, "admin/devices/device/job.html", {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": title, "job": found,
+            "job_url": reverse("job-detail", kwargs={"tenant": found.tenant.slug, "job": found.pk}),
+            "keys_url": reverse("admin:devices_device_job_keys", args=[found.pk]),
+            "changelist_url": reverse("admin:devices_device_changelist"),
+            "mine": found.created_by_id == request.user.pk,
+        })  # fmt: skip
+
+    def job_keys_view(self, request: HttpRequest, job: int) -> HttpResponse:
+        """The keys an issuance job generated, once, as a ZIP of ``<device>.key`` and
+        ``<device>.crt`` (the chain): POST only, to who started the job."""
+        found = self._job(request, job)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.scope(request).can_admin(found.tenant):
+            raise PermissionDenied
+        try:
+            keys = jobs.job_keys_collect(actor=self.actor(request), tenant=found.tenant, job_id=found.pk)
+        except SluiceError as error:
+            self.message_user(request, error.message, messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:devices_device_job", args=[found.pk]))
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+            for key in keys:
+                bundle.writestr(f"{key['device_id']}.key", key["private_key_pem"])
+                bundle.writestr(f"{key['device_id']}.crt", key["chain_pem"])
+        response = HttpResponse(archive.getvalue(), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{found.tenant.slug}-job-{found.pk}-keys.zip"'
+        response["Cache-Control"] = "no-store"
+        return response
 
     # -- certificate actions -------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 ``POST /ingest/v1/records``: devices send telemetry, authenticated by their mTLS client
 certificate (nginx verifies the chain and forwards its verdict, serial number and issuer)
-or by an OAuth2 access token (``Authorization: Bearer``, RFC 6750), never both.
+or by an OAuth2 access token (``Authorization: Bearer``, RFC 6750), never both.  One query
+parameter: ``invalid=reject`` (the default: one invalid record refuses the batch) or
+``invalid=dlq`` (invalid records go to the tenant's dead-letter topic, see ``ingest.pipeline``).
 
 No Django request cycle runs here (no middleware, signals, ``HttpRequest``): a request
 costs what ingest itself must do.  In the steady state it touches neither the database nor
@@ -29,6 +31,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from django.conf import settings
@@ -40,6 +43,7 @@ from config.errors import (
     InvalidInput,
     MethodNotAllowed,
     NotFound,
+    RateLimited,
     SluiceError,
     Unauthenticated,
     database_unavailable,
@@ -47,11 +51,11 @@ from config.errors import (
 )
 from devices.models import Device
 from devices.registry import SchemaCache
-from ingest import idempotency, identity, metrics, records, services
+from ingest import idempotency, identity, metrics, pipeline, records, services
 from ingest.idempotency import Claim, Idempotency, Replay
 from ingest.identity import Identity, IdentityCache, Writer
 from ingest.kafka import IngestProducer, ingest_producer
-from ingest.ratelimit import Budget, RateLimiter, Verdict, policy_header, redis_client, remaining_header
+from ingest.ratelimit import RateLimiter, Verdict, policy_header, redis_client, remaining_header
 from ingest.rights_listener import listen
 from tenants.oauth import tokens
 
@@ -74,15 +78,17 @@ _BASE_HEADERS = [
 
 
 class Worker:
-    """What one ingest worker holds between requests; created on its event loop."""
+    """What one ingest worker holds between requests; created on its event loop.  The MQTT
+    bridge (ingest.mqtt_bridge) holds one too: its own ``cache`` (the rights listener feeds
+    it) and ``transport`` (the dead letters' metric label)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: IdentityCache | None = None, transport: str = "https") -> None:
         runtime = settings.SLUICE_RUNTIME
         self.runtime = runtime
-        self.cache = IdentityCache()
+        self.cache = cache if cache is not None else IdentityCache()
         self.limiter = RateLimiter(runtime.redis_url())
         self.schemas = SchemaCache()
-        self.outcomes = metrics.Outcomes()
+        self.outcomes = metrics.Outcomes(transport)
         self.idempotency = Idempotency(lambda: self.limiter.client, runtime.ingest.idempotency_seconds)
         self.tokens: dict[str, tuple[float, tokens.AccessClaims]] = {}
         self._producer: IngestProducer | None = None
@@ -152,6 +158,7 @@ class Worker:
             return services.certificate_verdict(found, issuer=issuer, now=time.time())
         except SluiceError as error:
             if found is not None:
+                error.tenant = found.writer.tenant_slug if found.writer is not None else ""
                 self.refused_credential(found.grant.tenant_id, found.grant.device_pk, error)
             raise
 
@@ -174,6 +181,7 @@ class Worker:
             return services.token_verdict(claims, found, device_exists=exists)
         except SluiceError as error:
             if found is not None:
+                error.tenant = found.writer.tenant_slug if found.writer is not None else ""
                 self.refused_credential(found.grant.tenant_id, found.grant.device_pk, error)
             raise
 
@@ -212,6 +220,12 @@ class Worker:
 
     async def _flush(self) -> None:
         flush = self.outcomes.take()
+        try:
+            if flush.metrics is not None:
+                queued = self._producer.queued if self._producer is not None else 0
+                metrics.push_to_prometheus(flush.metrics, producer_queue=queued)
+        except Exception:
+            log.warning("ingest: could not update the Prometheus metrics", exc_info=True)
         try:
             if flush:
                 await asyncio.to_thread(metrics.flush_to_redis, _counter_client(), flush)
@@ -286,6 +300,8 @@ class IngestApp:
                 return
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        tenant = ""
         headers = dict(scope["headers"])
         offered = headers.get(b"x-request-id", b"")
         request_id = offered if _REQUEST_ID.match(offered) else f"{self._id_prefix}{next(self._ids):016x}".encode()
@@ -296,22 +312,35 @@ class IngestApp:
             if scope["method"] != "POST":
                 extra.append((b"allow", b"POST"))
                 raise MethodNotAllowed("Send records with POST.", code="method_not_allowed")
-            status, body, request_id = await self.records(headers, receive, request_id, extra)
+            status, body, request_id, tenant = await self.records(
+                headers, receive, request_id, extra, scope.get("query_string", b"")
+            )
         except SluiceError as error:
             status, body = error.status, orjson.dumps(error_body(error.code, error.message, error.fields))
-            self._refused(error, extra)
+            tenant = error.tenant
+            self._refused(error, extra, request_id)
         except Exception:
             log.exception("ingest: unexpected failure (request %s)", request_id.decode())
             status, body = 500, orjson.dumps(error_body("internal_error", "Ingest failed unexpectedly; nothing is "
                                                         "known to have been written. Try again."))  # fmt: skip
+        if self._worker is not None:
+            self._worker.outcomes.answered(tenant, status, time.perf_counter() - started)
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_BASE_HEADERS, (b"content-length", str(len(body)).encode()),
                                 (b"x-request-id", request_id), *extra]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
 
-    def _refused(self, error: SluiceError, extra: list[tuple[bytes, bytes]]) -> None:
+    def _refused(self, error: SluiceError, extra: list[tuple[bytes, bytes]], request_id: bytes) -> None:
+        # One JSON line per refusal (config.logs): never the body, the credential or the
+        # error's fields (they may quote what was sent).
+        tenant, group, device = error.subject or (error.tenant, "", "")
+        log.info("ingest: refused %s (%s)", error.code, error.status,
+                 extra={"request_id": request_id.decode(), "outcome": "refused", "code": error.code,
+                        "status": error.status, "tenant": tenant, "group": group, "device": device})  # fmt: skip
         if self._worker is not None:
-            self._worker.outcomes.refused(error.code)
+            self._worker.outcomes.refused(
+                error.code, error.tenant, error.scope if isinstance(error, RateLimited) else None
+            )
         if error.retry_after is not None:
             extra.append((b"retry-after", str(error.retry_after).encode()))
         challenge = services.www_authenticate(error)
@@ -319,13 +348,20 @@ class IngestApp:
             extra.append((b"www-authenticate", challenge.encode()))
 
     async def records(
-        self, headers: dict[bytes, bytes], receive: Receive, request_id: bytes, extra: list[tuple[bytes, bytes]]
-    ) -> tuple[int, bytes, bytes]:
+        self,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        request_id: bytes,
+        extra: list[tuple[bytes, bytes]],
+        query: bytes = b"",
+    ) -> tuple[int, bytes, bytes, str]:
         """Everything a POST goes through, in the order the refusals are promised: who
-        (401/403), then the body's size (413), type (415), shape (400), the rate limits
-        (429), the Idempotency-Key (409/422), the schema (409/503) and the records (422);
-        then Kafka (503 or 200).  Returns the status, the body and the request id (a
-        replayed answer keeps its first request's)."""
+        (401/403), then the query (400), the body's size (413), type (415), shape (400),
+        the rate limits (429), the Idempotency-Key (409/422), the schema (409/503) and the
+        records (422, unless ``invalid=dlq``); then Kafka (503 or 200).  Returns the
+        status, the body, the request id (a replayed answer keeps its first request's) and
+        the tenant (a refusal carries it once the device is known).  The steps after the
+        body are ``ingest.pipeline``'s, which other transports run too."""
         worker = self.worker
         writer = await self.authenticate(worker, headers)
         claim: Claim | None = None
@@ -333,36 +369,39 @@ class IngestApp:
         # A try block costs nothing until something is raised (CPython 3.11's zero-cost
         # exceptions): only a refusal pays for its attribution to the device.
         try:
+            options = batch_options(query) if query else pipeline.ALL_OR_NOTHING
+            received_at = time.time() if options.dead_letters else None
             key = headers.get(idempotency.HEADER)
             if key is not None:
                 key = idempotency.parse_key(key)
             body = await _read_body(headers, receive)
             media = records.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
             parsed = records.parse_body(body, media)
-            budget = Budget(writer.tenant_id, writer.pk, writer.rate_limit_per_second,
-                            writer.tenant_max_records_per_second, writer.tenant_max_bytes_per_second,
-                            len(parsed.records), len(body))  # fmt: skip
+            budget = pipeline.budget(writer, parsed, len(body))
             extra.append((b"ratelimit-policy", policy_header(budget).encode()))
             try:
-                verdict = await worker.limiter.take(budget)
+                verdict = await pipeline.admit(worker, budget)
             except SluiceError:
                 extra.append((b"ratelimit", remaining_header(Verdict(0, 1, 0)).encode()))
                 raise
             extra.append((b"ratelimit", remaining_header(verdict).encode()))
             if key is not None:
-                held = await worker.idempotency.claim(writer.tenant_id, writer.pk, key, media.encode() + body,
-                                                      request_id)  # fmt: skip
+                # The key names the request: the same body with another option is another request.
+                request = (b"invalid=dlq;" if options.dead_letters else b"") + media.encode() + body
+                held = await worker.idempotency.claim(writer.tenant_id, writer.pk, key, request, request_id)
                 if isinstance(held, Replay):
                     extra.append(idempotency.REPLAYED)
-                    return held.status, held.body, held.request_id
+                    return held.status, held.body, held.request_id, writer.tenant_slug
                 claim = held
-            schema = await worker.schemas.get(writer.schema_subject)
-            prepared = services.records_prepare(writer=writer, parsed=parsed, schema=schema,
-                                                request_id=request_id.decode())  # fmt: skip
+            prepared = await pipeline.prepare(worker, writer, parsed, request_id=request_id.decode(), options=options,
+                                              received_at=received_at)  # fmt: skip
             producing = True
-            accepted = await services.records_produce(worker.producer, prepared, idempotent=claim is not None)
+            produced_at = time.perf_counter()
+            accepted = await pipeline.produce(worker, prepared, idempotent=claim is not None)
         except SluiceError as error:
+            error.tenant = writer.tenant_slug
             worker.outcomes.refused_device(writer.tenant_id, writer.pk, error.code)
+            error.subject = (writer.tenant_slug, writer.group_slug, writer.device_id)
             if claim is not None:
                 await worker.idempotency.refused(claim, error)
             raise
@@ -372,11 +411,14 @@ class IngestApp:
             if claim is not None:
                 worker.idempotency.abandoned(claim, produced=producing)
             raise
-        worker.outcomes.accepted(len(accepted.offsets), writer.pk)
+        worker.outcomes.accepted(accepted.produced, writer.pk, writer.tenant_slug, writer.topic, len(body),
+                                 time.perf_counter() - produced_at)  # fmt: skip
+        if prepared.dead is not None and prepared.dead.errors:
+            worker.outcomes.dead_lettered(writer.tenant_slug, (e["code"] for e in prepared.dead.errors.values()))
         answer = accepted.as_json()
         if claim is not None:
             await worker.idempotency.complete(claim, 200, answer)
-        return 200, answer, request_id
+        return 200, answer, request_id, writer.tenant_slug
 
     async def authenticate(self, worker: Worker, headers: dict[bytes, bytes]) -> Writer:
         """The device a request may write for, proven by exactly one credential."""
@@ -392,6 +434,40 @@ class IngestApp:
         if not presented:
             raise services.no_credential()
         return await worker.certificate_writer(headers)
+
+
+INVALID_PARAMETER = "invalid"
+_INVALID_CHOICES = {"reject": pipeline.ALL_OR_NOTHING, "dlq": pipeline.DEAD_LETTERS}
+
+
+def batch_options(query: bytes) -> pipeline.Options:
+    """The batch's options from the query string: ``invalid=reject`` (the default) or
+    ``invalid=dlq``.  Anything else is a 400 naming the parameter (``/query/<name>``): a
+    misspelt option must not silently mean all or nothing."""
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        message = "The query string cannot be read; the one parameter is invalid=reject or invalid=dlq."
+        fields = [{"pointer": "/query", "code": "invalid_parameter", "message": message}]
+        raise InvalidInput(message, code="invalid_parameter", fields=fields) from None
+    unknown = sorted({name for name, _ in pairs if name != INVALID_PARAMETER})
+    if unknown:
+        raise InvalidInput(
+            f"Unknown query parameter(s): {', '.join(repr(name[:40]) for name in unknown)}; this endpoint takes "
+            f"'{INVALID_PARAMETER}' (reject or dlq).",
+            code="unknown_parameter",
+            fields=[{"pointer": f"/query/{records.escape_pointer(name[:40])}", "code": "unknown_parameter",
+                     "message": "Not a parameter of this endpoint."} for name in unknown],
+        )  # fmt: skip
+    values = [value for _, value in pairs]
+    if len(values) != 1 or values[0] not in _INVALID_CHOICES:
+        shown = ", ".join(repr(value[:40]) for value in values)
+        message = (f"'{INVALID_PARAMETER}' is {shown}; it is 'reject' (the default: one invalid record refuses the "
+                   "batch) or 'dlq' (invalid records go to the tenant's dead-letter topic), given once.")  # fmt: skip
+        raise InvalidInput(message, code="invalid_parameter",
+                           fields=[{"pointer": f"/query/{INVALID_PARAMETER}", "code": "invalid_parameter",
+                                    "message": message}])  # fmt: skip
+    return _INVALID_CHOICES[values[0]]
 
 
 async def _read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:

@@ -196,7 +196,10 @@ class Idempotency:
         except TimeoutError:
             final = error.outcome  # librdkafka never reported: as unknown as it gets
         if final.complete:
-            body = Accepted(topic=error.topic, offsets=final.delivered).as_json()  # type: ignore[arg-type]
+            if error.answer is not None:
+                body = error.answer(final)
+            else:
+                body = Accepted(topic=error.topic, offsets=final.delivered).as_json()  # type: ignore[arg-type]
             await self.complete(claim, 200, body)
             return
         total = len(final.delivered)

@@ -36,6 +36,7 @@ from typing import Any
 
 from certs.models import Certificate
 from devices.models import Device
+from tenants.models import dlq_topic
 from tenants.oauth.models import OAuthClient
 from tenants.rights import RightsChange
 
@@ -76,9 +77,11 @@ class Writer:
     # Computed once (the writer is cached): what every record of this device carries.
     key: bytes = field(init=False, compare=False)
     identity_headers: tuple[tuple[str, bytes], ...] = field(init=False, compare=False)
+    dead_letter_topic: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", self.device_id.encode())
+        object.__setattr__(self, "dead_letter_topic", dlq_topic(self.tenant_slug))
         object.__setattr__(self, "identity_headers", (
             ("sluice-tenant", self.tenant_slug.encode()),
             ("sluice-group", self.group_slug.encode()),
@@ -195,6 +198,13 @@ def load_client(*, client_id: str, tenant_slug: str) -> Identity | None:
         device_pk=row.device_id,
     )
     return Identity(grant, Writer.from_device(row.device) if row.device is not None else None)
+
+
+def load_device(*, tenant_slug: str, device_id: str) -> Writer | None:
+    """The device ``device_id`` of the tenant ``tenant_slug`` as a writer (the MQTT bridge:
+    a message's topic names its device; mqtt_auth judged its credential at publish)."""
+    row = Device.objects.select_related(*_WRITER_RELATED).filter(tenant__slug=tenant_slug, device_id=device_id).first()
+    return Writer.from_device(row) if row is not None else None
 
 
 # -- the cache -----------------------------------------------------------------------------

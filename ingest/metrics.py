@@ -14,24 +14,33 @@ worker adds to its own ``Outcomes`` and a background task flushes them every
 * ``refusals_key(device)``: per device, its latest refusals (code, time, how many in that
   flush), newest first, capped at ``REFUSALS_KEPT`` and kept ``REFUSALS_TTL_SECONDS``.
 
-A successful request costs one ``set.add`` here (the device it wrote for); refusals, the
-rare path, cost a dict update.  The database's ``last_seen_at`` is still written, at most
-once per ``DEVICE_SEEN_EVERY_SECONDS`` per device.  All of it is best effort: Redis or the
-database failing costs a count or a timestamp, never an answer.
+A successful request costs one ``set.add`` here (the device it wrote for) and a few dict
+and list additions for the Prometheus metrics (records and bytes per tenant and stream,
+requests per tenant and status, two local histograms); refusals, the rare path, cost a dict
+update or two.  The same flush pushes those into prometheus-client (``push_to_prometheus``,
+config.instruments): no prometheus-client call is made per request.  The database's
+``last_seen_at`` is still written, at most once per ``DEVICE_SEEN_EVERY_SECONDS`` per
+device.  All of it is best effort: Redis or the database failing costs a count or a
+timestamp, never an answer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import orjson
 import redis
 from django.db import close_old_connections
 from django.utils import timezone
 
+from config import instruments
+from config.instruments import ACCEPTED as ANSWER_ACCEPTED
+from config.instruments import FAILED, REFUSED, REQUEST_BUCKETS, LocalHistogram
 from devices.models import Device
 from ingest.ratelimit import redis_client
 
@@ -86,19 +95,75 @@ class Refusal:
 class Outcomes:
     """One worker's counts since the last flush, the devices it saw and its refusals."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "https") -> None:
+        self.transport = transport  # "https" or "mqtt": the dead letters' label
         self.counts: Counter[str] = Counter()
         self._seen: set[int] = set()
         self._written: dict[int, float] = {}
         # (tenant id, device pk, code) -> [count, epoch of the last]
         self._attributed: dict[tuple[int, int, str], list[float]] = {}
+        self._reset_prometheus()
 
-    def accepted(self, records: int, device_pk: int) -> None:
+    def _reset_prometheus(self) -> None:
+        # Plain dicts and lists (no prometheus-client call, no lock): see push_to_prometheus.
+        # (tenant slug, topic) -> [records, bytes]
+        self.streams: dict[tuple[str, str], list[int]] = {}
+        self.requests: dict[tuple[str, int], int] = {}  # (tenant slug, HTTP status)
+        self.refusals: Counter[tuple[str, str]] = Counter()  # (tenant slug, code)
+        self.rate_limited: Counter[tuple[str, str]] = Counter()  # (tenant slug, scope)
+        self.dead_letters: Counter[tuple[str, str]] = Counter()  # (tenant slug, code)
+        self._answered_accepted = LocalHistogram(REQUEST_BUCKETS)
+        self._answered_refused = LocalHistogram(REQUEST_BUCKETS)
+        self._answered_failed = LocalHistogram(REQUEST_BUCKETS)
+        self.delivery = LocalHistogram(REQUEST_BUCKETS)
+
+    @property
+    def durations(self) -> dict[str, LocalHistogram]:
+        return {ANSWER_ACCEPTED: self._answered_accepted, REFUSED: self._answered_refused,
+                FAILED: self._answered_failed}  # fmt: skip
+
+    def accepted(
+        self, records: int, device_pk: int, tenant: str = "", topic: str = "", size: int = 0,
+        delivery_seconds: float | None = None,
+    ) -> None:  # fmt: skip
+        """Kafka acknowledged ``records`` (a body of ``size`` bytes) for this device, of
+        ``tenant``'s stream ``topic``, ``delivery_seconds`` after they were produced."""
         self.counts[ACCEPTED] += records
         self._seen.add(device_pk)
+        entry = self.streams.get((tenant, topic))
+        if entry is None:
+            self.streams[(tenant, topic)] = [records, size]
+        else:
+            entry[0] += records
+            entry[1] += size
+        if delivery_seconds is not None:
+            # LocalHistogram.observe, inlined: this runs for every accepted request.
+            histogram = self.delivery
+            histogram.counts[bisect_left(histogram.bounds, delivery_seconds)] += 1
+            histogram.total += delivery_seconds
 
-    def refused(self, code: str) -> None:
+    def answered(self, tenant: str, status: int, seconds: float) -> None:
+        """Every request, once answered: its status and how long it took."""
+        key = (tenant, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if status < 400:
+            histogram = self._answered_accepted
+        else:
+            histogram = self._answered_failed if status >= 500 else self._answered_refused
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+        histogram.total += seconds
+
+    def refused(self, code: str, tenant: str = "", rate_limit_scope: str | None = None) -> None:
         self.counts[code] += 1
+        self.refusals[(tenant, code)] += 1
+        if rate_limit_scope is not None:
+            self.rate_limited[(tenant, rate_limit_scope)] += 1
+
+    def dead_lettered(self, tenant: str, codes: Iterable[str]) -> None:
+        """Records Kafka acknowledged in the tenant's dead-letter topic (an ``?invalid=dlq``
+        request's, or the MQTT bridge's), by their record's error code."""
+        for code in codes:
+            self.dead_letters[(tenant, code)] += 1
 
     def refused_device(self, tenant_id: int, device_pk: int, code: str) -> None:
         """Attribute a refusal (also counted by ``refused``) to the device it was for."""
@@ -123,7 +188,25 @@ class Outcomes:
         if len(self._written) > 500_000:
             self._written = {pk: t for pk, t in self._written.items() if now - t < DEVICE_SEEN_EVERY_SECONDS}
         refusals = {key: Refusal(code=key[2], at=at, count=int(n)) for key, (n, at) in attributed.items()}
-        return Flush(counts=counts, seen=sorted(seen), due_for_database=due, refusals=refusals)
+        metrics = Metrics(streams=self.streams, requests=self.requests, refusals=self.refusals,
+                          rate_limited=self.rate_limited, durations=self.durations, delivery=self.delivery,
+                          dead_letters=self.dead_letters, transport=self.transport)  # fmt: skip
+        self._reset_prometheus()
+        return Flush(counts=counts, seen=sorted(seen), due_for_database=due, refusals=refusals, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What one flush adds to the Prometheus metrics (see ``Outcomes``)."""
+
+    streams: dict[tuple[str, str], list[int]]
+    requests: dict[tuple[str, int], int]
+    refusals: Counter[tuple[str, str]]
+    rate_limited: Counter[tuple[str, str]]
+    durations: dict[str, LocalHistogram]
+    delivery: LocalHistogram
+    dead_letters: Counter[tuple[str, str]] = field(default_factory=Counter)
+    transport: str = "https"
 
 
 @dataclass(frozen=True)
@@ -132,9 +215,41 @@ class Flush:
     seen: list[int]
     due_for_database: list[int]
     refusals: dict[tuple[int, int, str], Refusal]
+    metrics: Metrics | None = None
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.seen or self.refusals)
+
+
+def stream_label(tenant: str, topic: str) -> str:
+    """The ``stream`` label of a topic: its name inside the tenant's namespace
+    (``iot.<tenant>.<region>.<type>[.enriched]`` -> ``<region>.<type>[.enriched]``)."""
+    prefix = f"iot.{tenant}."
+    return topic[len(prefix) :] if topic.startswith(prefix) else topic
+
+
+def push_to_prometheus(metrics: Metrics, producer_queue: int | None = None) -> None:
+    """Add one flush's counts to prometheus-client (config.instruments): a few calls per
+    tenant, stream, status and code seen in the last second, never per request."""
+    for (tenant, topic), (records, size) in metrics.streams.items():
+        stream = stream_label(tenant, topic)
+        instruments.INGEST_RECORDS.labels(tenant=tenant, stream=stream).inc(records)
+        instruments.INGEST_BYTES.labels(tenant=tenant, stream=stream).inc(size)
+    for (tenant, status), n in metrics.requests.items():
+        instruments.INGEST_REQUESTS.labels(tenant=tenant, status=str(status)).inc(n)
+    for (tenant, code), n in metrics.refusals.items():
+        instruments.INGEST_REFUSALS.labels(tenant=tenant, code=code).inc(n)
+    for (tenant, scope), n in metrics.rate_limited.items():
+        instruments.INGEST_RATE_LIMITED.labels(tenant=tenant, scope=scope).inc(n)
+    for (tenant, code), n in metrics.dead_letters.items():
+        instruments.INGEST_DEAD_LETTERS.labels(tenant=tenant, code=code, transport=metrics.transport).inc(n)
+    for outcome, histogram in metrics.durations.items():
+        if histogram:
+            histogram.push(instruments.INGEST_REQUEST_DURATION.labels(outcome=outcome))
+    if metrics.delivery:
+        metrics.delivery.push(instruments.INGEST_DELIVERY_DURATION)
+    if producer_queue is not None:
+        instruments.INGEST_PRODUCER_QUEUE.set(producer_queue)
 
 
 def flush_to_redis(client: redis.Redis, flush: Flush, now: float | None = None) -> None:

@@ -277,10 +277,12 @@ class RateLimiter:
                 over.append(f"{rrate} records per second")
             if budget.body_bytes > int(bytes_left) or not over:
                 over.append(f"{brate} bytes per second")
-            raise RateLimited(
+            error = RateLimited(
                 f"The tenant's ingest limit of {' and '.join(over)} is reached; nothing was produced.",
                 retry_after=max(1, math.ceil(int(wait_ms) / 1000)),
             )
+            error.scope = "tenant"
+            raise error
         lease.records = int(granted_records) - budget.records
         lease.bytes = int(granted_bytes) - budget.body_bytes
         lease.expires = time.monotonic() + LEASE_SECONDS

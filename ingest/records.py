@@ -44,13 +44,22 @@ BATCH_KEY = "records"
 _DEPTH_LIMIT = "depth limit exceeded"  # orjson's words for nesting beyond 1024 levels
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per request, and a frozen dataclass's __init__ sets each field
+# through object.__setattr__ (3x the cost); nothing changes one after it is made.
+@dataclass(slots=True)
 class Parsed:
     """The records of one request and where they sit in the body (for error pointers)."""
 
     records: list[dict[str, Any]]
     batch: bool
     lines: list[int] | None = None  # NDJSON: each record's line number (from 1)
+    # What the records were read from, for their raw bytes (``raw_records``): the request
+    # body, or (a transport that carries one record per message) each record's own bytes.
+    body: bytes = b""
+    raws: list[bytes] | None = None
+    # ``parse_each(keep_malformed=True)``: the records that are not a JSON object, by index
+    # (an empty object stands in for each in ``records``), with why: only dead-lettering keeps them.
+    malformed: dict[int, dict[str, str]] | None = None
 
     def pointer(self, index: int) -> str:
         if self.lines is not None:
@@ -114,8 +123,8 @@ def parse_body(body: bytes, media: str = JSON) -> Parsed:
         message = 'Send one JSON object (one record) or {"records": [object, ...]} (a batch).'
         raise InvalidInput(message, code="invalid_shape", fields=[_field("", "invalid_shape", message)])
     if BATCH_KEY not in document:
-        return Parsed(records=[document], batch=False)
-    return Parsed(records=_batch(document), batch=True)
+        return Parsed(records=[document], batch=False, body=body)
+    return Parsed(records=_batch(document), batch=True, body=body)
 
 
 def _batch(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -180,7 +189,79 @@ def _ndjson(body: bytes) -> Parsed:
         raise PayloadTooLarge(
             f"The batch has {len(found)} records; at most {MAX_RECORDS} per request.", code="too_many_records"
         )
-    return Parsed(records=found, batch=True, lines=lines)
+    return Parsed(records=found, batch=True, lines=lines, body=body)
+
+
+def parse_each(raws: list[bytes], *, keep_malformed: bool = False) -> Parsed:
+    """Records that arrived one per message (a transport such as MQTT): each payload is one
+    JSON object, its own document (pointers ``/<field>``).  A payload that is not one is
+    refused with the batch (400, as an NDJSON line), or with ``keep_malformed`` kept aside in
+    ``Parsed.malformed`` for the dead-letter topic, since such a transport has no answer to
+    carry a refusal."""
+    if len(raws) > MAX_RECORDS:
+        raise PayloadTooLarge(f"The batch has {len(raws)} records; at most {MAX_RECORDS}.", code="too_many_records")
+    found: list[dict[str, Any]] = []
+    wrong: dict[int, dict[str, str]] = {}
+    for index, raw in enumerate(raws):
+        check_size(len(raw))
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            text = "it nests too deeply" if exc.msg == _DEPTH_LIMIT else f"{exc.msg} (column {exc.colno})"
+            wrong[index] = _field("", "malformed_json", f"The record is not valid JSON: {text}.")
+            record = {}
+        if not isinstance(record, dict):
+            wrong[index] = _field("", "invalid_shape", "The record is not a JSON object.")
+            record = {}
+        found.append(record)
+    if not found:
+        raise InvalidInput("There are no records.", code="empty_body")
+    if wrong and not keep_malformed:
+        first = wrong[min(wrong)]
+        raise InvalidInput(f"{len(wrong)} record(s) are not one JSON object each; nothing was produced.",
+                           code=first["code"], fields=[first])  # fmt: skip
+    return Parsed(records=found, batch=False, raws=raws, malformed=wrong or None)
+
+
+# JSON's strings (with their escapes) and its brackets: enough to find where each record of a
+# document already known to be valid JSON begins and ends.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_OPENERS = frozenset(b"[{")
+_QUOTE = ord('"')
+
+
+def raw_records(parsed: Parsed) -> list[bytes]:
+    """Each record's bytes exactly as the device sent them (JSON whitespace around a record
+    left out): a single-record body whole, an NDJSON record's line, a batch envelope's
+    array elements as they sit in the body.  Only dead-lettering asks for them, so the
+    valid path never pays for finding them."""
+    if parsed.raws is not None:
+        return parsed.raws
+    body = parsed.body
+    if parsed.lines is not None:
+        lines = body.split(b"\n")
+        return [lines[number - 1].strip() for number in parsed.lines]
+    if not parsed.batch:
+        return [body.strip()]
+    # The envelope is an object whose one key is "records" (``_batch`` refuses others), so
+    # the records are the objects at depth 3: envelope, array, record.
+    found: list[bytes] = []
+    depth = start = 0
+    for token in _JSON_TOKENS.finditer(body):
+        first = body[token.start()]
+        if first == _QUOTE:
+            continue
+        if first in _OPENERS:
+            depth += 1
+            if depth == 3:
+                start = token.start()
+        else:
+            if depth == 3:
+                found.append(body[start : token.end()])
+            depth -= 1
+    if len(found) != len(parsed.records):  # cannot happen for a body orjson accepted
+        raise ValueError(f"found {len(found)} records in the body, parsed {len(parsed.records)}")
+    return found
 
 
 # -- validation --------------------------------------------------------------------------

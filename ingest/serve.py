@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -23,9 +24,12 @@ import time
 from pathlib import Path
 
 from config.env import BASE_DIR, load_runtime
+from config.instruments import process_dead
+from config.logs import JsonFormatter
 
 PR_SET_PDEATHSIG = 1
 MAX_PAUSE = 30.0
+log = logging.getLogger("sluice.ingest.serve")
 
 
 APPLICATION = "config.asgi:application"
@@ -82,14 +86,15 @@ class Supervisor:
                 code = child.poll()
                 if code is None or self.stopping:
                     continue
+                # Its producer queue no longer counts in the node's sum (its counters do).
+                process_dead(child.pid)
                 # A worker that ran a while before it died starts over with a short pause.
                 if time.monotonic() - started[index] > 60:
                     self.failures[index] = 0
                 self.failures[index] += 1
                 pause = min(MAX_PAUSE, 0.5 * 2 ** (self.failures[index] - 1))
-                print(
-                    f"ingest worker {index} exited ({code}); restarting in {pause:.1f} s", file=sys.stderr, flush=True
-                )
+                log.warning("ingest worker %d exited (%s); restarting in %.1f s", index, code, pause,
+                            extra={"worker": index, "exit_status": code})  # fmt: skip
                 time.sleep(pause)
                 self.start(index)
                 started[index] = time.monotonic()
@@ -115,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("app", nargs="?", default=APPLICATION, help=f"the ASGI application (default {APPLICATION})")
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler()  # stderr, which the launcher appends to <state>/logs/ingest.log
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     runtime = load_runtime()
     os.chdir(BASE_DIR)
     sockets = [runtime.ingest_socket(i) for i in range(runtime.ingest.workers)]

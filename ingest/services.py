@@ -9,18 +9,25 @@ come from the worker's cache, which every change of rights empties at once
 (``tenants.rights``); the verdict itself is decided here on every request, from those rows
 and the current time.
 
-A request is all or nothing up to Kafka: every record is parsed, rate-limited and validated
-before the first is produced.  Kafka's answer is per record, so a Kafka failure can leave
-part of a batch written; the error says so (see ``kafka_failure``).
+A request is all or nothing up to Kafka by default: every record is parsed, rate-limited and
+validated before the first is produced.  Kafka's answer is per record, so a Kafka failure can
+leave part of a batch written; the error says so (see ``kafka_failure``).  A request that
+asks for dead-lettering (``records_prepare(dead_letters=True)``) has its valid records
+produced to the stream and each invalid one to the tenant's dead-letter topic, its raw bytes
+with the reasons in headers (``dead_letter_headers``); the answer is per record (``Sorted``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import functools
 import logging
 import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 
@@ -53,12 +60,49 @@ class Accepted:
     topic: str
     offsets: list[tuple[int, int]]  # (partition, offset) per record, in request order
 
+    @property
+    def produced(self) -> int:
+        """Records written to the stream."""
+        return len(self.offsets)
+
     def as_json(self) -> bytes:
         return orjson.dumps(
             {
                 "accepted": len(self.offsets),
                 "topic": self.topic,
                 "records": [{"partition": p, "offset": o} for p, o in self.offsets],
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sorted:
+    """A request that asked for dead-lettering: Kafka acknowledged (acks=all) every record,
+    each valid one in the stream and each invalid one in the tenant's dead-letter topic."""
+
+    topic: str
+    dead_letter_topic: str
+    offsets: list[tuple[int, int]]  # (partition, offset) per record, in request order, in its topic
+    errors: dict[int, dict[str, Any]]  # request index -> why it was dead-lettered (the error shape)
+
+    @property
+    def produced(self) -> int:
+        return len(self.offsets) - len(self.errors)
+
+    def as_json(self) -> bytes:
+        errors = self.errors
+        return orjson.dumps(
+            {
+                "accepted": len(self.offsets) - len(errors),
+                "dead_lettered": len(errors),
+                "topic": self.topic,
+                "dead_letter_topic": self.dead_letter_topic,
+                "records": [
+                    {"partition": p, "offset": o}
+                    if index not in errors
+                    else {"dead_letter": {"partition": p, "offset": o}, "error": errors[index]}
+                    for index, (p, o) in enumerate(self.offsets)
+                ],
             }
         )
 
@@ -103,20 +147,37 @@ def certificate_verdict(identity: Identity | None, *, issuer: str, now: float) -
     return writer
 
 
-def _holder_may_write(use: str, writer: Writer) -> None:
+def _holder_may_write(use: str, writer: Writer, *, credential: bool = True) -> None:
     """What both credentials must pass, asked of the policy: tenant active, device active,
-    and the group's credential policy admits this kind of credential."""
+    and (``credential``) the group's credential policy admits this kind of credential."""
     refusal = policy.holder_refusal(
         use,
         tenant_status=writer.tenant_status,
         device_status=writer.status,
-        credential_policy=writer.credential_policy,
+        credential_policy=writer.credential_policy if credential else None,
         tenant=writer.tenant_slug,
         device=writer.device_id,
         group=writer.group_slug,
     )
     if refusal is not None:
         raise refusal.exception()
+
+
+def bridge_verdict(writer: Writer | None, *, tenant: str, group: str, device: str) -> Writer:
+    """The device an MQTT message's topic names, as the bridge is about to produce it.
+
+    The message's credential was judged when it was published (ingest.mqtt_auth refuses a
+    publish as soon as a change of rights touches its session, and ends the session); this
+    judges the device, its group and its tenant now, as HTTPS ingest does."""
+    if writer is None:
+        raise PermissionDenied(f"Tenant '{tenant}' has no device '{device}'.", code="unknown_device")
+    if writer.group_slug != group:
+        raise PermissionDenied(f"Device '{device}' is no longer in group '{group}'.", code="group_changed")
+    if not (writer.tenant_id == writer.group_tenant_id == writer.stream_tenant_id):
+        log.error("ingest: tenant mismatch for device %s", writer.pk)
+        raise PermissionDenied("This device may not write here.", code="tenant_mismatch")
+    _holder_may_write(policy.Use.INGEST_MQTT_BRIDGE, writer, credential=False)
+    return writer
 
 
 _SERIAL = re.compile(r"^-?[0-9A-Fa-f]{1,64}$")
@@ -265,16 +326,64 @@ def token_verdict(claims: AccessClaims, identity: Identity | None, *, device_exi
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """The invalid records of a request that asked for dead-lettering, ready for the
+    tenant's dead-letter topic, and why each was refused (by index in the request)."""
+
+    topic: str
+    outgoing: Outgoing
+    errors: dict[int, dict[str, Any]]
+
+
+# Not frozen: one is made per request, and a frozen dataclass's __init__ sets each field
+# through object.__setattr__ (3x the cost); nothing changes one after it is made.
+@dataclass(slots=True)
 class Prepared:
-    """A request's records, validated and encoded: all that is left is to produce them."""
+    """A request's records, validated and encoded: all that is left is to produce them.
+    ``dead`` is set when the request asked for dead-lettering (then ``outgoing`` holds the
+    valid records only, with their indexes in the request)."""
 
     writer: Writer
     topic: str
     outgoing: Outgoing
+    dead: DeadLetters | None = None
 
 
-def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSchema, request_id: str) -> Prepared:
-    """Validate (all or nothing) and encode one request's records for Kafka."""
+# The headers of a dead letter, beside the device's own (sluice-tenant, sluice-group,
+# sluice-device), sluice-request-id and sluice-record-index (its position in the request).
+DLQ_TOPIC_HEADER = "sluice-topic"  # the stream it was meant for
+DLQ_SUBJECT_HEADER = "sluice-schema-subject"
+DLQ_SCHEMA_ID_HEADER = "sluice-schema-id"  # the registry's id of the schema that refused it
+DLQ_RECEIVED_AT_HEADER = "sluice-received-at"  # RFC 3339, UTC, milliseconds
+DLQ_CODE_HEADER = "sluice-error-code"  # the first failure's code (e.g. "type", "required")
+DLQ_POINTER_HEADER = "sluice-error-pointer"  # ... its JSON pointer into what the device sent
+DLQ_MESSAGE_HEADER = "sluice-error-message"
+DLQ_ERRORS_HEADER = "sluice-errors"  # every failure: a JSON array of {pointer, code, message}
+
+
+def received_at_text(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def records_prepare(
+    *,
+    writer: Writer,
+    parsed: records.Parsed,
+    schema: LatestSchema,
+    request_id: str,
+    dead_letters: bool = False,
+    received_at: float = 0.0,
+) -> Prepared:
+    """Validate (all or nothing) and encode one request's records for Kafka; with
+    ``dead_letters``, sort them instead: the valid ones for the stream, the others for the
+    tenant's dead-letter topic (``received_at``, epoch seconds, is when they arrived)."""
+    if dead_letters:
+        return _records_sort(writer, parsed, schema, request_id, received_at)
+    if parsed.malformed is not None:
+        # Kept aside for dead letters (``records.parse_each``), and none were asked for.
+        fields = [parsed.malformed[index] for index in sorted(parsed.malformed)][: records.MAX_FIELD_ERRORS]
+        raise InvalidInput(f"{len(parsed.malformed)} record(s) are not one JSON object each; nothing was produced.",
+                           code=fields[0]["code"], fields=fields)  # fmt: skip
     records.validate(parsed, schema)
     headers: KafkaHeaders = [*writer.identity_headers, ("sluice-request-id", request_id.encode())]
     try:
@@ -293,30 +402,194 @@ def records_prepare(*, writer: Writer, parsed: records.Parsed, schema: LatestSch
     return Prepared(writer, writer.topic, Outgoing(writer.key, headers, values))
 
 
-async def records_produce(producer: IngestProducer, prepared: Prepared, *, idempotent: bool = False) -> Accepted:
+def _records_sort(
+    writer: Writer, parsed: records.Parsed, schema: LatestSchema, request_id: str, received_at: float
+) -> Prepared:
+    items = parsed.records
+    is_valid = schema.validator.is_valid
+    errors: dict[int, dict[str, Any]] = {}
+    malformed = parsed.malformed or {}
+    for index, field in malformed.items():
+        errors[index] = {"code": field["code"], "message": field["message"], "fields": [field]}
+    for index, record in enumerate(items):
+        if index in malformed:
+            continue
+        if not is_valid(record):
+            fields = records.record_errors(record, schema, parsed.pointer(index))[: records.MAX_FIELD_ERRORS]
+            errors[index] = {
+                "code": SchemaValidationFailed.code,
+                "message": f"The record does not match schema '{schema.subject}' version {schema.version}.",
+                "fields": fields,
+            }
+    good = [index for index in range(len(items)) if index not in errors]
+    values = _encode_valid(parsed, schema, good, errors)
+    rid = request_id.encode()
+    stream = Outgoing(writer.key, [*writer.identity_headers, ("sluice-request-id", rid)], values, good)
+    return Prepared(writer, writer.topic, stream, _dead_letters(writer, parsed, schema, rid, received_at, errors))
+
+
+def records_dead(
+    *, writer: Writer, parsed: records.Parsed, schema: LatestSchema | None, request_id: str, received_at: float,
+    code: str, message: str,
+) -> Prepared:  # fmt: skip
+    """Every record of a batch for the tenant's dead-letter topic, for one reason (``code``):
+    a transport with no answer to carry a refusal of the whole batch (the MQTT bridge: over
+    the device's rate limit, or the group's subject has no schema, ``schema`` None) keeps the
+    records there rather than losing them."""
+    errors = {
+        index: {"code": code, "message": message,
+                "fields": [{"pointer": parsed.pointer(index) or "/", "code": code, "message": message}]}
+        for index in range(len(parsed.records))
+    }  # fmt: skip
+    rid = request_id.encode()
+    stream = Outgoing(writer.key, [*writer.identity_headers, ("sluice-request-id", rid)], [], [])
+    return Prepared(writer, writer.topic, stream, _dead_letters(writer, parsed, schema, rid, received_at, errors))
+
+
+def _dead_letters(
+    writer: Writer,
+    parsed: records.Parsed,
+    schema: LatestSchema | None,
+    rid: bytes,
+    received_at: float,
+    errors: dict[int, dict[str, Any]],
+) -> DeadLetters:
+    """The records at ``errors``' indexes as they were sent, with the reason headers."""
+    bad = sorted(errors)
+    raws = records.raw_records(parsed) if bad else []
+    common: KafkaHeaders = [
+        *writer.identity_headers,
+        ("sluice-request-id", rid),
+        (DLQ_TOPIC_HEADER, writer.topic.encode()),
+        (DLQ_SUBJECT_HEADER, (schema.subject if schema is not None else writer.schema_subject).encode()),
+        (DLQ_SCHEMA_ID_HEADER, str(schema.schema_id).encode() if schema is not None else b""),
+        (DLQ_RECEIVED_AT_HEADER, received_at_text(received_at).encode()),
+    ]
+    reasons: list[KafkaHeaders] = []
+    for index in bad:
+        fields = errors[index]["fields"]
+        first = fields[0] if fields else {"pointer": parsed.pointer(index) or "/", "code": "", "message": ""}
+        reasons.append([
+            (DLQ_CODE_HEADER, first["code"].encode()),
+            (DLQ_POINTER_HEADER, first["pointer"].encode()),
+            (DLQ_MESSAGE_HEADER, first["message"].encode()),
+            (DLQ_ERRORS_HEADER, orjson.dumps(fields)),
+        ])  # fmt: skip
+    dead = Outgoing(writer.key, common, [raws[index] for index in bad], bad, reasons)
+    return DeadLetters(writer.dead_letter_topic, dead, errors)
+
+
+def _encode_valid(
+    parsed: records.Parsed, schema: LatestSchema, good: list[int], errors: dict[int, dict[str, Any]]
+) -> list[bytes]:
+    """The wire values of the records at ``good``; one the encoder refuses moves from
+    ``good`` to ``errors``."""
+    try:
+        return schema.encode_all([parsed.records[index] for index in good])
+    except (ValueError, TypeError, OverflowError, struct.error):
+        pass  # rare: find which, one record at a time
+    values = []
+    for index in list(good):
+        try:
+            values.append(schema.encode_all([parsed.records[index]])[0])
+        except (ValueError, TypeError, OverflowError, struct.error) as exc:
+            reason = exc.reason if isinstance(exc, RecordNotEncodable) else str(exc)
+            message = f"Not encodable with schema '{schema.subject}': {reason}"
+            good.remove(index)
+            errors[index] = {
+                "code": SchemaValidationFailed.code,
+                "message": f"The record could not be encoded with schema '{schema.subject}'.",
+                "fields": [{"pointer": parsed.pointer(index) or "/", "code": "not_encodable", "message": message}],
+            }
+    return values
+
+
+async def records_produce(
+    producer: IngestProducer, prepared: Prepared, *, idempotent: bool = False
+) -> Accepted | Sorted:
     """Produce prepared records; returns only when Kafka acknowledged every one
     (``acks=all``), else raises ``KafkaUnacknowledged`` saying what may have been written
-    (``idempotent``: the request carries an Idempotency-Key, so a retry cannot duplicate)."""
+    (``idempotent``: the request carries an Idempotency-Key, so a retry cannot duplicate).
+    A request that asked for dead-lettering writes to its stream and to the dead-letter
+    topic at once, and returns once Kafka acknowledged both."""
+    if prepared.dead is not None:
+        return await _produce_sorted(producer, prepared, prepared.dead, idempotent=idempotent)
     outcome = await producer.produce_and_wait_async(prepared.topic, prepared.outgoing)
     if not outcome.complete:
         raise kafka_failure(prepared.topic, outcome, idempotent=idempotent)
     return Accepted(topic=prepared.topic, offsets=outcome.delivered)  # type: ignore[arg-type] # complete: no None
 
 
+async def _produce_sorted(
+    producer: IngestProducer, prepared: Prepared, dead: DeadLetters, *, idempotent: bool
+) -> Sorted:
+    stream, letters = prepared.outgoing, dead.outgoing
+    outcomes = await asyncio.gather(
+        *(producer.produce_and_wait_async(topic, outgoing)
+          for topic, outgoing in ((prepared.topic, stream), (dead.topic, letters)) if outgoing.values)
+    )  # fmt: skip
+    parts = [outgoing for outgoing in (stream, letters) if outgoing.values]
+    outcome = _merged(parts, list(outcomes))
+
+    def answer(final: DeliveryOutcome) -> bytes:
+        return Sorted(prepared.topic, dead.topic, final.delivered, dead.errors).as_json()  # type: ignore[arg-type]
+
+    if not outcome.complete:
+        raise kafka_failure(f"{prepared.topic} and {dead.topic}", outcome, idempotent=idempotent, answer=answer)
+    return Sorted(prepared.topic, dead.topic, outcome.delivered, dead.errors)  # type: ignore[arg-type]
+
+
+def _merged(parts: list[Outgoing], outcomes: list[DeliveryOutcome]) -> DeliveryOutcome:
+    """One outcome in request order from the outcomes of its parts (each part's ``indexes``
+    say where its records sit in the request)."""
+    count = sum(len(part.values) for part in parts)
+    delivered: list[tuple[int, int] | None] = [None] * count
+    errors: list[Any] = [None] * count
+    for part, outcome in zip(parts, outcomes, strict=True):
+        assert part.indexes is not None
+        for position, index in enumerate(part.indexes):
+            delivered[index] = outcome.delivered[position]
+            errors[index] = outcome.errors[position]
+    merged = DeliveryOutcome(delivered=delivered, errors=errors, queued=sum(o.queued for o in outcomes))
+    if all(outcome.settle is None for outcome in outcomes):
+        return merged
+
+    async def settle() -> DeliveryOutcome:
+        finals = [await o.settle() if o.settle is not None else o for o in outcomes]
+        return _merged(parts, finals)
+
+    return replace(merged, settle=settle)
+
+
 class KafkaUnacknowledged(ServiceUnavailable):
     """503 ``kafka_unavailable``: Kafka did not acknowledge every record in time.  Carries
     the outcome, whose ``settle`` (when some records are still in librdkafka's hands) awaits
-    the final one (``ingest.idempotency`` keeps a retry from writing them twice)."""
+    the final one (``ingest.idempotency`` keeps a retry from writing them twice), and how to
+    answer once every record is settled (``answer``; None: ``Accepted``'s answer)."""
 
     code = "kafka_unavailable"
 
-    def __init__(self, message: str, *, topic: str, outcome: DeliveryOutcome) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str,
+        outcome: DeliveryOutcome,
+        answer: Callable[[DeliveryOutcome], bytes] | None = None,
+    ) -> None:
         super().__init__(message, retry_after=KAFKA_RETRY_AFTER)
         self.topic = topic
         self.outcome = outcome
+        self.answer = answer
 
 
-def kafka_failure(topic: str, outcome: DeliveryOutcome, *, idempotent: bool = False) -> KafkaUnacknowledged:
+def kafka_failure(
+    topic: str,
+    outcome: DeliveryOutcome,
+    *,
+    idempotent: bool = False,
+    answer: Callable[[DeliveryOutcome], bytes] | None = None,
+) -> KafkaUnacknowledged:
     """503 that says honestly what may have been written.
 
     A record Kafka reported as failed after a timeout, or that got no report in time, may
@@ -344,4 +617,4 @@ def kafka_failure(topic: str, outcome: DeliveryOutcome, *, idempotent: bool = Fa
                 else "; retrying the request may write duplicates, which consumers should tolerate."
             )
         )
-    return KafkaUnacknowledged("".join(parts), topic=topic, outcome=outcome)
+    return KafkaUnacknowledged("".join(parts), topic=topic, outcome=outcome, answer=answer)

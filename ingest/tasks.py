@@ -12,7 +12,7 @@ from celery import shared_task
 
 from config.errors import DEPENDENCY_RETRY as RETRY
 from devices.models import Stream
-from ingest import acl_sync, topic_sync
+from ingest import acl_sync, observed, topic_sync
 from tenants.models import Tenant
 
 
@@ -64,3 +64,10 @@ def credential_acls_sync_task(tenant_slug: str, principals: list[str]) -> dict[s
 def acls_reconcile_task() -> dict[str, list[str]]:
     report = acl_sync.acls_reconcile(fix=True)
     return {"missing": report.missing, "stale": report.stale, "created": report.created, "deleted": report.deleted}
+
+
+@shared_task(name="ingest.consumer_lag_refresh", ignore_result=True)
+def consumer_lag_refresh_task() -> None:
+    """Every 30 s (beat): each tenant consumer's lag, kept for /metrics (ingest.observed).
+    No retry: the next run is the retry, and an old figure expires rather than lingers."""
+    observed.consumer_lag_refresh()

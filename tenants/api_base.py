@@ -56,6 +56,23 @@ def slug_field(**kwargs: Any) -> serializers.CharField:
     return serializers.CharField(max_length=40, validators=[slug_rule], trim_whitespace=False, **kwargs)
 
 
+def _integral(value: Any) -> bool:
+    """An integer in JSON Schema 2020-12's sense (the OpenAPI 3.1 document's): any number
+    with no fractional part, so ``7.0`` is one (``7.5``, ``true`` and ``"7"`` are not)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _as_sent(field: serializers.Field, value: Any) -> Any:
+    """``value`` with an integral float (``7.0``) for an integer field made the int it is."""
+    if isinstance(field, serializers.IntegerField) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(field, serializers.ListField) and isinstance(value, list):
+        return [_as_sent(field.child, item) for item in value]
+    return value
+
+
 def _wrong_type(field: serializers.Field, value: Any) -> str | None:
     """Why ``value`` (as parsed from JSON) is not of the JSON type ``field`` documents, or None.
     DRF alone would turn ``0`` into ``"0"`` for a CharField, ``"1"`` and ``1.0`` into ``1`` for
@@ -65,7 +82,7 @@ def _wrong_type(field: serializers.Field, value: Any) -> str | None:
     if isinstance(field, serializers.BooleanField):
         return None if isinstance(value, bool) else "Must be a boolean (true or false)."
     if isinstance(field, serializers.IntegerField):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "Must be an integer."
+        return None if _integral(value) else "Must be an integer."
     if isinstance(field, serializers.ListField) and isinstance(value, list):
         for index, item in enumerate(value):
             problem = _wrong_type(field.child, item)
@@ -97,6 +114,8 @@ class StrictSerializer(serializers.Serializer):
                         errors[name] = [serializers.ErrorDetail(problem, code="invalid")]
             if errors:
                 raise serializers.ValidationError(errors)
+            data = {name: _as_sent(self.fields[name], value) if name in self.fields else value
+                    for name, value in data.items()}  # fmt: skip
         return super().to_internal_value(data)
 
 
@@ -113,8 +132,11 @@ class NulFreeCharField(serializers.CharField):
 
 
 def _openapi_path(route: str) -> str:
-    """A Django route as the OpenAPI document spells its path: ``<int:pk>`` -> ``{pk}``."""
-    return "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+    """A Django route as the OpenAPI document spells its path: ``<slug:tenant>`` -> ``{tenant}``,
+    and ``<int:pk>`` -> ``{id}`` (drf-spectacular names a primary key ``id``,
+    ``SCHEMA_COERCE_PATH_PK``)."""
+    path = "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+    return path.replace("{pk}", "{id}")
 
 
 @functools.cache
@@ -321,6 +343,8 @@ ERROR_DESCRIPTIONS = {
     409: "Well-formed, but the current state refuses it: the object exists already (`already_exists`), is in "
     "use, a limit is reached (`quota_exceeded`), the schema registry finds the schema incompatible, or the "
     "change collided with a concurrent one (`concurrent_change`: retry).",
+    410: "Was here once and is no more: a job's generated keys already collected (`keys_collected`) or "
+    "deleted unclaimed (`keys_expired`).",
     413: "Too much at once: the body or the number of items is over the limit the message names.",
     415: "The body's media type is not one this operation reads (`unsupported_media_type`).",
     503: "A dependency (the schema registry, Kafka) is unavailable; nothing is wrong with the request. "
@@ -345,6 +369,7 @@ def _refuse_nul(schema: Any, field: serializers.Field) -> None:
         schema["pattern"] = NO_NUL_PATTERN
     elif isinstance(field, serializers.DictField) and isinstance(schema, dict):
         _refuse_nul(schema.get("additionalProperties"), field.child)
+        schema["propertyNames"] = {"pattern": NO_NUL_PATTERN}  # nor in a key
 
 
 def _at_least(schema: Any, field: serializers.Field) -> None:

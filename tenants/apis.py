@@ -9,7 +9,7 @@ from typing import Any
 import django_filters
 from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -159,11 +159,18 @@ class MembershipListApi(ScopedApi):
         return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_field({"type": "object", "description": "The object's fields as they were (before) or "
+                     "became (after) the action; null when it did not exist."})  # fmt: skip
+class AuditSnapshot(serializers.JSONField):
+    """drf-spectacular's OpenAPI 3.1 form of a nullable JSONField is ``oneOf: [{}, null]``, which
+    refuses null (it matches both); an audit snapshot is an object or null."""
+
+
 class AuditOutput(serializers.ModelSerializer):
     tenant = serializers.CharField(source="tenant_slug")
     actor = serializers.CharField(source="actor_label")
-    before = serializers.JSONField(allow_null=True)
-    after = serializers.JSONField(allow_null=True)
+    before = AuditSnapshot(allow_null=True)
+    after = AuditSnapshot(allow_null=True)
 
     class Meta:
         model = AuditEvent

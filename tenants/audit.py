@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 
 from config.request_id import current_request_id
 from tenants.models import AuditEvent, Tenant
+
+log = logging.getLogger("sluice.audit")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,14 @@ def audit_record(
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or str(obj.pk or "")
         object_repr = object_repr or str(obj)[:300]
+    request_id = current_request_id()
+    # One JSON line per provisioning action, once it has committed (a rolled-back change
+    # did not happen).  Its object's id and kind only: never before/after (a snapshot may
+    # hold what the log must not), nor the object's text.
+    line = {"action": action, "actor": actor.label, "tenant": tenant.slug if tenant is not None else "",
+            "object_type": object_type, "object_id": object_id, "outcome": "done",
+            "request_id": request_id}  # fmt: skip
+    transaction.on_commit(lambda: log.info("%s %s %s by %s", action, object_type, object_id, actor.label, extra=line))
     return AuditEvent.objects.create(
         tenant=tenant if tenant is not None and tenant.pk else None,
         tenant_slug=tenant.slug if tenant is not None else "",
@@ -78,5 +89,5 @@ def audit_record(
         object_repr=object_repr,
         before=before,
         after=after,
-        request_id=current_request_id(),
+        request_id=request_id,
     )

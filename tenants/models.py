@@ -19,6 +19,12 @@ SLUG_REGEX = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 slug_validator = RegexValidator(SLUG_REGEX, message=f"Must be {SLUG_RULE}.", code="invalid_slug")
 
 
+def dlq_topic(tenant_slug: str) -> str:
+    """The tenant's dead-letter topic: records ingest refused, kept when a device asked
+    (``?invalid=dlq``).  Under the tenant's ``iot.<tenant>.`` namespace like its streams."""
+    return f"iot.{tenant_slug}.dlq"
+
+
 class Tenant(models.Model):
     """A customer of the platform: owns device groups, devices, streams and Kafka topics
     under the prefix ``iot.<slug>.``."""
@@ -92,7 +98,7 @@ class Tenant(models.Model):
 
     @property
     def dlq_topic(self) -> str:
-        return f"iot.{self.slug}.dlq"
+        return dlq_topic(self.slug)
 
     @property
     def is_active(self) -> bool:

@@ -61,6 +61,9 @@ class Use:
 
     INGEST_CERTIFICATE = "ingest_certificate"  # HTTPS ingest with a client certificate
     INGEST_TOKEN = "ingest_token"  # noqa: S105 - HTTPS ingest with an OAuth2 access token
+    # A record an MQTT device published, as the bridge produces it: the credential was judged
+    # at publish (ingest.mqtt_auth); the device, its tenant and its group are judged again here.
+    INGEST_MQTT_BRIDGE = "ingest_mqtt_bridge"
     TLS_CLIENT = "tls_client"  # a client certificate presented to a Django endpoint (EST)
     EST_RENEWAL = "est_renewal"  # renew a certificate over EST (simplereenroll)
     EST_COLLECT = "est_collect"  # collect rotation's successor over EST (serverkeygen)
@@ -338,6 +341,7 @@ _KAFKA_CONSUMER: Wording = {
 WORDING: dict[str, Wording] = {
     Use.INGEST_CERTIFICATE: _INGEST,
     Use.INGEST_TOKEN: _INGEST,
+    Use.INGEST_MQTT_BRIDGE: _INGEST,
     Use.TLS_CLIENT: _TLS,
     Use.EST_RENEWAL: _EST,
     Use.EST_COLLECT: _EST,

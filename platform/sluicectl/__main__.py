@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from config.env import BASE_DIR, DATABASES, KAFKA_BROKER_COUNTS, POSTGRES, SQLITE, use_private_umask
-from sluicectl.components import ALL, TEST_COMPONENTS
+from sluicectl.components import ALL, MQTT_COMPONENTS, TEST_COMPONENTS
 from sluicectl.errors import LaunchError
 from sluicectl.launcher import (
     DEFAULT_NODE_COMPONENTS,
@@ -103,6 +103,10 @@ def node_env(args: argparse.Namespace) -> dict[str, str]:
 def cmd_up(args: argparse.Namespace) -> int:
     ctx = make_context(child_env({**database_env(args.db), **brokers_env(args), **node_env(args)}))
     names = parse_components(args.components, DEFAULT_NODE_COMPONENTS if ctx.runtime.node else ORDER)
+    if args.no_prometheus:
+        names = [name for name in names if name != "prometheus"]
+    if args.no_mqtt:
+        names = [name for name in names if name not in MQTT_COMPONENTS]
     launcher = Launcher(ctx, names)
     began = time.monotonic()
     rt = ctx.runtime
@@ -361,6 +365,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--brokers", choices=[str(n) for n in KAFKA_BROKER_COUNTS],
                     help="Kafka brokers, a KRaft quorum (default: SLUICE_KAFKA_BROKERS, else 1; "
                          "another web node names the first node's count)")  # fmt: skip
+    up.add_argument(
+        "--no-prometheus",
+        action="store_true",
+        help="do not start Prometheus (by default it scrapes every part and evaluates the alert rules)",
+    )
+    up.add_argument(
+        "--no-mqtt",
+        action="store_true",
+        help="do not start Mosquitto (by default devices may also publish over MQTT) nor its auth process",
+    )
     up.set_defaults(func=cmd_up)
     test = sub.add_parser("test", help="run the test suite against its own services")
     test.add_argument("--components", help=f"services to start (default: {','.join(TEST_COMPONENTS)})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ import signal
 import socket
 import ssl
 import stat
+import subprocess
 import sys
 import time
 import urllib.error
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from certs.crl_files import bundle_path, note_nginx_inputs_loaded
+from certs.crl_files import bundle_path, note_mosquitto_inputs_loaded, note_nginx_inputs_loaded
 from certs.platform_pki import PlatformPki, broker_service, ensure_platform_pki, public_root_cert
 from certs.principals import KAFKA_PRINCIPAL_MAPPING_RULES, SUPER_USERS
 from config.env import (
@@ -46,6 +48,8 @@ from sluicectl.supervisor import Process, run_once
 from tenants.oauth.keys import ensure_signing_keys, jwks_path
 
 TEMPLATES = BASE_DIR / "platform"
+# What the brokers' JMX exporter turns into Prometheus metrics (names documented there).
+JMX_EXPORTER_RULES = TEMPLATES / "kafka" / "jmx-exporter.yaml"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 # The console, the REST API and Celery run at a lower CPU priority than the data plane (nginx,
@@ -419,7 +423,7 @@ class KafkaBroker(Component):
         self.name = "kafka" if node == 1 else f"kafka-{node}"
         # nginx serves the CRLs every TLS handshake of the broker checks, and the JWKS the
         # OAUTHBEARER listener must fetch while the broker starts (RefreshingHttpsJwks.init).
-        self.ports = ("kafka", "kafka_controller", "kafka_internal", "kafka_oauth")
+        self.ports = ("kafka", "kafka_controller", "kafka_internal", "kafka_oauth", "kafka_metrics")
 
     def enabled(self, runtime: Runtime) -> bool:
         return runtime.runs_kafka and self.node <= runtime.kafka_brokers
@@ -427,12 +431,17 @@ class KafkaBroker(Component):
     def port_numbers(self, runtime: Runtime) -> dict[str, int]:
         ports = runtime.broker_ports(self.node)
         return {"kafka": ports.client, "kafka_controller": ports.controller, "kafka_internal": ports.internal,
-                "kafka_oauth": ports.oauth}  # fmt: skip
+                "kafka_oauth": ports.oauth, "kafka_metrics": ports.metrics}  # fmt: skip
 
-    def _java(self, ctx: Context, libs: Path, *, heap: str | None) -> list[str]:
+    def _java(self, ctx: Context, libs: Path, *, heap: str | None, agent: Path | None = None) -> list[str]:
         argv = [str(fetch.kafka_java(ctx.runtime.kafka_java))]
         if heap:
             argv += [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+        if agent is not None:
+            # Kafka's own metrics for Prometheus (job "kafka"): the JMX exporter in the broker's
+            # JVM, on loopback, reading only the MBeans its rules name (JMX_EXPORTER_RULES).
+            port = ctx.runtime.broker_ports(self.node).metrics
+            argv.append(f"-javaagent:{agent}=127.0.0.1:{port}:{JMX_EXPORTER_RULES}")
         argv += [
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
@@ -490,6 +499,7 @@ class KafkaBroker(Component):
     def prepare(self, ctx: Context) -> None:
         rt = ctx.runtime
         libs = fetch.kafka_libs(rt)
+        fetch.jmx_exporter_agent(rt)
         pki = ensure_platform_pki(rt)
         self.render(rt, pki)
         if not (self.data_dir(rt) / "meta.properties").exists():
@@ -518,8 +528,8 @@ class KafkaBroker(Component):
 
     def process(self, ctx: Context) -> Process:
         rt = ctx.runtime
-        argv = [*self._java(ctx, fetch.kafka_libs(rt), heap=rt.kafka_heap), "kafka.Kafka", str(self.properties(rt))]
-        return Process(self.name, argv, ctx.log(self.name))
+        java = self._java(ctx, fetch.kafka_libs(rt), heap=rt.kafka_heap, agent=fetch.jmx_exporter_agent(rt))
+        return Process(self.name, [*java, "kafka.Kafka", str(self.properties(rt))], ctx.log(self.name))
 
     def check(self, ctx: Context) -> str | None:
         ports = ctx.runtime.broker_ports(self.node)
@@ -527,6 +537,8 @@ class KafkaBroker(Component):
             return "client listener not open yet"
         if not tcp_open(ports.oauth):
             return "OAUTHBEARER listener not open yet"
+        if not tcp_open(ports.metrics):
+            return "JMX exporter (metrics) not open yet"
         from ingest.kafka import kafka_broker_check
 
         return kafka_broker_check(ctx.runtime, node=self.node, port=ports.client)
@@ -927,12 +939,302 @@ class CeleryBeat(Component):
         return None  # judged through /healthz (celery_beat), which reads beat's heartbeat
 
 
+# How often Prometheus scrapes every target and evaluates the alert rules.
+SCRAPE_INTERVAL = "15s"
+PROMETHEUS_TEMPLATE = TEMPLATES / "prometheus" / "prometheus.yml.in"
+# The alert rules Prometheus evaluates (each tested by platform/prometheus/alerts_test.yml).
+ALERT_RULES = TEMPLATES / "prometheus" / "alerts.yml"
+
+
+def debian_binary(name: str, default: str, *, product: str, packages: str, without: str) -> Path:
+    """A program a Debian package installs (on PATH, or at ``default``), or why it is missing
+    and how to start without it."""
+    found = shutil.which(name) or default
+    if not Path(found).exists():
+        raise LaunchError(
+            f"{product} is not installed ({default}); install the Debian {packages} (platform/bin/sluice does "
+            f"when it runs as root), or start without it: sluice up {without}"
+        )
+    return Path(found)
+
+
+def prometheus_binary() -> Path:
+    return debian_binary("prometheus", "/usr/bin/prometheus", product="Prometheus",
+                         packages="package prometheus", without="--no-prometheus")  # fmt: skip
+
+
+def prometheus_config(rt: Runtime, pki: PlatformPki) -> str:
+    """The jobs Prometheus scrapes on this platform, as YAML text (the template's job blocks)."""
+    kafka_job = registry_job = ""
+    if rt.runs_kafka:
+        targets = "\n".join(
+            f'      - targets: ["127.0.0.1:{rt.broker_ports(n).metrics}"]\n        labels: {{broker: "{n}"}}'
+            for n in rt.kafka_nodes
+        )
+        kafka_job = f"\n  # Every broker's JMX exporter (platform/kafka/jmx-exporter.yaml).\n  - job_name: kafka\n" \
+                    f"    static_configs:\n{targets}\n"  # fmt: skip
+    if rt.runs_registry:
+        # Apicurio (Quarkus, Micrometer) serves Prometheus text on its management port.
+        registry_job = (
+            "\n  - job_name: registry\n    metrics_path: /metrics\n    static_configs:\n"
+            f'      - targets: ["127.0.0.1:{rt.ports.registry_management}"]\n'
+        )
+    values = {
+        "scrape_interval": SCRAPE_INTERVAL,
+        "alert_rules": ALERT_RULES,
+        "prometheus_port": rt.ports.prometheus,
+        "ca_file": pki.trust_bundle,
+        "server_name": rt.public_hostnames[0],
+        "token_file": rt.metrics_scrape_token_file,
+        "web_port": rt.ports.web,
+        "kafka_job": kafka_job,
+        "registry_job": registry_job,
+    }
+
+    def value(match: re.Match[str]) -> str:
+        return str(values[match.group(1)])
+
+    return PLACEHOLDER.sub(value, PROMETHEUS_TEMPLATE.read_text())
+
+
+class Prometheus(Component):
+    """Debian's Prometheus, on loopback: scrapes Sluice's /metrics (HTTPS through nginx, with
+    the scrape token), every broker's JMX exporter, the registry and itself, and evaluates
+    the alert rules (``ALERT_RULES``).  Its time series live under ``<state>/prometheus``.
+    On by default with ``sluice up``; ``--no-prometheus`` leaves it out.  Once per platform
+    (the first node): it scrapes the first node's nginx."""
+
+    name = "prometheus"
+    ports = ("prometheus",)
+    startup_timeout = 60.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.is_first_node
+
+    def config_path(self, rt: Runtime) -> Path:
+        return rt.run_dir / "prometheus.yml"
+
+    def data_dir(self, rt: Runtime) -> Path:
+        return rt.state_dir / "prometheus"
+
+    def prepare(self, ctx: Context) -> None:
+        rt = ctx.runtime
+        prometheus_binary()
+        self.data_dir(rt).mkdir(parents=True, exist_ok=True)
+        # The token Prometheus presents comes from a file: with SLUICE_METRICS_SCRAPE_TOKEN set
+        # (production) the file is written here, owner-only, from it.
+        token, path = rt.metrics_scrape_token, rt.metrics_scrape_token_file
+        if not path.exists() or path.read_text().strip() != token:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+        config = self.config_path(rt)
+        config.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(prometheus_config(rt, ctx.pki))
+
+    def process(self, ctx: Context) -> Process:
+        rt = ctx.runtime
+        argv = [
+            str(prometheus_binary()),
+            f"--config.file={self.config_path(rt)}",
+            f"--storage.tsdb.path={self.data_dir(rt)}",
+            "--storage.tsdb.retention.time=15d",
+            f"--web.listen-address=127.0.0.1:{rt.ports.prometheus}",
+            f"--web.external-url={prometheus_url(rt)}/",
+        ]
+        return Process(self.name, argv, ctx.log(self.name), cwd=self.data_dir(rt), nice=BACKGROUND_NICE)
+
+    def check(self, ctx: Context) -> str | None:
+        try:
+            status, _ = http_get(f"{prometheus_url(ctx.runtime)}/-/ready")
+        except OSError as exc:
+            return str(getattr(exc, "reason", exc))
+        return None if status == 200 else f"/-/ready answered {status}"
+
+
+def prometheus_url(rt: Runtime) -> str:
+    return f"http://127.0.0.1:{rt.ports.prometheus}"
+
+
+# The MQTT broker: Debian's Mosquitto 2 with Sluice's auth plugin (built here, at start, from
+# its C source against Debian's mosquitto-dev headers), and the Python process it asks.
+MOSQUITTO_TEMPLATE = TEMPLATES / "mosquitto" / "mosquitto.conf.in"
+MOSQUITTO_PLUGIN_SOURCE = TEMPLATES / "mosquitto" / "sluice_auth.c"
+
+
+def mosquitto_binary() -> Path:
+    return debian_binary("mosquitto", "/usr/sbin/mosquitto", product="Mosquitto",
+                         packages="packages mosquitto and mosquitto-dev", without="--no-mqtt")  # fmt: skip
+
+
+def mosquitto_plugin(rt: Runtime) -> Path:
+    """The auth plugin, compiled once per version of its source (its SHA-256 names the file)."""
+    source = MOSQUITTO_PLUGIN_SOURCE.read_bytes()
+    target = rt.state_dir / "mosquitto" / f"sluice_auth-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not Path("/usr/include/mosquitto_broker.h").exists():
+        raise LaunchError(
+            "building Mosquitto's auth plugin needs a C compiler and Mosquitto's headers: install the Debian "
+            "packages gcc, mosquitto-dev and libssl-dev (platform/bin/sluice does when it runs as root)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = target.with_suffix(".partial")
+    result = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(partial), str(MOSQUITTO_PLUGIN_SOURCE), "-lcrypto"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise LaunchError(f"could not build Mosquitto's auth plugin: {result.stderr.strip()[-800:]}")
+    os.chmod(partial, 0o700)  # owner-only, like the rest of the state directory (private_state)
+    partial.rename(target)
+    return target
+
+
+# What ``sluice up --no-mqtt`` leaves out.
+MQTT_COMPONENTS = ("mqtt-auth", "mosquitto", "mqtt-bridge")
+
+
+class MqttAuth(Component):
+    """ingest.mqtt_auth: answers Mosquitto's plugin (who connects, publishes, subscribes;
+    which sessions end) on a Unix socket.  Started before Mosquitto, which refuses every
+    device while it cannot ask."""
+
+    name = "mqtt-auth"
+    requires = ("redis",)
+    startup_timeout = 60.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.is_first_node
+
+    def prepare(self, ctx: Context) -> None:
+        ctx.runtime.platform_run_dir.mkdir(parents=True, exist_ok=True)
+        ctx.runtime.mqtt_auth_socket.unlink(missing_ok=True)
+
+    def process(self, ctx: Context) -> Process:
+        argv = [sys.executable, "-m", "ingest.mqtt_auth"]
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+
+    def check(self, ctx: Context) -> str | None:
+        return None if ctx.runtime.mqtt_auth_socket.exists() else "socket not there yet"
+
+
+class Mosquitto(Component):
+    """Debian's Mosquitto 2: MQTT over TLS for devices, client certificates verified against
+    nginx's trust and CRL bundles (``mqtt``), access tokens as the password (``mqtt_token``);
+    Sluice's plugin asks ingest.mqtt_auth for every decision.  On by default with
+    ``sluice up``; ``--no-mqtt`` leaves it out.  Once per platform (the first node)."""
+
+    name = "mosquitto"
+    ports = ("mqtt", "mqtt_token")
+    requires = ("mqtt-auth", "nginx")
+    startup_timeout = 30.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.is_first_node
+
+    def port_numbers(self, runtime: Runtime) -> dict[str, int]:
+        return {name: getattr(runtime.ports, name) for name in self.ports}
+
+    def config_path(self, rt: Runtime) -> Path:
+        return rt.run_dir / "mosquitto.conf"
+
+    def prepare(self, ctx: Context) -> None:
+        from ingest.mqtt_auth import POLL_MS
+        from ingest.mqtt_bridge import INFLIGHT, MAX_PACKET_BYTES, MAX_QUEUED, PERSIST_SECONDS
+
+        rt = ctx.runtime
+        mosquitto_binary()
+        rt.mosquitto_data_dir.mkdir(parents=True, exist_ok=True)
+        rt.mqtt_bridge_socket.unlink(missing_ok=True)
+        pki = ensure_platform_pki(rt)
+        # As root, Mosquitto would switch to the user 'mosquitto', who cannot read the
+        # platform's key (owner-only under the state directory): it keeps the launcher's user.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        render(
+            MOSQUITTO_TEMPLATE,
+            self.config_path(rt),
+            mode=0o600,
+            pid_file=rt.run_dir / "mosquitto.pid",
+            user_directive=f"user {user}",
+            plugin=mosquitto_plugin(rt),
+            auth_socket=rt.mqtt_auth_socket,
+            poll_ms=POLL_MS,
+            persistence_dir=rt.mosquitto_data_dir,
+            autosave_seconds=PERSIST_SECONDS,
+            bridge_inflight=INFLIGHT,
+            max_queued=MAX_QUEUED,
+            max_packet_size=MAX_PACKET_BYTES,
+            bridge_socket=rt.mqtt_bridge_socket,
+            mqtt_port=rt.ports.mqtt,
+            token_port=rt.ports.mqtt_token,
+            bind=rt.web_bind,
+            certificate=pki.cert("web"),
+            certificate_key=pki.key("web"),
+            client_ca=pki.trust_bundle,
+            crl_bundle=bundle_path(rt),
+        )
+        note_mosquitto_inputs_loaded(rt)
+
+    def process(self, ctx: Context) -> Process:
+        argv = [str(mosquitto_binary()), "-c", str(self.config_path(ctx.runtime))]
+        return Process(self.name, argv, ctx.log(self.name))
+
+    def check(self, ctx: Context) -> str | None:
+        rt = ctx.runtime
+        closed = [port for port in (rt.ports.mqtt, rt.ports.mqtt_token) if not tcp_open(port)]
+        return f"port(s) {closed} not open yet" if closed else None
+
+
+class MqttBridge(Component):
+    """ingest.mqtt_bridge: Mosquitto's shared subscription over every device's records topic
+    to Kafka, through ingest's own pipeline; acknowledges each message to Mosquitto once Kafka
+    acknowledged it (acks=all)."""
+
+    name = "mqtt-bridge"
+    requires = ("mosquitto", "kafka", "registry", "redis")
+    startup_timeout = 60.0
+
+    def enabled(self, runtime: Runtime) -> bool:
+        return runtime.is_first_node
+
+    def process(self, ctx: Context) -> Process:
+        argv = [sys.executable, "-m", "ingest.mqtt_bridge"]
+        return Process(self.name, argv, ctx.log(self.name), env=ctx.env, cwd=BASE_DIR)
+
+    def check(self, ctx: Context) -> str | None:
+        from ingest.mqtt_bridge import ready_file
+
+        return None if ready_file(ctx.runtime).exists() else "not subscribed yet"
+
+    def prepare(self, ctx: Context) -> None:
+        from ingest.mqtt_bridge import ready_file
+
+        ready_file(ctx.runtime).unlink(missing_ok=True)
+
+
 BROKERS = tuple(KafkaBroker(node) for node in range(1, max(KAFKA_BROKER_COUNTS) + 1))
-ALL: dict[str, Component] = {
-    c.name: c
-    for c in (Redis(), Postgres(), *BROKERS, Registry(), Web(), Ingest(), Nginx(), CeleryWorker(), CeleryBeat())
-}
+_EVERY = (
+    Redis(),
+    Postgres(),
+    *BROKERS,
+    Registry(),
+    Web(),
+    Ingest(),
+    Nginx(),
+    CeleryWorker(),
+    CeleryBeat(),
+    MqttAuth(),
+    Mosquitto(),
+    MqttBridge(),
+)
+ALL: dict[str, Component] = {c.name: c for c in (*_EVERY, Prometheus())}
 # What `sluice test` starts: the services the tests talk to (nginx for its CRL listener and
 # TLS, and the web app behind it on the test database).  Tests start their own Celery
-# workers and launchers where they need them.
-TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry", "web", "ingest")
+# workers and launchers where they need them (and Prometheus, from this module's Prometheus).
+# Mosquitto, its auth process and the bridge to Kafka come too: the MQTT tests talk to them.
+TEST_COMPONENTS = ("redis", "nginx", "kafka", "registry", "web", "ingest", "mqtt-auth", "mosquitto", "mqtt-bridge")

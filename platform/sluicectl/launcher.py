@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import threading
@@ -28,7 +30,8 @@ from pathlib import Path
 from certs.crl_files import bundle_path, follow_nginx_inputs
 from certs.platform_pki import root_fingerprint
 from config.env import BASE_DIR, DEVELOPMENT, POSTGRES, ConfigurationError, Runtime, load_runtime
-from sluicectl.components import ALL, BROKERS, NODE_NEEDS, Component, Context, platform_health
+from config.logs import json_file_handler
+from sluicectl.components import ALL, BROKERS, NODE_NEEDS, Component, Context, platform_health, prometheus_url
 from sluicectl.errors import LaunchError
 from sluicectl.private_state import make_state_dir, open_public_paths, refuse_open_state
 from sluicectl.supervisor import Process, RestartPolicy, describe_exit, last_error
@@ -38,7 +41,8 @@ from sluicectl.supervisor import Process, RestartPolicy, describe_exit, last_err
 # and migrations run meanwhile.  With web and nginx, the last wait reads /healthz, which covers the database, Kafka, the
 # registry, the Celery worker and beat: "ready" means the whole platform answers.
 ORDER = (
-    "redis", "postgres", "nginx", *(broker.name for broker in BROKERS), "registry", "web", "ingest", "worker", "beat",
+    "redis", "postgres", "nginx", *(broker.name for broker in BROKERS), "registry", "web", "ingest", "mqtt-auth",
+    "mosquitto", "mqtt-bridge", "worker", "beat", "prometheus",
 )  # fmt: skip
 # nginx serves the CRLs the broker checks every TLS peer against, and the token-signing
 # JWKS the broker's OAUTHBEARER listener fetches while it starts (Nginx.prepare creates
@@ -46,7 +50,7 @@ ORDER = (
 WAIT_BEFORE_NEXT = {"redis", "postgres", "nginx"}
 # What reads or writes the database: with SLUICE_DATABASE=postgres, the PostgreSQL the launcher
 # starts comes with any of them (and is waited for: the web app migrates it while preparing).
-USES_DATABASE = {"web", "ingest", "worker", "beat"}
+USES_DATABASE = {"web", "ingest", "worker", "beat", "mqtt-auth", "mqtt-bridge"}
 # What another web node (``sluice up --node web2``) may run: its own nginx, web app and ingest
 # workers, and Celery workers if wanted.  Redis, Kafka and the registry are the platform's,
 # and Celery beat must run exactly once (two would send every periodic task twice).
@@ -73,6 +77,17 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def fresh_metrics_dir(ctx: Context) -> Path:
+    """The node's prometheus-client multiprocess directory (config.instruments), created empty
+    at each start (counters start from zero with the processes, as Prometheus expects) and
+    named to every process this launcher starts through ``PROMETHEUS_MULTIPROC_DIR``."""
+    directory = ctx.runtime.run_dir / "prometheus"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    ctx.env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
 def make_context(env: dict[str, str]) -> Context:
     try:
         return Context(runtime=load_runtime(env), env=env)
@@ -80,8 +95,26 @@ def make_context(env: dict[str, str]) -> Context:
         raise LaunchError(str(exc)) from None
 
 
-def say(message: str) -> None:
+# The launcher's own log: what it says on the terminal, as JSON lines in <state>/logs/launcher.log
+# (config.logs), once a launcher owns the state directory (log_to); nowhere before that, and
+# never in the commands that only ask (status, stop).
+log = logging.getLogger("sluice.launcher")
+log.propagate = False
+log.setLevel(logging.INFO)
+log.addHandler(logging.NullHandler())
+
+
+def log_to(logs_dir: Path) -> None:
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(handler)
+        handler.close()
+    log.addHandler(json_file_handler(str(logs_dir / "launcher.log")))
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """A line for whoever watches the terminal, and the same in the launcher's log."""
     print(f"sluice: {message}", flush=True)
+    log.log(level, message)
 
 
 def manage_command(runtime: Runtime, *args: str) -> str:
@@ -139,6 +172,15 @@ def banner(ctx: Context, names: Sequence[str]) -> list[str]:
         lines.append(f"  Schema Registry unix:{rt.registry_socket}  (Confluent API; Sluice's user only)")
     if "redis" in names:
         lines.append(f"  Redis           127.0.0.1:{rt.ports.redis}")
+    if "mosquitto" in names and rt.is_first_node:
+        lines.append(f"  MQTT (mTLS)     mqtts://{rt.public_hostnames[0]}:{rt.ports.mqtt}  (topic "
+                     f"sluice/<tenant>/<group>/<device>/records; off with --no-mqtt)")  # fmt: skip
+        lines.append(
+            f"  MQTT (token)    mqtts://{rt.public_hostnames[0]}:{rt.ports.mqtt_token}  (password: an access token)"
+        )
+    if "prometheus" in names and rt.is_first_node:
+        lines.append(f"  Prometheus      {prometheus_url(rt)}/  (alerts: {prometheus_url(rt)}/alerts; "
+                     f"off with --no-prometheus)")  # fmt: skip
     return lines
 
 
@@ -363,6 +405,8 @@ class Launcher:
         # start leaves a running launcher's state file, secrets and logs as they were.
         self._claim()
         rt.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_to(rt.logs_dir)
+        fresh_metrics_dir(self.ctx)
         try:
             rt.ensure_secrets()
         except ConfigurationError as exc:
@@ -486,12 +530,13 @@ class Launcher:
         supervised.crash_loop = self.policy.in_crash_loop(supervised.quick_exits)
         supervised.restart_at = time.monotonic() + delay
         supervised.become(RESTARTING)
-        say(f"{why}; restarting it in {delay:.0f} s, the rest keeps running")
+        say(f"{why}; restarting it in {delay:.0f} s, the rest keeps running", logging.WARNING)
         if supervised.crash_loop:
             say(
                 f"CRASH LOOP: {name} exited {supervised.quick_exits} times in a row, each within "
                 f"{self.policy.healthy_after:.0f} s of its start; retrying every {delay:.0f} s. "
-                f"Its log: {self.ctx.log(name)}"
+                f"Its log: {self.ctx.log(name)}",
+                logging.ERROR,
             )
         self._write_state()
 
@@ -515,8 +560,13 @@ class Launcher:
         self._write_state()
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM reached the launcher."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the launcher.  A BaseException, as KeyboardInterrupt is: the
+    handler raises it wherever the main thread happens to be, and an ``except Exception`` there
+    must not swallow it.  ``logging`` is one such place (``Handler.emit`` hands any Exception to
+    ``handleError``): a signal that arrived while the launcher logged a line was printed as a
+    "Logging error" and lost, the handlers were already ignoring further signals, and the
+    launcher ran on for ever."""
 
 
 def install_signal_handlers() -> None:

@@ -88,6 +88,10 @@ PUBLIC: tuple[PublicPath, ...] = (
                    "directory itself stays 0700)"),
     PublicPath("pki/trust-bundle.pem", 0, 0o644, tree=False, open_at_start=False,
                why="CA certificates only, public by nature (inside the 0700 pki directory)"),
+    PublicPath("run/mqtt-bridge.sock", 0, 0o770, tree=False, open_at_start=False,
+               why="Mosquitto binds its Unix-socket listener (the MQTT bridge's) under a umask of its "
+                   "own, 0007, with no option to change it; the socket is inside the 0700 run "
+                   "directory, so nobody but Sluice's user reaches it, and the bridge authenticates on it"),
 )  # fmt: skip
 
 

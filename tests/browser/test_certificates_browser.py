@@ -1,15 +1,19 @@
-"""Certificates in the admin console: issue for selected devices (the key is shown once),
-then revoke -- in a real browser."""
+"""Certificates in the admin console: issue for selected devices (a job; the generated keys
+downloaded once), then revoke -- in a real browser."""
 
 from __future__ import annotations
 
+import subprocess
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import Page, expect
 
-from certs.models import Certificate
+from certs.models import Certificate, Job, JobKeys
 from devices.models import Device, DeviceGroup, Stream
 from tenants.audit import Actor
 from tenants.models import AuditEvent
@@ -22,7 +26,7 @@ Shot = Callable[[str], Path]
 
 def test_operator_issues_and_revokes_device_certificates(
     page: Page, login: Callable[[str], None], screenshot: Shot, transactional_db: None,
-    no_kafka_provisioning: None,  # noqa: F811
+    no_kafka_provisioning: None, celery_worker: subprocess.Popen[bytes],  # noqa: F811
 ) -> None:  # fmt: skip
     # given a tenant (with its issuing CA) and two devices
     tenant = tenant_create(actor=Actor.system("test"), slug="acme", name="Acme")
@@ -42,12 +46,28 @@ def test_operator_issues_and_revokes_device_certificates(
     screenshot("select-devices")
     page.click("button[name=index]")
 
-    # then the page shows each device's chain and private key, once
-    expect(page.locator("text=Copy these now.")).to_be_visible()
-    expect(page.locator("pre.sluice-key").first).to_contain_text("BEGIN PRIVATE KEY")
-    expect(page.locator("pre.sluice-key")).to_have_count(2)
-    screenshot("keys-shown-once")
+    # then a job issues them (a real worker), the page follows it, then offers the keys once
+    expect(page.locator("#job-percent")).to_have_text("100 %", timeout=60_000)
+    expect(page.locator("#job-outcome")).to_have_text("Issued 2 of 2 certificates; 0 device(s) refused.")
+    expect(page.locator("#job-keys-download")).to_be_visible()
+    screenshot("keys-offered")
+    with page.expect_download() as download_info:
+        page.click("#job-keys-download")
+    archive = zipfile.ZipFile(download_info.value.path())
+    assert sorted(archive.namelist()) == ["thermo-1.crt", "thermo-1.key", "thermo-2.crt", "thermo-2.key"]
+    for name in ("thermo-1", "thermo-2"):
+        key = serialization.load_pem_private_key(archive.read(f"{name}.key"), None)
+        leaf = x509.load_pem_x509_certificate(archive.read(f"{name}.crt"))
+        assert key.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
+    expect(page.locator("#job-keys-gone")).to_contain_text("no longer has")
+    screenshot("keys-downloaded")
     assert Certificate.objects.filter(tenant=tenant, status="active").count() == 2
+    # and a second download is refused: they were given once
+    page.reload()
+    expect(page.locator("#job-keys-gone")).to_contain_text("were downloaded at")
+    assert page.locator("#job-keys-download").is_hidden()
+    job = Job.objects.get(tenant=tenant)
+    assert not JobKeys.objects.filter(job=job).exists()
 
     # when one certificate is revoked from the certificates list
     certificate = Certificate.objects.get(device_ref="thermo-1")

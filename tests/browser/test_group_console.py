@@ -31,7 +31,7 @@ def _group_form(tenant: Tenant, stream: Stream, **values: Any) -> dict[str, Any]
     return {"tenant": tenant.pk, "slug": "shakers", "name": "", "region": "", "device_type": "",
             "stream": stream.pk, "schema_subject": f"{stream.topic}-value", "rate_limit_per_second": 10,
             "credential_policy": "mtls", "cert_key_type": "ec-p256", "cert_lifetime_days": 365,
-            "cert_renewal_window_days": 30, **values}  # fmt: skip
+            "cert_renewal_window_days": 30, "expected_interval_seconds": 3600, **values}  # fmt: skip
 
 
 def test_the_console_refuses_a_group_that_contradicts_its_stream(console: Client, tenant: Tenant) -> None:

@@ -130,7 +130,7 @@ def test_three_brokers_get_their_own_ports_clear_of_every_other_and_a_bootstrap_
     broker_ports = [p for n in runtime.kafka_nodes for p in vars(runtime.broker_ports(n)).values()]
 
     # then none collides with another or with the platform's other ports
-    assert len(set(broker_ports)) == 12
+    assert len(set(broker_ports)) == 15
     assert not set(broker_ports) & {p for name, p in runtime.ports.named().items() if not name.startswith("kafka")}
     assert runtime.broker_ports(2).client == 29192
     assert runtime.kafka_bootstrap == "localhost:29092,localhost:29192,localhost:29292"

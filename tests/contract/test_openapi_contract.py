@@ -57,6 +57,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 
+from certs.models import Job
 from certs.services import certificate_issue_from_csr, tenant_ca_create
 from devices import registry
 from devices.models import Device, DeviceGroup, Stream
@@ -175,8 +176,10 @@ def _build_world() -> World:
     users.create(username="unaffiliated")
     operator = users.create(username="operator", is_superuser=True, is_staff=True)
     ApiToken.objects.create(user=operator, name="contract", prefix=TOKEN_PREFIX, secret_hash=hash_token(TOKEN))
+    job = Job.objects.create(tenant=tenant, kind=Job.Kind.DEVICE_IMPORT, total=1, done=1,
+                             status=Job.Status.SUCCEEDED, result={"created": 1})  # fmt: skip
     return World(
-        path={"tenant": TENANT, "id": str(stream.pk), "group": "probes", "device_id": "probe-0001",
+        path={"tenant": TENANT, "job": str(job.pk), "id": str(stream.pk), "group": "probes", "device_id": "probe-0001",
               "serial": issued.certificate.serial, "client_id": client.client_id, "version": "1"},
         body={"stream": stream.pk, "group": "probes", "device": "meter-0001", "username": member.username},
     )  # fmt: skip

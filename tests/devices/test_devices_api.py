@@ -329,3 +329,20 @@ def test_a_bulk_body_that_is_not_devices_is_400(admin_client: APIClient, tenant:
     response = admin_client.post(f"{BASE}/devices/bulk", body, format="json")
     assert response.status_code == 400
     assert not Device.objects.exists()
+
+
+def test_a_label_name_with_nul_is_refused_where_devices_are_written(admin_client: APIClient, tenant: Tenant) -> None:
+    # no database stores NUL (PostgreSQL's jsonb refuses it: a 500 before), so the API says so
+    labels = {"room\u0000": "a"}
+    row = {"group": "sensors", "labels": labels}
+    one = admin_client.post(f"{BASE}/devices/", {"device_id": "d1", **row}, format="json")
+    bulk = admin_client.post(f"{BASE}/devices/bulk", {"devices": [{"device_id": "d2", **row}]}, format="json")
+    job = admin_client.post(f"{BASE}/devices/import-jobs", {"devices": [{"device_id": "d3", **row}]}, format="json")
+    for response in (one, bulk, job):
+        assert response.status_code == 400, response.content
+        assert response.json()["error"]["fields"][0]["pointer"].endswith("/labels")
+    # and the document says it: label names match a pattern without NUL
+    schema = admin_client.get("/api/schema/?format=json").json()
+    assert schema["components"]["schemas"]["DeviceInputRequest"]["properties"]["labels"]["propertyNames"] == {
+        "pattern": "^[^\\u0000]*$"
+    }

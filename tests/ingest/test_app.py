@@ -59,7 +59,8 @@ class Client:
         return self.loop.run_until_complete(self._request(method, path, body, headers or {}))
 
     async def _request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
-        scope = {"type": "http", "method": method, "path": path,
+        path, _, query = path.partition("?")
+        scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
                  "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}  # fmt: skip
         sent: list[dict[str, Any]] = []
 
@@ -259,6 +260,16 @@ def test_identity_is_checked_before_the_body(client: Client, issued: Issued) -> 
     Tenant.objects.all().update(status=Tenant.Status.SUSPENDED)
     answer = client.request(body=b"x" * (2**20 + 10), headers=nginx_headers(issued, **{"Content-Type": "text/plain"}))
     assert (answer.status, answer.code) == (403, "tenant_suspended")
+
+
+def test_a_bad_batch_option_is_400_after_identity_and_before_the_body(client: Client, issued: Issued) -> None:
+    # without a credential, the refusal is still who (401), whatever the query says
+    assert client.request(path="/ingest/v1/records?invalid=bogus", headers=nginx_headers(None)).status == 401
+    # with one, a bad option is refused before the body is even parsed
+    answer = client.request(path="/ingest/v1/records?invalid=bogus", body=b"{not json",
+                            headers=nginx_headers(issued))  # fmt: skip
+    assert (answer.status, answer.code) == (400, "invalid_parameter")
+    assert answer.body["error"]["fields"][0]["pointer"] == "/query/invalid"
 
 
 def test_a_declared_length_over_the_limit_is_413_before_reading(client: Client, issued: Issued) -> None:

@@ -21,10 +21,12 @@ def report(index: int, partition: int, offset: int) -> Message:
                    headers=[("sluice-device", b"d1"), (RECORD_INDEX_HEADER, str(index).encode())])  # fmt: skip
 
 
-def waiter_with(count: int, reports: list[tuple[KafkaError | None, Message]]) -> _Waiter:
+def waiter_with(
+    count: int, reports: list[tuple[KafkaError | None, Message]], indexes: list[int] | None = None
+) -> _Waiter:
     loop = asyncio.new_event_loop()
     try:
-        waiter = _Waiter(count, loop.create_future())
+        waiter = _Waiter(count, loop.create_future(), indexes)
         waiter.pending = len(reports)
         for error, message in reports:
             waiter.on_delivery(error, message)
@@ -51,6 +53,12 @@ def test_reports_from_two_partitions_are_placed_by_their_record_index() -> None:
     # the topic grew while the request was produced: records 0 and 2 went to partition 1
     arrived = [(None, report(1, 3, 7)), (None, report(0, 1, 20)), (None, report(2, 1, 21))]
     assert waiter_with(3, arrived).place()[0] == [(1, 20), (3, 7), (1, 21)]
+
+
+def test_some_records_of_a_request_are_placed_by_where_their_index_sits_among_them() -> None:
+    # the valid records 1, 3 and 4 of a request that dead-lettered the others, reported out of order
+    arrived = [(None, report(3, 1, 8)), (None, report(1, 0, 20)), (None, report(4, 1, 9))]
+    assert waiter_with(3, arrived, indexes=[1, 3, 4]).place()[0] == [(0, 20), (1, 8), (1, 9)]
 
 
 def test_offsets_that_do_not_rise_are_placed_by_their_record_index() -> None:

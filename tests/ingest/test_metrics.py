@@ -126,3 +126,60 @@ def test_one_flush_writes_sightings_and_refusals_the_console_reads_back(client: 
     finally:
         client.hdel(metrics.LAST_SEEN_KEY, str(seen.pk))
         client.delete(*(metrics.refusals_key(d.pk) for d in (seen, refused, other)))
+
+
+# -- what the same flush adds to the Prometheus metrics (config.instruments) -----------------
+
+
+def test_a_local_histogram_pushes_what_observe_would_have_counted() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from config.instruments import REQUEST_BUCKETS, LocalHistogram
+
+    values = [0.0001, 0.002, 0.0021, 0.005, 0.3, 0.3, 29.9, 30.0, 31.0, 1000.0]  # bounds included
+    registry = CollectorRegistry()
+    observed = Histogram("observed_seconds", "by observe", registry=registry, buckets=REQUEST_BUCKETS)
+    pushed = Histogram("pushed_seconds", "by push", registry=registry, buckets=REQUEST_BUCKETS)
+    local = LocalHistogram(REQUEST_BUCKETS)
+    for value in values:
+        observed.observe(value)
+        local.observe(value)
+    local.push(pushed)
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        (family,) = [f for f in registry.collect() if f.name == name]
+        return {(sample.name.removeprefix(name), sample.labels.get("le", "")): sample.value
+                for sample in family.samples if not sample.name.endswith("_created")}  # fmt: skip
+
+    assert samples("pushed_seconds") == samples("observed_seconds")
+    assert samples("pushed_seconds")[("_count", "")] == len(values)
+    assert not local  # started over
+    local.push(pushed)  # an empty push adds nothing
+    assert samples("pushed_seconds")[("_count", "")] == len(values)
+
+
+def test_a_worker_counts_requests_per_tenant_stream_and_status_without_prometheus_calls() -> None:
+    outcomes = metrics.Outcomes()
+    outcomes.accepted(3, 1, "acme", "iot.acme.eu.temperature", 120, 0.004)
+    outcomes.answered("acme", 200, 0.006)
+    outcomes.accepted(2, 2, "acme", "iot.acme.eu.temperature", 80, 0.003)
+    outcomes.answered("acme", 200, 0.005)
+    outcomes.refused("rate_limited", "acme", "tenant")
+    outcomes.answered("acme", 429, 0.001)
+    outcomes.refused("no_client_certificate")
+    outcomes.answered("", 401, 0.001)
+    outcomes.answered("acme", 503, 5.0)
+    outcomes.dead_lettered("acme", ["schema_validation_failed", "schema_validation_failed", "malformed_json"])
+
+    flush = outcomes.take()
+    assert flush.metrics is not None
+    assert flush.metrics.streams == {("acme", "iot.acme.eu.temperature"): [5, 200]}
+    assert flush.metrics.requests == {("acme", 200): 2, ("acme", 429): 1, ("", 401): 1, ("acme", 503): 1}
+    assert flush.metrics.refusals == {("acme", "rate_limited"): 1, ("", "no_client_certificate"): 1}
+    assert flush.metrics.rate_limited == {("acme", "tenant"): 1}
+    assert flush.metrics.dead_letters == {("acme", "schema_validation_failed"): 2, ("acme", "malformed_json"): 1}
+    assert [sum(h.counts) for h in flush.metrics.durations.values()] == [2, 2, 1]  # accepted, refused, failed
+    assert sum(flush.metrics.delivery.counts) == 2
+    assert metrics.stream_label("acme", "iot.acme.eu.temperature.enriched") == "eu.temperature.enriched"
+    # and the next flush starts from nothing
+    assert outcomes.take().metrics.requests == {}  # type: ignore[union-attr]

@@ -72,6 +72,10 @@ def cluster_ports(base: int) -> dict[str, str]:
         "SLUICE_KAFKA_CONTROLLER_PORT": str(base + 93),
         "SLUICE_KAFKA_INTERNAL_PORT": str(base + 94),
         "SLUICE_KAFKA_OAUTH_PORT": str(base + 95),
+        "SLUICE_KAFKA_METRICS_PORT": str(base + 96),
+        "SLUICE_PROMETHEUS_PORT": str(base + 90),
+        "SLUICE_MQTT_PORT": str(base + 883),
+        "SLUICE_MQTT_TOKEN_PORT": str(base + 884),
     }
 
 

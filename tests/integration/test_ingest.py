@@ -339,13 +339,14 @@ def test_a_device_of_tenant_b_never_writes_into_tenant_a_topic(services: Runtime
     a_cert = quote(a.issued.certificate.certificate_pem)
     status, body, _ = b.post(
         {"celsius": 1.0, "topic": a.topic, "tenant": a_tenant},
-        query=f"?topic={a.topic}&tenant={a_tenant}",
         headers={"X-Sluice-Tenant": a_tenant, "X-Sluice-Client-Cert": a_cert, "X-Sluice-Client-Verify": "SUCCESS"},
     )
+    query_status, query_body, _ = b.post({"celsius": 1.0}, query=f"?topic={a.topic}&tenant={a_tenant}")
     batch_status, batch_body, _ = b.post({"topic": a.topic, "records": [{"celsius": 1.0}]})
 
-    # then its record went to B's own topic, and the envelope naming a topic was refused
+    # then its record went to B's own topic, and the query and the envelope naming a topic were refused
     assert (status, body["topic"]) == (200, b.topic), body
+    assert (query_status, query_body["error"]["code"]) == (400, "unknown_parameter")
     assert (batch_status, batch_body["error"]["fields"][0]["pointer"]) == (400, "/topic")
     (message,) = consume(b.topic, services, expected=1)
     assert dict(message.headers())["sluice-tenant"] == b.device.tenant.slug.encode()

@@ -216,15 +216,17 @@ def test_a_token_never_writes_into_another_tenants_topic(services: Runtime, make
     status, body, _ = b.send(b.token(device=a.device.device_id))
     # then there is no such device in B
     assert (status, body["error"]["code"]) == (403, "unknown_device")
-    # and when B's token names A's tenant and topic in the body, the query and headers
+    # and when B's token names A's tenant and topic in the body and headers
     status, body, _ = b.send(
         b.token(),
         {"celsius": 1.0, "topic": a.topic, "tenant": a.tenant},
-        query=f"?topic={a.topic}&tenant={a.tenant}",
         headers={"X-Sluice-Tenant": a.tenant},
     )
     # then its record went to B's own topic
     assert (status, body["topic"]) == (200, b.topic), body
+    # and naming them in the query is refused: the query holds one option, never a destination
+    status, body, _ = b.send(b.token(), {"celsius": 1.0}, query=f"?topic={a.topic}&tenant={a.tenant}")
+    assert (status, body["error"]["code"]) == (400, "unknown_parameter")
     # and a token claiming tenant A for A's device, signed by anyone but Sluice, is refused
     forged = _foreign_key(a)
     assert b.send(forged)[0] == 401

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from certs.crl_files import FOLLOW_PERIOD
+from certs.crl_files import FOLLOW_PERIOD, nginx_inputs_fingerprint
 from certs.platform_pki import PlatformPki
 from certs.services import Issued, certificate_issue_generated
 from config.env import BASE_DIR, Runtime
@@ -292,6 +292,7 @@ def test_a_tenant_created_through_node_1_ingests_through_node_2_within_the_nginx
     # is created through node 1's API and the device's rows and certificate written at once
     # (nothing provisioned in Kafka yet, so node 2's verdict on the chain is all that is tried)
     node1, node2 = nodes
+    caught_up(services)  # an earlier test's change may still be on its way to node 2's nginx
     reloads_before = reloads(services)
     slug = unique_slug("t")
     status, body = operator.call(node1, "tenants/", body={"slug": slug, "name": "New on node 1"})
@@ -322,6 +323,23 @@ def test_a_tenant_created_through_node_1_ingests_through_node_2_within_the_nginx
     # keep-alive connection): node 1's by the API's process, node 2's by its launcher
     time.sleep(2 * FOLLOW_PERIOD)  # a second reload, if any, would have come by now
     assert {name: count - reloads_before[name] for name, count in reloads(services).items()} == {"web1": 1, "web2": 1}
+
+
+def caught_up(services: Runtime) -> None:
+    """Wait until each node's nginx has loaded the current CRL and trust bundles: a tenant an
+    earlier test created reaches node 2 through its launcher's follower up to FOLLOW_PERIOD
+    later, and that reload must not be counted as this test's (the clean-clone CI saw web2
+    reload twice in this test's window: the earlier test's change and this one's)."""
+    current = nginx_inputs_fingerprint(services)
+    markers = [
+        services.run_dir / "nginx-inputs.sha256",
+        services.state_dir / "nodes" / "web2" / "run" / "nginx-inputs.sha256",
+    ]
+    deadline = time.monotonic() + SETUP_BOUND
+    while any(not marker.exists() or marker.read_text() != current for marker in markers):
+        assert time.monotonic() < deadline, "a node's nginx never loaded the current bundles"
+        time.sleep(0.05)
+    time.sleep(FOLLOW_PERIOD)  # the reload that wrote the marker has signalled nginx by now
 
 
 def reloads(services: Runtime) -> dict[str, int]:

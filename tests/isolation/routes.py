@@ -121,9 +121,14 @@ EXPECTATIONS: dict[str, Expect] = {
     f"{T}groups/<slug:group>/": api(tenant="tenant", group="group"),
     f"{T}devices/": api(tenant="tenant"),
     f"{T}devices/bulk": api(tenant="tenant"),
+    f"{T}devices/import-jobs": api(tenant="tenant"),
     f"{T}devices/<str:device_id>/": api(tenant="tenant", device_id="device"),
     f"{T}devices/<str:device_id>/certificates/": api(tenant="tenant", device_id="device"),
     f"{T}certificates/bulk": api(tenant="tenant"),
+    f"{T}certificates/issue-jobs": api(tenant="tenant"),
+    f"{T}jobs/": api(tenant="tenant"),
+    f"{T}jobs/<int:job>/": api(tenant="tenant", job="job"),
+    f"{T}jobs/<int:job>/keys": api(tenant="tenant", job="job"),
     f"{T}certificates/<str:serial>/": api(tenant="tenant", serial="serial"),
     f"{T}certificates/<str:serial>/revoke": api(tenant="tenant", serial="serial"),
     f"{T}ca/": api(tenant="tenant"),
@@ -184,6 +189,12 @@ EXPECTATIONS: dict[str, Expect] = {
     "admin/jsi18n/": unscoped(CONSOLE),
     "admin/^(?P<app_label>auth|certs|devices|tenants)/$": unscoped(CONSOLE),
     "admin/(?P<url>.*)$": unscoped(CONSOLE),
+    # the bulk import page: a form for the user's writable tenants; the job it starts is polled
+    # through the API (.../jobs/<id>/), scoped there
+    "admin/devices/device/import/": unscoped(CONSOLE),
+    # a job's page and its keys (once): B's job is missing to A
+    "admin/devices/device/jobs/<int:job>/": Expect("scoped", CONSOLE, {"job": "job"}, frozenset({404})),
+    "admin/devices/device/jobs/<int:job>/keys/": Expect("scoped", CONSOLE, {"job": "job"}, frozenset({404})),
     # a device's certificate pages: B's device, and A's device with B's certificate
     "admin/devices/device/<path:object_id>/certificates/issue/": Expect(
         "scoped", CONSOLE, {"object_id": "devices.device"}, frozenset({404})
@@ -199,6 +210,13 @@ EXPECTATIONS: dict[str, Expect] = {
         "scoped", CONSOLE, {"object_id": "devices.consumer"}, frozenset({404})
     ),
     "admin/auth/user/<id>/password/": Expect("scoped", CONSOLE, {"id": "auth.user"}, frozenset({403})),
+    # the overviews: operators only for every tenant's; B's tenant answers as a missing one, and
+    # the renew action of B's certificate under A's tenant too
+    "admin/overview/": unscoped(CONSOLE),
+    "admin/overview/<slug:tenant>/": Expect("scoped", CONSOLE, {"tenant": "tenant"}, frozenset({404})),
+    "admin/overview/<slug:tenant>/certificates/<str:serial>/renew/": Expect(
+        "scoped", CONSOLE, {"tenant": "tenant", "serial": "serial"}, frozenset({404}), anchor="tenant"
+    ),
 }
 
 # Every model in the console.  A tenant admin of A gets, for B's row, what the console

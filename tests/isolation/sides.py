@@ -21,7 +21,7 @@ from django.forms.models import model_to_dict
 from rest_framework.test import APIClient
 
 from certs import ca
-from certs.models import Certificate, CertificateAuthority
+from certs.models import Certificate, CertificateAuthority, Job
 from certs.services import certificate_issue_from_csr, consumer_certificate_issue, tenant_ca_create
 from devices.models import Consumer, Device, DeviceGroup, Stream
 from devices.services import consumer_create
@@ -41,6 +41,7 @@ MISSING = {
     "tenant": "no-such-tenant", "stream": MISSING_ID, "version": "424242", "group": "no-such-group",
     "device": "no-such-device", "serial": "0badc0ffee0badc0ffee", "client": "no-such-client",
     "subject": "iot.no-such-tenant.eu.nothing-value", "schema_id": MISSING_ID, "consumer": "no-such-consumer",
+    "job": MISSING_ID,
 }  # fmt: skip
 
 
@@ -64,6 +65,7 @@ class Side:
     consumer_certificate: Certificate
     consumer_client: OAuthClient
     consumer_secret: str
+    job: Job
 
     def value(self, key: str) -> str:
         """The path value of this side's object ``key`` (see ``routes.EXPECTATIONS``)."""
@@ -73,6 +75,7 @@ class Side:
             "device_type": ContentType.objects.get_for_model(Device).pk,
             # the registry's: B's stream's subject, and an id (B's schema, were one registered)
             "subject": f"{self.stream.topic}-value", "schema_id": 1, "consumer": self.consumer.slug,
+            "job": self.job.pk,
         }  # fmt: skip
         if key in by_key:
             return str(by_key[key])
@@ -111,6 +114,7 @@ class Side:
             "audit": AuditEvent.objects.filter(tenant_slug=tenant.slug),
             "tokens": ApiToken.objects.filter(user=self.user), "user": type(self.user).objects.filter(pk=self.user.pk),
             "staff_group": Group.objects.filter(pk=self.staff_group.pk),
+            "jobs": Job.objects.filter(tenant=tenant),
         }  # fmt: skip
         return {name: [model_to_dict(row) for row in rows.order_by("pk")] for name, rows in sets.items()}
 
@@ -141,9 +145,11 @@ def build_side(slug: str, prefix: str) -> Side:
     consumer = consumer_create(actor=ACTOR, tenant=tenant, slug=f"{prefix}-reader")
     consumer_certificate = consumer_certificate_issue(actor=ACTOR, consumer=consumer, csr_pem=_csr()).certificate
     consumer_client, consumer_secret = make_oauth_client(tenant, "consumer", consumer=consumer)
+    job = Job.objects.create(tenant=tenant, kind=Job.Kind.DEVICE_IMPORT, total=1, done=1,
+                             status=Job.Status.SUCCEEDED, result={"created": 1})  # fmt: skip
     return Side(tenant, user, stream, group, device, authority, certificate, service_client, service_secret,
                 device_client, device_secret, api_token, api_secret, staff_group, consumer, consumer_certificate,
-                consumer_client, consumer_secret)  # fmt: skip
+                consumer_client, consumer_secret, job)  # fmt: skip
 
 
 # -- A's credentials ------------------------------------------------------------------------

@@ -38,17 +38,21 @@ def run_sluicectl(args: list[str], env: dict[str, str], timeout: float = 120) ->
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """What the launcher printed up to the line with ``marker`` (and whatever came in the same
+    read).  Read from the file descriptor itself: a buffered ``readline`` after ``select`` can
+    leave lines that arrived together in its buffer, where ``select`` never sees them."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     seen = ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        ready, _, _ = select.select([fd], [], [], 1.0)
         if ready:
-            line = proc.stdout.readline()
-            if line == "" and proc.poll() is not None:
+            chunk = os.read(fd, 65536)
+            if not chunk and proc.poll() is not None:
                 break
-            seen += line
-            if marker in line:
+            seen += chunk.decode(errors="replace")
+            if marker in seen:
                 return seen
     pytest.fail(f"launcher never printed {marker!r}; it printed:\n{seen}")
 

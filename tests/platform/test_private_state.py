@@ -147,3 +147,25 @@ def test_another_nodes_public_paths_are_opened_and_its_private_ones_stay_closed(
     # and its run directory opened by hand is found (nodes/* opens only the node's own public paths)
     os.chmod(node / "run", 0o755)  # noqa: S103 - the mistake under test
     assert [p.path for p in too_open(load_runtime({"SLUICE_STATE_DIR": str(state)}))] == [node / "run"]
+
+
+def test_mosquittos_bridge_socket_may_be_0770_inside_the_private_run_directory(tmp_path: Path) -> None:
+    import socket
+
+    # given the run directory with Mosquitto's bridge socket as Mosquitto leaves it (0770), and
+    # another socket just as open
+    state = private_tree(tmp_path)
+    run = state / "run"
+    run.mkdir(mode=0o700)
+    sockets = []
+    for name in ("mqtt-bridge.sock", "other.sock"):
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(run / name))
+        os.chmod(run / name, 0o770)  # noqa: S103 - what Mosquitto does, under test
+        sockets.append(server)
+    try:
+        # then only the other one is too open
+        assert [p.path for p in too_open(load_runtime({"SLUICE_STATE_DIR": str(state)}))] == [run / "other.sock"]
+    finally:
+        for server in sockets:
+            server.close()

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ pytestmark = pytest.mark.integration
 SCHEMA = {"type": "object", "properties": {"celsius": {"type": "number"}}, "required": ["celsius"]}
 # Sent where a careless client might put a secret: in query strings.  It must reach no log.
 LEAKED = f"leaked-{secrets.token_hex(8)}"
+# A value in records' payloads, accepted and refused: no log may hold a record's payload.
+PAYLOAD = f"payload-{secrets.token_hex(8)}"
+# A bearer token nobody issued, refused by ingest: no log may hold a presented credential.
+FORGED = f"forged-{secrets.token_hex(16)}"
 
 
 class Platform:
@@ -88,8 +93,18 @@ class Platform:
         return result.stdout.strip()
 
 
-@pytest.fixture
-def platform(runtime: Runtime) -> Iterator[Platform]:
+@dataclass(frozen=True)
+class Exercised:
+    """A platform that every part has written to, then stopped; and the secrets it was given."""
+
+    platform: Platform
+    tenant: str
+    secrets: dict[str, str]
+    refused_api_status: int
+
+
+@pytest.fixture(scope="module")
+def exercised(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exercised]:
     # Beside this run's own state directory (so nginx's workers can pass through its parents,
     # as they would in var/data), on this run's port offset + 500.
     state = runtime.state_dir.parent / f"full-run-{secrets.token_hex(4)}"
@@ -97,7 +112,9 @@ def platform(runtime: Runtime) -> Iterator[Platform]:
     started = Platform(state, offset)
     try:
         started.wait_ready(timeout=240)
-        yield started
+        tenant, refused, given = exercise(started, tmp_path_factory.mktemp("full-run"))
+        started.stop()
+        yield Exercised(started, tenant, given, refused)
     finally:
         started.stop()
         shutil.rmtree(state, ignore_errors=True)
@@ -142,9 +159,11 @@ def eventually(what: str, attempt: Callable[[], Any], timeout: float = 60.0) -> 
     pytest.fail(f"{what} did not happen within {timeout:.0f} s; last answer: {last}")
 
 
-def exercise(platform: Platform, tmp_path: Path) -> None:
+def exercise(platform: Platform, tmp_path: Path) -> tuple[str, int, dict[str, str]]:
     """Make every part write: the database, Celery (topics, ACLs, beat's schedule), Kafka,
-    the registry, Redis (rate limits), the PKI and CRLs, the token keys, nginx's logs."""
+    the registry, Redis (rate limits), the PKI and CRLs, the token keys, nginx's logs.
+    Returns the tenant, the status of an API call it had refused, and every secret it
+    handed over (none of them may reach a log)."""
     rt = platform.runtime
     token = platform.manage("sluice_token", "admin")
     admin = {"Authorization": f"Bearer {token}"}
@@ -178,10 +197,18 @@ def exercise(platform: Platform, tmp_path: Path) -> None:
     device = Https(rt, (tmp_path / "d1.crt", tmp_path / "d1.key"))
 
     def ingest() -> tuple[bool, Any]:
-        answer = device("POST", "/ingest/v1/records", {"records": [{"celsius": 21.5}]})
+        answer = device("POST", "/ingest/v1/records", {"records": [{"celsius": 21.5, "note": PAYLOAD}]})
         return (answer[0] == 200, answer)
 
     eventually("an ingest POST over mTLS", ingest)
+    # refused: a record the schema does not allow (its value is the payload marker), and
+    # a token nobody issued
+    status, refusal = device("POST", "/ingest/v1/records", {"records": [{"celsius": PAYLOAD}]})
+    assert status == 422, refusal
+    assert api("POST", "/ingest/v1/records", {"celsius": 1.0}, headers={"Authorization": f"Bearer {FORGED}"})[0] == 401
+    # and an API call refused (a second tenant with the same slug)
+    refused, answer = api("POST", "/api/v1/tenants/", {"slug": tenant, "name": "Again"}, headers=admin)
+    assert refused in (400, 409), answer
 
     # a token (client credentials), used on ingest
     body = {"kind": "device", "name": "d1", "device": "d1", "scopes": ["ingest:write", "kafka:produce"]}
@@ -224,12 +251,26 @@ def exercise(platform: Platform, tmp_path: Path) -> None:
     assert len(read) == 3, read
     consumer.commit(asynchronous=False)
     consumer.close()
+    return (
+        tenant,
+        refused,
+        {
+            "admin token": token,
+            "device key": key_pem,
+            "device key body": key_pem.splitlines()[1],
+            "CSR body": csr_pem.splitlines()[1],
+            "client secret": client["client_secret"],
+            "access token": issued_token["access_token"],
+            "forged token": FORGED,
+            "payload": PAYLOAD,
+            "query-string secret": LEAKED,
+        },
+    )
 
 
-def test_a_full_run_leaves_nothing_private_open_to_other_users(platform: Platform, tmp_path: Path) -> None:
+def test_a_full_run_leaves_nothing_private_open_to_other_users(exercised: Exercised) -> None:
     # given a complete platform that every part has written to, then stopped
-    exercise(platform, tmp_path)
-    platform.stop()
+    platform = exercised.platform
     assert platform.proc.returncode == 0, "".join(platform.output[-20:])
     state = platform.runtime.state_dir
 
@@ -267,3 +308,63 @@ def test_a_full_run_leaves_nothing_private_open_to_other_users(platform: Platfor
             assert LEAKED.encode() not in path.read_bytes(), path
     access_log = (state / "logs" / "nginx-access.log").read_text()
     assert '"GET /api/v1/tenants/ HTTP/1.1" ' in access_log
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of one process's log (the launcher's start markers left out)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_the_logs_are_json_lines_with_the_refusals_and_actions_and_no_secret(exercised: Exercised) -> None:
+    # given a complete platform that every part has written to, then stopped
+    logs = exercised.platform.runtime.state_dir / "logs"
+    tenant = exercised.tenant
+
+    # then no log file holds a secret, a private key, a token or a record's payload
+    files = [path for path, info in walk(logs) if stat.S_ISREG(info.st_mode)]
+    assert {"launcher.log", "web.log", "ingest.log", "worker.log", "beat.log"} <= {p.name for p in files}
+    for path in files:
+        text = path.read_bytes()
+        assert b"PRIVATE KEY" not in text, path
+        for what, value in exercised.secrets.items():
+            assert value.encode() not in text, f"{what} in {path}"
+
+    # and every Sluice process wrote JSON lines: time, level, logger, message, process
+    for name in ("launcher", "web", "ingest", "worker", "beat"):
+        lines = json_lines(logs / f"{name}.log")
+        assert lines, name
+        for line in lines:
+            assert {"time", "level", "logger", "message", "process"} <= line.keys(), line
+    assert any(line["message"] == "starting web" for line in json_lines(logs / "launcher.log"))
+
+    # and ingest's refusals are there, one line each: with the device when it was known
+    refusals = [line for line in json_lines(logs / "ingest.log") if line.get("outcome") == "refused"]
+    schema = [line for line in refusals if line.get("status") == 422]
+    assert len(schema) == 1, refusals
+    expected = {"tenant": tenant, "group": "thermo", "device": "d1", "level": "INFO", "outcome": "refused"}
+    assert {key: schema[0].get(key) for key in expected} == expected, schema
+    assert schema[0]["request_id"], schema
+    assert schema[0]["code"], schema
+    forged = [line for line in refusals if line.get("status") == 401]
+    assert len(forged) == 1, refusals
+    assert forged[0]["request_id"], forged
+    assert "device" not in forged[0], forged
+
+    # and every provisioning action: action, actor, tenant, object kind and id, outcome
+    web = json_lines(logs / "web.log")
+    actions = {
+        line["action"]: line for line in web if line.get("logger") == "sluice.audit" and line["tenant"] == tenant
+    }
+    for action in ("tenant.create", "stream.create", "group.create", "device.create", "certificate.issue",
+                   "oauth_client.create"):  # fmt: skip
+        assert action in actions, sorted(actions)
+        line = actions[action]
+        assert {"actor": line["actor"], "outcome": line["outcome"]} == {"actor": "admin", "outcome": "done"}, line
+        assert all(line.get(key) for key in ("object_type", "object_id", "request_id")), line
+    # and the refused API call, with its code
+    refused = [line for line in web if line.get("outcome") == "refused" and line.get("view")]
+    assert any(line["status"] == exercised.refused_api_status for line in refused), refused

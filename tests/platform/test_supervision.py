@@ -230,3 +230,35 @@ def test_a_probe_that_meets_itself_is_not_a_listener(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(http.client.HTTPConnection, "connect", lambda self: setattr(self, "sock", _self_connected()))
     with pytest.raises(OSError, match="no HTTP answer"):
         components.http_get("http://127.0.0.1:1/health/ready")
+
+
+def test_a_signal_that_arrives_while_the_launcher_logs_a_line_still_stops_it(tmp_path: Path) -> None:
+    """``logging`` hands any Exception raised in a handler's emit to ``handleError`` (which
+    prints "Logging error" and goes on).  The signal that stops the launcher must not be one:
+    the CI once saw ``sluice up`` ignore the Ctrl-C that came while it wrote "press Ctrl-C"
+    to its log, and run on for ever (its handlers ignore any signal after the first)."""
+    import logging
+
+    from sluicectl.launcher import Interrupted, install_signal_handlers
+
+    class SignalledWhileWriting:
+        def write(self, _text: str) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before write returns
+
+        def flush(self) -> None:
+            pass
+
+    logger = logging.getLogger("sluice.test.interrupted")
+    logger.propagate = False
+    handler = logging.StreamHandler(SignalledWhileWriting())  # type: ignore[arg-type]
+    logger.addHandler(handler)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        install_signal_handlers()
+        # when the signal arrives in the middle of a log line, then it still ends the launcher
+        with pytest.raises(Interrupted):
+            logger.warning("press Ctrl-C to stop everything")
+    finally:
+        logger.removeHandler(handler)
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])

@@ -11,13 +11,13 @@ without a language, a marker without a reason.
 How they run.  In README order, in ONE bash session, so variables carry from block to block
 as for a reader pasting them in sequence, under ``set -euo pipefail`` (any failing command,
 unset variable or failing pipe stage fails its block).  The working directory is a
-temporary one standing for the checkout root: it links ``manage.py`` and ``.venv`` from the
+temporary one standing for the checkout root: it links ``manage.py``, ``.venv`` and ``platform`` from the
 checkout, so ``.venv/bin/python manage.py ...`` runs as written (with the environment
 ``sluice test`` gave pytest, so it finds this test stack's state), and the files the blocks
 write land there.  A Python block runs at its place in the same session, as the venv's
 python reading the block on stdin, so it sees what the blocks before it exported.  The only
 variables set for the blocks are those the README tells a reader to set (``SLUICE``, ``CA``,
-``KAFKA``, ``KAFKA_OAUTH``, ``TENANT``: a fresh tenant, since other tests share the stack's Kafka and
+``KAFKA``, ``KAFKA_OAUTH``, ``MQTT``, ``TENANT``: a fresh tenant, since other tests share the stack's Kafka and
 registry), pointing at this test stack.  curl reads a ``.curlrc`` from ``CURL_HOME`` that
 makes an HTTP error status fail the command (``fail-with-body``) without a character of the
 blocks changing.
@@ -190,6 +190,8 @@ NOT_INGEST = {
     "consumer_disabled": "policy.py: a disabled consumer's token or certificate at the scoped registry (and its ACLs)",
     "not_a_consumer_certificate": "tls_identity.py: a device's certificate at the scoped registry, which reads for "
     "consumers",
+    "group_changed": "services.bridge_verdict: the MQTT bridge's reason for not writing a device's record (a log "
+    "line and a metric; MQTT has no answer), never an HTTPS answer",
 }
 
 
@@ -272,10 +274,12 @@ def platform_celery(celery_worker: subprocess.Popen[bytes]) -> subprocess.Popen[
 
 @pytest.fixture
 def checkout_root(tmp_path: Path) -> Path:
-    """A directory standing for the checkout root: ``manage.py`` and ``.venv`` as links."""
+    """A directory standing for the checkout root: ``manage.py``, ``.venv`` and ``platform``
+    (the monitoring section checks its rule files with promtool) as links."""
     root = tmp_path / "checkout"
     root.mkdir()
     (root / "manage.py").symlink_to(BASE_DIR / "manage.py")
+    (root / "platform").symlink_to(BASE_DIR / "platform")
     (root / ".venv").symlink_to(BASE_DIR / ".venv")
     return root
 
@@ -300,6 +304,7 @@ def test_the_readme_runs_as_written(
         "CA": str(services.pki_dir / "root-ca.crt"),
         "KAFKA": services.kafka_bootstrap,
         "KAFKA_OAUTH": services.kafka_oauth_bootstrap,
+        "MQTT": f"localhost:{services.ports.mqtt}",
         "TENANT": tenant,
         "CURL_HOME": str(curl_home),
     }
@@ -338,6 +343,9 @@ def test_the_readme_runs_as_written(
     # scoped registry and printed their identity headers; kcat read three over each listener
     consumed = next(o for b, o in zip(blocks, outputs, strict=True) if "JSONDeserializer" in b.text) or ""
     assert consumed.count(f"{tenant} thermo thermo-0001 {{'celsius': ") == 3, transcript
+    # and the device published over MQTT to its own topic, accepted by Mosquitto
+    mqtt = next(o for b, o in zip(blocks, outputs, strict=True) if "mosquitto_pub" in b.text) or ""
+    assert re.search(rf"Client {tenant}/thermo-0001 received PUBACK \(Mid: 1, RC:(0|16)\)", mqtt), transcript
     kcat = next(o for b, o in zip(blocks, outputs, strict=True) if "kcat -C" in b.text) or ""
     assert len(re.findall(rf"^p\d+@\d+ sluice-tenant={tenant},sluice-group=", kcat, re.MULTILINE)) == 6, transcript
 
@@ -350,10 +358,15 @@ def test_the_readme_runs_as_written(
     assert [ca.fingerprint_sha256(c) for c in chain[:1]] == [renewed.fingerprint_sha256]
     assert chain[1].subject == chain[0].issuer
 
+    # and the gateway agent forwarded its file and holds nothing more
+    agent = next(o for b, o in zip(blocks, outputs, strict=True) if "sluice-agent run" in b.text) or ""
+    assert '{"buffered": 0, "buffered_bytes": 0, "batches_in_flight": 0, "dropped": 0, "rejected": 0' in agent
+
     # and the topic holds every record the README wrote, all in the Confluent wire format of
-    # the stream's one schema: 2 + 1 + 1 over mTLS, 1 with a token, 1 on Kafka directly
-    messages = consume(topic, services, expected=6)
-    assert len(messages) == 6, transcript
+    # the stream's one schema: 2 + 1 + 1 over mTLS, 3 by the agent (mTLS), 1 with a token, 1 on
+    # Kafka directly
+    messages = consume(topic, services, expected=9)
+    assert len(messages) == 9, transcript
     assert len({wire(m.value())[:2] for m in messages}) == 1
     assert wire(messages[0].value())[0] == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -41,6 +42,9 @@ def test_operator_creates_a_tenant_and_it_is_audited(operator_client: APIClient)
         ({"slug": "ok-slug", "name": ""}, "/name", "blank"),
         ({"slug": "ok-slug", "name": "x", "colour": "red"}, "/colour", "unknown_field"),
         ({"slug": "ok-slug", "name": "x", "max_devices": 0}, "/max_devices", "min_value"),
+        ({"slug": "ok-slug", "name": "x", "max_devices": 7.5}, "/max_devices", "invalid"),
+        ({"slug": "ok-slug", "name": "x", "max_devices": True}, "/max_devices", "invalid"),
+        ({"slug": "ok-slug", "name": "x", "max_devices": "7"}, "/max_devices", "invalid"),
         ({"name": "x"}, "/slug", "required"),
     ],
 )
@@ -51,6 +55,22 @@ def test_bad_tenant_input_is_a_field_error(operator_client: APIClient, body: dic
     assert error["code"] == "invalid"
     assert {"pointer": pointer, "code": code} in [{"pointer": f["pointer"], "code": f["code"]} for f in error["fields"]]
     assert not Tenant.objects.filter(slug=body.get("slug", "")).exists()
+
+
+def test_an_integral_number_is_an_integer_as_the_document_says(operator_client: APIClient) -> None:
+    # The OpenAPI 3.1 document's "integer" is JSON Schema 2020-12's: 7.0 is one.
+    response = operator_client.post("/api/v1/tenants/", {"slug": "initech", "name": "x", "max_devices": 7.0},
+                                    format="json")  # fmt: skip
+    assert response.status_code == 201, response.json()
+    assert Tenant.objects.get(slug="initech").max_devices == 7
+
+
+def test_openapi_document_is_3_1(operator_client: APIClient) -> None:
+    # 3.1, not 3.0: a 3.0 schema cannot say propertyNames (a label's name may not hold NUL).
+    spec = operator_client.get("/api/schema/?format=json").json()
+    assert spec["openapi"] == "3.1.0"
+    labels = spec["components"]["schemas"]["DeviceRowRequest"]["properties"]["labels"]
+    assert labels["propertyNames"] == {"pattern": "^[^\\u0000]*$"}
 
 
 def test_slug_rule_is_in_the_message(operator_client: APIClient) -> None:
@@ -293,3 +313,25 @@ def test_an_operation_with_query_parameters_refuses_unknown_ones(operator_client
     # the declared ones work, and an operation that declares none ignores the query string
     assert operator_client.get("/api/v1/tenants/acme/devices/?group=sensors&limit=1").status_code == 200
     assert operator_client.get("/api/v1/tenants/acme/?anything=1").status_code == 200
+
+
+def test_every_operation_that_declares_query_parameters_is_found_from_its_route() -> None:
+    # given every route of the URL conf, spelt as the OpenAPI document spells paths
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    from tenants.api_base import _openapi_path, declared_query_parameters
+
+    def routes(patterns: list[Any], prefix: str = "") -> list[str]:
+        found = []
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                found += routes(pattern.url_patterns, prefix + str(pattern.pattern))
+            elif isinstance(pattern, URLPattern):
+                found.append(prefix + str(pattern.pattern))
+        return found
+
+    spelt = {_openapi_path(route) for route in routes(get_resolver().url_patterns)}
+    # then each operation with query parameters is reached by some route (a path spelt
+    # differently, {pk} for {id}, would leave its unknown parameters unchecked)
+    missing = sorted({path for path, _ in declared_query_parameters()} - spelt)
+    assert missing == []
