@@ -1060,7 +1060,7 @@ def prometheus_url(rt: Runtime) -> str:
 
 
 # The MQTT broker: Debian's Mosquitto 2 with Sluice's auth plugin (built here, at start, from
-# its C source against Debian's mosquitto-dev headers), and the Python process it asks.
+# its C source against Debian's mosquitto-dev and libmosquitto-dev headers), and the Python process it asks.
 MOSQUITTO_TEMPLATE = TEMPLATES / "mosquitto" / "mosquitto.conf.in"
 MOSQUITTO_PLUGIN_SOURCE = TEMPLATES / "mosquitto" / "sluice_auth.c"
 
@@ -1077,10 +1077,12 @@ def mosquitto_plugin(rt: Runtime) -> Path:
     if target.exists():
         return target
     compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not Path("/usr/include/mosquitto_broker.h").exists():
+    headers = ("/usr/include/mosquitto_broker.h", "/usr/include/mosquitto.h")
+    if compiler is None or not all(Path(header).exists() for header in headers):
         raise LaunchError(
             "building Mosquitto's auth plugin needs a C compiler and Mosquitto's headers: install the Debian "
-            "packages gcc, mosquitto-dev and libssl-dev (platform/bin/sluice does when it runs as root)"
+            "packages gcc, mosquitto-dev, libmosquitto-dev and libssl-dev (platform/bin/sluice does when it runs "
+            "as root)"
         )
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = target.with_suffix(".partial")
