@@ -19,7 +19,12 @@ carry a 422:
   bridge_verdict``) has its messages acknowledged and not written, logged with the code: its
   right ended, as HTTPS would answer 403;
 * Kafka or the registry away (503): the batch is retried with a growing pause, never
-  acknowledged before Kafka acknowledged it.
+  acknowledged before Kafka acknowledged it;
+* but a device whose stream Kafka keeps refusing (its topic deleted, say) **while it takes
+  other devices' records** has its batches go to the dead-letter topic, code
+  ``stream_unavailable``, after ``SPILL_AFTER`` seconds (the stream is tried again every
+  ``STREAM_RETRY`` seconds): held, its records would fill Mosquitto's in-flight window that
+  every device waits behind.  When Kafka refuses everyone, nothing is spilled: everyone waits.
 
 Each message is acknowledged to Mosquitto (PUBACK) only once Kafka acknowledged its record
 (acks=all), so a bridge that dies keeps its messages in its session, and Mosquitto sends them
@@ -75,6 +80,10 @@ PERSIST_SECONDS = 5  # Mosquitto's autosave_interval
 MAX_RECORD_BYTES = 2**20
 MAX_PACKET_BYTES = MAX_RECORD_BYTES + 8192
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+# A device's stream failing this long while other devices' records are written: its batches go
+# to the DLQ (``stream_unavailable``), and its stream is tried again every STREAM_RETRY seconds.
+SPILL_AFTER, STREAM_RETRY = 30.0, 30.0
+STREAM_UNAVAILABLE = "stream_unavailable"
 DRAIN_SECONDS = 15.0  # on SIGTERM, how long batches in progress may take to finish
 CLIENT_ID = "sluice-bridge"
 
@@ -239,6 +248,10 @@ class Bridge:
         # Message ids received and not yet acknowledged: Mosquitto sends them again (DUP) after
         # a reconnection, and the copy must not be written a second time.
         self.unacked: set[int] = set()
+        # Topics whose stream Kafka refused: (since, last stream try), monotonic; and when
+        # Kafka last took any device's records for a stream.
+        self.failing: dict[str, tuple[float, float]] = {}
+        self.last_written = 0.0
         self.lock = threading.Lock()
         self.subscribed = asyncio.Event()
         self.failed: str | None = None
@@ -354,12 +367,15 @@ class Bridge:
 
         delay = RETRY_FIRST
         while True:
+            spill = self.spilling(topic)
             try:
-                await self.write(topic, batch)
+                await self.write(topic, batch, spill=spill)
             except (ServiceUnavailable, OSError) as exc:
+                self._failed(topic, spill)
                 log.warning("mqtt bridge: %d record(s) of %s not written yet (%s); retrying in %.1f s",
                             len(batch), topic, exc, delay)  # fmt: skip
             except Exception:
+                self._failed(topic, spill)
                 log.exception("mqtt bridge: %d record(s) of %s not written; retrying in %.1f s", len(batch), topic,
                               delay)  # fmt: skip
             else:
@@ -368,8 +384,30 @@ class Bridge:
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
 
-    async def write(self, topic: str, batch: list[Message]) -> Any:
-        """One device's messages through ingest's path; returns its outcome (None: not written)."""
+    def spilling(self, topic: str, now: float | None = None) -> bool:
+        """Whether ``topic``'s next batch goes to the DLQ instead of its stream: the stream has
+        failed for ``SPILL_AFTER`` seconds, Kafka took other devices' records since it began
+        failing (so the fault is this stream's, not Kafka's), and it was tried less than
+        ``STREAM_RETRY`` seconds ago."""
+        entry = self.failing.get(topic)
+        if entry is None:
+            return False
+        since, tried = entry
+        now = time.monotonic() if now is None else now
+        return self.last_written > since and now - since >= SPILL_AFTER and now - tried < STREAM_RETRY
+
+    def _failed(self, topic: str, spill: bool) -> None:
+        """A batch of ``topic`` was not written: note when its stream failed (a failed spill
+        says Kafka refuses more than this stream, and changes nothing)."""
+        if spill:
+            return
+        now = time.monotonic()
+        since = self.failing.get(topic, (now, now))[0]
+        self.failing[topic] = (since, now)
+
+    async def write(self, topic: str, batch: list[Message], *, spill: bool = False) -> Any:
+        """One device's messages through ingest's path; returns its outcome (None: not written).
+        ``spill``: every record to the DLQ, its stream being unavailable (``spilling``)."""
         from config.errors import RateLimited, ServiceUnavailable, SluiceError
         from ingest import pipeline, records, services
 
@@ -402,24 +440,31 @@ class Bridge:
         raws = [message.payload for message in fits]
         received_at = fits[0].received_at
         parsed = records.parse_each(raws, keep_malformed=True)
-        try:
-            await pipeline.admit(self.plane, pipeline.budget(writer, parsed, sum(map(len, raws))))
-            prepared = await pipeline.prepare(self.plane, writer, parsed, request_id=request_id,
-                                              options=pipeline.DEAD_LETTERS, received_at=received_at)  # fmt: skip
-        except ServiceUnavailable:
-            raise  # Redis, the registry: the batch waits and is tried again
-        except SluiceError as error:
-            # Over the rate, or nothing this batch could ever pass (the group's subject has no
-            # schema): kept in the DLQ.  Held back, it would hold Mosquitto's in-flight window,
-            # which every other device's records wait behind.
-            message = (f"Over the {error.scope}'s rate limit; kept here, not in the stream."
-                       if isinstance(error, RateLimited) else error.message)  # fmt: skip
+        refused: SluiceError | None = self._stream_unavailable(topic, writer.topic) if spill else None
+        if refused is None:
+            try:
+                await pipeline.admit(self.plane, pipeline.budget(writer, parsed, sum(map(len, raws))))
+                prepared = await pipeline.prepare(self.plane, writer, parsed, request_id=request_id,
+                                                  options=pipeline.DEAD_LETTERS, received_at=received_at)  # fmt: skip
+            except ServiceUnavailable:
+                raise  # Redis, the registry: the batch waits and is tried again
+            except SluiceError as error:
+                # Over the rate, or nothing this batch could ever pass (the group's subject has
+                # no schema): kept in the DLQ.  Held back, it would hold Mosquitto's in-flight
+                # window, which every other device's records wait behind.
+                refused = error
+        if refused is not None:
+            message = (f"Over the {refused.scope}'s rate limit; kept here, not in the stream."
+                       if isinstance(refused, RateLimited) else refused.message)  # fmt: skip
             prepared = services.records_dead(
                 writer=writer, parsed=parsed, schema=await self._schema_or_none(writer), request_id=request_id,
-                received_at=received_at, code=error.code, message=message,
+                received_at=received_at, code=refused.code, message=message,
             )  # fmt: skip
         produced_at = time.perf_counter()
         outcome = await pipeline.produce(self.plane, prepared)
+        if prepared.outgoing.values:  # Kafka took records for a stream: it is not Kafka that fails
+            self.last_written = time.monotonic()
+            self.failing.pop(topic, None)
         dead = prepared.dead.errors if prepared.dead is not None else {}
         outcomes = {m.key: DEAD_LETTERED if i in dead else WRITTEN for i, m in enumerate(fits) if m.key is not None}
         await self.seen.remember(writer.pk, outcomes)
@@ -430,6 +475,14 @@ class Bridge:
                 self._log(code, DEAD_LETTERED, count, request_id, tenant, group, device)
         self._confirm(parts, {**told, **outcomes})
         return outcome
+
+    def _stream_unavailable(self, topic: str, stream_topic: str) -> Any:
+        from config.errors import SluiceError
+
+        since = self.failing.get(topic, (time.monotonic(), 0.0))[0]
+        return SluiceError(f"Kafka has refused the stream's topic {stream_topic} for {time.monotonic() - since:.0f} s "
+                           "while it took other devices' records; kept here, not in the stream.",
+                           code=STREAM_UNAVAILABLE)  # fmt: skip
 
     def _confirm(self, parts: tuple[str, str, str], told: dict[str, str]) -> None:
         """Tell the device, on its acks topic, what became of its keyed records, once Kafka

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from config.env import load_runtime
-from ingest.mqtt_bridge import Bridge
+from config.errors import ServiceUnavailable
+from ingest import mqtt_bridge
+from ingest.mqtt_bridge import Bridge, Message
 
 TOPICS = [f"sluice/acme/sensors/m-{n}/records" for n in range(7)]
 
@@ -63,3 +65,102 @@ def test_no_message_waits_for_a_wake_up_that_never_comes() -> None:
         assert asyncio.run(scenario()) == total
     finally:
         sys.setswitchinterval(before)
+
+
+# -- a device whose stream Kafka keeps refusing ------------------------------------------
+
+STUCK, FINE = TOPICS[0], TOPICS[1]
+
+
+def bare_bridge() -> Bridge:
+    async def make() -> Bridge:
+        runtime = load_runtime({"SLUICE_MQTT_BRIDGE_PASSWORD": "x"})
+        return Bridge(runtime, SimpleNamespace(limiter=SimpleNamespace(client=None)), None)  # type: ignore[arg-type]
+
+    return asyncio.run(make())
+
+
+def test_a_stream_is_spilled_only_when_kafka_takes_other_devices_records_meanwhile() -> None:
+    bridge = bare_bridge()
+    # a stream that never failed goes to its stream
+    assert not bridge.spilling(STUCK, now=1000.0)
+    # failing since t=0, tried last at t=29
+    bridge.failing[STUCK] = (0.0, 29.0)
+    # Kafka took nobody's records since: the fault is Kafka's, everyone waits, nothing spilled
+    bridge.last_written = -1.0
+    assert not bridge.spilling(STUCK, now=31.0)
+    # Kafka took another device's records since the stream began failing
+    bridge.last_written = 5.0
+    assert not bridge.spilling(STUCK, now=mqtt_bridge.SPILL_AFTER - 1)  # not for long enough yet
+    assert bridge.spilling(STUCK, now=mqtt_bridge.SPILL_AFTER + 1)
+    # the stream is tried again once STREAM_RETRY has passed since its last try
+    assert not bridge.spilling(STUCK, now=29.0 + mqtt_bridge.STREAM_RETRY + 1)
+    # another device's stream is not touched by this one's failing
+    assert not bridge.spilling(FINE, now=mqtt_bridge.SPILL_AFTER + 1)
+
+
+def test_a_batch_held_by_its_failing_stream_goes_to_the_dlq_and_is_acknowledged(monkeypatch: Any) -> None:
+    # given short bounds, a stream Kafka refuses (STUCK) and one it takes (FINE)
+    monkeypatch.setattr(mqtt_bridge, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(mqtt_bridge, "RETRY_MAX", 0.02)
+    monkeypatch.setattr(mqtt_bridge, "SPILL_AFTER", 0.2)
+    bridge = bare_bridge()
+    calls: list[tuple[str, bool]] = []
+    acked: list[int] = []
+
+    async def write(topic: str, batch: list[Any], *, spill: bool = False) -> None:
+        calls.append((topic, spill))
+        if topic == STUCK and not spill:
+            raise ServiceUnavailable("Kafka did not acknowledge 1 of 1 record(s).")
+        if not spill:  # as the real write does once Kafka took records for a stream
+            bridge.last_written = time.monotonic()
+            bridge.failing.pop(topic, None)
+
+    bridge.write = write  # type: ignore[method-assign]
+    bridge._ack = lambda batch: acked.extend(m.mid for m in batch)  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        stuck = asyncio.create_task(bridge._settle(STUCK, [Message(1, b"{}", 0.0)]))
+        await asyncio.sleep(0.05)
+        assert not stuck.done()  # held: retried, not acknowledged
+        await bridge._settle(FINE, [Message(2, b"{}", 0.0)])  # Kafka takes another device's record
+        await asyncio.wait_for(stuck, 5)
+
+    # when both are settled
+    asyncio.run(scenario())
+
+    # then the stuck batch was tried on its stream, then went to the DLQ (spill), and only
+    # then was acknowledged; the other device's batch went to its stream
+    assert calls[0] == (STUCK, False)
+    assert calls[-1] == (STUCK, True)
+    assert (FINE, False) in calls
+    assert sorted(acked) == [1, 2]
+
+
+def test_when_kafka_refuses_every_stream_nothing_is_spilled(monkeypatch: Any) -> None:
+    # given short bounds and Kafka refusing every stream
+    monkeypatch.setattr(mqtt_bridge, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(mqtt_bridge, "RETRY_MAX", 0.02)
+    monkeypatch.setattr(mqtt_bridge, "SPILL_AFTER", 0.05)
+    bridge = bare_bridge()
+    spills: list[str] = []
+
+    async def write(topic: str, batch: list[Any], *, spill: bool = False) -> None:
+        if spill:
+            spills.append(topic)
+            return
+        raise ServiceUnavailable("Kafka is away")
+
+    bridge.write = write  # type: ignore[method-assign]
+    bridge._ack = lambda batch: None  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(bridge._settle(topic, [Message(n, b"{}", 0.0)])) for n, topic in enumerate(TOPICS)]
+        await asyncio.sleep(0.5)  # ten times SPILL_AFTER
+        assert not any(task.done() for task in tasks)  # every batch held, none acknowledged
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert spills == []

@@ -318,3 +318,46 @@ def test_a_keyed_record_is_confirmed_on_the_device_acks_topic_once_kafka_has_it(
     # and the resend is confirmed with its first outcome, and not written again
     assert json.loads(conn.messages[0][1])["written"] == ["k-1"]
     assert topic_size(sender.topic, services) == 1
+
+
+def test_a_device_whose_stream_kafka_refuses_goes_to_the_dlq_while_others_are_written(
+    services: Runtime, tenant_a: Provisioned, make_sender: Any, chain_of: Any, connections: list[Connection]
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from ingest.mqtt_bridge import SPILL_AFTER
+
+    # given two devices of one tenant, the first one's stream topic deleted from Kafka after
+    # it was written to (the bridge's producer knew it)
+    stuck: Sender = make_sender("JSON", READING_JSON, tenant=tenant_a.tenant)
+    fine: Sender = make_sender("JSON", READING_JSON, tenant=tenant_a.tenant)
+    a = device_session(services, stuck, chain_of(stuck), connections)
+    b = device_session(services, fine, chain_of(fine), connections)
+    assert a.publish(topic_of(stuck.device), b'{"celsius": 0.0}') in ACCEPTED
+    assert wait_for_size(stuck.topic, services, 1) == 1
+    admin = AdminClient(admin_config(services))
+    admin.delete_topics([stuck.topic])[stuck.topic].result(30)
+    while stuck.topic in admin.list_topics(timeout=10).topics:
+        time.sleep(0.2)
+    dlq = tenant_a.tenant.dlq_topic
+    before = topic_size(dlq, services)
+
+    # when the first device publishes three records, and the other one a record a second
+    for i in range(3):
+        assert a.publish(topic_of(stuck.device), json.dumps({"celsius": float(i + 1)}).encode()) in ACCEPTED
+    sent = 0
+    deadline = time.monotonic() + SPILL_AFTER + 60
+    while topic_size(dlq, services) < before + 3:
+        assert time.monotonic() < deadline, "the refused stream's records never reached the DLQ"
+        assert b.publish(topic_of(fine.device), json.dumps({"celsius": float(sent)}).encode()) in ACCEPTED
+        sent += 1
+        time.sleep(1.0)
+
+    # then the other device was written all along, and the first one's records are in the DLQ,
+    # each as sent, saying why
+    assert wait_for_size(fine.topic, services, sent) == sent
+    letters, _ = read_all(admin_config(services), dlq, unique_slug("mqtt-spill"), before + 3)
+    mine = [m for m in letters if headers_of(m).get("sluice-device") == stuck.device.device_id.encode()]
+    assert sorted(json.loads(m.value())["celsius"] for m in mine) == [1.0, 2.0, 3.0]
+    assert {headers_of(m)["sluice-error-code"] for m in mine} == {b"stream_unavailable"}
+    assert {headers_of(m)["sluice-topic"] for m in mine} == {stuck.topic.encode()}
