@@ -6,9 +6,19 @@
  *   MOSQ_EVT_BASIC_AUTH  -> "AUTH <conn> <clientid> <username> <password> <certificate DER>"
  *   MOSQ_EVT_ACL_CHECK   -> "ACL <conn> <access> <topic> <clientid>"
  *   MOSQ_EVT_DISCONNECT  -> "BYE <conn>"
- *   MOSQ_EVT_TICK        -> "KICKS" (at most every poll_ms), answered "OK <clientid> ..."
+ *   MOSQ_EVT_TICK        -> "KICKS" (at most every poll_ms), answered
+ *                           "OK <clientid> ...[ | <conn> ...]" or "OK ... | *"
  *   plugin start         -> "RESET" (a new broker: no connection of an earlier one is open)
  * Any failure to get an answer is a refusal (fail closed).  Nothing secret is logged.
+ *
+ * A publish the Python side allowed is remembered for its connection (a device publishes to
+ * one topic, so one topic per connection), and the next publish of that connection to that
+ * topic is let through without asking: a round trip per record would cost a fifth of MQTT's
+ * CPU and hold Mosquitto's one thread.  What is remembered is forgotten when the connection
+ * authenticates or ends, when a KICKS answer names the connection after "|" (a change of
+ * rights touched it: the Python side refuses it while it re-checks), on "| *", and whenever
+ * the socket is connected anew (the Python side restarted and knows no connection).  So a
+ * change of rights stops a session's publishes within one poll (poll_ms).
  *
  * One decision is taken here: the bridge (by its client id, bridge_client_id) may receive any
  * device's records topic, sluice/<tenant>/<group>/<device>/records.  Mosquitto checks READ
@@ -45,6 +55,79 @@ static int fd = -1;
 static struct timespec last_poll;
 static char line[LINE_MAX_BYTES];
 
+/* The publishes allowed, per connection (chained hash table on the client's address). */
+#define ALLOWED_SLOTS 4096
+struct allowed {
+	const struct mosquitto *client;
+	char *topic;
+	struct allowed *next;
+};
+static struct allowed *allowed_slots[ALLOWED_SLOTS];
+
+static size_t allowed_slot(const struct mosquitto *client)
+{
+	return (size_t)(((uintptr_t)client >> 4) * 2654435761u) & (ALLOWED_SLOTS - 1);
+}
+
+static int allowed_has(const struct mosquitto *client, const char *topic)
+{
+	const struct allowed *a;
+
+	for(a = allowed_slots[allowed_slot(client)]; a != NULL; a = a->next){
+		if(a->client == client) return topic != NULL && strcmp(a->topic, topic) == 0;
+	}
+	return 0;
+}
+
+static void allowed_drop(const struct mosquitto *client)
+{
+	struct allowed **link = &allowed_slots[allowed_slot(client)], *a;
+
+	while((a = *link) != NULL){
+		if(a->client == client){
+			*link = a->next;
+			free(a->topic);
+			free(a);
+			return;
+		}
+		link = &a->next;
+	}
+}
+
+static void allowed_put(const struct mosquitto *client, const char *topic)
+{
+	struct allowed *a;
+	size_t slot = allowed_slot(client);
+
+	if(topic == NULL) return;
+	allowed_drop(client);
+	a = malloc(sizeof(*a));
+	if(a == NULL) return;
+	a->topic = strdup(topic);
+	if(a->topic == NULL){
+		free(a);
+		return;
+	}
+	a->client = client;
+	a->next = allowed_slots[slot];
+	allowed_slots[slot] = a;
+}
+
+static void allowed_clear(void)
+{
+	struct allowed *a, *next;
+	size_t i;
+
+	for(i = 0; i < ALLOWED_SLOTS; i++){
+		for(a = allowed_slots[i]; a != NULL; a = next){
+			next = a->next;
+			free(a->topic);
+			free(a);
+		}
+		allowed_slots[i] = NULL;
+	}
+}
+
 static void disconnect_socket(void)
 {
 	if(fd >= 0) close(fd);
@@ -57,6 +140,7 @@ static int connect_socket(void)
 	struct timeval timeout = {ANSWER_TIMEOUT_S, 0};
 
 	if(fd >= 0) return 0;
+	allowed_clear();  /* a new connection may be a new Python side, which knows no connection */
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	if(fd < 0) return -1;
 	memset(&addr, 0, sizeof(addr));
@@ -185,6 +269,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	int rc = MOSQ_ERR_AUTH;
 
 	(void)event; (void)userdata;
+	allowed_drop(ed->client);
 	if(cert != NULL){
 		der_len = i2d_X509(cert, &der);
 		X509_free(cert);  /* mosquitto_client_certificate returns a new reference */
@@ -213,9 +298,11 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	if(ed->access == MOSQ_ACL_READ && bridge_client_id(mosquitto_client_id(ed->client))){
 		return records_topic(ed->topic) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 	}
+	if(ed->access == MOSQ_ACL_WRITE && allowed_has(ed->client, ed->topic)) return MOSQ_ERR_SUCCESS;
 	used += (size_t)snprintf(line + used, sizeof(line) - used, " %d", ed->access);
 	if(add_text(&used, ed->topic) == 0 && add_text(&used, mosquitto_client_id(ed->client)) == 0
 			&& ask(used) == 0 && strcmp(line, "OK") == 0){
+		if(ed->access == MOSQ_ACL_WRITE) allowed_put(ed->client, ed->topic);
 		return MOSQ_ERR_SUCCESS;
 	}
 	return MOSQ_ERR_ACL_DENIED;
@@ -226,6 +313,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_disconnect *ed = event_data;
 
 	(void)event; (void)userdata;
+	allowed_drop(ed->client);
 	ask(start("BYE", ed->client));
 	return MOSQ_ERR_SUCCESS;
 }
@@ -240,6 +328,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	struct timespec now;
 	char *field, *save = NULL;
 	size_t i, len;
+	int forgetting = 0;
 
 	(void)event; (void)event_data; (void)userdata;
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -247,8 +336,20 @@ static int on_tick(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	last_poll = now;
-	if(ask(start("KICKS", NULL)) != 0 || strncmp(line, "OK", 2) != 0) return MOSQ_ERR_SUCCESS;
+	if(ask(start("KICKS", NULL)) != 0 || strncmp(line, "OK", 2) != 0){
+		allowed_clear();  /* no answer: whatever changed meanwhile is not known here */
+		return MOSQ_ERR_SUCCESS;
+	}
 	for(field = strtok_r(line + 2, " ", &save); field != NULL; field = strtok_r(NULL, " ", &save)){
+		if(strcmp(field, "|") == 0){
+			forgetting = 1;
+			continue;
+		}
+		if(forgetting){  /* a connection whose publishes must be asked about again */
+			if(strcmp(field, "*") == 0) allowed_clear();
+			else allowed_drop((const struct mosquitto *)(uintptr_t)strtoul(field, NULL, 16));
+			continue;
+		}
 		len = strlen(field) / 2;
 		for(i = 0; i < len; i++){
 			field[i] = (char)(hex_value(field[2 * i]) << 4 | hex_value(field[2 * i + 1]));
@@ -305,5 +406,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	disconnect_socket();
+	allowed_clear();
 	return MOSQ_ERR_SUCCESS;
 }

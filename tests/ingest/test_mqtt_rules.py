@@ -81,10 +81,11 @@ def test_a_session_marked_for_a_recheck_may_do_nothing_until_it_passed(authority
     authority.sessions["c1"] = session
     topic = encode("sluice/acme/sensors/m-1/records") + " " + encode("acme/m-1")
     assert asyncio.run(authority.answer(f"ACL c1 2 {topic}")) == "OK"
-    # when a change of rights touches it, then it is refused until re-checked (fail closed)
-    authority.dirty.add("c1")
+    # when a change of rights touches it, then it is refused until re-checked (fail closed),
+    # and the plugin is told to forget the publish it allowed (it would let the next through)
+    authority.mark_dirty({"c1"})
     assert asyncio.run(authority.answer(f"ACL c1 2 {topic}")) == "NO"
-    assert asyncio.run(authority.answer("KICKS")) == "OK"  # the re-check decides, not the ACL
+    assert asyncio.run(authority.answer("KICKS")) == "OK | c1"  # the re-check decides, not the ACL
     # and when the connection ends, it is forgotten
     assert asyncio.run(authority.answer("BYE c1")) == "OK"
     assert "c1" not in authority.sessions
@@ -184,3 +185,46 @@ def test_the_bridge_packet_limit_follows_ingest_record_limit() -> None:
 
     assert mqtt_bridge.MAX_RECORD_BYTES == records.MAX_BODY_BYTES
     assert mqtt_bridge.MAX_PACKET_BYTES > records.MAX_BODY_BYTES
+
+
+def session_of(conn: str, device_pk: int, tenant_pk: int = 1) -> Session:
+    return Session(conn, f"acme/m-{device_pk}", ("certificate", conn), lambda: None, lambda _: None,
+                   device_prefix("acme", "sensors", f"m-{device_pk}"),
+                   frozenset({("tenant", tenant_pk), ("device", device_pk)}), None, 0.0)  # fmt: skip
+
+
+def test_the_plugin_forgets_the_publishes_of_exactly_the_sessions_a_change_touched(authority: Authority) -> None:
+    from tenants.rights import RightsChange
+
+    # given two sessions of one tenant and one of another
+    for conn, device_pk, tenant_pk in (("7f01", 1, 1), ("7f02", 2, 1), ("7f03", 3, 2)):
+        authority.sessions[conn] = session_of(conn, device_pk, tenant_pk)
+    # when a change touches the first device, then the next poll names its connection once
+    authority.cache.apply(RightsChange(tenant_id=1, devices=frozenset({1})))
+    assert asyncio.run(authority.answer("KICKS")) == "OK | 7f01"
+    assert asyncio.run(authority.answer("KICKS")) == "OK"
+    # when a whole tenant changes, then each of its connections, and only those
+    authority.cache.apply(RightsChange(tenant_id=1, whole_tenant=True))
+    assert asyncio.run(authority.answer("KICKS")) == "OK | 7f01 7f02"
+    # when the rights channel is lost, then every connection ("*"), and again only once
+    authority.cache.set_live(False)
+    assert asyncio.run(authority.answer("KICKS")) == "OK | *"
+    assert asyncio.run(authority.answer("KICKS")) == "OK"
+
+
+def test_kicks_and_forgotten_connections_share_a_line_the_plugin_can_hold(authority: Authority) -> None:
+    # given a full line of kicks and more touched connections than the line has room for
+    authority.kicks = [f"acme/{index:0>95}" for index in range(400)]
+    authority.mark_dirty({f"{index:016x}" for index in range(1000)})
+    for conn in list(authority.dirty):
+        authority.sessions[conn] = session_of(conn, 1)
+    # when the plugin polls, then its line holds them (64 KiB), and the connections are "*"
+    line = asyncio.run(authority.answer("KICKS"))
+    assert len(line) + 1 < 65536
+    assert line.endswith(" | *")
+
+
+def test_a_restarted_broker_has_nothing_to_forget(authority: Authority) -> None:
+    authority.cache.set_live(False)
+    assert asyncio.run(authority.answer("RESET")) == "OK"
+    assert asyncio.run(authority.answer("KICKS")) == "OK"

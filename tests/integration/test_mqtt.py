@@ -191,6 +191,32 @@ def test_a_device_publishes_to_its_own_topic_and_nowhere_else(
         assert a.subscribe(pattern) == NOT_AUTHORIZED, pattern
 
 
+def test_a_session_a_change_touched_but_left_its_right_publishes_on(
+    services: Runtime, make_sender: Any, chain_of: Any, connections: list[Connection]
+) -> None:
+    from tenants import rights
+    from tenants.rights import RightsChange
+
+    # given a device publishing over mTLS (the plugin remembers its allowed publish)
+    sender = make_sender()
+    conn = device_session(services, sender, chain_of(sender), connections)
+    for _ in range(5):
+        assert conn.publish(topic_of(sender.device)) in ACCEPTED
+
+    # when a change of rights touches it but leaves its right (the plugin forgets, asks again,
+    # and is answered once the re-check passed)
+    device = sender.device
+    assert rights.publish(RightsChange(tenant_id=device.tenant_id, devices=frozenset({device.pk})))
+    time.sleep(1.0)  # a poll (0.25 s) and a re-check (0.25 s) later
+
+    # then it goes on publishing, and its session stays, as does its right to its topic only
+    for _ in range(5):
+        assert conn.publish(topic_of(sender.device)) in ACCEPTED
+    assert conn.publish(f"{topic_of(sender.device)}/extra") == NOT_AUTHORIZED
+    assert conn.publish(topic_of(sender.device)) in ACCEPTED
+    assert not conn.disconnected.is_set()
+
+
 def test_a_client_id_of_another_device_is_refused(
     services: Runtime, make_sender: Any, chain_of: Any, connections: list[Connection]
 ) -> None:
