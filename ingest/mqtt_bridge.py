@@ -363,19 +363,18 @@ class Bridge:
 
     async def _settle(self, topic: str, batch: list[Message]) -> None:
         """Write one device's batch, retrying what may succeed later; then acknowledge it."""
-        from config.errors import ServiceUnavailable
+        from config.errors import SluiceError
 
         delay = RETRY_FIRST
         while True:
             spill = self.spilling(topic)
             try:
                 await self.write(topic, batch, spill=spill)
-            except (ServiceUnavailable, OSError) as exc:
-                self._failed(topic, spill)
+            except (SluiceError, OSError) as exc:  # a 503 (``later``): Kafka, the registry, Redis, the database
+                self._failed(topic, spill, exc)
                 log.warning("mqtt bridge: %d record(s) of %s not written yet (%s); retrying in %.1f s",
                             len(batch), topic, exc, delay)  # fmt: skip
             except Exception:
-                self._failed(topic, spill)
                 log.exception("mqtt bridge: %d record(s) of %s not written; retrying in %.1f s", len(batch), topic,
                               delay)  # fmt: skip
             else:
@@ -396,10 +395,13 @@ class Bridge:
         now = time.monotonic() if now is None else now
         return self.last_written > since and now - since >= SPILL_AFTER and now - tried < STREAM_RETRY
 
-    def _failed(self, topic: str, spill: bool) -> None:
-        """A batch of ``topic`` was not written: note when its stream failed (a failed spill
-        says Kafka refuses more than this stream, and changes nothing)."""
-        if spill:
+    def _failed(self, topic: str, spill: bool, error: Exception) -> None:
+        """A batch of ``topic`` was not written: note when Kafka began to refuse it (not the
+        registry or Redis, which a spill would not get past either; a failed spill says Kafka
+        refuses more than this stream, and changes nothing)."""
+        from ingest.services import KafkaUnacknowledged
+
+        if spill or not isinstance(error, KafkaUnacknowledged):
             return
         now = time.monotonic()
         since = self.failing.get(topic, (now, now))[0]
@@ -408,7 +410,7 @@ class Bridge:
     async def write(self, topic: str, batch: list[Message], *, spill: bool = False) -> Any:
         """One device's messages through ingest's path; returns its outcome (None: not written).
         ``spill``: every record to the DLQ, its stream being unavailable (``spilling``)."""
-        from config.errors import RateLimited, ServiceUnavailable, SluiceError
+        from config.errors import RateLimited, SluiceError
         from ingest import pipeline, records, services
 
         parts = records_topic_parts(topic)
@@ -422,6 +424,8 @@ class Bridge:
             writer = services.bridge_verdict(await self.devices.writer(topic, tenant, device), tenant=tenant,
                                              group=group, device=device)  # fmt: skip
         except SluiceError as error:
+            if later(error):
+                raise  # the database away: the batch waits, and the device is judged again
             self._log(error.code, DROPPED, len(batch), request_id, tenant, group, device)
             self._confirm(parts, _keyed(batch, DROPPED))
             return None
@@ -446,9 +450,9 @@ class Bridge:
                 await pipeline.admit(self.plane, pipeline.budget(writer, parsed, sum(map(len, raws))))
                 prepared = await pipeline.prepare(self.plane, writer, parsed, request_id=request_id,
                                                   options=pipeline.DEAD_LETTERS, received_at=received_at)  # fmt: skip
-            except ServiceUnavailable:
-                raise  # Redis, the registry: the batch waits and is tried again
             except SluiceError as error:
+                if later(error):
+                    raise  # Redis, the registry (a subject it never read): the batch waits, tried again
                 # Over the rate, or nothing this batch could ever pass (the group's subject has
                 # no schema): kept in the DLQ.  Held back, it would hold Mosquitto's in-flight
                 # window, which every other device's records wait behind.
@@ -480,8 +484,9 @@ class Bridge:
         from config.errors import SluiceError
 
         since = self.failing.get(topic, (time.monotonic(), 0.0))[0]
-        return SluiceError(f"Kafka has refused the stream's topic {stream_topic} for {time.monotonic() - since:.0f} s "
-                           "while it took other devices' records; kept here, not in the stream.",
+        return SluiceError(f"Kafka has not acknowledged this device's records for its stream's topic {stream_topic} "
+                           f"for {time.monotonic() - since:.0f} s while it took other devices' records; kept here, "
+                           "not in the stream.",
                            code=STREAM_UNAVAILABLE)  # fmt: skip
 
     def _confirm(self, parts: tuple[str, str, str], told: dict[str, str]) -> None:
@@ -535,6 +540,12 @@ class Bridge:
         """Leave the session (Mosquitto keeps it, and what is unacknowledged, for next time)."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def later(error: Any) -> bool:
+    """Whether a refusal says "not now" (503: Kafka, the registry, Redis or the database away),
+    so that the batch waits and is tried again, rather than "not like this"."""
+    return bool(error.status == 503)
 
 
 def _keyed(batch: list[Message], outcome: str) -> dict[str, str]:

@@ -10,10 +10,14 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from config.env import load_runtime
-from config.errors import ServiceUnavailable
+from config.errors import RegistryUnavailable
 from ingest import mqtt_bridge
+from ingest.kafka import DeliveryOutcome
 from ingest.mqtt_bridge import Bridge, Message
+from ingest.services import KafkaUnacknowledged
 
 TOPICS = [f"sluice/acme/sensors/m-{n}/records" for n in range(7)]
 
@@ -72,6 +76,12 @@ def test_no_message_waits_for_a_wake_up_that_never_comes() -> None:
 STUCK, FINE = TOPICS[0], TOPICS[1]
 
 
+def unacknowledged() -> KafkaUnacknowledged:
+    """What the pipeline raises when Kafka did not acknowledge a batch's records."""
+    return KafkaUnacknowledged("Kafka did not acknowledge 1 of 1 record(s). None was written.", topic="iot.t.eu.x",
+                               outcome=DeliveryOutcome([None], [None], 0))  # fmt: skip
+
+
 def bare_bridge() -> Bridge:
     async def make() -> Bridge:
         runtime = load_runtime({"SLUICE_MQTT_BRIDGE_PASSWORD": "x"})
@@ -111,7 +121,7 @@ def test_a_batch_held_by_its_failing_stream_goes_to_the_dlq_and_is_acknowledged(
     async def write(topic: str, batch: list[Any], *, spill: bool = False) -> None:
         calls.append((topic, spill))
         if topic == STUCK and not spill:
-            raise ServiceUnavailable("Kafka did not acknowledge 1 of 1 record(s).")
+            raise unacknowledged()
         if not spill:  # as the real write does once Kafka took records for a stream
             bridge.last_written = time.monotonic()
             bridge.failing.pop(topic, None)
@@ -149,7 +159,7 @@ def test_when_kafka_refuses_every_stream_nothing_is_spilled(monkeypatch: Any) ->
         if spill:
             spills.append(topic)
             return
-        raise ServiceUnavailable("Kafka is away")
+        raise unacknowledged()
 
     bridge.write = write  # type: ignore[method-assign]
     bridge._ack = lambda batch: None  # type: ignore[method-assign]
@@ -164,3 +174,84 @@ def test_when_kafka_refuses_every_stream_nothing_is_spilled(monkeypatch: Any) ->
 
     asyncio.run(scenario())
     assert spills == []
+
+
+def test_a_device_the_registry_fails_is_held_not_spilled(monkeypatch: Any) -> None:
+    # given short bounds, and the registry away for one device's subject (not Kafka: a spill
+    # would not get past it, and would say the wrong reason) while another device is written
+    monkeypatch.setattr(mqtt_bridge, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(mqtt_bridge, "RETRY_MAX", 0.02)
+    monkeypatch.setattr(mqtt_bridge, "SPILL_AFTER", 0.05)
+    bridge = bare_bridge()
+    spills: list[str] = []
+
+    async def write(topic: str, batch: list[Any], *, spill: bool = False) -> None:
+        if spill:
+            spills.append(topic)
+        elif topic == STUCK:
+            raise RegistryUnavailable("The schema registry did not answer.")
+        else:
+            bridge.last_written = time.monotonic()
+
+    bridge.write = write  # type: ignore[method-assign]
+    bridge._ack = lambda batch: None  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        stuck = asyncio.create_task(bridge._settle(STUCK, [Message(1, b"{}", 0.0)]))
+        for n in range(20):
+            await bridge._settle(FINE, [Message(100 + n, b"{}", 0.0)])
+            await asyncio.sleep(0.02)
+        assert not stuck.done()  # held, retried
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert spills == []
+    assert STUCK not in bridge.failing
+
+
+def test_a_not_now_from_the_registry_or_the_database_holds_the_batch_instead_of_dead_lettering_it(
+    monkeypatch: Any,
+) -> None:
+    from config.errors import DatabaseUnavailable
+    from ingest import pipeline, services
+
+    # given a device whose batch meets the registry away (a subject the bridge never read)
+    bridge = bare_bridge()
+    writer = SimpleNamespace(pk=1, topic="iot.acme.eu.x", schema_subject="iot.acme.eu.x-value")
+
+    async def found(*_: Any) -> Any:
+        return writer
+
+    async def admitted(*_: Any, **__: Any) -> None:
+        return None
+
+    async def registry_away(*_: Any, **__: Any) -> Any:
+        raise RegistryUnavailable("The schema registry is not reachable; try again shortly.")
+
+    produced: list[Any] = []
+
+    async def produce(_plane: Any, prepared: Any, **__: Any) -> None:
+        produced.append(prepared)
+
+    bridge.devices = SimpleNamespace(writer=found)  # type: ignore[assignment]
+    monkeypatch.setattr(services, "bridge_verdict", lambda w, **_: w)
+    monkeypatch.setattr(pipeline, "admit", admitted)
+    monkeypatch.setattr(pipeline, "budget", lambda *_, **__: None)
+    monkeypatch.setattr(pipeline, "prepare", registry_away)
+    monkeypatch.setattr(pipeline, "produce", produce)
+
+    # when it is written, then it raises (the batch waits, is retried, stays unacknowledged)
+    # and nothing goes to Kafka, the DLQ included
+    with pytest.raises(RegistryUnavailable):
+        asyncio.run(bridge.write(STUCK, [Message(1, b'{"celsius": 1}', 0.0)]))
+    assert produced == []
+
+    # and the same when the database cannot say who the device is (it is not dropped)
+    def database_away(*_: Any, **__: Any) -> Any:
+        raise DatabaseUnavailable()
+
+    monkeypatch.setattr(services, "bridge_verdict", database_away)
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(bridge.write(STUCK, [Message(2, b'{"celsius": 2}', 0.0)]))
+    assert produced == []
