@@ -292,13 +292,14 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *ed = event_data;
-	size_t used = start("ACL", ed->client);
+	size_t used;
 
 	(void)event; (void)userdata;
 	if(ed->access == MOSQ_ACL_READ && bridge_client_id(mosquitto_client_id(ed->client))){
 		return records_topic(ed->topic) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 	}
 	if(ed->access == MOSQ_ACL_WRITE && allowed_has(ed->client, ed->topic)) return MOSQ_ERR_SUCCESS;
+	used = start("ACL", ed->client);
 	used += (size_t)snprintf(line + used, sizeof(line) - used, " %d", ed->access);
 	if(add_text(&used, ed->topic) == 0 && add_text(&used, mosquitto_client_id(ed->client)) == 0
 			&& ask(used) == 0 && strcmp(line, "OK") == 0){
