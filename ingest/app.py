@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 
 from certs.tls_identity import VERIFY_REASONS
 from config.errors import (
@@ -126,7 +126,7 @@ class Worker:
             return entry.identity
         generation = self.cache.generation
         try:
-            found = await asyncio.to_thread(_with_connection, load)
+            found = await identity.read(load)
         except DatabaseError as exc:
             if not database_unavailable(exc):
                 raise
@@ -175,7 +175,7 @@ class Worker:
             # The token does not match its client (rare: only a token minted wrongly); read
             # whether the device it names exists, to say why it is refused.
             try:
-                exists = await asyncio.to_thread(_with_connection, lambda: _device_exists(claims.tenant, claims.device))
+                exists = await identity.read(lambda: _device_exists(claims.tenant, claims.device))
             except DatabaseError as exc:
                 raise (DatabaseUnavailable() if database_unavailable(exc) else exc) from None
             return services.token_verdict(claims, found, device_exists=exists)
@@ -236,13 +236,6 @@ class Worker:
                 await asyncio.to_thread(metrics.write_last_seen, flush.due_for_database)
         except Exception:
             log.warning("ingest: could not write last_seen_at", exc_info=True)
-
-
-def _with_connection(load: Callable[[], Any]) -> Any:
-    """Run a database read on a worker thread, dropping a connection an earlier error left
-    unusable (what Django does around a request)."""
-    close_old_connections()
-    return load()
 
 
 def _device_exists(tenant_slug: str, device_id: str | None) -> bool:

@@ -28,11 +28,14 @@ The loaders below are the only place the data plane reads the database for ident
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from django.db import close_old_connections
 
 from certs.models import Certificate
 from devices.models import Device
@@ -328,3 +331,14 @@ class IdentityCache:
                 if not keys:
                     del self._by_scope[scope]
         return 1
+
+
+def _with_connection(load: Callable[[], Any]) -> Any:
+    close_old_connections()
+    return load()
+
+
+async def read(load: Callable[[], Any]) -> Any:
+    """Run a database read on a worker thread, dropping a connection an earlier error left
+    unusable (what Django does around a request)."""
+    return await asyncio.to_thread(_with_connection, load)

@@ -312,13 +312,9 @@ class Authority:
     async def _read(self, load: Callable[[], Any]) -> Any:
         """An identity, read from the database on a thread (never from a cache: a connect
         is rare next to a publish, and must see a revocation at once)."""
-        from django.db import close_old_connections
+        from ingest import identity
 
-        def run() -> Any:
-            close_old_connections()
-            return load()
-
-        return await asyncio.to_thread(run)
+        return await identity.read(load)
 
     # -- while connected -----------------------------------------------------------------
 

@@ -205,8 +205,6 @@ class Devices:
 
     async def writer(self, topic: str, tenant: str, device: str) -> Any:
         """The device's Writer, or None (no such device)."""
-        from django.db import close_old_connections
-
         from ingest import identity
 
         cache = self.cache
@@ -215,14 +213,10 @@ class Devices:
         if found is not None and now - found[0] < self.ttl:
             return found[1]
 
-        def load() -> Any:
-            close_old_connections()
-            return identity.load_device(tenant_slug=tenant, device_id=device)
-
         # IdentityCache's rule: keep what was read only while the push channel is live and no
         # change arrived during the read (it may have been read before that change committed).
         generation = cache.generation
-        writer = await asyncio.to_thread(load)
+        writer = await identity.read(lambda: identity.load_device(tenant_slug=tenant, device_id=device))
         if cache.live and generation == cache.generation:
             self.entries[topic] = (now, writer)
         return writer
